@@ -1,0 +1,287 @@
+"""The one point-in-time feature engine.
+
+Incremental: ``observe(event)`` updates the state with one event and returns what a scorer needs
+at that instant. A play's features are read *before* the play is registered and use only outcomes
+already resolved (a play's outcome is known when a skip of it, the next play, or the session's end
+arrives), so nothing here can see the future. Training, evaluation, the simulation and the live
+worker all call this class; the state behind it is in memory or loaded from Redis per batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .events import AUDIO_FIELDS, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
+from .labels import FULL, SKIPPED
+from .rejections import Rejections
+from .state import (S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
+                    T_K, T_LIKES, T_N, U_K, U_KM, U_KO, U_LIKES, U_N, U_NM, U_NO, U_SESSION, U_TS,
+                    State)
+
+BASE_FEATURES = ("user_skip_rate", "user_log_plays", "user_like_rate", "track_skip_rate",
+                 "track_log_plays", "track_like_rate", "sess_log_plays", "sess_skip_rate",
+                 "sess_last_skipped", "sess_first_play", "hour_sin", "hour_cos")
+USER_FEATURES = ("premium", "premium_known")
+GENRE_FEATURES = ("genre_match", "genre_known", "user_bucket_skip_rate")
+TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit", "release_age") + AUDIO_FIELDS
+
+_AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
+_AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
+_HOUR_SIN = tuple(math.sin(2 * math.pi * h / 24) for h in range(24))
+_HOUR_COS = tuple(math.cos(2 * math.pi * h / 24) for h in range(24))
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Smoothing and decay. Rates are (skips + m * prior) / (plays + m), so a new user or track
+    starts at the prior and earns its own rate with evidence."""
+
+    prior_skip_rate: float = 0.3
+    user_smoothing: float = 5.0
+    track_smoothing: float = 10.0
+    session_smoothing: float = 2.0
+    user_half_life_days: float = 14.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Resolution:
+    """A play whose outcome just became known."""
+
+    user_id: int
+    session_id: int
+    play_no: int
+    track_id: str
+    label: int  # FULL or SKIPPED
+    ts: float
+
+
+class FeatureEngine:
+    def __init__(self, catalogue: Catalogue | None = None, config: EngineConfig | None = None,
+                 state: State | None = None, rejections: Rejections | None = None,
+                 feature_names: tuple[str, ...] | None = None):
+        self.catalogue = catalogue or Catalogue()
+        self.config = config or EngineConfig()
+        self.state = state if state is not None else State()
+        self.rejections = rejections if rejections is not None else Rejections()
+        cat = self.catalogue
+        self.use_users = bool(cat.users)
+        self.use_genres = cat.has_genres
+        self.use_tracks = cat.has_tracks
+        names = list(BASE_FEATURES)
+        if self.use_users:
+            names += USER_FEATURES
+        if self.use_genres:
+            names += GENRE_FEATURES
+        if self.use_tracks:
+            names += TRACK_FEATURES
+        self.feature_names: tuple[str, ...] = tuple(names)
+        if feature_names is not None and tuple(feature_names) != self.feature_names:
+            missing = sorted(set(feature_names) - set(self.feature_names))
+            extra = sorted(set(self.feature_names) - set(feature_names))
+            raise FeatureMismatch(
+                "the model was trained on other features than this data gives: "
+                f"missing here {missing or 'none'}, extra here {extra or 'none'} "
+                "(was a catalogue file such as tracks.jsonl delivered for one and not the other?)")
+        self._decay_rate = math.log(2) / (self.config.user_half_life_days * 86400.0)
+        self._track_cache: dict[str, tuple] = {}
+        self._genre_cache: dict[tuple[int, str], int] = {}
+
+    # ---- reading features -------------------------------------------------------------------
+    def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int) -> list[float]:
+        cfg = self.config
+        p = cfg.prior_skip_rate
+        st = self.state
+        u = st.users.get(user_id)
+        if u is not None:
+            f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
+            un = u[U_N] * f
+            m = cfg.user_smoothing
+            user_rate = (u[U_K] * f + m * p) / (un + m)
+            user_plays = math.log1p(un)
+            user_like = u[U_LIKES] * f / (un + 1.0)
+        else:
+            f = 1.0
+            user_rate, user_plays, user_like = p, 0.0, 0.0
+        t = st.tracks.get(track_id)
+        if t is not None:
+            m = cfg.track_smoothing
+            track_rate = (t[T_K] + m * p) / (t[T_N] + m)
+            track_plays = math.log1p(t[T_N])
+            track_like = t[T_LIKES] / (t[T_N] + 1.0)
+        else:
+            track_rate, track_plays, track_like = p, 0.0, 0.0
+        if session is not None:
+            plays = session[S_PLAYS]
+            m = cfg.session_smoothing
+            sess_rate = (session[S_SKIPS] + m * p) / (plays + m)
+            last = session[S_LAST]
+            row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
+                   math.log1p(plays), sess_rate, 1.0 if last == SKIPPED else 0.0,
+                   1.0 if plays == 0 else 0.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
+        else:
+            row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
+                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
+        if self.use_users:
+            user = self.catalogue.users.get(user_id)
+            premium = None if user is None else user.premium
+            row += (0.5, 0.0) if premium is None else ((1.0 if premium else 0.0), 1.0)
+        if self.use_genres:
+            bucket = self._bucket(user_id, track_id)
+            if u is not None:
+                m = cfg.user_smoothing
+                if bucket == 1:
+                    bn, bk = u[U_NM] * f, u[U_KM] * f
+                else:
+                    bn, bk = u[U_NO] * f, u[U_KO] * f
+                bucket_rate = (bk + m * user_rate) / (bn + m)
+            else:
+                bucket_rate = user_rate
+            row += (1.0 if bucket == 1 else 0.0, 0.0 if bucket < 0 else 1.0, bucket_rate)
+        if self.use_tracks:
+            row += self._track_row(track_id)
+        return row
+
+    def _bucket(self, user_id: int, track_id: str) -> int:
+        """1 if the track's genres meet the user's favourites, 0 if not, -1 if unknown."""
+        key = (user_id, track_id)
+        cached = self._genre_cache.get(key)
+        if cached is not None:
+            return cached
+        user = self.catalogue.users.get(user_id)
+        genres = self.catalogue.track_genres(track_id)
+        if user is None or not user.favourite_genres or genres is None:
+            value = -1
+        else:
+            value = 1 if user.favourite_genres & genres else 0
+        if len(self._genre_cache) > 2_000_000:
+            self._genre_cache.clear()
+        self._genre_cache[key] = value
+        return value
+
+    def _track_row(self, track_id: str) -> tuple:
+        row = self._track_cache.get(track_id)
+        if row is None:
+            tr = self.catalogue.tracks.get(track_id)
+            if tr is None:
+                row = (0.0, 0.5, 3.7, 0.0, 0.5) + tuple(
+                    _AUDIO_DEFAULT.get(n, 0.5) * _AUDIO_SCALE.get(n, 1.0) for n in AUDIO_FIELDS)
+            else:
+                def val(x: float, default: float) -> float:
+                    return default if math.isnan(x) else x
+                row = (1.0, val(tr.popularity, 50.0) / 100.0, val(tr.duration_ms, 221_000.0) / 60_000.0,
+                       val(tr.explicit, 0.0), (2024.0 - val(tr.release_year, 2000.0)) / 50.0) + tuple(
+                    val(x, _AUDIO_DEFAULT.get(n, 0.5)) * _AUDIO_SCALE.get(n, 1.0)
+                    for n, x in zip(AUDIO_FIELDS, tr.audio))
+            self._track_cache[track_id] = row
+        return row
+
+    # ---- updating state ---------------------------------------------------------------------
+    def observe(self, e: Event) -> tuple[list[Resolution], list[float] | None, list[float] | None, int]:
+        """Apply one event. Returns (resolutions, features of the playing track, features of the
+        upcoming track, play number in session); the feature rows are None unless it is a play."""
+        st = self.state
+        resolved: list[Resolution] = []
+        kind = e.kind
+        uid = e.user_id
+        key = (uid, e.session_id)
+        u = st.users.get(uid)
+        if u is not None and u[U_SESSION] != e.session_id and u[U_SESSION] >= 0:
+            # the user moved on to another session: the old one has ended
+            self._end_session((uid, u[U_SESSION]), e.ts, resolved)
+        if u is None:
+            u = st.users[uid] = [0.0, 0.0, 0.0, e.ts, 0.0, 0.0, 0.0, 0.0, e.session_id]
+        elif u[U_SESSION] != e.session_id:
+            u[U_SESSION] = e.session_id
+        st.dirty_users.add(uid)
+        if kind == PLAY:
+            sess = st.sessions.get(key)
+            if sess is None:
+                sess = st.sessions[key] = [0, 0, -1, None, -1, 0.0]
+                st.deleted_sessions.discard(key)
+            elif sess[S_PENDING_TRACK] is not None:
+                self._resolve(key, sess, FULL, e.ts, resolved)
+            track = e.track_id
+            row = self.features(uid, track, sess, e.ts, e.hour)
+            play_no = sess[S_PLAYS]
+            sess[S_PLAYS] = play_no + 1
+            sess[S_PENDING_TRACK] = track
+            sess[S_PENDING_BUCKET] = self._bucket(uid, track) if self.use_genres else -1
+            sess[S_PENDING_TS] = e.ts
+            st.dirty_sessions.add(key)
+            upcoming = None
+            if e.next_track_id is not None:
+                upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour)
+            return resolved, row, upcoming, play_no
+        if kind == SKIP:
+            sess = st.sessions.get(key)
+            if sess is not None and sess[S_PENDING_TRACK] == e.track_id:
+                self._resolve(key, sess, SKIPPED, e.ts, resolved)
+                st.dirty_sessions.add(key)
+            else:
+                self.rejections.add("orphan_skip", e.to_json())
+        elif kind == LIKE:
+            f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
+            self._decay_user(u, f, e.ts)
+            u[U_LIKES] += 1.0
+            st.add_track(e.track_id, 0.0, 0.0, 1.0)
+        elif kind == SESSION_END:
+            self._end_session(key, e.ts, resolved)
+            u[U_SESSION] = -1
+        return resolved, None, None, -1
+
+    def flush(self, ts: float) -> list[Resolution]:
+        """End every open session (the data ended): their pending plays were played in full."""
+        resolved: list[Resolution] = []
+        for key in list(self.state.sessions):
+            self._end_session(key, ts, resolved)
+        for u in self.state.users.values():
+            u[U_SESSION] = -1
+        return resolved
+
+    def _end_session(self, key: tuple[int, int], ts: float, resolved: list[Resolution]) -> None:
+        st = self.state
+        sess = st.sessions.pop(key, None)
+        st.dirty_sessions.discard(key)
+        st.deleted_sessions.add(key)
+        if sess is not None and sess[S_PENDING_TRACK] is not None:
+            self._resolve(key, sess, FULL, ts, resolved)
+
+    def _decay_user(self, u: list, f: float, ts: float) -> None:
+        if f != 1.0:
+            for i in (U_N, U_K, U_LIKES, U_NM, U_KM, U_NO, U_KO):
+                u[i] *= f
+        if ts > u[U_TS]:
+            u[U_TS] = ts
+
+    def _resolve(self, key: tuple[int, int], sess: list, label: int, ts: float,
+                 resolved: list[Resolution]) -> None:
+        st = self.state
+        track = sess[S_PENDING_TRACK]
+        skipped = 1.0 if label == SKIPPED else 0.0
+        uid = key[0]
+        u = st.users.get(uid)
+        if u is not None:
+            f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
+            self._decay_user(u, f, ts)
+            u[U_N] += 1.0
+            u[U_K] += skipped
+            bucket = sess[S_PENDING_BUCKET]
+            if bucket == 1:
+                u[U_NM] += 1.0
+                u[U_KM] += skipped
+            elif bucket == 0:
+                u[U_NO] += 1.0
+                u[U_KO] += skipped
+            st.dirty_users.add(uid)
+        st.add_track(track, 1.0, skipped, 0.0)
+        sess[S_SKIPS] += skipped
+        sess[S_LAST] = label
+        sess[S_PENDING_TRACK] = None
+        resolved.append(Resolution(uid, key[1], sess[S_PLAYS] - 1, track, label, ts))
+
+
+class FeatureMismatch(ValueError):
+    """A model artifact and the data disagree on the feature set."""

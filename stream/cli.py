@@ -1,0 +1,174 @@
+"""The `skipcache` command: one console script, one subcommand per job."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger("skipcache")
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def load_replay(data: str, progress: bool = True):
+    """Read an export and put its events in replay order (see models.replay)."""
+    from models.replay import replay_order
+    from stream.files import read_dataset
+
+    ds = read_dataset(data, progress=progress)
+    if not ds.events:
+        raise SystemExit(f"error: {data} holds no readable events ({ds.rejections.total} lines rejected)")
+    return ds, replay_order(ds.events)
+
+
+# ---- subcommands ----------------------------------------------------------------------------
+def cmd_inspect(args) -> int:
+    from stream.files import read_dataset
+    from stream.inspect import render, summarize
+
+    summary = summarize(read_dataset(args.data))
+    print(render(summary))
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from stream.synthetic import generate
+
+    started = time.perf_counter()
+    counts = generate(args.out, users=args.users, seed=args.seed, profile=args.profile,
+                      noise=args.noise, tracks=args.tracks)
+    print(f"wrote {counts['events']:,} events ({counts['plays']:,} plays, {counts['users']:,} users, "
+          f"{counts['tracks']:,} tracks) to {args.out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from models.artifacts import save
+    from models.evaluation import build_table, train_artifact
+    from models.features import EngineConfig
+
+    ds, events = load_replay(args.data)
+    config = EngineConfig()
+    table = build_table(events, ds.catalogue, config)
+    art = train_artifact(table, args.model, args.train_fraction, ds.fingerprint, config, args.seed)
+    save(art, args.out)
+    w = art.train_window
+    print(f"trained {art.model} on {w['plays']:,} plays ({w['rows_used']:,} rows used) with "
+          f"{len(art.feature_names)} features in {art.metrics['fit_seconds']:.1f} s -> {args.out}")
+    test = art.metrics.get("test")
+    if test:
+        print(f"held-out later plays: {test['plays']:,}  accuracy {test['accuracy']:.3f}  "
+              f"(majority {test['majority_accuracy']:.3f})  roc_auc {test['roc_auc']:.3f}")
+    return 0
+
+
+def render_evaluation(result: dict) -> str:
+    s = result["split"]
+    lines = [f"split by time: {s['train_plays']:,} training plays, {s['test_plays']:,} test plays",
+             f"majority-class accuracy of the test part: {result['majority_accuracy']:.3f}", "",
+             f"{'model':<14}{'accuracy':>9}{'vs maj.':>9}{'roc_auc':>9}{'prec.':>8}{'recall':>8}{'f1':>7}{'brier':>8}{'fit s':>8}"]
+    for name, m in result["models"].items():
+        lines.append(f"{name:<14}{m['accuracy']:>9.3f}{m['accuracy'] - result['majority_accuracy']:>+9.3f}"
+                     f"{m['roc_auc']:>9.3f}{m['precision']:>8.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
+                     f"{m['brier']:>8.3f}{m['fit_seconds']:>8.1f}")
+    lines.append("(precision, recall and f1 are of the 'played in full' class)")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from models.estimators import MODEL_NAMES
+    from models.evaluation import build_table, evaluate
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {unknown}: choose from {', '.join(MODEL_NAMES)}")
+    started = time.perf_counter()
+    ds, events = load_replay(args.data)
+    table = build_table(events, ds.catalogue)
+    result = evaluate(table, models, args.train_fraction, args.seed)
+    result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    print(render_evaluation(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from stream.settings import Settings
+
+    print(Settings.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.estimators import DEFAULT_MODELS, MODEL_NAMES
+
+    p = argparse.ArgumentParser(prog="skipcache", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="what an export holds and what could not be read")
+    s.add_argument("--data", required=True)
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("generate", help="write a synthetic export in the real format")
+    s.add_argument("--out", required=True)
+    s.add_argument("--users", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--profile", choices=("long", "short"), default="long")
+    s.add_argument("--noise", type=float, default=0.0, help="fraction of events given v1 noise")
+    s.add_argument("--tracks", type=int, default=None, help="catalogue size (default: from --users)")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("train", help="train one model on the earliest plays and save it")
+    s.add_argument("--data", required=True)
+    s.add_argument("--model", choices=MODEL_NAMES, default="linear_svc")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train-fraction", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="train and test every model with a split by time")
+    s.add_argument("--data", required=True)
+    s.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    s.add_argument("--train-fraction", type=float, default=0.7)
+    s.add_argument("--json")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("settings", help="print the environment variables skipcache reads")
+    s.set_defaults(func=cmd_settings)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from models.artifacts import ArtifactError
+    from stream.files import DataError
+
+    try:
+        return args.func(args) or 0
+    except (DataError, ArtifactError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

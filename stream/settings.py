@@ -1,0 +1,63 @@
+"""Every setting of skipcache in one place: an environment variable with a default.
+
+Each field names its variable (as faust's settings do); the README's settings table is printed
+from here by `skipcache settings`. Nothing else reads the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+
+def _env(name: str, default, doc: str):
+    return field(default=default, metadata={"env": name, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = _env("SKIPCACHE_DATA", "", "Pozytywka export directory (empty: generate one)")
+    model_path: str = _env("SKIPCACHE_MODEL", "out/model.joblib", "model artifact the worker serves")
+    model_b_path: str = _env("SKIPCACHE_MODEL_B", "", "second artifact for A/B testing (empty: no test)")
+    ab_share_b: float = _env("SKIPCACHE_AB_SHARE_B", 0.5, "share of users (by stable hash) served by model B")
+    kafka_bootstrap: str = _env("SKIPCACHE_KAFKA", "127.0.0.1:9092", "Kafka bootstrap servers")
+    topic_sessions: str = _env("SKIPCACHE_TOPIC_SESSIONS", "pozytywka.sessions", "input topic")
+    topic_commands: str = _env("SKIPCACHE_TOPIC_COMMANDS", "pozytywka.cache-commands", "decisions topic")
+    topic_dead_letter: str = _env("SKIPCACHE_TOPIC_DEAD_LETTER", "pozytywka.dead-letter", "unreadable events topic")
+    partitions: int = _env("SKIPCACHE_PARTITIONS", 4, "partitions of the input topic when skipcache creates it")
+    redis_url: str = _env("SKIPCACHE_REDIS", "redis://127.0.0.1:6379/0", "Redis holding the live state")
+    redis_prefix: str = _env("SKIPCACHE_REDIS_PREFIX", "sc", "prefix of every Redis key")
+    state_ttl_days: float = _env("SKIPCACHE_STATE_TTL_DAYS", 30.0, "TTL of per-user, per-session and per-track keys")
+    batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 1000, "events per worker batch (stream.take)")
+    batch_within: float = _env("SKIPCACHE_BATCH_WITHIN", 0.2, "seconds to wait for a batch to fill")
+    web_host: str = _env("SKIPCACHE_WEB_HOST", "127.0.0.1", "worker web server bind address")
+    web_port: int = _env("SKIPCACHE_WEB_PORT", 6066, "worker web server port")
+    api_token: str = _env("SKIPCACHE_API_TOKEN", "change-me", "token for PUT /threshold and DELETE /ab/results")
+    threshold: float = _env("SKIPCACHE_THRESHOLD", 0.5, "P(full) at or above which an upcoming track is promoted to medium")
+    fast_threshold: float = _env("SKIPCACHE_FAST_THRESHOLD", 0.8, "P(full) at or above which it goes to fast")
+    fast_capacity: int = _env("SKIPCACHE_FAST_CAPACITY", 0, "tracks the fast tier holds (0: 1% of the catalogue)")
+    medium_capacity: int = _env("SKIPCACHE_MEDIUM_CAPACITY", 0, "tracks the medium tier holds (0: 10% of the catalogue)")
+    transfer_cost: float = _env("SKIPCACHE_TRANSFER_COST", 0.0005, "cost of one promotion (moving a track up)")
+    cold_after_hours: float = _env("SKIPCACHE_COLD_AFTER_HOURS", 24.0, "a promoted track unused this long is demoted")
+    session_timeout: float = _env("SKIPCACHE_SESSION_TIMEOUT", 6.0, "Kafka consumer session timeout, seconds")
+    log_level: str = _env("SKIPCACHE_LOG_LEVEL", "info", "log level")
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None:
+                continue
+            try:
+                values[f.name] = type(f.default)(raw)
+            except ValueError:
+                raise ValueError(f"{f.metadata['env']}={raw!r} is not a valid {type(f.default).__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def table(cls) -> str:
+        rows = ["| variable | default | meaning |", "|---|---|---|"]
+        for f in fields(cls):
+            rows.append(f"| `{f.metadata['env']}` | `{f.default}` | {f.metadata['doc']} |")
+        return "\n".join(rows)
