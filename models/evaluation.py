@@ -15,6 +15,7 @@ from .estimators import fit_estimator
 from .events import PLAY, Catalogue, Event
 from .features import EngineConfig, FeatureEngine
 from .rejections import Rejections
+from .runtime import paused_gc
 
 
 @dataclass
@@ -31,6 +32,12 @@ class PlayTable:
 def build_table(events: list[Event], catalogue: Catalogue, config: EngineConfig | None = None,
                 progress: bool = True) -> PlayTable:
     """Replay ``events`` (already in replay order) through a fresh engine."""
+    with paused_gc():
+        return _build_table(events, catalogue, config, progress)
+
+
+def _build_table(events: list[Event], catalogue: Catalogue, config: EngineConfig | None,
+                 progress: bool) -> PlayTable:
     engine = FeatureEngine(catalogue, config)
     rows: list[list[float]] = []
     ts: list[float] = []

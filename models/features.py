@@ -27,6 +27,7 @@ TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit"
 
 _AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
 _AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
+MAX_OPEN_SESSIONS = 4
 _HOUR_SIN = tuple(math.sin(2 * math.pi * h / 24) for h in range(24))
 _HOUR_COS = tuple(math.cos(2 * math.pi * h / 24) for h in range(24))
 
@@ -41,6 +42,9 @@ class EngineConfig:
     track_smoothing: float = 10.0
     session_smoothing: float = 2.0
     user_half_life_days: float = 14.0
+    session_idle_seconds: float = 7200.0
+    """A session whose last play started this long before the user's event in another session
+    has ended: no track is that long, so no skip of it can still come."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -188,13 +192,20 @@ class FeatureEngine:
         uid = e.user_id
         key = (uid, e.session_id)
         u = st.users.get(uid)
-        if u is not None and u[U_SESSION] != e.session_id and u[U_SESSION] >= 0:
-            # the user moved on to another session: the old one has ended
-            self._end_session((uid, u[U_SESSION]), e.ts, resolved)
         if u is None:
-            u = st.users[uid] = [0.0, 0.0, 0.0, e.ts, 0.0, 0.0, 0.0, 0.0, e.session_id]
-        elif u[U_SESSION] != e.session_id:
-            u[U_SESSION] = e.session_id
+            u = st.users[uid] = [0.0, 0.0, 0.0, e.ts, 0.0, 0.0, 0.0, 0.0, [e.session_id]]
+        else:
+            open_sessions = u[U_SESSION]
+            if e.session_id not in open_sessions:
+                # the user is in another session now; an open one has ended if it went idle
+                # (live traffic without session_end markers would otherwise never resolve it)
+                for sid in list(open_sessions):
+                    old = st.sessions.get((uid, sid))
+                    if (old is None or e.ts - old[S_PENDING_TS] > self.config.session_idle_seconds
+                            or len(open_sessions) >= MAX_OPEN_SESSIONS):
+                        self._end_session((uid, sid), e.ts, resolved)
+                        open_sessions.remove(sid)
+                open_sessions.append(e.session_id)
         st.dirty_users.add(uid)
         if kind == PLAY:
             sess = st.sessions.get(key)
@@ -229,7 +240,8 @@ class FeatureEngine:
             st.add_track(e.track_id, 0.0, 0.0, 1.0)
         elif kind == SESSION_END:
             self._end_session(key, e.ts, resolved)
-            u[U_SESSION] = -1
+            if e.session_id in u[U_SESSION]:
+                u[U_SESSION].remove(e.session_id)
         return resolved, None, None, -1
 
     def flush(self, ts: float) -> list[Resolution]:
@@ -238,7 +250,7 @@ class FeatureEngine:
         for key in list(self.state.sessions):
             self._end_session(key, ts, resolved)
         for u in self.state.users.values():
-            u[U_SESSION] = -1
+            u[U_SESSION].clear()
         return resolved
 
     def _end_session(self, key: tuple[int, int], ts: float, resolved: list[Resolution]) -> None:

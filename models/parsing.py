@@ -113,23 +113,68 @@ def _track_id(raw: object, required: bool, name: str = "track_id") -> str | None
 
 def parse_event(obj: object) -> Event:
     """An event from a JSON object (any key order) or a positional array
-    ``[timestamp, user_id, track_id, event_type, session_id]``."""
+    ``[timestamp, user_id, track_id, event_type, session_id]``.
+
+    The common, valid case takes inlined fast paths (this runs for every line of 370 MB files);
+    anything unusual falls through to the checking helpers, which name the reason."""
     if type(obj) is dict:
-        kind = event_kind(obj.get("event_type"))
-        ts_raw, user_raw, sid_raw = obj.get("timestamp"), obj.get("user_id"), obj.get("session_id")
-        track_raw, next_raw = obj.get("track_id"), obj.get("next_track_id")
+        kind = _EXACT.get(obj.get("event_type"))  # type: ignore[arg-type]
+        if kind is None:
+            kind = event_kind(obj.get("event_type"))
+        ts_raw, user_id, session_id = obj.get("timestamp"), obj.get("user_id"), obj.get("session_id")
+        track, nxt = obj.get("track_id"), obj.get("next_track_id")
     elif type(obj) is list and len(obj) == 5:
-        ts_raw, user_raw, track_raw, kind_raw, sid_raw = obj
+        ts_raw, user_id, track, kind_raw, session_id = obj
         kind = event_kind(kind_raw)
-        next_raw = None
+        nxt = None
     else:
         raise Rejected("not_an_event", type(obj).__name__)
-    user_id = _int_id(user_raw, "user_id")
-    session_id = _int_id(sid_raw, "session_id")
-    ts, hour = parse_timestamp(ts_raw)
-    track = _track_id(track_raw, kind in TRACK_EVENTS)
-    nxt = _track_id(next_raw, False, "next_track_id") if next_raw is not None else None
+    if type(user_id) is not int or not 0 <= user_id <= MAX_ID:
+        user_id = _int_id(user_id, "user_id")
+    if type(session_id) is not int or not 0 <= session_id <= MAX_ID:
+        session_id = _int_id(session_id, "session_id")
+    # fast path for the naive ISO stamps of most releases: one cache hit per minute of data
+    if type(ts_raw) is str and 19 <= len(ts_raw) <= 26 and ts_raw[10] == "T":
+        minute = _minutes.get(ts_raw[:16])
+        if minute is None:
+            minute = _minute(ts_raw)
+        try:
+            sec = float(ts_raw[17:])
+        except ValueError:
+            raise Rejected("bad_timestamp", ts_raw) from None
+        if not 0.0 <= sec < 61.0 or ts_raw[16] != ":":
+            raise Rejected("bad_timestamp", ts_raw)
+        ts, hour = minute[0] + sec, minute[1]
+    else:
+        ts, hour = parse_timestamp(ts_raw)
+    if kind in TRACK_EVENTS:
+        if type(track) is not str or len(track) != TRACK_ID_LEN or not track.isalnum():
+            track = _track_id(track, True)
+    elif track is not None:
+        track = _track_id(track, False)
+    if nxt is not None:
+        nxt = _track_id(nxt, False, "next_track_id")
     return Event(ts, hour, user_id, session_id, kind, track, nxt)
+
+
+_minutes: dict[str, tuple[float, int]] = {}
+
+
+def _minute(raw: str) -> tuple[float, int]:
+    """Epoch seconds and hour of ``YYYY-MM-DDTHH:MM``, validated once and cached."""
+    try:
+        if raw[13] != ":":
+            raise ValueError
+        hour, minute = int(raw[11:13]), int(raw[14:16])
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+        value = (_midnight(raw[:10]) + hour * 3600 + minute * 60, hour)
+    except ValueError:
+        raise Rejected("bad_timestamp", raw[:40]) from None
+    if len(_minutes) > 1_000_000:
+        _minutes.clear()
+    _minutes[raw[:16]] = value
+    return value
 
 
 def _opt_float(obj: dict, key: str, default: float = math.nan) -> float:

@@ -10,12 +10,18 @@ from __future__ import annotations
 from operator import attrgetter
 
 from .events import PLAY, SESSION_END, Event
+from .runtime import paused_gc
 
 
 def replay_order(events: list[Event], mark_session_end: bool = True) -> list[Event]:
     """Events in global time order with ``next_track_id`` filled and session ends marked.
 
     ``events`` must hold each session's events contiguously and in order, as the exports do."""
+    with paused_gc():
+        return _replay_order(events, mark_session_end)
+
+
+def _replay_order(events: list[Event], mark_session_end: bool) -> list[Event]:
     out: list[Event] = []
     append = out.append
     start = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# user record: decayed counts, then the session the user is in now
+# user record: decayed counts, then the ids of the user's open sessions
 U_N, U_K, U_LIKES, U_TS, U_NM, U_KM, U_NO, U_KO, U_SESSION = range(9)
 # session record
 S_PLAYS, S_SKIPS, S_LAST, S_PENDING_TRACK, S_PENDING_BUCKET, S_PENDING_TS = range(6)

@@ -104,6 +104,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    """The main job on an embedded default: generate (unless --data) -> train -> evaluate."""
+    out = Path(args.out)
+    data = args.data
+    if not data:
+        data = str(out / "data")
+        if not (Path(data) / "sessions.jsonl").exists():
+            cmd_generate(argparse.Namespace(out=data, users=args.users, seed=args.seed, profile="long",
+                                            noise=0.0, tracks=None))
+    model = str(out / "model.joblib")
+    cmd_train(argparse.Namespace(data=data, model="linear_svc", out=model, train_fraction=0.7, seed=args.seed))
+    print()
+    cmd_evaluate(argparse.Namespace(data=data, models="naive,linear_svc,hist_gb", train_fraction=0.7,
+                                    json=str(out / "evaluate.json"), seed=args.seed))
+    return 0
+
+
 def cmd_settings(args) -> int:
     from stream.settings import Settings
 
@@ -147,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("demo", help="the main job on a generated default: generate, train, evaluate")
+    s.add_argument("--data", help="an export to use instead of generating one")
+    s.add_argument("--out", default="out")
+    s.add_argument("--users", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("settings", help="print the environment variables skipcache reads")
     s.set_defaults(func=cmd_settings)

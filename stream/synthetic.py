@@ -131,7 +131,9 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
             uid = 100 + u
             n_sessions = rnd.randint(prof.sessions_min, prof.sessions_max)
             sids = sorted(next(session_counter) for _ in range(n_sessions))
-            starts = sorted(rnd.random() * YEAR_SECONDS for _ in range(n_sessions))
+            # sessions of one user do not overlap: each gets its own slot of the year
+            slot = YEAR_SECONDS / n_sessions
+            starts = [k * slot + rnd.random() * slot * 0.5 for k in range(n_sessions)]
             rnd.shuffle(starts)  # session ids are not chronological within a user
             for sid, start in zip(sids, starts):
                 t = start
