@@ -118,7 +118,107 @@ def cmd_demo(args) -> int:
     print()
     cmd_evaluate(argparse.Namespace(data=data, models="naive,linear_svc,hist_gb", train_fraction=0.7,
                                     json=str(out / "evaluate.json"), seed=args.seed))
+    print()
+    from stream.settings import Settings
+
+    st = Settings.from_env()
+    cmd_simulate(argparse.Namespace(
+        data=data, model=[model], threshold=st.threshold, fast_threshold=st.fast_threshold,
+        json=str(out / "simulate.json"), plot=str(out / "simulate.png"), batch_size=20_000,
+        fast_capacity=st.fast_capacity, medium_capacity=st.medium_capacity, transfer_cost=st.transfer_cost,
+        cold_after_hours=st.cold_after_hours, hit_value=0.002, count="after-training"))
     return 0
+
+
+def _tier_config(args, catalogue, events):
+    from cache_warmer.tiers import TierConfig
+
+    return TierConfig.for_catalogue(catalogue, args.fast_capacity, args.medium_capacity, args.transfer_cost,
+                                    args.cold_after_hours, n_tracks=len({e.track_id for e in events if e.track_id}))
+
+
+def _count_from(args):
+    return float("-inf") if args.count == "all" else None
+
+
+def render_simulation(result: dict) -> str:
+    cw = result["counted_window"]
+    lines = [f"{result['events']:,} events, {result['plays']:,} plays; counted: {cw['rule']}"
+             + (f" (after {_iso(cw['from_exclusive'])})" if cw["from_exclusive"] else ""),
+             f"tiers: fast {result['tiers']['fast_capacity']:,} tracks, medium {result['tiers']['medium_capacity']:,} tracks; "
+             f"{result['events_per_second']:,.0f} events/s", "",
+             f"{'policy':<13}{'full-hit':>9}{'hit':>7}{'fast':>7}{'medium':>8}{'promos':>8}{'wasted':>8}{'prec.':>7}"
+             f"{'cost/day':>10}{'transfer':>10}{'net':>9}{'acc.':>7}{'maj.':>7}{'auc':>7}"]
+    for name, f in result["policies"].items():
+        acc = f"{f['accuracy']:>7.3f}{f['majority_accuracy']:>7.3f}{f['roc_auc']:>7.3f}" if "accuracy" in f else f"{'':>21}"
+        lines.append(f"{name:<13}{f['full_play_hit_ratio']:>9.3f}{f['hit_ratio']:>7.3f}{f['hits_by_tier']['fast']:>7,}"
+                     f"{f['hits_by_tier']['medium']:>8,}{f['promotions']:>8,}{f['wasted_promotions']:>8,}"
+                     f"{f['promotion_precision']:>7.3f}{f['storage_cost_per_day']:>10.2f}{f['transfer_cost']:>10.2f}"
+                     f"{f['net_value']:>9.1f}{acc}")
+    lines.append("(full-hit: plays played in full that found their track in fast/medium; prec.: promotions whose "
+                 "first play was played in full; acc./auc: live predictions of model policies at 0.5)")
+    return "\n".join(lines)
+
+
+def _iso(ts: float) -> str:
+    from models.events import _iso as iso
+
+    return iso(ts)
+
+
+def cmd_simulate(args) -> int:
+    from cache_warmer.simulation import Objective, simulate
+    from models.artifacts import load
+    from stream.plots import plot_simulation
+
+    artifacts = [load(m) for m in args.model]
+    ds, events = load_replay(args.data)
+    result = simulate(events, ds.catalogue, artifacts, _tier_config(args, ds.catalogue, events),
+                      threshold=args.threshold, fast_threshold=args.fast_threshold,
+                      count_from=_count_from(args), objective=Objective(args.hit_value),
+                      batch_size=args.batch_size)
+    result["rejected"] = ds.rejections.as_dict()
+    print(render_simulation(result))
+    _write_json(args.json, result)
+    if args.plot:
+        print(f"wrote {plot_simulation(result, args.plot)}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from cache_warmer.simulation import Objective, parse_thresholds, sweep
+    from models.artifacts import load
+    from stream.plots import plot_sweep
+
+    thresholds = parse_thresholds(args.thresholds)
+    artifact = load(args.model)
+    ds, events = load_replay(args.data)
+    result = sweep(events, ds.catalogue, artifact, thresholds, _tier_config(args, ds.catalogue, events),
+                   fast_threshold=args.fast_threshold, objective=Objective(args.hit_value),
+                   count_from=_count_from(args))
+    print(f"{'threshold':>9}{'full-hit':>9}{'hit':>7}{'promos':>8}{'wasted':>8}{'prec.':>7}{'cost/day':>10}{'transfer':>10}{'net':>9}")
+    for r in result["thresholds"]:
+        mark = "  <- best" if r is result["best"] else ""
+        print(f"{r['threshold']:>9.3f}{r['full_play_hit_ratio']:>9.3f}{r['hit_ratio']:>7.3f}{r['promotions']:>8,}"
+              f"{r['wasted_promotions']:>8,}{r['promotion_precision']:>7.3f}{r['storage_cost_per_day']:>10.2f}"
+              f"{r['transfer_cost']:>10.2f}{r['net_value']:>9.1f}{mark}")
+    print(f"best threshold {result['best']['threshold']:.3f}: net value {result['best']['net_value']:.1f} "
+          f"({result['objective']['definition']}, hit_value={args.hit_value})")
+    _write_json(args.json, result)
+    if args.plot:
+        print(f"wrote {plot_sweep(result, args.plot)}", file=sys.stderr)
+    return 0
+
+
+def _cache_options(s, settings) -> None:
+    s.add_argument("--fast-capacity", type=int, default=settings.fast_capacity, help="tracks (0: 1%% of the catalogue)")
+    s.add_argument("--medium-capacity", type=int, default=settings.medium_capacity, help="tracks (0: 10%% of the catalogue)")
+    s.add_argument("--transfer-cost", type=float, default=settings.transfer_cost, help="cost of one promotion")
+    s.add_argument("--cold-after-hours", type=float, default=settings.cold_after_hours)
+    s.add_argument("--fast-threshold", type=float, default=settings.fast_threshold)
+    s.add_argument("--hit-value", type=float, default=0.002, help="value of a full-play hit, for the objective")
+    s.add_argument("--count", choices=("after-training", "all"), default="after-training",
+                   help="which events the figures count (default: after the model's training window)")
 
 
 def cmd_settings(args) -> int:
@@ -165,12 +265,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("demo", help="the main job on a generated default: generate, train, evaluate")
+    s = sub.add_parser("demo", help="the main job on a generated default: generate, train, evaluate, simulate")
     s.add_argument("--data", help="an export to use instead of generating one")
     s.add_argument("--out", default="out")
     s.add_argument("--users", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    from stream.settings import Settings
+
+    settings = Settings.from_env()
+    s = sub.add_parser("simulate", help="replay an export through the warmer and compare policies")
+    s.add_argument("--data", required=True)
+    s.add_argument("--model", required=True, action="append", help="model artifact (repeat for more)")
+    s.add_argument("--threshold", type=float, default=settings.threshold)
+    s.add_argument("--json")
+    s.add_argument("--plot")
+    s.add_argument("--batch-size", type=int, default=20_000)
+    _cache_options(s, settings)
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("sweep", help="hit ratio, waste and cost against the promotion threshold")
+    s.add_argument("--data", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--thresholds", default="0.05:0.95:0.05")
+    s.add_argument("--json")
+    s.add_argument("--plot")
+    _cache_options(s, settings)
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("settings", help="print the environment variables skipcache reads")
     s.set_defaults(func=cmd_settings)

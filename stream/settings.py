@@ -32,11 +32,11 @@ class Settings:
     web_port: int = _env("SKIPCACHE_WEB_PORT", 6066, "worker web server port")
     api_token: str = _env("SKIPCACHE_API_TOKEN", "change-me", "token for PUT /threshold and DELETE /ab/results")
     threshold: float = _env("SKIPCACHE_THRESHOLD", 0.5, "P(full) at or above which an upcoming track is promoted to medium")
-    fast_threshold: float = _env("SKIPCACHE_FAST_THRESHOLD", 0.8, "P(full) at or above which it goes to fast")
+    fast_threshold: float = _env("SKIPCACHE_FAST_THRESHOLD", 0.95, "P(full) at or above which it goes to fast (a fast slot costs ~8x slow)")
     fast_capacity: int = _env("SKIPCACHE_FAST_CAPACITY", 0, "tracks the fast tier holds (0: 1% of the catalogue)")
     medium_capacity: int = _env("SKIPCACHE_MEDIUM_CAPACITY", 0, "tracks the medium tier holds (0: 10% of the catalogue)")
     transfer_cost: float = _env("SKIPCACHE_TRANSFER_COST", 0.0005, "cost of one promotion (moving a track up)")
-    cold_after_hours: float = _env("SKIPCACHE_COLD_AFTER_HOURS", 24.0, "a promoted track unused this long is demoted")
+    cold_after_hours: float = _env("SKIPCACHE_COLD_AFTER_HOURS", 1.0, "a promoted track unused this long (event time) is demoted to slow")
     session_timeout: float = _env("SKIPCACHE_SESSION_TIMEOUT", 6.0, "Kafka consumer session timeout, seconds")
     log_level: str = _env("SKIPCACHE_LOG_LEVEL", "info", "log level")
 

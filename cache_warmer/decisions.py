@@ -1,0 +1,25 @@
+"""A cache decision as a value: what the worker publishes to pozytywka.cache-commands."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tiers import TIER_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    track: str
+    src: str
+    dst: str
+    reason: str  # upcoming | played | evicted | cold
+    score: float | None
+    time: float
+    policy: str
+
+    def to_json(self) -> dict:
+        return {"track": self.track, "from": self.src, "to": self.dst, "reason": self.reason,
+                "score": self.score, "model": self.policy, "time": self.time}
+
+
+def decision(track: str, src: int, dst: int, reason: str, score: float | None, time: float, policy: str) -> Decision:
+    return Decision(track, TIER_NAMES[src], TIER_NAMES[dst], reason, score, time, policy)

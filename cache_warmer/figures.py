@@ -1,0 +1,84 @@
+"""What a policy achieved: cache figures and, for scored policies, live prediction accuracy."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .tiers import FAST, MEDIUM
+
+DAY = 86400.0
+
+
+@dataclass
+class Figures:
+    plays: int = 0
+    full_plays: int = 0
+    hits_fast: int = 0
+    hits_medium: int = 0
+    full_play_hits: int = 0
+    promotions: int = 0
+    promotions_fast: int = 0
+    evictions: int = 0
+    demotions: int = 0
+    useful_promotions: int = 0
+    wasted_promotions: int = 0
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+    cost_area: float = 0.0  # integral of cost/day over the counted window, in cost-days
+    window_start: float = math.nan
+    window_end: float = math.nan
+    scores: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    daily: dict = field(default_factory=dict)  # day -> [plays, hits, full_plays, full_hits, promos, wasted]
+
+    def day(self, ts: float) -> list:
+        d = int(ts // DAY)
+        row = self.daily.get(d)
+        if row is None:
+            row = self.daily[d] = [0, 0, 0, 0, 0, 0]
+        return row
+
+    def summary(self, transfer_cost: float, scored: bool) -> dict:
+        hits = self.hits_fast + self.hits_medium
+        resolved = self.useful_promotions + self.wasted_promotions
+        days = (self.window_end - self.window_start) / DAY if self.plays else 0.0
+        out = {
+            "plays": self.plays,
+            "full_plays": self.full_plays,
+            "full_play_hits": self.full_play_hits,
+            "hit_ratio": hits / self.plays if self.plays else math.nan,
+            "full_play_hit_ratio": self.full_play_hits / self.full_plays if self.full_plays else math.nan,
+            "hits_by_tier": {"fast": self.hits_fast, "medium": self.hits_medium},
+            "misses": self.plays - hits,
+            "promotions": self.promotions,
+            "promotions_to_fast": self.promotions_fast,
+            "evictions": self.evictions,
+            "demotions_cold": self.demotions,
+            "useful_promotions": self.useful_promotions,
+            "wasted_promotions": self.wasted_promotions,
+            "promotion_precision": self.useful_promotions / resolved if resolved else math.nan,
+            "storage_cost_per_day": self.cost_area / days if days > 0 else math.nan,
+            "transfer_cost": self.promotions * transfer_cost,
+            "window_days": days,
+        }
+        if scored:
+            n = self.tp + self.fp + self.tn + self.fn
+            y = np.array(self.labels, dtype=np.int8)
+            s = np.array(self.scores)
+            out.update(predictions=n, confusion={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn},
+                       accuracy=(self.tp + self.tn) / n if n else math.nan,
+                       majority_accuracy=max(y.mean(), 1 - y.mean()) if n else math.nan,
+                       roc_auc=_auc(y, s))
+        return out
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    if len(y) == 0 or y.min() == y.max():
+        return math.nan
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))

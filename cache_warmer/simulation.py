@@ -1,0 +1,161 @@
+"""The offline simulation: a replayed export through the same engine, model and warmer as the
+live worker, with the in-memory store, comparing policies under the same capacities.
+
+By default only events after the models' training window are counted (the state still warms up
+on the earlier ones), so a model is never scored on plays it was trained on."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from models.artifacts import Artifact
+from models.estimators import NaiveRule
+from models.events import Catalogue, Event
+from models.features import EngineConfig, FeatureEngine
+from models.labels import label_session
+from models.runtime import paused_gc
+
+from .pipeline import Pipeline
+from .policies import Policy, standard_policies
+from .tiers import TIER_NAMES, TierConfig
+from .warmer import CacheWarmer, build_shards
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Net value = hit_value x full-play hits - transfer cost - extra storage cost over static
+    (cost/day above the static policy's, times the counted days). Money in track_storage's unit."""
+
+    hit_value: float = 0.002
+
+    def net_value(self, fig: dict, static: dict | None) -> float:
+        extra_storage = 0.0
+        if static is not None and fig["window_days"] > 0:
+            extra_storage = (fig["storage_cost_per_day"] - static["storage_cost_per_day"]) * fig["window_days"]
+        return self.hit_value * fig["full_play_hits"] - fig["transfer_cost"] - extra_storage
+
+
+def oracle_labels(events: Sequence[Event]) -> Callable[[int, int, int], int | None]:
+    """Labels of every play by (user, session, play number): the oracle's (and only its) peek."""
+    sessions: dict[tuple[int, int], list[Event]] = {}
+    for e in events:
+        sessions.setdefault((e.user_id, e.session_id), []).append(e)
+    labels = {key: label_session(evs)[0] for key, evs in sessions.items()}
+
+    def lookup(user_id: int, session_id: int, play_no: int) -> int | None:
+        ls = labels.get((user_id, session_id))
+        return ls[play_no] if ls is not None and play_no < len(ls) else None
+
+    return lookup
+
+
+def model_policy_names(artifacts: Sequence[Artifact]) -> list[str]:
+    return ["model"] + [f"model_{i + 2}" for i in range(len(artifacts) - 1)]
+
+
+def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[Artifact],
+             tier_config: TierConfig | None = None, policies: Sequence[Policy] | None = None,
+             threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
+             shards: int = 1, shard_of: Callable[[int], int] | None = None, batch_size: int = 20_000,
+             objective: Objective = Objective(), progress: bool = True) -> dict:
+    """Replay ``events`` (in replay order) and return the figures of every policy."""
+    if not artifacts:
+        raise ValueError("simulate needs at least one model artifact")
+    config = EngineConfig(**artifacts[0].engine_config)
+    engine = FeatureEngine(catalogue, config)
+    for art in artifacts:
+        art.check_features(engine.feature_names)
+    names = model_policy_names(artifacts)
+    scorers = {name: art.predict_full for name, art in zip(names, artifacts)}
+    naive = NaiveRule(engine.feature_names).fit(None)
+    scorers["naive"] = lambda X: naive.predict_proba(X)[:, 1]
+    if policies is None:
+        policies = standard_policies(names, threshold, fast_threshold)
+    if count_from is None:
+        count_from = max(art.train_window["end"] for art in artifacts)
+    tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
+    warmers = [CacheWarmer(p, build_shards(tier_config, catalogue, shards), count_from) for p in policies]
+    needs_oracle = any(p.scorer == "oracle" for p in policies)
+    pipeline = Pipeline(engine, scorers, warmers, shard_of or (lambda u: 0),
+                        oracle_labels(events) if needs_oracle else None)
+    started = time.perf_counter()
+    with paused_gc(), tqdm(total=len(events), desc="simulate", unit=" events", unit_scale=True,
+                           disable=None if progress else True, leave=False) as bar:
+        for start in range(0, len(events), batch_size):
+            batch = events[start:start + batch_size]
+            pipeline.process(batch)
+            bar.update(len(batch))
+        if events:
+            pipeline.finish(events[-1].ts)
+    seconds = time.perf_counter() - started
+    figures = {w.policy.name: w.summary() for w in warmers}
+    static = figures.get("static")
+    for name, fig in figures.items():
+        fig["net_value"] = objective.net_value(fig, static)
+    for name, art in zip(names, artifacts):
+        if name in figures:
+            figures[name].update(model=art.model, model_version=art.version)
+    plays = sum(1 for e in events if e.kind == "play")
+    return {
+        "events": len(events),
+        "plays": plays,
+        "counted_window": {"from_exclusive": count_from if math.isfinite(count_from) else None,
+                           "to": events[-1].ts if events else None,
+                           "rule": "events strictly after the model's training window"
+                           if math.isfinite(count_from) else "all events"},
+        "tiers": {"fast_capacity": tier_config.fast_capacity, "medium_capacity": tier_config.medium_capacity,
+                  "tier_cost_per_day": dict(zip(TIER_NAMES, tier_config.tier_cost)),
+                  "transfer_cost": tier_config.transfer_cost, "cold_after_hours": tier_config.cold_after_hours,
+                  "shards": shards},
+        "objective": {"hit_value": objective.hit_value},
+        "seconds": seconds,
+        "events_per_second": len(events) / seconds if seconds else None,
+        "policies": figures,
+        "daily": {w.policy.name: {str(d): row for d, row in sorted(w.figures.daily.items())} for w in warmers},
+    }
+
+
+def sweep(events: Sequence[Event], catalogue: Catalogue, artifact: Artifact, thresholds: Sequence[float],
+          tier_config: TierConfig | None = None, fast_threshold: float = 0.95, objective: Objective = Objective(),
+          count_from: float | None = None, progress: bool = True) -> dict:
+    """One replay, one warmer per threshold (features and scores are computed once)."""
+    policies = [Policy("static", "static")] + [
+        Policy(f"t={t:.3f}", "score", "model", t, max(t, fast_threshold)) for t in thresholds]
+    result = simulate(events, catalogue, [artifact], tier_config, policies, count_from=count_from,
+                      objective=objective, progress=progress)
+    rows = []
+    for t, p in zip(thresholds, policies[1:]):
+        fig = result["policies"][p.name]
+        rows.append({"threshold": t, "hit_ratio": fig["hit_ratio"], "full_play_hit_ratio": fig["full_play_hit_ratio"],
+                     "promotions": fig["promotions"], "wasted_promotions": fig["wasted_promotions"],
+                     "promotion_precision": fig["promotion_precision"],
+                     "storage_cost_per_day": fig["storage_cost_per_day"], "transfer_cost": fig["transfer_cost"],
+                     "net_value": fig["net_value"]})
+    best = max(rows, key=lambda r: r["net_value"])
+    return {"model": artifact.model, "model_version": artifact.version, "fast_threshold": fast_threshold,
+            "objective": {"hit_value": objective.hit_value,
+                          "definition": "hit_value * full_play_hits - transfer_cost - extra storage cost over static"},
+            "counted_window": result["counted_window"], "static": result["policies"]["static"],
+            "thresholds": rows, "best": best, "events": result["events"]}
+
+
+def parse_thresholds(spec: str) -> list[float]:
+    """``0.05:0.95:0.05`` (start:stop:step, inclusive) or ``0.3,0.5,0.7``."""
+    try:
+        if ":" in spec:
+            start, stop, step = (float(x) for x in spec.split(":"))
+            if step <= 0:
+                raise ValueError
+            values = list(np.round(np.arange(start, stop + step / 2, step), 6))
+        else:
+            values = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--thresholds {spec!r}: use start:stop:step or a comma list") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"--thresholds {spec!r}: every threshold must be within [0, 1]")
+    return [float(v) for v in values]
