@@ -35,6 +35,24 @@ class Figures:
     labels: list = field(default_factory=list)
     daily: dict = field(default_factory=dict)  # day -> [plays, hits, full_plays, full_hits, promos, wasted]
 
+    COUNTERS = ("plays", "full_plays", "hits_fast", "hits_medium", "full_play_hits", "promotions",
+                "promotions_fast", "evictions", "demotions", "useful_promotions", "wasted_promotions",
+                "tp", "fp", "tn", "fn")
+
+    def merge(self, other: "Figures") -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost_area += other.cost_area
+        if not math.isnan(other.window_start):
+            self.window_start = other.window_start if math.isnan(self.window_start) else min(self.window_start, other.window_start)
+            self.window_end = other.window_end if math.isnan(self.window_end) else max(self.window_end, other.window_end)
+        self.scores.extend(other.scores)
+        self.labels.extend(other.labels)
+        for d, row in other.daily.items():
+            mine = self.daily.setdefault(d, [0] * len(row))
+            for i, v in enumerate(row):
+                mine[i] += v
+
     def day(self, ts: float) -> list:
         d = int(ts // DAY)
         row = self.daily.get(d)
@@ -71,7 +89,7 @@ class Figures:
             s = np.array(self.scores)
             out.update(predictions=n, confusion={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn},
                        accuracy=(self.tp + self.tn) / n if n else math.nan,
-                       majority_accuracy=max(y.mean(), 1 - y.mean()) if n else math.nan,
+                       majority_accuracy=(max((self.tp + self.fn) / n, (self.tn + self.fp) / n) if n else math.nan),
                        roc_auc=_auc(y, s))
         return out
 

@@ -1,5 +1,5 @@
-"""One batch of events through features, scores and cache decisions: the code path shared by the
-offline simulation and the live worker.
+"""One batch of events of one shard (one Kafka partition) through features, scores and cache
+decisions: the code path shared by the offline simulation and the live worker.
 
 Features depend only on events (never on scores or cache state), so a batch is handled in three
 passes: the engine observes every event in order and collects feature rows; each scorer predicts
@@ -31,12 +31,10 @@ class BatchResult:
 
 class Pipeline:
     def __init__(self, engine: FeatureEngine, scorers: dict[str, Scorer], warmers: Sequence[CacheWarmer],
-                 shard_of: Callable[[int], int] = lambda user_id: 0,
                  oracle: Callable[[int, int, int], int | None] | None = None):
         self.engine = engine
         self.scorers = scorers
         self.warmers = list(warmers)
-        self.shard_of = shard_of
         self.oracle = oracle
 
     def process(self, events: Sequence[Event]) -> BatchResult:
@@ -61,8 +59,10 @@ class Pipeline:
         width = len(self.engine.feature_names)
         X = np.array(rows, dtype=np.float64) if rows else np.empty((0, width))
         X_up = np.array(up_rows, dtype=np.float64) if up_rows else np.empty((0, width))
-        scores = {name: scorer(X) for name, scorer in self.scorers.items()}
-        up_scores = {name: scorer(X_up) for name, scorer in self.scorers.items()}
+        # rounded: BLAS may give a row's score a different last bit depending on the batch's
+        # shape, which must not flip a decision sitting on a threshold
+        scores = {name: np.round(scorer(X), 9) for name, scorer in self.scorers.items()}
+        up_scores = {name: np.round(scorer(X_up), 9) for name, scorer in self.scorers.items()}
         # plain lists: indexing numpy scalars one by one is slow in the loop below
         cur_l = {k: v.tolist() for k, v in scores.items()}
         up_l = {k: v.tolist() for k, v in up_scores.items()}
@@ -72,7 +72,6 @@ class Pipeline:
             plan.append((w, cur_l.get(scorer) if scorer != "oracle" else None,
                          up_l.get(scorer) if scorer != "oracle" else None, scorer == "oracle"))
         oracle = self.oracle
-        shard_of = self.shard_of
         for e, resolved, i, j, play_no in steps:
             ts = e.ts
             for w, cur, up, is_oracle in plan:
@@ -81,16 +80,15 @@ class Pipeline:
                     w.on_resolution(r)
             if i < 0:
                 continue
-            shard = shard_of(e.user_id)
             oracle_next = None
             if oracle is not None and e.next_track_id is not None:
                 label = oracle(e.user_id, e.session_id, play_no + 1)
                 oracle_next = float(label) if label is not None else 0.0
             for w, cur, up, is_oracle in plan:
                 if is_oracle:
-                    w.on_play(shard, e.user_id, e.session_id, e.track_id, e.next_track_id, ts, None, oracle_next)
+                    w.on_play(e.user_id, e.session_id, e.track_id, e.next_track_id, ts, None, oracle_next)
                 else:
-                    w.on_play(shard, e.user_id, e.session_id, e.track_id, e.next_track_id, ts,
+                    w.on_play(e.user_id, e.session_id, e.track_id, e.next_track_id, ts,
                               cur[i] if cur is not None else None,
                               up[j] if (up is not None and j >= 0) else None)
         return BatchResult(len(events), len(rows), all_resolved, scores)

@@ -22,8 +22,8 @@ from models.runtime import paused_gc
 
 from .pipeline import Pipeline
 from .policies import Policy, standard_policies
-from .tiers import TIER_NAMES, TierConfig
-from .warmer import CacheWarmer, build_shards
+from .tiers import TIER_NAMES, TierConfig, TierState
+from .warmer import CacheWarmer, summarize
 
 
 @dataclass(frozen=True)
@@ -67,33 +67,44 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     config = EngineConfig(**artifacts[0].engine_config)
-    engine = FeatureEngine(catalogue, config)
+    feature_names = FeatureEngine(catalogue, config).feature_names
     for art in artifacts:
-        art.check_features(engine.feature_names)
+        art.check_features(feature_names)
     names = model_policy_names(artifacts)
     scorers = {name: art.predict_full for name, art in zip(names, artifacts)}
-    naive = NaiveRule(engine.feature_names).fit(None)
+    naive = NaiveRule(feature_names).fit(None)
     scorers["naive"] = lambda X: naive.predict_proba(X)[:, 1]
     if policies is None:
         policies = standard_policies(names, threshold, fast_threshold)
     if count_from is None:
         count_from = max(art.train_window["end"] for art in artifacts)
     tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
-    warmers = [CacheWarmer(p, build_shards(tier_config, catalogue, shards), count_from) for p in policies]
-    needs_oracle = any(p.scorer == "oracle" for p in policies)
-    pipeline = Pipeline(engine, scorers, warmers, shard_of or (lambda u: 0),
-                        oracle_labels(events) if needs_oracle else None)
+    oracle = oracle_labels(events) if any(p.scorer == "oracle" for p in policies) else None
+    # one engine and one tier shard per partition, exactly as the worker has them
+    by_shard: list[list[Event]] = [[] for _ in range(shards)]
+    if shards == 1:
+        by_shard[0] = list(events)
+    else:
+        shard_of = shard_of or (lambda user_id: user_id % shards)
+        for e in events:
+            by_shard[shard_of(e.user_id)].append(e)
+    shard_tiers = tier_config.split(shards)
+    warmers: list[list[CacheWarmer]] = []
     started = time.perf_counter()
     with paused_gc(), tqdm(total=len(events), desc="simulate", unit=" events", unit_scale=True,
                            disable=None if progress else True, leave=False) as bar:
-        for start in range(0, len(events), batch_size):
-            batch = events[start:start + batch_size]
-            pipeline.process(batch)
-            bar.update(len(batch))
-        if events:
-            pipeline.finish(events[-1].ts)
+        for shard_events in by_shard:
+            shard_warmers = [CacheWarmer(p, TierState(shard_tiers, catalogue), count_from) for p in policies]
+            warmers.append(shard_warmers)
+            pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, oracle)
+            for start in range(0, len(shard_events), batch_size):
+                batch = shard_events[start:start + batch_size]
+                pipeline.process(batch)
+                bar.update(len(batch))
+            if shard_events:
+                pipeline.finish(events[-1].ts)
     seconds = time.perf_counter() - started
-    figures = {w.policy.name: w.summary() for w in warmers}
+    figures = {p.name: summarize([ws[i] for ws in warmers]) for i, p in enumerate(policies)}
     static = figures.get("static")
     for name, fig in figures.items():
         fig["net_value"] = objective.net_value(fig, static)
@@ -116,8 +127,18 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
         "seconds": seconds,
         "events_per_second": len(events) / seconds if seconds else None,
         "policies": figures,
-        "daily": {w.policy.name: {str(d): row for d, row in sorted(w.figures.daily.items())} for w in warmers},
+        "daily": {p.name: _daily([ws[i] for ws in warmers]) for i, p in enumerate(policies)},
     }
+
+
+def _daily(warmers: list[CacheWarmer]) -> dict:
+    out: dict[str, list] = {}
+    for w in warmers:
+        for d, row in w.figures.daily.items():
+            mine = out.setdefault(str(d), [0] * len(row))
+            for i, v in enumerate(row):
+                mine[i] += v
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def sweep(events: Sequence[Event], catalogue: Catalogue, artifact: Artifact, thresholds: Sequence[float],

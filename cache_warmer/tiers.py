@@ -150,5 +150,21 @@ class TierState:
                 self._place(track, tier, SLOW)
                 moves.append(Move(track, tier, SLOW, "cold"))
 
+    def to_state(self) -> dict:
+        """What must survive a restart (the worker keeps it in Redis)."""
+        return {"medium": list(self.lru[MEDIUM].items()), "fast": list(self.lru[FAST].items()),
+                "cost": self.cost_per_day, "outside": list(self.seen_outside_catalogue)}
+
+    def load_state(self, state: dict) -> None:
+        self.tier.clear()
+        for t, name in ((MEDIUM, "medium"), (FAST, "fast")):
+            lru = self.lru[t]
+            lru.clear()
+            for track, last in state[name]:
+                lru[track] = -math.inf if last is None else last
+                self.tier[track] = t
+        self.cost_per_day = state["cost"]
+        self.seen_outside_catalogue = set(state["outside"])
+
     def occupancy(self) -> dict[str, int]:
         return {"fast": len(self.lru[FAST]), "medium": len(self.lru[MEDIUM])}

@@ -1,4 +1,5 @@
-"""A policy at work: applies its decisions to the tier state of each shard and keeps its figures.
+"""A policy at work on one shard (one Kafka partition): applies its decisions to the shard's tier
+state and keeps its figures.
 
 Every prediction is resolved only when its outcome arrives (a skip, the next play, the session's
 end): at play time it is parked in ``pending`` with the score and whether the play hit the cache.
@@ -13,20 +14,21 @@ from models.labels import FULL
 from .decisions import Decision, decision
 from .figures import Figures
 from .policies import Policy
-from .tiers import FAST, MEDIUM, SLOW, Move, TierConfig, TierState
+from .tiers import FAST, MEDIUM, SLOW, Move, TierState
 
 SWEEP_EVERY = 3600.0  # seconds of event time between cold sweeps
 
 
 class CacheWarmer:
-    def __init__(self, policy: Policy, tiers: list[TierState], count_from: float = -math.inf,
-                 emit: bool = False):
+    def __init__(self, policy: Policy, tiers: TierState, count_from: float = -math.inf,
+                 emit: bool = False, keep_scores: bool = True):
         self.policy = policy
-        self.shards = tiers
+        self.tiers = tiers
         self.count_from = count_from
         self.figures = Figures()
+        self.keep_scores = keep_scores  # the simulation keeps every score for roc_auc; the worker does not
         self.pending: dict[tuple[int, int], tuple] = {}
-        self.open_promotions: list[dict[str, bool]] = [{} for _ in tiers]  # track -> counted
+        self.open_promotions: dict[str, bool] = {}  # promoted, not yet played: track -> counted
         self.emit = emit
         self.decisions: list[Decision] = []
         self._last_ts = -math.inf
@@ -35,7 +37,7 @@ class CacheWarmer:
 
     @property
     def transfer_cost(self) -> float:
-        return self.shards[0].config.transfer_cost
+        return self.tiers.config.transfer_cost
 
     def advance(self, ts: float) -> None:
         """Integrate storage cost up to ``ts`` and sweep cold tracks once an hour of event time."""
@@ -46,27 +48,29 @@ class CacheWarmer:
         if ts > self.count_from:
             start = max(last, self.count_from)
             if start > -math.inf:
-                f.cost_area += sum(s.cost_per_day for s in self.shards) * (ts - start) / 86400.0
+                f.cost_area += self.tiers.cost_per_day * (ts - start) / 86400.0
             if math.isnan(f.window_start):
                 f.window_start = ts
             f.window_end = ts
         self._last_ts = ts
         if self.policy.manages and ts >= self._next_sweep:
+            # sweeps happen at whole hours of event time, so a shard's result depends on its own
+            # events only (not on when another shard's events arrived)
+            boundary = (ts // SWEEP_EVERY) * SWEEP_EVERY
             if self._next_sweep > -math.inf:
-                for i, shard in enumerate(self.shards):
-                    shard.demote_cold(ts, self._moves)
-                    self._apply_moves(i, ts, None)
-            self._next_sweep = ts + SWEEP_EVERY
+                self.tiers.demote_cold(boundary, self._moves)
+                self._apply_moves(ts, None)
+            self._next_sweep = boundary + SWEEP_EVERY
 
-    def on_play(self, shard_no: int, user_id: int, session_id: int, track: str, next_track: str | None,
+    def on_play(self, user_id: int, session_id: int, track: str, next_track: str | None,
                 ts: float, score: float | None, next_score: float | None) -> None:
         counted = ts > self.count_from
-        shard = self.shards[shard_no]
+        shard = self.tiers
         f = self.figures
         tier = shard.tier_of(track)
         if tier != SLOW:
             shard.touch(track, tier, ts)
-        promo = self.open_promotions[shard_no].pop(track, None)
+        promo = self.open_promotions.pop(track, None)
         self.pending[(user_id, session_id)] = (score, tier, promo, counted)
         if counted:
             f.plays += 1
@@ -83,7 +87,7 @@ class CacheWarmer:
             return
         if kind == "lru":
             if tier == SLOW:
-                self._promote(shard_no, track, MEDIUM, ts, "played", None, counted)
+                self._promote(track, MEDIUM, ts, "played", None, counted)
         elif next_track is not None:
             if kind == "promote_all":
                 target = MEDIUM
@@ -92,13 +96,13 @@ class CacheWarmer:
             if target != SLOW:
                 current = shard.tier_of(next_track)
                 if target > current:
-                    self._promote(shard_no, next_track, target, ts, "upcoming", next_score, counted)
+                    self._promote(next_track, target, ts, "upcoming", next_score, counted)
                 elif current != SLOW:
                     shard.touch(next_track, current, ts)
 
-    def _promote(self, shard_no: int, track: str, tier: int, ts: float, reason: str,
+    def _promote(self, track: str, tier: int, ts: float, reason: str,
                  score: float | None, counted: bool) -> None:
-        shard = self.shards[shard_no]
+        shard = self.tiers
         src = shard.tier_of(track)
         shard.move(track, tier, ts, reason, self._moves)
         if counted:
@@ -110,15 +114,15 @@ class CacheWarmer:
         if self.emit:
             self.decisions.append(decision(track, src, tier, reason, score, ts, self.policy.name))
         self._moves.pop()  # the promotion itself; what is left are evictions it caused
-        self.open_promotions[shard_no][track] = counted
-        self._apply_moves(shard_no, ts, score)
+        self.open_promotions[track] = counted
+        self._apply_moves(ts, score)
 
-    def _apply_moves(self, shard_no: int, ts: float, score: float | None) -> None:
+    def _apply_moves(self, ts: float, score: float | None) -> None:
         if not self._moves:
             return
         f = self.figures
         counted = ts > self.count_from
-        opens = self.open_promotions[shard_no]
+        opens = self.open_promotions
         for m in self._moves:
             if counted:
                 if m.reason == "cold":
@@ -167,21 +171,44 @@ class CacheWarmer:
                 f.fn += 1
             else:
                 f.tn += 1
-            f.scores.append(score)
-            f.labels.append(1 if full else 0)
-
-    def summary(self) -> dict:
-        out = self.figures.summary(self.transfer_cost, scored=self.policy.kind == "score"
-                                   and self.policy.scorer not in ("oracle",))
-        out["pending_unresolved"] = len(self.pending)
-        out["occupancy_end"] = {"fast": sum(s.occupancy()["fast"] for s in self.shards),
-                                "medium": sum(s.occupancy()["medium"] for s in self.shards)}
-        if self.policy.kind == "score":
-            out["threshold"] = self.policy.threshold
-            out["fast_threshold"] = self.policy.fast_threshold
-        return out
+            if self.keep_scores:
+                f.scores.append(score)
+                f.labels.append(1 if full else 0)
 
 
-def build_shards(config: TierConfig, catalogue, shards: int) -> list[TierState]:
-    per_shard = config.split(shards)
-    return [TierState(per_shard, catalogue) for _ in range(shards)]
+def warmer_state(w: CacheWarmer) -> dict:
+    """The warmer's state as plain JSON-able data (counters only: no score lists)."""
+    f = w.figures
+    return {"tiers": w.tiers.to_state(),
+            "pending": [[u, s, score, tier, promo, counted] for (u, s), (score, tier, promo, counted) in w.pending.items()],
+            "open": list(w.open_promotions.items()),
+            "figures": {name: getattr(f, name) for name in Figures.COUNTERS},
+            "cost_area": f.cost_area, "window": [f.window_start, f.window_end],
+            "last_ts": w._last_ts, "next_sweep": w._next_sweep}
+
+
+def load_warmer_state(w: CacheWarmer, state: dict) -> None:
+    w.tiers.load_state(state["tiers"])
+    w.pending = {(u, s): (score, tier, promo, counted) for u, s, score, tier, promo, counted in state["pending"]}
+    w.open_promotions = dict((k, v) for k, v in state["open"])
+    for name, value in state["figures"].items():
+        setattr(w.figures, name, value)
+    w.figures.cost_area = state["cost_area"]
+    w.figures.window_start, w.figures.window_end = (math.nan if v is None else v for v in state["window"])
+    w._last_ts = -math.inf if state["last_ts"] is None else state["last_ts"]
+    w._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]
+
+
+def summarize(warmers: list[CacheWarmer]) -> dict:
+    """Figures of one policy over all its shards."""
+    policy = warmers[0].policy
+    total = Figures()
+    for w in warmers:
+        total.merge(w.figures)
+    out = total.summary(warmers[0].transfer_cost, scored=policy.kind == "score" and policy.scorer != "oracle")
+    out["pending_unresolved"] = sum(len(w.pending) for w in warmers)
+    out["occupancy_end"] = {tier: sum(w.tiers.occupancy()[tier] for w in warmers) for tier in ("fast", "medium")}
+    if policy.kind == "score":
+        out["threshold"] = policy.threshold
+        out["fast_threshold"] = policy.fast_threshold
+    return out

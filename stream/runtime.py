@@ -1,0 +1,208 @@
+"""A Kafka partition at work in the live worker: the simulation's pipeline on a StateStore.
+
+Per batch: drop what was already applied (offset below the stored one), parse (unreadable events
+become dead letters with a reason), load the records the batch needs that are not in memory yet,
+run the shared Pipeline, then hand back the decisions to publish and the changes to commit. The
+caller publishes and flushes first, then commits state and offset together (at-least-once
+commands, exactly-once state)."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
+
+import orjson
+
+from cache_warmer.decisions import Decision
+from cache_warmer.pipeline import Pipeline
+from cache_warmer.policies import Policy
+from cache_warmer.tiers import TierConfig, TierState
+from cache_warmer.warmer import CacheWarmer, load_warmer_state, warmer_state
+from models.events import Catalogue, Event
+from models.features import EngineConfig, FeatureEngine
+from models.parsing import parse_event
+from models.rejections import Rejected, Rejections
+from models.state import S_PENDING_TRACK, State, U_SESSION
+
+from .store import Changes, StateStore
+
+log = logging.getLogger(__name__)
+MAX_EVENT_BYTES = 16_384
+
+
+@dataclass
+class BatchOutput:
+    partition: int
+    start_offset: int
+    next_offset: int
+    events: int = 0
+    skipped_duplicates: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    dead_letters: list[tuple[int, str, bytes]] = field(default_factory=list)  # offset, reason, raw
+    changes: Changes | None = None
+
+
+class OffsetGap(Exception):
+    """The consumer delivered events after a hole: seek back to ``expected``."""
+
+    def __init__(self, partition: int, expected: int, got: int):
+        super().__init__(f"partition {partition}: expected offset {expected}, got {got}")
+        self.partition, self.expected, self.got = partition, expected, got
+
+
+class PartitionRuntime:
+    def __init__(self, partition: int, store: StateStore, catalogue: Catalogue, scorers: dict,
+                 policy: Policy, tier_config: TierConfig, engine_config: EngineConfig,
+                 count_from: float = -math.inf):
+        self.partition = partition
+        self.store = store
+        self.catalogue = catalogue
+        self.scorers = scorers
+        self.policy = policy
+        self.tier_config = tier_config
+        self.engine_config = engine_config
+        self.count_from = count_from
+        self.rejections = Rejections()
+        self.load()
+
+    def load(self) -> None:
+        """(Re)build everything from the store: on assignment, and after being fenced."""
+        self.next_offset = self.store.offset(self.partition)
+        self.engine = FeatureEngine(self.catalogue, self.engine_config, State(), self.rejections)
+        self.warmer = CacheWarmer(self.policy, TierState(self.tier_config, self.catalogue), self.count_from,
+                                  emit=True, keep_scores=False)
+        blob = self.store.warmer(self.partition)
+        if blob:
+            load_warmer_state(self.warmer, orjson.loads(blob))
+        self.pipeline = Pipeline(self.engine, self.scorers, [self.warmer])
+
+    def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
+        if (threshold, fast_threshold) != (self.policy.threshold, self.policy.fast_threshold):
+            self.policy = dc_replace(self.policy, threshold=threshold, fast_threshold=fast_threshold)
+            self.warmer.policy = self.policy
+
+    def process(self, records: list[tuple[int, bytes | None]]) -> BatchOutput:
+        """``records``: (offset, value) of this partition, in offset order."""
+        out = BatchOutput(self.partition, self.next_offset, self.next_offset)
+        fresh = [(o, v) for o, v in records if o >= self.next_offset]
+        out.skipped_duplicates = len(records) - len(fresh)
+        if not fresh:
+            return out
+        if fresh[0][0] != self.next_offset:
+            raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
+        events: list[Event] = []
+        kinds: dict[str, int] = {}
+        for offset, value in fresh:
+            try:
+                if value is None:
+                    raise Rejected("empty_message")
+                if len(value) > MAX_EVENT_BYTES:
+                    raise Rejected("too_large", f"{len(value)} bytes")
+                try:
+                    obj = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    raise Rejected("bad_json") from None
+                e = parse_event(obj)
+            except Rejected as r:
+                out.dead_letters.append((offset, r.reason, value or b""))
+                continue
+            events.append(e)
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        out.next_offset = fresh[-1][0] + 1
+        out.events = len(events)
+        self._prefetch(events)
+        before = self._counts()
+        orphans_before = self.rejections.counts.get("orphan_skip", 0)
+        self.warmer.decisions = []
+        self.pipeline.process(events)
+        out.decisions = self.warmer.decisions
+        after = self._counts()
+        st = self.engine.state
+        changes = Changes(
+            users={u: st.users[u] for u in st.dirty_users if u in st.users},
+            sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
+            deleted_sessions=set(st.deleted_sessions),
+            tracks={t: st.tracks[t] for t in st.track_deltas},
+            warmer=orjson.dumps(warmer_state(self.warmer)))
+        counters: dict[str, dict[str, float]] = {"events": {k: v for k, v in kinds.items()}}
+        rejected: dict[str, float] = {}
+        for _, reason, _ in out.dead_letters:
+            rejected[reason] = rejected.get(reason, 0) + 1
+        orphans = self.rejections.counts.get("orphan_skip", 0) - orphans_before
+        if orphans:
+            rejected["orphan_skip"] = orphans
+        if rejected:
+            counters["rejected"] = rejected
+        delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        if delta:
+            counters[f"policy:{self.policy.name}"] = delta
+        changes.counters = counters
+        out.changes = changes
+        return out
+
+    def _counts(self) -> dict[str, int]:
+        f = self.warmer.figures
+        return {"tp": f.tp, "fp": f.fp, "tn": f.tn, "fn": f.fn, "promotions": f.promotions,
+                "plays": f.plays, "full_plays": f.full_plays, "full_play_hits": f.full_play_hits,
+                "hits_fast": f.hits_fast, "hits_medium": f.hits_medium, "evictions": f.evictions,
+                "demotions": f.demotions, "wasted_promotions": f.wasted_promotions,
+                "useful_promotions": f.useful_promotions}
+
+    def commit(self, out: BatchOutput) -> bool:
+        """Write the batch's changes and offset atomically; on a fence, reload from the store."""
+        st = self.engine.state
+        if out.changes is None:
+            if out.next_offset != out.start_offset:  # only duplicates or dead letters: move the offset
+                ok = self.store.commit(self.partition, out.start_offset, out.next_offset, Changes())
+            else:
+                return True
+        else:
+            ok = self.store.commit(self.partition, out.start_offset, out.next_offset, out.changes)
+        st.clear_changes()
+        if ok:
+            self.next_offset = out.next_offset
+            if len(st.users) > 500_000:  # bound memory: everything is in the store
+                self.load()
+        else:
+            log.warning("partition %d: fenced at offset %d (another worker moved on); reloading",
+                        self.partition, out.start_offset)
+            self.load()
+        return ok
+
+    def _prefetch(self, events: list[Event]) -> None:
+        st = self.engine.state
+        users = list({e.user_id for e in events} - st.users.keys())
+        tracks = list({t for e in events for t in (e.track_id, e.next_track_id) if t} - st.tracks.keys())
+        sessions = list({(e.user_id, e.session_id) for e in events} - st.sessions.keys())
+        if not (users or tracks or sessions):
+            return
+        got_u, got_s, got_t = self.store.fetch(self.partition, users, sessions, tracks)
+        st.users.update(got_u)
+        st.sessions.update(got_s)
+        st.tracks.update(got_t)
+        # sessions still open for users just loaded (the engine may end them)
+        more = [(u, s) for u in got_u for s in got_u[u][U_SESSION] if (u, s) not in st.sessions]
+        if more:
+            got_more = self.store.fetch(self.partition, [], more, [])[1]
+            st.sessions.update(got_more)
+            got_s.update(got_more)
+        # resolving a pending play updates its track, which an earlier batch played
+        pending = list({rec[S_PENDING_TRACK] for rec in got_s.values() if rec[S_PENDING_TRACK]} - st.tracks.keys())
+        if pending:
+            st.tracks.update(self.store.fetch(self.partition, [], [], pending)[2])
+
+
+def summarize_store(store: StateStore, partitions: list[int], policy: Policy, tier_config: TierConfig,
+                    catalogue: Catalogue) -> dict:
+    """The worker's figures as the simulation reports them, read back from the store."""
+    from cache_warmer.warmer import summarize
+
+    warmers = []
+    for p in partitions:
+        w = CacheWarmer(policy, TierState(tier_config, catalogue), keep_scores=False)
+        blob = store.warmer(p)
+        if blob:
+            load_warmer_state(w, orjson.loads(blob))
+        warmers.append(w)
+    return summarize(warmers)

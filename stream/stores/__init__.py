@@ -1,0 +1,1 @@
+"""StateStore backends, one file each."""

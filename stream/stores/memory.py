@@ -1,0 +1,64 @@
+"""In-memory StateStore: same semantics as Redis (fencing included), for unit tests and tools."""
+from __future__ import annotations
+
+import copy
+import threading
+
+from stream.store import Changes
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.offsets: dict[int, int] = {}
+        self.warmers: dict[int, bytes] = {}
+        self.users: dict[tuple[int, int], list] = {}
+        self.sessions: dict[tuple[int, int, int], list] = {}
+        self.tracks: dict[tuple[int, str], list] = {}
+        self._config: dict[str, float] = {}
+        self._counters: dict[str, dict[str, float]] = {}
+
+    def offset(self, partition: int) -> int:
+        return self.offsets.get(partition, 0)
+
+    def warmer(self, partition: int) -> bytes | None:
+        return self.warmers.get(partition)
+
+    def fetch(self, partition, users, sessions, tracks):
+        with self._lock:
+            return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
+                    {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
+                    {t: list(self.tracks[(partition, t)]) for t in tracks if (partition, t) in self.tracks})
+
+    def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
+        with self._lock:
+            if self.offsets.get(partition, 0) != expected_offset:
+                return False
+            for u, rec in changes.users.items():
+                self.users[(partition, u)] = copy.deepcopy(rec)
+            for k, rec in changes.sessions.items():
+                self.sessions[(partition, *k)] = copy.deepcopy(rec)
+            for k in changes.deleted_sessions:
+                self.sessions.pop((partition, *k), None)
+            for t, rec in changes.tracks.items():
+                self.tracks[(partition, t)] = list(rec)
+            if changes.warmer is not None:
+                self.warmers[partition] = changes.warmer
+            for name, fields in changes.counters.items():
+                target = self._counters.setdefault(name, {})
+                for f, v in fields.items():
+                    target[f] = target.get(f, 0) + v
+            self.offsets[partition] = new_offset
+            return True
+
+    def config(self) -> dict[str, float]:
+        return dict(self._config)
+
+    def set_config(self, **values: float) -> None:
+        self._config.update(values)
+
+    def counters(self, name: str) -> dict[str, float]:
+        return dict(self._counters.get(name, {}))
+
+    def reset_counters(self, name: str) -> None:
+        self._counters.pop(name, None)
