@@ -221,6 +221,92 @@ def _cache_options(s, settings) -> None:
                    help="which events the figures count (default: after the model's training window)")
 
 
+def cmd_worker(args) -> int:
+    """Run the Faust worker (same as `faust -A stream.app worker`)."""
+    from stream.settings import Settings
+
+    level = Settings.from_env().log_level
+    sys.argv = ["skipcache-worker", "worker", "-l", level, "--without-web"] if args.no_web else \
+        ["skipcache-worker", "worker", "-l", level]
+    from stream.app import app
+
+    app.main()
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from stream.producer import replay
+    from stream.services import create_topics
+    from stream.settings import Settings
+
+    st = Settings.from_env()
+    bootstrap = args.bootstrap or st.kafka_bootstrap
+    ds, events = load_replay(args.data)
+    create_topics(bootstrap, {st.topic_sessions: st.partitions, st.topic_commands: 1, st.topic_dead_letter: 1})
+    speed = None if args.speed == "max" else float(args.speed)
+    summary = replay(events, bootstrap, st.topic_sessions, speed, args.limit, ds.rejections.total)
+    print(summary.render())
+    return 0
+
+
+def cmd_threshold(args) -> int:
+    from stream.settings import Settings
+    from stream.web import parse_thresholds
+    from stream.wiring import build_store
+
+    st = Settings.from_env()
+    store = build_store(st)
+    current = {"threshold": st.threshold, "fast_threshold": st.fast_threshold, **store.config()}
+    if args.action == "set":
+        body = {"threshold": args.value} if args.fast is None else {"threshold": args.value, "fast_threshold": args.fast}
+        store.set_config(**parse_thresholds(orjson.dumps(body), current))
+        current.update(store.config())
+        print("set (workers pick it up within a second):", end=" ")
+    print(f"threshold {current['threshold']:.3f}  fast_threshold {current['fast_threshold']:.3f}")
+    return 0
+
+
+def worker_figures(settings, partitions: int | None = None) -> dict:
+    """The live worker's figures, read back from Redis."""
+    from stream.runtime import summarize_store
+    from stream.wiring import build_store, load_catalogue, tier_config_for
+    from cache_warmer.policies import Policy
+
+    store = build_store(settings)
+    catalogue = load_catalogue(settings)
+    n = partitions or settings.partitions
+    fig = summarize_store(store, list(range(n)), Policy("model", "score", "model"),
+                          tier_config_for(settings, catalogue), catalogue)
+    fig["offsets"] = {p: store.offset(p) for p in range(n)}
+    fig["events_by_type"] = store.counters("events")
+    fig["rejected"] = store.counters("rejected")
+    return fig
+
+
+def render_status(fig: dict) -> str:
+    acc = f"{fig['accuracy']:.3f}" if fig.get("predictions") else "-"
+    maj = f"{fig['majority_accuracy']:.3f}" if fig.get("predictions") else "-"
+    return (f"events {sum(fig['events_by_type'].values()):,}  predictions {fig.get('predictions', 0):,}  "
+            f"accuracy {acc} (majority {maj})  full-play hit ratio {fig['full_play_hit_ratio']:.3f}  "
+            f"promotions {fig['promotions']:,} (wasted {fig['wasted_promotions']:,})  "
+            f"rejected {sum(fig['rejected'].values()):,}")
+
+
+def cmd_status(args) -> int:
+    from stream.settings import Settings
+
+    fig = worker_figures(Settings.from_env())
+    print(render_status(fig))
+    _write_json(args.json, fig)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from stream.embedded import run_up
+
+    return run_up(args)
+
+
 def cmd_settings(args) -> int:
     from stream.settings import Settings
 
@@ -294,6 +380,37 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_options(s, settings)
     s.set_defaults(func=cmd_sweep)
 
+    s = sub.add_parser("worker", help="run the live Faust worker (settings from the environment)")
+    s.add_argument("--no-web", action="store_true")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("replay", help="send an export's events to Kafka in time order")
+    s.add_argument("--data", required=True)
+    s.add_argument("--bootstrap", help="HOST:PORT (default: SKIPCACHE_KAFKA)")
+    s.add_argument("--speed", default="max", help="'max' or X times event time")
+    s.add_argument("--limit", type=int)
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("threshold", help="show or set the promotion thresholds of every worker")
+    s.add_argument("action", choices=("show", "set"))
+    s.add_argument("value", nargs="?", type=float)
+    s.add_argument("--fast", type=float, help="fast-tier threshold")
+    s.set_defaults(func=cmd_threshold)
+
+    s = sub.add_parser("status", help="the live worker's figures from Redis")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("up", help="start Tansu, Redis and the worker on free ports and replay data through them")
+    s.add_argument("--data", help="an export (default: generate one)")
+    s.add_argument("--model", help="a model artifact (default: train linear_svc on the data)")
+    s.add_argument("--out", default="out/up")
+    s.add_argument("--users", type=int, default=300)
+    s.add_argument("--speed", default="max")
+    s.add_argument("--partitions", type=int, default=None)
+    s.add_argument("--keep", action="store_true", help="keep running after the replay (Ctrl-C stops)")
+    s.set_defaults(func=cmd_up)
+
     s = sub.add_parser("settings", help="print the environment variables skipcache reads")
     s.set_defaults(func=cmd_settings)
     return p
@@ -303,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for noisy in ("kafka", "aiokafka", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     from models.artifacts import ArtifactError
     from stream.files import DataError
 

@@ -163,18 +163,25 @@ def read_dataset(directory: str | Path, progress: bool = True) -> Dataset:
         return _read_dataset(Path(directory), progress)
 
 
-def _read_dataset(directory: Path, progress: bool) -> Dataset:
+def read_catalogue(directory: str | Path, progress: bool = False) -> Dataset:
+    """Only the catalogue files (what the live worker needs); sessions are not read."""
+    with paused_gc():
+        return _read_dataset(Path(directory), progress, with_sessions=False)
+
+
+def _read_dataset(directory: Path, progress: bool, with_sessions: bool = True) -> Dataset:
     if not directory.is_dir():
         raise DataError(f"{directory} is not a directory")
-    sessions = find_file(directory, "sessions")
-    if sessions is None:
-        raise DataError(f"no sessions.jsonl(.xz|.gz) in {directory}")
     rejections = Rejections()
     ds = Dataset([], Catalogue(), rejections)
     digests = []
-    ds.events, ds.lines["sessions"], d = read_sessions(sessions, rejections, progress)
-    ds.files["sessions"] = str(sessions)
-    digests.append(d)
+    if with_sessions:
+        sessions = find_file(directory, "sessions")
+        if sessions is None:
+            raise DataError(f"no sessions.jsonl(.xz|.gz) in {directory}")
+        ds.events, ds.lines["sessions"], d = read_sessions(sessions, rejections, progress)
+        ds.files["sessions"] = str(sessions)
+        digests.append(d)
     cat = ds.catalogue
     for name, parse in (("users", parse_user), ("artists", parse_artist), ("tracks", parse_track),
                         ("track_storage", parse_storage)):

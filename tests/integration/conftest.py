@@ -1,0 +1,109 @@
+"""Real servers for the integration tests: a Tansu broker and redis-server on free local ports,
+started here and stopped at the end. Skipped with a reason when redis-server is missing."""
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cache_warmer.policies import Policy
+from cache_warmer.simulation import simulate
+from cache_warmer.tiers import TierConfig
+from models.artifacts import load
+from models.replay import replay_order
+from stream.cli import main
+from stream.files import read_dataset
+from stream.kafka_io import partition_of
+from stream.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+from stream.settings import Settings
+from stream.wiring import build_store
+from stream.synthetic import generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    base = tmp_path_factory.mktemp("servers")
+    kafka = start_tansu(workdir=base / "tansu")
+    redis = start_redis(workdir=base / "redis")
+    yield kafka, redis
+    kafka.stop()
+    redis.stop()
+
+
+@pytest.fixture(scope="session")
+def live_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("live")
+    generate(out / "data", users=80, seed=21, profile="long", progress=False)
+    assert main(["train", "--data", str(out / "data"), "--out", str(out / "m.joblib"), "--train-fraction", "0.5"]) == 0
+    ds = read_dataset(out / "data", progress=False)
+    return out, ds, replay_order(ds.events), load(out / "m.joblib")
+
+
+@dataclass
+class Live:
+    settings: Settings
+    env: dict
+    workdir: Path
+
+    def start_worker(self, name: str = "w", web_port: int | None = None):
+        port = web_port or free_port()
+        env = {**self.env, "SKIPCACHE_WEB_PORT": str(port)}
+        proc = start_worker(env, self.workdir / f"{name}.log")
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        return proc, port
+
+    def store(self):
+        return build_store(self.settings)
+
+    def applied(self) -> int:
+        store = self.store()
+        return sum(store.offset(p) for p in range(self.settings.partitions))
+
+    def wait_applied(self, total: int, timeout: float = 120.0, workers=()) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.applied() >= total:
+                return
+            for w in workers:
+                assert w.poll() is None, f"worker died: see {self.workdir}"
+            time.sleep(0.3)
+        raise AssertionError(f"only {self.applied()} of {total} events applied after {timeout} s; logs in {self.workdir}")
+
+
+@pytest.fixture
+def live(servers, live_data, tmp_path):
+    kafka, redis = servers
+    out, *_ = live_data
+    tag = uuid.uuid4().hex[:8]
+    env = {"SKIPCACHE_APP_ID": f"skipcache-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
+           "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": f"t{tag}",
+           "SKIPCACHE_MODEL": str(out / "m.joblib"), "SKIPCACHE_DATA": str(out / "data"),
+           "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+           "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
+           "SKIPCACHE_BATCH_SIZE": "500", "SKIPCACHE_API_TOKEN": "s3cret", "SKIPCACHE_LOG_LEVEL": "info"}
+    settings = Settings.from_env(env)
+    create_topics(settings.kafka_bootstrap, {settings.topic_sessions: 2, settings.topic_commands: 1,
+                                             settings.topic_dead_letter: 1})
+    return Live(settings, env, tmp_path)
+
+
+def expected_figures(live_data, settings: Settings) -> dict:
+    """What `skipcache simulate` says for the same events, model, thresholds and partitions."""
+    _, ds, events, art = live_data
+    base = TierConfig.for_catalogue(ds.catalogue, settings.fast_capacity, settings.medium_capacity,
+                                    settings.transfer_cost, settings.cold_after_hours)
+    p = settings.partitions
+    policy = Policy("model", "score", "model", settings.threshold, settings.fast_threshold)
+    return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), shards=p,
+                    shard_of=lambda u: partition_of(u, p), progress=False)["policies"]["model"]
+
+
+COMPARED = ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions", "evictions")

@@ -1,0 +1,140 @@
+"""The live worker against real Tansu and redis-server: same figures as the simulation, nothing
+lost or doubled through kill -9 or a worker leaving the group, hostile input dead-lettered."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import orjson
+import pytest
+from kafka import KafkaConsumer
+
+from stream.cli import worker_figures
+from stream.producer import make_producer, replay
+
+from .conftest import COMPARED, expected_figures
+
+pytestmark = pytest.mark.integration
+
+
+def _figures(live):
+    return worker_figures(live.settings, live.settings.partitions)
+
+
+def _assert_equal(fig, expected):
+    for key in COMPARED:
+        assert fig[key] == expected[key], key
+    assert fig["predictions"] > 5000
+
+
+def test_worker_gives_the_simulations_figures(live, live_data):
+    _, ds, events, _ = live_data
+    worker, _ = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+        _assert_equal(_figures(live), expected_figures(live_data, live.settings))
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
+def test_kill_9_mid_replay_then_restart_loses_and_doubles_nothing(live, live_data):
+    _, ds, events, _ = live_data
+    worker, port = live.start_worker("first")
+    producer = make_producer(live.settings.kafka_bootstrap)
+    replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False, producer=producer)
+    deadline = time.monotonic() + 60
+    while live.applied() < len(events) // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    applied_at_kill = live.applied()
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert applied_at_kill < len(events), "the worker finished before it could be killed"
+    worker, _ = live.start_worker("second")
+    try:
+        live.wait_applied(len(events), workers=[worker])
+        _assert_equal(_figures(live), expected_figures(live_data, live.settings))
+    finally:
+        worker.terminate()
+        worker.wait(20)
+        producer.close()
+
+
+def test_two_workers_one_stopped_mid_replay(live, live_data):
+    _, ds, events, _ = live_data
+    a, _ = live.start_worker("a")
+    b, _ = live.start_worker("b")
+    try:
+        time.sleep(8)  # let the group settle with both members (Tansu joins take ~half the session timeout)
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, speed=None, progress=False)
+        deadline = time.monotonic() + 60
+        while live.applied() < len(events) // 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        b.terminate()  # leaves the group: a takes its partition over from the offset in Redis
+        b.wait(30)
+        live.wait_applied(len(events), workers=[a], timeout=180)
+        _assert_equal(_figures(live), expected_figures(live_data, live.settings))
+    finally:
+        for w in (a, b):
+            if w.poll() is None:
+                w.terminate()
+                w.wait(20)
+
+
+def _hostile(i: int, rnd: random.Random) -> bytes:
+    good = {"session_id": 1, "timestamp": "2023-03-01T10:00:00", "user_id": 1, "track_id": "a" * 22, "event_type": "play"}
+    kind = i % 8
+    if kind == 0:
+        return b"{not json" + str(i).encode()
+    if kind == 1:
+        return orjson.dumps({**good, "user_id": "x" * 20})
+    if kind == 2:
+        return orjson.dumps({**good, "event_type": "teleport"})
+    if kind == 3:
+        return orjson.dumps({**good, "track_id": "z" * 50_000})
+    if kind == 4:
+        bad = dict(good)
+        del bad["timestamp"]
+        return orjson.dumps(bad)
+    if kind == 5:
+        return orjson.dumps([1, 2, 3])
+    if kind == 6:
+        return orjson.dumps({**good, "session_id": {"$gt": 1}})
+    return orjson.dumps({**good, "timestamp": "2023-13-45T99:00:00"})
+
+
+def test_hostile_events_land_in_the_dead_letter_topic(live, live_data):
+    _, ds, events, _ = live_data
+    rnd = random.Random(3)
+    bad_at = set(rnd.sample(range(len(events)), 1000))
+    producer = make_producer(live.settings.kafka_bootstrap)
+    sent = 0
+    for i, e in enumerate(events):
+        if i in bad_at:
+            producer.send(live.settings.topic_sessions, key=str(rnd.randrange(1000)).encode(), value=_hostile(i, rnd))
+            sent += 1
+        producer.send(live.settings.topic_sessions, key=str(e.user_id).encode(), value=orjson.dumps(e.to_json()))
+        sent += 1
+    producer.flush()
+    producer.close()
+    worker, _ = live.start_worker()
+    try:
+        live.wait_applied(sent, workers=[worker])
+        fig = _figures(live)
+        assert sum(fig["rejected"].values()) == 1000
+        _assert_equal(fig, expected_figures(live_data, live.settings))  # every good event was processed
+        consumer = KafkaConsumer(live.settings.topic_dead_letter, bootstrap_servers=live.settings.kafka_bootstrap,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        letters = [orjson.loads(m.value) for m in consumer]
+        consumer.close()
+        assert len(letters) >= 1000  # at-least-once: a retried batch may publish a letter twice
+        assert len({(d["partition"], d["offset"]) for d in letters}) == 1000
+        assert {d["reason"] for d in letters} >= {"bad_json", "bad_user_id", "unknown_event_type", "too_large",
+                                                  "missing_timestamp", "not_an_event", "bad_session_id", "bad_timestamp"}
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(20)
