@@ -29,6 +29,7 @@ class Settings:
     state_ttl_days: float = _env("SKIPCACHE_STATE_TTL_DAYS", 30.0, "TTL of per-user, per-session and per-track keys")
     batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 1000, "events per worker batch (stream.take)")
     batch_within: float = _env("SKIPCACHE_BATCH_WITHIN", 0.2, "seconds to wait for a batch to fill")
+    fetch_max_wait_ms: int = _env("SKIPCACHE_FETCH_MAX_WAIT_MS", 50, "longest a consumer fetch waits for data (faust's own is 1500)")
     web_host: str = _env("SKIPCACHE_WEB_HOST", "127.0.0.1", "worker web server bind address")
     web_port: int = _env("SKIPCACHE_WEB_PORT", 6066, "worker web server port")
     api_token: str = _env("SKIPCACHE_API_TOKEN", "change-me", "token for PUT /threshold and DELETE /ab/results")

@@ -57,7 +57,9 @@ def register_views(app: faust.App, settings: Settings, worker: Callable) -> None
             except Exception as exc:  # report, don't crash
                 return self.json({"status": "unhealthy", "error": str(exc)}, status=503)
             return self.json({"status": "ok", "partitions": sorted(w.runtimes), "model": w.artifact.model,
-                              "model_version": w.artifact.version})
+                              "model_version": w.artifact.version,
+                              "thresholds_in_use": {str(p): [rt.policy.threshold, rt.policy.fast_threshold]
+                                                    for p, rt in w.runtimes.items()}})
 
     @app.page("/threshold")
     class Threshold(faust.web.View):

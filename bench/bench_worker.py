@@ -1,0 +1,173 @@
+"""Live worker throughput through Tansu and Redis on this machine, beside raw aiokafka consume
+throughput from the same broker in the same run, and produce-to-decision latency at a steady
+2,000 events/s.
+
+Targets (issue 4): >= 10,000 events/s for the worker.
+Run: python bench/bench_worker.py [--users 800]"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+
+
+def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        n = 0
+        started = None
+        try:
+            while n < total:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                for records in batch.values():
+                    if started is None:
+                        started = time.perf_counter()
+                    n += len(records)
+        finally:
+            await consumer.stop()
+        return n / (time.perf_counter() - started)
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=800)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--batch-size", type=int, default=None, help="SKIPCACHE_BATCH_SIZE for the throughput run")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (2 partitions)")
+    args = ap.parse_args()
+    from cache_warmer.simulation import simulate  # noqa: F401
+    from kafka import KafkaConsumer
+    from stream.cli import main as cli
+    from stream.files import read_dataset
+    from models.replay import replay_order
+    from stream.producer import make_producer, replay
+    from stream.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+    from stream.settings import Settings
+    from stream.synthetic import generate
+    from stream.wiring import build_store
+
+    work = Path(tempfile.mkdtemp(prefix="skipcache-bench-worker-"))
+    generate(work / "data", users=args.users, seed=9, profile="long", progress=False)
+    cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
+    ds = read_dataset(work / "data", progress=False)
+    events = replay_order(ds.events)
+    stack = Stack()
+    kafka = stack.add(start_tansu(workdir=work / "tansu"))
+    redis = stack.add(start_redis(workdir=work / "redis"))
+    try:
+        def settings_for(tag: str, **extra) -> tuple[Settings, dict]:
+            env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
+                   "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
+                   "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
+                   "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+                   "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
+                   "SKIPCACHE_WEB_PORT": str(free_port()), **extra}
+            st = Settings.from_env(env)
+            create_topics(st.kafka_bootstrap, {st.topic_sessions: 2, st.topic_commands: 1, st.topic_dead_letter: 1})
+            return st, env
+
+        # ---- throughput: the topic is full before the worker starts --------------------------
+        st, env = settings_for(uuid.uuid4().hex[:6], **({"SKIPCACHE_BATCH_SIZE": str(args.batch_size)}
+                                                        if args.batch_size else {}))
+        summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False)
+        print(f"events: {len(events):,} ({args.users} users, long profile); produced at {summary.rate:,.0f} events/s "
+              f"(kafka-python, acks=1)")
+        raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
+        print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
+        store = build_store(st)
+        workers = []
+        for i in range(args.workers):
+            port = free_port()
+            w = start_worker({**env, "SKIPCACHE_WEB_PORT": str(port)}, work / f"worker-throughput-{i}.log")
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc=w)
+            workers.append(w)
+        if args.workers > 1:
+            time.sleep(8)  # wait for the group to settle with every member before measuring
+        first = None
+        while True:
+            applied = store.offset(0) + store.offset(1)
+            now = time.perf_counter()
+            if applied and first is None:
+                first = (now, applied)
+            if applied >= len(events):
+                break
+            time.sleep(0.05)
+        rate = (applied - first[1]) / (now - first[0])
+        print(f"skipcache worker, {args.workers} process(es), Redis state, batch {st.batch_size}: {rate:>10,.0f} events/s  "
+              f"({rate / raw:.3f}x raw consume)")
+        for w in workers:
+            w.terminate()
+            w.wait(20)
+        if args.skip_latency:
+            return
+
+        # ---- latency at a steady 2,000 events/s ----------------------------------------------
+        st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN="0.05")
+        worker = start_worker(env, work / "worker-latency.log")
+        wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=worker)
+        time.sleep(3)
+        sent_at: dict[float, float] = {}
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def consume() -> None:
+            consumer = KafkaConsumer(st.topic_commands, bootstrap_servers=st.kafka_bootstrap,
+                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
+            while not stop.is_set():
+                for records in consumer.poll(timeout_ms=100).values():
+                    arrived = time.perf_counter()
+                    for m in records:
+                        d = orjson.loads(m.value)
+                        t = sent_at.get(d["time"])
+                        if t is not None and d["reason"] == "upcoming":
+                            latencies.append(arrived - t)
+            consumer.close()
+
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        producer = make_producer(st.kafka_bootstrap)
+        n = int(2000 * args.latency_seconds)
+        start = time.perf_counter()
+        from stream.kafka_io import user_key
+
+        for i, e in enumerate(events[:n]):
+            due = start + i / 2000.0
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent_at.setdefault(e.ts, time.perf_counter())
+            producer.send(st.topic_sessions, key=user_key(e.user_id), value=orjson.dumps(e.to_json()))
+            if i % 200 == 0:
+                producer.flush()
+        producer.flush()
+        achieved = n / (time.perf_counter() - start)
+        time.sleep(3)
+        stop.set()
+        thread.join()
+        worker.terminate()
+        worker.wait(20)
+        q = statistics.quantiles(latencies, n=100)
+        print(f"end-to-end latency, produce -> decision consumed, at {achieved:,.0f} events/s "
+              f"({len(latencies):,} decisions, batch within 0.05 s): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

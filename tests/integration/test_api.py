@@ -1,0 +1,80 @@
+"""The worker's HTTP API and runtime thresholds, against a real worker, Tansu and Redis."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+from stream.producer import replay
+
+pytestmark = pytest.mark.integration
+
+
+def _call(method, url, body=None, token=None):
+    data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+def test_http_api_and_runtime_threshold(live, live_data):
+    _, ds, events, _ = live_data
+    worker, port = live.start_worker()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        replay(events[:5000], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(5000, workers=[worker])
+        status, health = _call("GET", f"{base}/healthz")
+        assert status == 200 and health["status"] == "ok" and sorted(health["partitions"]) == [0, 1]
+
+        user = events[100].user_id
+        track = next(e.track_id for e in events[:5000] if e.user_id == user and e.track_id)
+        status, pred = _call("POST", f"{base}/predict", {"user_id": user, "track_id": track})
+        assert status == 200 and 0.0 <= pred["p_full"] <= 1.0 and pred["known_user"] and pred["known_track"]
+        assert pred["decision"] in ("slow", "medium", "fast") and pred["model"] == "linear_svc"
+        for bad in (b"{nope", {"user_id": "7", "track_id": track}, {"user_id": user, "track_id": "short"}, [1, 2]):
+            status, body = _call("POST", f"{base}/predict", bad)
+            assert status == 400 and body["error"]
+
+        assert _call("GET", f"{base}/threshold") == (200, {"threshold": 0.5, "fast_threshold": 0.95})
+        assert _call("PUT", f"{base}/threshold", {"threshold": 0.7})[0] == 401
+        assert _call("PUT", f"{base}/threshold", {"threshold": 0.7}, token="wrong")[0] == 401
+        for bad in ({"threshold": 1.5}, {"threshold": -0.1}, {"threshold": "high"}, {"other": 1}, b"not json"):
+            status, body = _call("PUT", f"{base}/threshold", bad, token="s3cret")
+            assert status == 400 and body["error"], bad
+        assert _call("PUT", f"{base}/threshold", {"threshold": 0.7}, token="s3cret") == (
+            200, {"threshold": 0.7, "fast_threshold": 0.95})
+
+        # the CLI writes to Redis; every partition of every worker uses it within a second
+        env = {**os.environ, **live.env}
+        out = subprocess.run([sys.executable, "-m", "stream.cli", "threshold", "set", "0.3"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        changed = time.monotonic()
+        while time.monotonic() - changed < 1.0:
+            in_use = _call("GET", f"{base}/healthz")[1]["thresholds_in_use"]
+            if all(v[0] == 0.3 for v in in_use.values()):
+                break
+            time.sleep(0.05)
+        assert all(v[0] == 0.3 for v in in_use.values()), in_use
+        out = subprocess.run([sys.executable, "-m", "stream.cli", "threshold", "show"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert "threshold 0.300" in out.stdout
+        out = subprocess.run([sys.executable, "-m", "stream.cli", "threshold", "set", "2"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "within [0, 1]" in out.stderr
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(20)
