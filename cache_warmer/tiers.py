@@ -26,6 +26,9 @@ class TierConfig:
     tier_cost: tuple[float, float, float] = DEFAULT_DAILY_COST
     transfer_cost: float = 0.0005
     cold_after_hours: float = 1.0
+    cost_share: float = 1.0
+    """The part of the storage bill a shard accounts for: with P shards each counts 1/P, so the
+    shards' costs add up to one catalogue's, comparable with an unsharded cache."""
 
     @classmethod
     def for_catalogue(cls, catalogue: Catalogue, fast_capacity: int = 0, medium_capacity: int = 0,
@@ -51,7 +54,7 @@ class TierConfig:
         if shards <= 1:
             return self
         return TierConfig(max(1, self.fast_capacity // shards), max(1, self.medium_capacity // shards),
-                          self.tier_cost, self.transfer_cost, self.cold_after_hours)
+                          self.tier_cost, self.transfer_cost, self.cold_after_hours, self.cost_share / shards)
 
 
 @dataclass
@@ -73,9 +76,10 @@ class TierState:
         self.capacity = (math.inf, config.medium_capacity, config.fast_capacity)
         self.cost_per_day = 0.0
         self._cost_cache: dict[str, tuple[float, float, float]] = {}
+        share = config.cost_share
         for track, s in catalogue.storage.items():
             t = TIER_OF[s.storage_class]
-            self.cost_per_day += s.daily_cost
+            self.cost_per_day += s.daily_cost * share
             if t != SLOW:
                 self.tier[track] = t
                 self.lru[t][track] = -math.inf
@@ -87,7 +91,7 @@ class TierState:
             if track not in self.storage and track not in self.seen_outside_catalogue:
                 # not in track_storage: slow at the median slow cost, counted from first sight
                 self.seen_outside_catalogue.add(track)
-                self.cost_per_day += self.config.tier_cost[SLOW]
+                self.cost_per_day += self.config.tier_cost[SLOW] * self.config.cost_share
             return SLOW
         return t
 
@@ -131,7 +135,7 @@ class TierState:
             moves.append(Move(victim, tier, tier - 1, "evicted"))
 
     def _place(self, track: str, src: int, dst: int) -> None:
-        self.cost_per_day += self.cost(track, dst) - self.cost(track, src)
+        self.cost_per_day += (self.cost(track, dst) - self.cost(track, src)) * self.config.cost_share
         if dst == SLOW:
             self.tier.pop(track, None)
         else:
