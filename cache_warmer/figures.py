@@ -34,6 +34,7 @@ class Figures:
     scores: list = field(default_factory=list)
     labels: list = field(default_factory=list)
     daily: dict = field(default_factory=dict)  # day -> [plays, hits, full_plays, full_hits, promos, wasted]
+    by_variant: dict = field(default_factory=dict)  # variant -> {tp, fp, tn, fn}
 
     COUNTERS = ("plays", "full_plays", "hits_fast", "hits_medium", "full_play_hits", "promotions",
                 "promotions_fast", "evictions", "demotions", "useful_promotions", "wasted_promotions",
@@ -46,6 +47,10 @@ class Figures:
         if not math.isnan(other.window_start):
             self.window_start = other.window_start if math.isnan(self.window_start) else min(self.window_start, other.window_start)
             self.window_end = other.window_end if math.isnan(self.window_end) else max(self.window_end, other.window_end)
+        for v, cells in other.by_variant.items():
+            mine = self.by_variant.setdefault(v, {"tp": 0, "fp": 0, "tn": 0, "fn": 0})
+            for k, n in cells.items():
+                mine[k] += n
         self.scores.extend(other.scores)
         self.labels.extend(other.labels)
         for d, row in other.daily.items():
@@ -91,6 +96,10 @@ class Figures:
                        accuracy=(self.tp + self.tn) / n if n else math.nan,
                        majority_accuracy=(max((self.tp + self.fn) / n, (self.tn + self.fp) / n) if n else math.nan),
                        roc_auc=_auc(y, s))
+            if len(self.by_variant) > 1:
+                out["variants"] = {v: {**cells, "predictions": sum(cells.values()),
+                                       "accuracy": (cells["tp"] + cells["tn"]) / max(1, sum(cells.values()))}
+                                   for v, cells in sorted(self.by_variant.items())}
         return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from models.events import PLAY, Event
 from models.features import FeatureEngine, Resolution
 
+from .experiment import AB
 from .warmer import CacheWarmer
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -31,11 +32,15 @@ class BatchResult:
 
 class Pipeline:
     def __init__(self, engine: FeatureEngine, scorers: dict[str, Scorer], warmers: Sequence[CacheWarmer],
-                 oracle: Callable[[int, int, int], int | None] | None = None):
+                 oracle: Callable[[int, int, int], int | None] | None = None,
+                 variant_of: Callable[[int], str] | None = None):
+        """``variant_of``: for a policy whose scorer is ``ab``, which of the scorers ``A`` and
+        ``B`` serves a user (see experiment.variant_of)."""
         self.engine = engine
         self.scorers = scorers
         self.warmers = list(warmers)
         self.oracle = oracle
+        self.variant_of = variant_of
 
     def process(self, events: Sequence[Event]) -> BatchResult:
         observe = self.engine.observe
@@ -66,6 +71,18 @@ class Pipeline:
         # plain lists: indexing numpy scalars one by one is slow in the loop below
         cur_l = {k: v.tolist() for k, v in scores.items()}
         up_l = {k: v.tolist() for k, v in up_scores.items()}
+        variants: list[str] = []
+        if self.variant_of is not None and "A" in cur_l and "B" in cur_l:
+            variant_of = self.variant_of
+            cur_ab, up_ab = [0.0] * len(rows), [0.0] * len(up_rows)
+            for e, _, i, j, _ in steps:
+                if i >= 0:
+                    v = variant_of(e.user_id)
+                    variants.append(v)
+                    cur_ab[i] = cur_l[v][i]
+                    if j >= 0:
+                        up_ab[j] = up_l[v][j]
+            cur_l[AB], up_l[AB] = cur_ab, up_ab
         plan = []
         for w in self.warmers:
             scorer = w.policy.scorer
@@ -73,6 +90,7 @@ class Pipeline:
                          up_l.get(scorer) if scorer != "oracle" else None, scorer == "oracle"))
         oracle = self.oracle
         for e, resolved, i, j, play_no in steps:
+            variant = variants[i] if variants and i >= 0 else "A"
             ts = e.ts
             for w, cur, up, is_oracle in plan:
                 w.advance(ts)
@@ -90,7 +108,7 @@ class Pipeline:
                 else:
                     w.on_play(e.user_id, e.session_id, e.track_id, e.next_track_id, ts,
                               cur[i] if cur is not None else None,
-                              up[j] if (up is not None and j >= 0) else None)
+                              up[j] if (up is not None and j >= 0) else None, variant)
         return BatchResult(len(events), len(rows), all_resolved, scores)
 
     def finish(self, ts: float) -> list[Resolution]:

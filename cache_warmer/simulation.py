@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from models.features import EngineConfig, FeatureEngine
 from models.labels import label_session
 from models.runtime import paused_gc
 
+from .experiment import AB, variant_of
 from .pipeline import Pipeline
 from .policies import Policy, standard_policies
 from .tiers import TIER_NAMES, TierConfig, TierState
@@ -62,8 +64,10 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
              tier_config: TierConfig | None = None, policies: Sequence[Policy] | None = None,
              threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
              shards: int = 1, shard_of: Callable[[int], int] | None = None, batch_size: int = 20_000,
-             objective: Objective = Objective(), progress: bool = True) -> dict:
-    """Replay ``events`` (in replay order) and return the figures of every policy."""
+             objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None) -> dict:
+    """Replay ``events`` (in replay order) and return the figures of every policy. With
+    ``ab_share`` and two artifacts, an ``ab`` policy serves the first (A) or the second (B) by
+    user, as an A/B-testing worker does."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     config = EngineConfig(**artifacts[0].engine_config)
@@ -74,8 +78,16 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
     scorers = {name: art.predict_full for name, art in zip(names, artifacts)}
     naive = NaiveRule(feature_names).fit(None)
     scorers["naive"] = lambda X: naive.predict_proba(X)[:, 1]
+    variant = None
+    if ab_share is not None:
+        if len(artifacts) != 2:
+            raise ValueError("an A/B simulation needs exactly two models")
+        scorers["A"], scorers["B"] = artifacts[0].predict_full, artifacts[1].predict_full
+        variant = partial(variant_of, share_b=ab_share)
     if policies is None:
         policies = standard_policies(names, threshold, fast_threshold)
+        if ab_share is not None:
+            policies.insert(-1, Policy("ab", "score", AB, threshold, fast_threshold))
     if count_from is None:
         count_from = max(art.train_window["end"] for art in artifacts)
     tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
@@ -96,7 +108,7 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
         for shard_events in by_shard:
             shard_warmers = [CacheWarmer(p, TierState(shard_tiers, catalogue), count_from) for p in policies]
             warmers.append(shard_warmers)
-            pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, oracle)
+            pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, oracle, variant)
             for start in range(0, len(shard_events), batch_size):
                 batch = shard_events[start:start + batch_size]
                 pipeline.process(batch)

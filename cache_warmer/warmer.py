@@ -27,6 +27,9 @@ class CacheWarmer:
         self.count_from = count_from
         self.figures = Figures()
         self.keep_scores = keep_scores  # the simulation keeps every score for roc_auc; the worker does not
+        self.outcomes: list[tuple[str, bool, bool]] | None = [] if emit else None
+        """(variant, predicted full, was full) of every prediction resolved since the caller
+        last cleared it: the live worker turns these into metrics."""
         self.pending: dict[tuple[int, int], tuple] = {}
         self.open_promotions: dict[str, bool] = {}  # promoted, not yet played: track -> counted
         self.emit = emit
@@ -63,7 +66,7 @@ class CacheWarmer:
             self._next_sweep = boundary + SWEEP_EVERY
 
     def on_play(self, user_id: int, session_id: int, track: str, next_track: str | None,
-                ts: float, score: float | None, next_score: float | None) -> None:
+                ts: float, score: float | None, next_score: float | None, variant: str = "A") -> None:
         counted = ts > self.count_from
         shard = self.tiers
         f = self.figures
@@ -71,7 +74,7 @@ class CacheWarmer:
         if tier != SLOW:
             shard.touch(track, tier, ts)
         promo = self.open_promotions.pop(track, None)
-        self.pending[(user_id, session_id)] = (score, tier, promo, counted)
+        self.pending[(user_id, session_id)] = (score, tier, promo, counted, variant)
         if counted:
             f.plays += 1
             row = f.day(ts)
@@ -142,7 +145,7 @@ class CacheWarmer:
         entry = self.pending.pop((r.user_id, r.session_id), None)
         if entry is None:
             return
-        score, tier, promo, counted = entry
+        score, tier, promo, counted, variant = entry
         full = r.label == FULL
         f = self.figures
         if promo:  # the first play after a counted promotion decides whether it paid off
@@ -163,14 +166,16 @@ class CacheWarmer:
         if score is not None:
             predicted_full = score >= 0.5
             if predicted_full:
-                if full:
-                    f.tp += 1
-                else:
-                    f.fp += 1
-            elif full:
-                f.fn += 1
+                cell = "tp" if full else "fp"
             else:
-                f.tn += 1
+                cell = "fn" if full else "tn"
+            setattr(f, cell, getattr(f, cell) + 1)
+            by = f.by_variant.get(variant)
+            if by is None:
+                by = f.by_variant[variant] = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+            by[cell] += 1
+            if self.outcomes is not None:
+                self.outcomes.append((variant, predicted_full, full))
             if self.keep_scores:
                 f.scores.append(score)
                 f.labels.append(1 if full else 0)
@@ -180,20 +185,22 @@ def warmer_state(w: CacheWarmer) -> dict:
     """The warmer's state as plain JSON-able data (counters only: no score lists)."""
     f = w.figures
     return {"tiers": w.tiers.to_state(),
-            "pending": [[u, s, score, tier, promo, counted] for (u, s), (score, tier, promo, counted) in w.pending.items()],
+            "pending": [[u, s, *rest] for (u, s), rest in w.pending.items()],
             "open": list(w.open_promotions.items()),
             "figures": {name: getattr(f, name) for name in Figures.COUNTERS},
+            "by_variant": f.by_variant,
             "cost_area": f.cost_area, "window": [f.window_start, f.window_end],
             "last_ts": w._last_ts, "next_sweep": w._next_sweep}
 
 
 def load_warmer_state(w: CacheWarmer, state: dict) -> None:
     w.tiers.load_state(state["tiers"])
-    w.pending = {(u, s): (score, tier, promo, counted) for u, s, score, tier, promo, counted in state["pending"]}
+    w.pending = {(row[0], row[1]): tuple(row[2:]) for row in state["pending"]}
     w.open_promotions = dict((k, v) for k, v in state["open"])
     for name, value in state["figures"].items():
         setattr(w.figures, name, value)
     w.figures.cost_area = state["cost_area"]
+    w.figures.by_variant = state.get("by_variant", {})
     w.figures.window_start, w.figures.window_end = (math.nan if v is None else v for v in state["window"])
     w._last_ts = -math.inf if state["last_ts"] is None else state["last_ts"]
     w._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]

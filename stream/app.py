@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import orjson
 from faust.types import TP
 
 from .kafka_io import partition_of  # noqa: F401  (re-exported for tools)
+from .metrics import WorkerMetrics
 from .publish import BatchPublisher
 from .runtime import OffsetGap
 from .settings import Settings
@@ -68,9 +70,12 @@ def create_app(settings: Settings) -> faust.App:
     seeking: dict[int, int] = {}
     publisher: dict[str, BatchPublisher | None] = {"p": None}
 
+    metrics = WorkerMetrics()
+
     def worker() -> Worker:
         if holder["worker"] is None:
             holder["worker"] = build_worker(settings)
+            metrics.set_models(holder["worker"].variants)
         return holder["worker"]
 
     @app.on_partitions_assigned.connect
@@ -100,10 +105,12 @@ def create_app(settings: Settings) -> faust.App:
             await handle(batch)
 
     async def handle(batch) -> None:
+        started = time.perf_counter()
         w = worker()
         by_partition: dict[int, list] = defaultdict(list)
         for ev in batch:
-            by_partition[ev.message.partition].append((ev.message.offset, ev.message.value))
+            m = ev.message
+            by_partition[m.partition].append((m.offset, m.value, m.timestamp))
         outputs = []
         for p, records in by_partition.items():
             rt = w.runtimes.get(p)
@@ -138,17 +145,39 @@ def create_app(settings: Settings) -> faust.App:
         # sinks first, then state and offsets (at-least-once commands, exactly-once state)
         await publisher["p"].publish(settings.topic_dead_letter, letters)
         await publisher["p"].publish(settings.topic_commands, commands)
+        models = {v: a.model for v, a in w.variants.items()}
         for rt, out in outputs:
-            rt.commit(out)
+            if rt.commit(out):
+                if out.changes is not None:
+                    metrics.record_batch(out, models, out.figures_before, out.figures_after)
+                    now = time.time()
+                    for ts in out.timestamps:
+                        metrics.event_latency.observe(max(0.0, now - ts))
+                metrics.batch_seconds.observe(time.perf_counter() - started)
+        update_gauges(w)
+
+    def update_gauges(w: Worker) -> None:
+        p = w.policy
+        metrics.threshold.labels("medium").set(p.threshold)
+        metrics.threshold.labels("fast").set(p.fast_threshold)
+        metrics.cost.set(sum(rt.warmer.tiers.cost_per_day for rt in w.runtimes.values()))
+        for part, rt in w.runtimes.items():
+            try:
+                high = app.consumer.highwater(TP(settings.topic_sessions, part))
+            except Exception:  # not fetched yet
+                high = None
+            if high is not None:
+                metrics.lag.labels(str(part)).set(max(0, high - rt.next_offset))
 
     @app.timer(0.5)
     async def refresh_thresholds() -> None:
         if holder["worker"] is not None:
             holder["worker"].refresh_thresholds()
+            update_gauges(holder["worker"])
 
     from .web import register_views
 
-    register_views(app, settings, worker)
+    register_views(app, settings, worker, metrics)
     return app
 
 

@@ -305,6 +305,40 @@ def cmd_status(args) -> int:
     return 0
 
 
+def render_ab(result: dict) -> str:
+    lines = [f"{'variant':<8}{'predictions':>12}{'accuracy':>10}"]
+    for v, r in result["variants"].items():
+        acc = f"{r['accuracy']:.4f}" if r["predictions"] else "-"
+        lines.append(f"{v:<8}{r['predictions']:>12,}{acc:>10}")
+    if result.get("leader") is not None or result["difference"] == result["difference"]:
+        lo, hi = result["ci"]
+        lines.append(f"B - A: {result['difference']:+.4f} (95% CI {lo:+.4f} .. {hi:+.4f}), "
+                     f"two-proportion z = {result['z']:.2f}, p = {result['p_value']:.3g}"
+                     + (f"; {result['leader']} is ahead" + (" (significant at 0.05)" if result["p_value"] < 0.05 else
+                                                          " (not significant at 0.05)") if result["leader"] else ""))
+    else:
+        lines.append("not enough predictions in both variants yet")
+    return "\n".join(lines)
+
+
+def cmd_ab_report(args) -> int:
+    from stream.settings import Settings
+    from stream.web import ab_results
+    from stream.wiring import build_store
+
+    result = ab_results(build_store(Settings.from_env()))
+    print(render_ab(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from stream.dashboard import write
+
+    print(f"wrote {write(args.out)}")
+    return 0
+
+
 def cmd_up(args) -> int:
     from stream.embedded import run_up
 
@@ -406,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="the live worker's figures from Redis")
     s.add_argument("--json")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("ab-report", help="the A/B experiment: per-variant accuracy, difference, CI, p-value")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_ab_report)
+
+    s = sub.add_parser("dashboard", help="write the Grafana dashboard JSON (generated from code)")
+    s.add_argument("--out", default="grafana/dashboards/skipcache.json")
+    s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("up", help="start Tansu, Redis and the worker on free ports and replay data through them")
     s.add_argument("--data", help="an export (default: generate one)")

@@ -39,6 +39,11 @@ class BatchOutput:
     events: int = 0
     skipped_duplicates: int = 0
     decisions: list[Decision] = field(default_factory=list)
+    outcomes: list[tuple[str, bool, bool]] = field(default_factory=list)  # (variant, predicted full, was full)
+    kinds: dict[str, int] = field(default_factory=dict)
+    timestamps: list[float] = field(default_factory=list)  # Kafka timestamps (s) when given
+    figures_before: dict = field(default_factory=dict)
+    figures_after: dict = field(default_factory=dict)
     dead_letters: list[tuple[int, str, bytes]] = field(default_factory=list)  # offset, reason, raw
     changes: Changes | None = None
 
@@ -54,7 +59,7 @@ class OffsetGap(Exception):
 class PartitionRuntime:
     def __init__(self, partition: int, store: StateStore, catalogue: Catalogue, scorers: dict,
                  policy: Policy, tier_config: TierConfig, engine_config: EngineConfig,
-                 count_from: float = -math.inf):
+                 count_from: float = -math.inf, variant_of=None):
         self.partition = partition
         self.store = store
         self.catalogue = catalogue
@@ -63,6 +68,7 @@ class PartitionRuntime:
         self.tier_config = tier_config
         self.engine_config = engine_config
         self.count_from = count_from
+        self.variant_of = variant_of
         self.rejections = Rejections()
         self.load()
 
@@ -75,7 +81,7 @@ class PartitionRuntime:
         blob = self.store.warmer(self.partition)
         if blob:
             load_warmer_state(self.warmer, orjson.loads(blob))
-        self.pipeline = Pipeline(self.engine, self.scorers, [self.warmer])
+        self.pipeline = Pipeline(self.engine, self.scorers, [self.warmer], variant_of=self.variant_of)
 
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
         if (threshold, fast_threshold) != (self.policy.threshold, self.policy.fast_threshold):
@@ -83,9 +89,9 @@ class PartitionRuntime:
             self.warmer.policy = self.policy
 
     def process(self, records: list[tuple[int, bytes | None]]) -> BatchOutput:
-        """``records``: (offset, value) of this partition, in offset order."""
+        """``records``: (offset, value[, Kafka timestamp in s]) of this partition, in offset order."""
         out = BatchOutput(self.partition, self.next_offset, self.next_offset)
-        fresh = [(o, v) for o, v in records if o >= self.next_offset]
+        fresh = [r for r in records if r[0] >= self.next_offset]
         out.skipped_duplicates = len(records) - len(fresh)
         if not fresh:
             return out
@@ -93,7 +99,7 @@ class PartitionRuntime:
             raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
         events: list[Event] = []
         kinds: dict[str, int] = {}
-        for offset, value in fresh:
+        for offset, value, *_ in fresh:
             try:
                 if value is None:
                     raise Rejected("empty_message")
@@ -110,14 +116,19 @@ class PartitionRuntime:
             events.append(e)
             kinds[e.kind] = kinds.get(e.kind, 0) + 1
         out.next_offset = fresh[-1][0] + 1
+        out.timestamps = [ts for _, _, ts in fresh] if len(fresh[0]) > 2 else []
         out.events = len(events)
         self._prefetch(events)
         before = self._counts()
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
         self.warmer.decisions = []
+        self.warmer.outcomes = []
         self.pipeline.process(events)
         out.decisions = self.warmer.decisions
+        out.outcomes = self.warmer.outcomes
+        out.kinds = kinds
         after = self._counts()
+        out.figures_before, out.figures_after = before, after
         st = self.engine.state
         changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
@@ -137,6 +148,10 @@ class PartitionRuntime:
         delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
         if delta:
             counters[f"policy:{self.policy.name}"] = delta
+        for variant, predicted_full, full in out.outcomes:
+            cell = ("tp" if full else "fp") if predicted_full else ("fn" if full else "tn")
+            ab = counters.setdefault(f"ab:{variant}", {})
+            ab[cell] = ab.get(cell, 0) + 1
         changes.counters = counters
         out.changes = changes
         return out
@@ -144,6 +159,7 @@ class PartitionRuntime:
     def _counts(self) -> dict[str, int]:
         f = self.warmer.figures
         return {"tp": f.tp, "fp": f.fp, "tn": f.tn, "fn": f.fn, "promotions": f.promotions,
+                "promotions_fast": f.promotions_fast,
                 "plays": f.plays, "full_plays": f.full_plays, "full_play_hits": f.full_play_hits,
                 "hits_fast": f.hits_fast, "hits_medium": f.hits_medium, "evictions": f.evictions,
                 "demotions": f.demotions, "wasted_promotions": f.wasted_promotions,

@@ -47,7 +47,41 @@ def parse_thresholds(body: bytes, current: dict) -> dict:
     return out
 
 
-def register_views(app: faust.App, settings: Settings, worker: Callable) -> None:
+def ab_results(store) -> dict:
+    """The running experiment's per-variant accuracy and the comparison, from Redis counters."""
+    from cache_warmer.experiment import compare
+
+    result = compare(store.counters("ab:A"), store.counters("ab:B"))
+    meta = store.counters("ab:meta")
+    result["started_at"] = meta.get("started_at")
+    return result
+
+
+def register_views(app: faust.App, settings: Settings, worker: Callable, metrics=None) -> None:
+    @app.page("/metrics")
+    class Metrics(faust.web.View):
+        async def get(self, request):
+            return self.bytes(metrics.render() if metrics is not None else b"",
+                              content_type="text/plain; version=0.0.4")
+
+    @app.page("/ab/results")
+    class ABResults(faust.web.View):
+        async def get(self, request):
+            w = worker()
+            out = ab_results(w.store)
+            out["models"] = {v: {"model": a.model, "version": a.version} for v, a in w.variants.items()}
+            out["share_b"] = settings.ab_share_b if w.artifact_b is not None else 0.0
+            return self.bytes(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
+
+        async def delete(self, request):
+            if not _authorized(request, settings):
+                return self.json({"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, status=401)
+            w = worker()
+            for name in ("ab:A", "ab:B", "ab:meta"):
+                w.store.reset_counters(name)
+            w.store.r.hset(f"{w.store.prefix}:counters:ab:meta", "started_at", repr(__import__("time").time()))
+            return self.json({"status": "new experiment started"})
+
     @app.page("/healthz")
     class Health(faust.web.View):
         async def get(self, request):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cache_warmer.experiment import AB, variant_of
 from cache_warmer.policies import Policy
 from cache_warmer.tiers import TIER_NAMES, TierConfig
 from models.artifacts import Artifact, load
@@ -44,20 +45,30 @@ class Worker:
     artifact: Artifact
     tier_config: TierConfig
     engine_config: EngineConfig
+    artifact_b: Artifact | None = None
     runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> dict[str, Artifact]:
+        return {"A": self.artifact, "B": self.artifact_b} if self.artifact_b is not None else {"A": self.artifact}
+
+    def variant(self, user_id: int) -> str:
+        return variant_of(user_id, self.settings.ab_share_b) if self.artifact_b is not None else "A"
 
     @property
     def policy(self) -> Policy:
         cfg = self.store.config()
-        return Policy("model", "score", "model", cfg.get("threshold", self.settings.threshold),
+        return Policy("model", "score", AB if self.artifact_b is not None else "A",
+                      cfg.get("threshold", self.settings.threshold),
                       cfg.get("fast_threshold", self.settings.fast_threshold))
 
     def runtime(self, partition: int) -> PartitionRuntime:
         rt = self.runtimes.get(partition)
         if rt is None:
+            scorers = {name: art.predict_full for name, art in self.variants.items()}
             rt = self.runtimes[partition] = PartitionRuntime(
-                partition, self.store, self.catalogue, {"model": self.artifact.predict_full}, self.policy,
-                self.tier_config, self.engine_config)
+                partition, self.store, self.catalogue, scorers, self.policy, self.tier_config, self.engine_config,
+                variant_of=self.variant if self.artifact_b is not None else None)
         return rt
 
     def refresh_thresholds(self) -> None:
@@ -81,11 +92,13 @@ class Worker:
                 session = state.sessions.get(key)
         engine = FeatureEngine(self.catalogue, self.engine_config, state)
         row = engine.features(user_id, track_id, session, now, int(now // 3600) % 24)
-        p = float(self.artifact.predict_full(np.array([row]))[0])
+        variant = self.variant(user_id)
+        artifact = self.variants[variant]
+        p = float(artifact.predict_full(np.array([row]))[0])
         policy = self.policy
         return {"user_id": user_id, "track_id": track_id, "p_full": p, "decision": TIER_NAMES[policy.target(p)],
-                "threshold": policy.threshold, "fast_threshold": policy.fast_threshold,
-                "model": self.artifact.model, "model_version": self.artifact.version,
+                "threshold": policy.threshold, "fast_threshold": policy.fast_threshold, "variant": variant,
+                "model": artifact.model, "model_version": artifact.version,
                 "known_user": user is not None, "known_track": track_id in tracks}
 
 
@@ -100,7 +113,8 @@ def build_worker(settings: Settings) -> Worker:
     catalogue = load_catalogue(settings)
     engine_features = FeatureEngine(catalogue).feature_names
     artifact = load(settings.model_path, feature_names=engine_features)
+    artifact_b = load(settings.model_b_path, feature_names=engine_features) if settings.model_b_path else None
     store = build_store(settings)
     store.ping()
     return Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
-                  EngineConfig(**artifact.engine_config))
+                  EngineConfig(**artifact.engine_config), artifact_b)

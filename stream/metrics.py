@@ -1,0 +1,90 @@
+"""The worker's Prometheus metrics: a `skipcache_` prefix, base units (seconds), `_total`
+counters, no user or track labels. Predictions are counted by model, variant and outcome
+(tp|fp|tn|fn), so accuracy, precision and recall are PromQL over counters; a rolling-window
+accuracy gauge per model and variant shows the last N predictions directly."""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cache_warmer.tiers import FAST, MEDIUM
+
+ROLLING_WINDOW = 1000
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, window: int = ROLLING_WINDOW):
+        r = self.registry = registry or CollectorRegistry()
+        self.predictions = Counter("skipcache_predictions", "Resolved predictions by outcome of the 'played in full' class",
+                                   ["model", "variant", "outcome"], registry=r)
+        self.rolling_accuracy = Gauge("skipcache_rolling_accuracy", f"Accuracy of the last {window} resolved predictions",
+                                      ["model", "variant"], registry=r)
+        self.plays = Counter("skipcache_plays", "Plays seen by the cache", registry=r)
+        self.full_plays = Counter("skipcache_full_plays", "Plays resolved as played in full", registry=r)
+        self.full_play_hits = Counter("skipcache_full_play_hits", "Full plays whose track was in fast or medium", registry=r)
+        self.hits = Counter("skipcache_cache_hits", "Plays whose track was in a warm tier", ["tier"], registry=r)
+        self.misses = Counter("skipcache_cache_misses", "Plays whose track was in slow storage", registry=r)
+        self.promotions = Counter("skipcache_promotions", "Tracks moved up", ["tier"], registry=r)
+        self.evictions = Counter("skipcache_evictions", "Tracks moved down to make room", registry=r)
+        self.demotions = Counter("skipcache_demotions", "Tracks demoted after going cold", registry=r)
+        self.wasted = Counter("skipcache_wasted_promotions", "Promotions whose first play was skipped or that were evicted unused", registry=r)
+        self.useful = Counter("skipcache_useful_promotions", "Promotions whose first play was played in full", registry=r)
+        self.cost = Gauge("skipcache_storage_cost_per_day", "Storage cost per day of the partitions this worker owns", registry=r)
+        self.threshold = Gauge("skipcache_threshold", "Promotion threshold on P(played in full)", ["tier"], registry=r)
+        self.events = Counter("skipcache_events", "Events applied, by type", ["type"], registry=r)
+        self.rejected = Counter("skipcache_rejected_events", "Events rejected, by reason", ["reason"], registry=r)
+        self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
+                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.event_latency = Histogram("skipcache_event_latency_seconds", "From the event's Kafka timestamp to its state being committed",
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.lag = Gauge("skipcache_consumer_lag", "Events behind the fetch high-watermark", ["partition"], registry=r)
+        self.model_info = Gauge("skipcache_model_info", "The model each variant serves (value 1)",
+                                ["variant", "model", "version", "trained_at"], registry=r)
+        self._window: dict[tuple[str, str], deque] = {}
+        self._window_size = window
+
+    def set_models(self, variants: dict) -> None:
+        for variant, art in variants.items():
+            self.model_info.labels(variant, art.model, art.version,
+                                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(art.created_at))).set(1)
+            for outcome in ("tp", "fp", "tn", "fn"):
+                self.predictions.labels(art.model, variant, outcome)  # export zeros from the start
+        for tier in ("fast", "medium"):
+            self.hits.labels(tier)
+            self.promotions.labels(tier)
+
+    def record_batch(self, out, models: dict[str, str], before: dict, after: dict) -> None:
+        """Counters from one committed batch: ``before``/``after`` are the warmer's figures."""
+        for kind, n in out.kinds.items():
+            self.events.labels(kind).inc(n)
+        for _, reason, _ in out.dead_letters:
+            self.rejected.labels(reason).inc()
+        for variant, predicted_full, full in out.outcomes:
+            cell = ("tp" if full else "fp") if predicted_full else ("fn" if full else "tn")
+            model = models.get(variant, variant)
+            self.predictions.labels(model, variant, cell).inc()
+            win = self._window.get((model, variant))
+            if win is None:
+                win = self._window[(model, variant)] = deque(maxlen=self._window_size)
+            win.append(predicted_full == full)
+        for (model, variant), win in self._window.items():
+            if win:
+                self.rolling_accuracy.labels(model, variant).set(sum(win) / len(win))
+        d = {k: after[k] - before[k] for k in after}
+        self.plays.inc(d["plays"])
+        self.full_plays.inc(d["full_plays"])
+        self.full_play_hits.inc(d["full_play_hits"])
+        self.hits.labels("fast").inc(d["hits_fast"])
+        self.hits.labels("medium").inc(d["hits_medium"])
+        self.misses.inc(d["plays"] - d["hits_fast"] - d["hits_medium"])
+        self.promotions.labels("fast").inc(d["promotions_fast"])
+        self.promotions.labels("medium").inc(d["promotions"] - d["promotions_fast"])
+        self.evictions.inc(d["evictions"])
+        self.demotions.inc(d["demotions"])
+        self.wasted.inc(d["wasted_promotions"])
+        self.useful.inc(d["useful_promotions"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,56 @@
+"""The deployment files: compose validates, the dashboard is the generator's output, and the
+provisioning and scrape config point where the worker listens."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stream.dashboard import build, expressions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docker_compose_config_is_valid():
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose is not installed (apt-get install -y docker-compose)")
+    out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    services = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
+                              capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert set(services) >= {"kafka", "redis", "prometheus", "grafana", "worker", "replay"}
+
+
+def test_committed_dashboard_is_the_generated_one():
+    committed = json.loads((ROOT / "grafana" / "dashboards" / "skipcache.json").read_text())
+    assert committed == build(), "run `skipcache dashboard` and commit the result"
+    titles = " ".join(p["title"].lower() for p in committed["panels"])
+    for word in ("accuracy", "precision", "full-play hit ratio", "hits by tier", "wasted", "cost", "threshold",
+                 "events per second", "latency", "lag", "rejected"):
+        assert word in titles, word
+
+
+def test_dashboard_uses_the_provisioned_datasource_and_metric_names():
+    ds = (ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    assert "uid: prometheus" in ds and "type: prometheus" in ds
+    assert "/var/lib/grafana/dashboards" in (ROOT / "grafana" / "provisioning" / "dashboards" / "skipcache.yaml").read_text()
+    for expr in expressions():
+        assert "skipcache_" in expr
+    assert "worker:6066" in (ROOT / "prometheus.yml").read_text()
+    assert "SKIPCACHE_WEB_PORT: \"6066\"" in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_metric_names_follow_prometheus_conventions():
+    from stream.metrics import WorkerMetrics
+
+    m = WorkerMetrics()
+    for metric in m.registry.collect():
+        assert metric.name.startswith("skipcache_")
+        for sample in metric.samples:
+            assert not {"user", "user_id", "track", "track_id"} & set(sample.labels), sample
+        if metric.type == "counter":
+            assert any(s.name.endswith("_total") for s in metric.samples) or not metric.samples
+        if metric.type == "histogram":
+            assert metric.name.endswith("_seconds")
