@@ -124,7 +124,7 @@ def cmd_demo(args) -> int:
     st = Settings.from_env()
     cmd_simulate(argparse.Namespace(
         data=data, model=[model], threshold=st.threshold, fast_threshold=st.fast_threshold,
-        json=str(out / "simulate.json"), plot=str(out / "simulate.png"), batch_size=20_000, partitions=1,
+        json=str(out / "simulate.json"), plot=str(out / "simulate.png"), batch_size=20_000, partitions=1, ab_share=None,
         fast_capacity=st.fast_capacity, medium_capacity=st.medium_capacity, transfer_cost=st.transfer_cost,
         cold_after_hours=st.cold_after_hours, hit_value=0.002, count="after-training"))
     return 0
@@ -180,7 +180,7 @@ def cmd_simulate(args) -> int:
                       threshold=args.threshold, fast_threshold=args.fast_threshold,
                       count_from=_count_from(args), objective=Objective(args.hit_value),
                       batch_size=args.batch_size, shards=shards,
-                      shard_of=lambda user_id: partition_of(user_id, shards))
+                      shard_of=lambda user_id: partition_of(user_id, shards), ab_share=args.ab_share)
     result["rejected"] = ds.rejections.as_dict()
     print(render_simulation(result))
     _write_json(args.json, result)
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json")
     s.add_argument("--plot")
     s.add_argument("--batch-size", type=int, default=20_000)
+    s.add_argument("--ab-share", type=float, default=None,
+                   help="with two --model: add an 'ab' policy serving the second model to this share of users")
     s.add_argument("--partitions", type=int, default=1,
                    help="shard state and cache like a worker on a topic with this many partitions")
     _cache_options(s, settings)
