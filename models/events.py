@@ -31,14 +31,14 @@ class Event:
 
     def to_json(self) -> dict:
         """The wire form used by the replay producer and accepted by the worker."""
-        out = {"session_id": self.session_id, "timestamp": _iso(self.ts), "user_id": self.user_id,
+        out = {"session_id": self.session_id, "timestamp": iso_utc(self.ts), "user_id": self.user_id,
                "track_id": self.track_id, "event_type": self.kind}
         if self.next_track_id is not None:
             out["next_track_id"] = self.next_track_id
         return out
 
 
-def _iso(ts: float) -> str:
+def iso_utc(ts: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None).isoformat()

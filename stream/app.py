@@ -16,7 +16,6 @@ import faust
 import orjson
 from faust.types import TP
 
-from .kafka_io import partition_of  # noqa: F401  (re-exported for tools)
 from .metrics import WorkerMetrics
 from .publish import BatchPublisher
 from .runtime import OffsetGap

@@ -142,9 +142,11 @@ def _count_from(args):
 
 
 def render_simulation(result: dict) -> str:
+    from models.events import iso_utc
+
     cw = result["counted_window"]
     lines = [f"{result['events']:,} events, {result['plays']:,} plays; counted: {cw['rule']}"
-             + (f" (after {_iso(cw['from_exclusive'])})" if cw["from_exclusive"] else ""),
+             + (f" (after {iso_utc(cw['from_exclusive'])})" if cw["from_exclusive"] else ""),
              f"tiers: fast {result['tiers']['fast_capacity']:,} tracks, medium {result['tiers']['medium_capacity']:,} tracks; "
              f"{result['events_per_second']:,.0f} events/s", "",
              f"{'policy':<13}{'full-hit':>9}{'hit':>7}{'fast':>7}{'medium':>8}{'promos':>8}{'wasted':>8}{'prec.':>7}"
@@ -158,12 +160,6 @@ def render_simulation(result: dict) -> str:
     lines.append("(full-hit: plays played in full that found their track in fast/medium; prec.: promotions whose "
                  "first play was played in full; acc./auc: live predictions of model policies at 0.5)")
     return "\n".join(lines)
-
-
-def _iso(ts: float) -> str:
-    from models.events import _iso as iso
-
-    return iso(ts)
 
 
 def cmd_simulate(args) -> int:

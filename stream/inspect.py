@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from models.events import PLAY
+from models.events import PLAY, iso_utc
 from models.labels import label_session
 from models.rejections import Rejections
 
@@ -37,8 +37,6 @@ def summarize(ds: Dataset) -> dict:
     users = {e.user_id for e in events}
     tracks = {e.track_id for e in events if e.kind == PLAY}
     ts = [e.ts for e in events]
-    from models.events import _iso
-
     return {
         "files": ds.files,
         "missing_files": ds.missing,
@@ -54,7 +52,7 @@ def summarize(ds: Dataset) -> dict:
         "tracks_missing_from_catalogue": len(tracks - set(ds.catalogue.tracks)) if ds.catalogue.tracks else None,
         "sessions": sessions,
         "plays_per_session": plays / sessions if sessions else float("nan"),
-        "time_range": [_iso(min(ts)), _iso(max(ts))] if ts else None,
+        "time_range": [iso_utc(min(ts)), iso_utc(max(ts))] if ts else None,
         "catalogue": {"users": len(ds.catalogue.users), "tracks": len(ds.catalogue.tracks),
                       "artists": len(ds.catalogue.artist_genres), "track_storage": len(ds.catalogue.storage)},
         "rejected": rejections.total,

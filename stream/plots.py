@@ -51,6 +51,10 @@ def plot_simulation(result: dict, path: str | Path) -> Path:
     ax2.grid(alpha=0.3)
     ax2.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     fig.autofmt_xdate()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,9 +95,4 @@ def plot_sweep(result: dict, path: str | Path) -> Path:
     ax1.set_title(f"threshold sweep ({result['model']}); objective: {result['objective']['definition']},"
                   f"\nhit_value={result['objective']['hit_value']}, fast tier at P >= max(t, {result['fast_threshold']})",
                   fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

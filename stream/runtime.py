@@ -15,6 +15,7 @@ from dataclasses import replace as dc_replace
 import orjson
 
 from cache_warmer.decisions import Decision
+from cache_warmer.figures import Figures
 from cache_warmer.pipeline import Pipeline
 from cache_warmer.policies import Policy
 from cache_warmer.tiers import TierConfig, TierState
@@ -158,12 +159,7 @@ class PartitionRuntime:
 
     def _counts(self) -> dict[str, int]:
         f = self.warmer.figures
-        return {"tp": f.tp, "fp": f.fp, "tn": f.tn, "fn": f.fn, "promotions": f.promotions,
-                "promotions_fast": f.promotions_fast,
-                "plays": f.plays, "full_plays": f.full_plays, "full_play_hits": f.full_play_hits,
-                "hits_fast": f.hits_fast, "hits_medium": f.hits_medium, "evictions": f.evictions,
-                "demotions": f.demotions, "wasted_promotions": f.wasted_promotions,
-                "useful_promotions": f.useful_promotions}
+        return {name: getattr(f, name) for name in Figures.COUNTERS}
 
     def commit(self, out: BatchOutput) -> bool:
         """Write the batch's changes and offset atomically; on a fence, reload from the store."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable
 
 import faust
@@ -52,8 +53,7 @@ def ab_results(store) -> dict:
     from cache_warmer.experiment import compare
 
     result = compare(store.counters("ab:A"), store.counters("ab:B"))
-    meta = store.counters("ab:meta")
-    result["started_at"] = meta.get("started_at")
+    result["started_at"] = store.config().get("ab_started_at")
     return result
 
 
@@ -77,9 +77,9 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             if not _authorized(request, settings):
                 return self.json({"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, status=401)
             w = worker()
-            for name in ("ab:A", "ab:B", "ab:meta"):
+            for name in ("ab:A", "ab:B"):
                 w.store.reset_counters(name)
-            w.store.r.hset(f"{w.store.prefix}:counters:ab:meta", "started_at", repr(__import__("time").time()))
+            w.store.set_config(ab_started_at=time.time())
             return self.json({"status": "new experiment started"})
 
     @app.page("/healthz")
