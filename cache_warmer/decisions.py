@@ -15,11 +15,13 @@ class Decision:
     score: float | None
     time: float
     policy: str
+    variant: str | None = None  # the A/B variant whose score caused it (None: a cold sweep)
 
     def to_json(self) -> dict:
         return {"track": self.track, "from": self.src, "to": self.dst, "reason": self.reason,
-                "score": self.score, "model": self.policy, "time": self.time}
+                "score": self.score, "model": self.policy, "variant": self.variant, "time": self.time}
 
 
-def decision(track: str, src: int, dst: int, reason: str, score: float | None, time: float, policy: str) -> Decision:
-    return Decision(track, TIER_NAMES[src], TIER_NAMES[dst], reason, score, time, policy)
+def decision(track: str, src: int, dst: int, reason: str, score: float | None, time: float, policy: str,
+             variant: str | None = None) -> Decision:
+    return Decision(track, TIER_NAMES[src], TIER_NAMES[dst], reason, score, time, policy, variant)

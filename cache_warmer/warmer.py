@@ -90,7 +90,7 @@ class CacheWarmer:
             return
         if kind == "lru":
             if tier == SLOW:
-                self._promote(track, MEDIUM, ts, "played", None, counted)
+                self._promote(track, MEDIUM, ts, "played", None, counted, variant)
         elif next_track is not None:
             if kind == "promote_all":
                 target = MEDIUM
@@ -99,12 +99,12 @@ class CacheWarmer:
             if target != SLOW:
                 current = shard.tier_of(next_track)
                 if target > current:
-                    self._promote(next_track, target, ts, "upcoming", next_score, counted)
+                    self._promote(next_track, target, ts, "upcoming", next_score, counted, variant)
                 elif current != SLOW:
                     shard.touch(next_track, current, ts)
 
     def _promote(self, track: str, tier: int, ts: float, reason: str,
-                 score: float | None, counted: bool) -> None:
+                 score: float | None, counted: bool, variant: str | None = None) -> None:
         shard = self.tiers
         src = shard.tier_of(track)
         shard.move(track, tier, ts, reason, self._moves)
@@ -115,12 +115,12 @@ class CacheWarmer:
                 f.promotions_fast += 1
             f.day(ts)[4] += 1
         if self.emit:
-            self.decisions.append(decision(track, src, tier, reason, score, ts, self.policy.name))
+            self.decisions.append(decision(track, src, tier, reason, score, ts, self.policy.name, variant))
         self._moves.pop()  # the promotion itself; what is left are evictions it caused
         self.open_promotions[track] = counted
-        self._apply_moves(ts, score)
+        self._apply_moves(ts, variant)
 
-    def _apply_moves(self, ts: float, score: float | None) -> None:
+    def _apply_moves(self, ts: float, variant: str | None) -> None:
         if not self._moves:
             return
         f = self.figures
@@ -138,7 +138,7 @@ class CacheWarmer:
                     f.wasted_promotions += 1  # evicted before anyone played it
                     f.day(ts)[5] += 1
             if self.emit:
-                self.decisions.append(decision(m.track, m.src, m.dst, m.reason, None, ts, self.policy.name))
+                self.decisions.append(decision(m.track, m.src, m.dst, m.reason, None, ts, self.policy.name, variant))
         self._moves.clear()
 
     def on_resolution(self, r: Resolution) -> None:

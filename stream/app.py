@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> faust.App:
             return
         if publisher["p"] is None:
             publisher["p"] = BatchPublisher(app.producer._ensure_producer())
-        model = w.artifact.model
+        models = {v: a.model for v, a in w.variants.items()}
         letters, commands = [], []
         for rt, out in outputs:
             for offset, reason, raw in out.dead_letters:
@@ -139,12 +139,11 @@ def create_app(settings: Settings) -> faust.App:
                                                     "raw": raw[:4096].decode("utf-8", "replace")})))
             for d in out.decisions:
                 payload = d.to_json()
-                payload["model"] = model
+                payload["model"] = models.get(d.variant) if d.variant else None
                 commands.append((d.track.encode(), orjson.dumps(payload)))
         # sinks first, then state and offsets (at-least-once commands, exactly-once state)
         await publisher["p"].publish(settings.topic_dead_letter, letters)
         await publisher["p"].publish(settings.topic_commands, commands)
-        models = {v: a.model for v, a in w.variants.items()}
         for rt, out in outputs:
             if rt.commit(out):
                 if out.changes is not None:

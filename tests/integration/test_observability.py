@@ -140,6 +140,18 @@ def test_ab_report_naive_vs_linear_svc(live, live_data, tmp_path):
             assert result["variants"][variant]["predictions"] == int(mask.sum())
             assert result["variants"][variant]["accuracy"] == pytest.approx(direct, abs=1e-12), variant
 
+        # every cache command names the variant whose score caused it, and that variant's model
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(live.settings.topic_commands, bootstrap_servers=live.settings.kafka_bootstrap,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        commands = [orjson.loads(m.value) for m in consumer]
+        consumer.close()
+        upcoming = [c for c in commands if c["reason"] == "upcoming"]
+        assert upcoming and {c["variant"] for c in upcoming} == {"A", "B"}
+        assert all(c["model"] == {"A": "naive", "B": "linear_svc"}[c["variant"]] for c in upcoming)
+        assert set(commands[0]) >= {"track", "from", "to", "reason", "score", "model", "time"}
+
         req = urllib.request.Request(f"http://127.0.0.1:{port}/ab/results", method="DELETE")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)
