@@ -6,6 +6,7 @@ then commits state and the partition's offset in one Redis transaction. On assig
 each partition to the offset stored in Redis, so the broker's committed offsets do not matter."""
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 import time
@@ -75,6 +76,10 @@ def create_app(settings: Settings) -> faust.App:
         if holder["worker"] is None:
             holder["worker"] = build_worker(settings)
             metrics.set_models(holder["worker"].variants)
+            # the catalogue, the model and faust live as long as the process: keep the cyclic
+            # collector from rescanning them on every full collection
+            gc.collect()
+            gc.freeze()
         return holder["worker"]
 
     @app.on_partitions_assigned.connect
