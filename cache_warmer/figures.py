@@ -28,6 +28,7 @@ class Figures:
     fp: int = 0
     tn: int = 0
     fn: int = 0
+    abandoned_predictions: int = 0
     cost_area: float = 0.0  # integral of cost/day over the counted window, in cost-days
     window_start: float = math.nan
     window_end: float = math.nan
@@ -38,7 +39,7 @@ class Figures:
 
     COUNTERS = ("plays", "full_plays", "hits_fast", "hits_medium", "full_play_hits", "promotions",
                 "promotions_fast", "evictions", "demotions", "useful_promotions", "wasted_promotions",
-                "tp", "fp", "tn", "fn")
+                "tp", "fp", "tn", "fn", "abandoned_predictions")
 
     def merge(self, other: "Figures") -> None:
         for name in self.COUNTERS:
@@ -87,6 +88,7 @@ class Figures:
             "storage_cost_per_day": self.cost_area / days if days > 0 else math.nan,
             "transfer_cost": self.promotions * transfer_cost,
             "window_days": days,
+            "abandoned_predictions": self.abandoned_predictions,
         }
         if scored:
             n = self.tp + self.fp + self.tn + self.fn

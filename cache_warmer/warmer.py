@@ -17,6 +17,9 @@ from .policies import Policy
 from .tiers import FAST, MEDIUM, SLOW, Move, TierState
 
 SWEEP_EVERY = 3600.0  # seconds of event time between cold sweeps
+PENDING_HORIZON = 7 * 86400.0
+"""A prediction whose session shows no outcome for this long (event time) is dropped as
+abandoned: live traffic without session_end markers would otherwise keep it forever."""
 
 
 class CacheWarmer:
@@ -56,14 +59,27 @@ class CacheWarmer:
                 f.window_start = ts
             f.window_end = ts
         self._last_ts = ts
-        if self.policy.manages and ts >= self._next_sweep:
+        if ts >= self._next_sweep:
             # sweeps happen at whole hours of event time, so a shard's result depends on its own
             # events only (not on when another shard's events arrived)
             boundary = (ts // SWEEP_EVERY) * SWEEP_EVERY
             if self._next_sweep > -math.inf:
-                self.tiers.demote_cold(boundary, self._moves)
-                self._apply_moves(ts, None)
+                if self.policy.manages:
+                    self.tiers.demote_cold(boundary, self._moves)
+                    self._apply_moves(ts, None)
+                self._drop_abandoned(boundary - PENDING_HORIZON)
             self._next_sweep = boundary + SWEEP_EVERY
+
+    def _drop_abandoned(self, horizon: float) -> None:
+        """``pending`` is in play-time order (a play first resolves its predecessor), so the
+        abandoned ones are at its front."""
+        pending = self.pending
+        while pending:
+            key, entry = next(iter(pending.items()))
+            if entry[5] >= horizon:
+                break
+            del pending[key]
+            self.figures.abandoned_predictions += 1
 
     def on_play(self, user_id: int, session_id: int, track: str, next_track: str | None,
                 ts: float, score: float | None, next_score: float | None, variant: str = "A") -> None:
@@ -74,7 +90,7 @@ class CacheWarmer:
         if tier != SLOW:
             shard.touch(track, tier, ts)
         promo = self.open_promotions.pop(track, None)
-        self.pending[(user_id, session_id)] = (score, tier, promo, counted, variant)
+        self.pending[(user_id, session_id)] = (score, tier, promo, counted, variant, ts)
         if counted:
             f.plays += 1
             row = f.day(ts)
@@ -145,7 +161,7 @@ class CacheWarmer:
         entry = self.pending.pop((r.user_id, r.session_id), None)
         if entry is None:
             return
-        score, tier, promo, counted, variant = entry
+        score, tier, promo, counted, variant, _ = entry
         full = r.label == FULL
         f = self.figures
         if promo:  # the first play after a counted promotion decides whether it paid off

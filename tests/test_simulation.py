@@ -128,3 +128,17 @@ def test_costs_follow_moves_and_cold_tracks_are_demoted():
     t.demote_cold(2 * 3600.0, moves)
     assert t.tier_of("a" * 22) == SLOW and t.tier_of("m" * 22) == SLOW
     assert t.cost_per_day == pytest.approx(start - 0.03 + 0.01 + 0.01)
+
+
+def test_predictions_of_sessions_that_never_end_are_dropped_after_a_week():
+    from cache_warmer.warmer import CacheWarmer
+    from models.features import Resolution
+
+    w = CacheWarmer(Policy("static", "static"), _tiers())
+    w.advance(0.0)
+    w.on_play(1, 1, "a" * 22, None, 10.0, 0.9, None)  # never resolved: no session_end, no return
+    w.on_play(2, 5, "b" * 22, None, 6 * 86400.0, 0.2, None)
+    w.advance(8 * 86400.0)
+    assert list(w.pending) == [(2, 5)] and w.figures.abandoned_predictions == 1
+    w.on_resolution(Resolution(2, 5, 0, "b" * 22, 0, 8 * 86400.0 + 1))
+    assert w.pending == {} and w.figures.tn == 1
