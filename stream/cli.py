@@ -266,14 +266,15 @@ def cmd_threshold(args) -> int:
     return 0
 
 
-def worker_figures(settings, partitions: int | None = None) -> dict:
-    """The live worker's figures, read back from Redis."""
+def worker_figures(settings, partitions: int | None = None, store=None, catalogue=None) -> dict:
+    """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
+    polling, so they are not rebuilt on every call)."""
     from stream.runtime import summarize_store
     from stream.wiring import build_store, load_catalogue, tier_config_for
     from cache_warmer.policies import Policy
 
-    store = build_store(settings)
-    catalogue = load_catalogue(settings)
+    store = store or build_store(settings)
+    catalogue = catalogue if catalogue is not None else load_catalogue(settings)
     n = partitions or settings.partitions
     fig = summarize_store(store, list(range(n)), Policy("model", "score", "model"),
                           tier_config_for(settings, catalogue), catalogue)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from .settings import Settings
+from .wiring import build_store, load_catalogue
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -58,8 +59,9 @@ def run_up(args: argparse.Namespace) -> int:
         print(summary.render())
         total = summary.sent
         started = time.monotonic()
+        store, catalogue = build_store(settings), load_catalogue(settings)
         while True:
-            fig = worker_figures(settings, partitions)
+            fig = worker_figures(settings, partitions, store, catalogue)
             done = sum(fig["offsets"].values())
             print(f"[{time.monotonic() - started:5.1f} s] applied {done:,}/{total:,}  {render_status(fig)}", flush=True)
             if done >= total and not args.keep:

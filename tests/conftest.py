@@ -10,32 +10,30 @@ from stream.synthetic import generate
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pozytywka-23Z-v2"
 
 
+def _generated(tmp_path_factory, name: str, **kwargs) -> Path:
+    out = tmp_path_factory.mktemp(name)
+    generate(out, progress=False, **kwargs)
+    return out
+
+
 @pytest.fixture(scope="session")
 def long_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("long")
-    generate(out, users=1000, seed=7, profile="long", progress=False)
-    return out
+    return _generated(tmp_path_factory, "long", users=1000, seed=7, profile="long")
 
 
 @pytest.fixture(scope="session")
 def small_long_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("small_long")
-    generate(out, users=120, seed=3, profile="long", progress=False)
-    return out
+    return _generated(tmp_path_factory, "small_long", users=120, seed=3, profile="long")
 
 
 @pytest.fixture(scope="session")
 def short_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("short")
-    generate(out, users=100, seed=11, profile="short", progress=False)
-    return out
+    return _generated(tmp_path_factory, "short", users=100, seed=11, profile="short")
 
 
 @pytest.fixture(scope="session")
 def noisy_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("noisy")
-    generate(out, users=150, seed=5, profile="long", noise=0.1, progress=False)
-    return out
+    return _generated(tmp_path_factory, "noisy", users=150, seed=5, profile="long", noise=0.1)
 
 
 @pytest.fixture
