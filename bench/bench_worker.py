@@ -51,7 +51,6 @@ def main() -> None:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (2 partitions)")
     args = ap.parse_args()
-    from cache_warmer.simulation import simulate  # noqa: F401
     from kafka import KafkaConsumer
     from stream.cli import main as cli
     from stream.files import read_dataset

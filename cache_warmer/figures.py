@@ -6,9 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tiers import FAST, MEDIUM
 
 DAY = 86400.0
+
+
+def confusion_cell(predicted_full: bool, full: bool) -> str:
+    """tp, fp, tn or fn of the 'played in full' class."""
+    if predicted_full:
+        return "tp" if full else "fp"
+    return "fn" if full else "tn"
 
 
 @dataclass

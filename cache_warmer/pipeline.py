@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.events import PLAY, Event
+from models.events import Event
 from models.features import FeatureEngine, Resolution
 
 from .experiment import AB

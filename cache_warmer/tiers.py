@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from models.events import Catalogue
 

@@ -12,7 +12,7 @@ from models.features import Resolution
 from models.labels import FULL
 
 from .decisions import Decision, decision
-from .figures import Figures
+from .figures import Figures, confusion_cell
 from .policies import Policy
 from .tiers import FAST, MEDIUM, SLOW, Move, TierState
 
@@ -181,10 +181,7 @@ class CacheWarmer:
                 row[3] += 1
         if score is not None:
             predicted_full = score >= 0.5
-            if predicted_full:
-                cell = "tp" if full else "fp"
-            else:
-                cell = "fn" if full else "tn"
+            cell = confusion_cell(predicted_full, full)
             setattr(f, cell, getattr(f, cell) + 1)
             by = f.by_variant.get(variant)
             if by is None:

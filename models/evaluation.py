@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .artifacts import Artifact, library_versions
 from .estimators import fit_estimator
-from .events import PLAY, Catalogue, Event
+from .events import Catalogue, Event
 from .features import EngineConfig, FeatureEngine
 from .rejections import Rejections
 from .runtime import paused_gc

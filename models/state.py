@@ -2,8 +2,7 @@
 
 It is deliberately plain dicts of small lists: the in-memory store keeps one State forever; the
 Redis store fills one with the keys a batch needs, lets the engine run on it, and writes back only
-what changed (``dirty``/``deleted`` records, and ``track_deltas`` as commutative increments, since
-tracks are shared between partitions)."""
+what changed (the ``dirty_*`` and ``deleted_*`` keys). Every record belongs to one partition."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 U_N, U_K, U_LIKES, U_TS, U_NM, U_KM, U_NO, U_KO, U_SESSION = range(9)
 # session record
 S_PLAYS, S_SKIPS, S_LAST, S_PENDING_TRACK, S_PENDING_BUCKET, S_PENDING_TS = range(6)
-# track record: cumulative counts (commutative, so they can be increments in Redis)
+# track record: cumulative counts of the partition's plays of the track
 T_N, T_K, T_LIKES = range(3)
 
 
@@ -28,14 +27,14 @@ class State:
     dirty_users: set[int] = field(default_factory=set)
     dirty_sessions: set[tuple[int, int]] = field(default_factory=set)
     deleted_sessions: set[tuple[int, int]] = field(default_factory=set)
-    track_deltas: dict[str, list] = field(default_factory=dict)
+    dirty_tracks: set[str] = field(default_factory=set)
     dirty_blobs: set[str] = field(default_factory=set)
 
     def clear_changes(self) -> None:
         self.dirty_users.clear()
         self.dirty_sessions.clear()
         self.deleted_sessions.clear()
-        self.track_deltas.clear()
+        self.dirty_tracks.clear()
         self.dirty_blobs.clear()
 
     def add_track(self, track_id: str, n: float, k: float, likes: float) -> None:
@@ -46,10 +45,4 @@ class State:
             rec[T_N] += n
             rec[T_K] += k
             rec[T_LIKES] += likes
-        delta = self.track_deltas.get(track_id)
-        if delta is None:
-            self.track_deltas[track_id] = [n, k, likes]
-        else:
-            delta[T_N] += n
-            delta[T_K] += k
-            delta[T_LIKES] += likes
+        self.dirty_tracks.add(track_id)

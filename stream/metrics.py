@@ -9,7 +9,7 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cache_warmer.tiers import FAST, MEDIUM
+from cache_warmer.figures import confusion_cell
 
 ROLLING_WINDOW = 1000
 
@@ -62,7 +62,7 @@ class WorkerMetrics:
         for _, reason, _ in out.dead_letters:
             self.rejected.labels(reason).inc()
         for variant, predicted_full, full in out.outcomes:
-            cell = ("tp" if full else "fp") if predicted_full else ("fn" if full else "tn")
+            cell = confusion_cell(predicted_full, full)
             model = models.get(variant, variant)
             self.predictions.labels(model, variant, cell).inc()
             win = self._window.get((model, variant))

@@ -15,7 +15,7 @@ from dataclasses import replace as dc_replace
 import orjson
 
 from cache_warmer.decisions import Decision
-from cache_warmer.figures import Figures
+from cache_warmer.figures import Figures, confusion_cell
 from cache_warmer.pipeline import Pipeline
 from cache_warmer.policies import Policy
 from cache_warmer.tiers import TierConfig, TierState
@@ -135,7 +135,7 @@ class PartitionRuntime:
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
             sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
             deleted_sessions=set(st.deleted_sessions),
-            tracks={t: st.tracks[t] for t in st.track_deltas},
+            tracks={t: st.tracks[t] for t in st.dirty_tracks},
             warmer=orjson.dumps(warmer_state(self.warmer)))
         counters: dict[str, dict[str, float]] = {"events": {k: v for k, v in kinds.items()}}
         rejected: dict[str, float] = {}
@@ -146,11 +146,8 @@ class PartitionRuntime:
             rejected["orphan_skip"] = orphans
         if rejected:
             counters["rejected"] = rejected
-        delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
-        if delta:
-            counters[f"policy:{self.policy.name}"] = delta
         for variant, predicted_full, full in out.outcomes:
-            cell = ("tp" if full else "fp") if predicted_full else ("fn" if full else "tn")
+            cell = confusion_cell(predicted_full, full)
             ab = counters.setdefault(f"ab:{variant}", {})
             ab[cell] = ab.get(cell, 0) + 1
         changes.counters = counters

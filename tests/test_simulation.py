@@ -1,7 +1,6 @@
 """The simulation's acceptance: policy ordering, no invented signal, one engine for all paths."""
 import json
 
-import numpy as np
 import pytest
 
 from cache_warmer.policies import Policy
