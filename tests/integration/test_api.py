@@ -78,3 +78,32 @@ def test_http_api_and_runtime_threshold(live, live_data):
     finally:
         worker.terminate()
         worker.wait(20)
+
+
+def test_without_a_token_changes_are_forbidden_and_reads_stay_open(live):
+    live.env["SKIPCACHE_API_TOKEN"] = ""
+    worker, port = live.start_worker("no-token")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for method, path, body in (("PUT", "/threshold", {"threshold": 0.7}), ("DELETE", "/ab/results", None)):
+            for token in (None, "anything-at-all-here"):
+                status, answer = _call(method, f"{base}{path}", body, token=token)
+                assert status == 403 and "SKIPCACHE_API_TOKEN" in answer["error"], (method, path, token)
+        assert _call("GET", f"{base}/threshold") == (200, {"threshold": 0.5, "fast_threshold": 0.95})
+        assert _call("GET", f"{base}/ab/results")[0] == 200
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    assert "anything-at-all-here" not in (live.workdir / "no-token.log").read_text()
+
+
+@pytest.mark.parametrize("token", ["", "short-token"])
+def test_the_worker_refuses_to_bind_every_address_without_a_real_token(live, token):
+    env = {**os.environ, **live.env, "SKIPCACHE_WEB_HOST": "0.0.0.0", "SKIPCACHE_API_TOKEN": token}
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "stream.cli", "worker"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "at least 16 characters" in run.stderr and "0.0.0.0" in run.stderr
+    assert time.monotonic() - started < 30  # refused at once, before joining the group
+    if token:
+        assert token not in run.stderr + run.stdout

