@@ -5,10 +5,11 @@ line means the same thing everywhere."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import date
 
 from .events import (AD, AUDIO_FIELDS, BUY_PREMIUM, LIKE, PLAY, SESSION_END, SKIP, TRACK_EVENTS,
-                     Event, Storage, Track, User)
+                     Event, Storage, Track, User, iso_utc)
 from .rejections import Rejected
 
 EVENT_ALIASES = {
@@ -90,11 +91,10 @@ def parse_timestamp(raw: object) -> tuple[float, int]:
 
 
 def _int_id(raw: object, name: str) -> int:
+    """Ids are JSON integers in every release; a numeric string is another producer's bug."""
     if raw is None:
         raise Rejected(f"missing_{name}")
     if isinstance(raw, bool) or not isinstance(raw, int):
-        if isinstance(raw, str) and raw.isdigit() and len(raw) < 19:
-            return int(raw)
         raise Rejected(f"bad_{name}", repr(raw)[:40])
     if not 0 <= raw <= MAX_ID:
         raise Rejected(f"bad_{name}", str(raw)[:40])
@@ -109,6 +109,35 @@ def _track_id(raw: object, required: bool, name: str = "track_id") -> str | None
     if not isinstance(raw, str) or len(raw) != TRACK_ID_LEN or not raw.isalnum():
         raise Rejected(f"bad_{name}", repr(raw)[:40])
     return raw
+
+
+ERA_START = "2000-01-01"
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The event times a reader believes: none before the export family's era, none more than
+    ``max_ahead`` seconds past a reference clock (the broker's timestamp of the record, else the
+    wall clock). A parseable but impossible time (year 9999, epoch 0) would otherwise move the
+    engine's and the warmer's clocks, which only go forward, for good."""
+
+    earliest: float = 946_684_800.0  # ERA_START, 2000-01-01T00:00:00 UTC
+    max_ahead: float = 300.0
+
+    @classmethod
+    def from_date(cls, earliest: str = ERA_START, max_ahead: float = 300.0) -> "TimeWindow":
+        try:
+            return cls(_midnight(earliest), max_ahead)
+        except ValueError:
+            raise ValueError(f"{earliest!r} is not a date like {ERA_START}") from None
+
+    def check(self, e: Event, reference: float) -> Event:
+        if e.ts < self.earliest:
+            raise Rejected("timestamp_before_era", f"{iso_utc(e.ts)} is before {iso_utc(self.earliest)}")
+        if e.ts > reference + self.max_ahead:
+            raise Rejected("timestamp_in_future", f"{iso_utc(e.ts)} is {e.ts - reference:,.0f} s ahead of "
+                           f"{iso_utc(reference)}")
+        return e
 
 
 def parse_event(obj: object) -> Event:

@@ -2,53 +2,64 @@
 
 It consumes pozytywka.sessions in batches, runs each partition's batch through the same pipeline
 as the simulation (state in Redis), publishes cache decisions and dead letters, flushes them, and
-then commits state and the partition's offset in one Redis transaction. On assignment it seeks
-each partition to the offset stored in Redis, so the broker's committed offsets do not matter."""
+then commits state and the partition's offset in one Redis transaction.
+
+Positions: where a partition resumes is the offset in Redis (``stream/positions.py``), applied
+by faust's own post-rebalance seek (``stream/faust_transport.py``), so neither faust's recovery
+nor the broker's committed offsets can move the stream afterwards.
+
+Faults: a Redis call that fails (connection lost, timeout) makes the worker unready, wait with
+jittered exponential backoff, and, once Redis answers, re-read every partition from Redis and
+seek to where Redis says; a fence or a Redis that came back empty or older goes the same way. A
+partition whose events the topic no longer holds stops the worker with an error saying so."""
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import faust
 import orjson
+import redis
 from faust.types import TP
+from redis.backoff import ExponentialWithJitterBackoff
 
+from .faust_transport import Transport
+from .health import Health
 from .metrics import WorkerMetrics
+from .positions import StateLost, resume_offset
 from .publish import BatchPublisher
 from .runtime import OffsetGap
 from .settings import Settings
 from .wiring import Worker, build_worker
 
 log = logging.getLogger("skipcache.worker")
+BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+SHUTDOWN_GRACE = 20.0
+"""Seconds a stopping worker gets before it exits anyway (releasing its web port): shutdown must
+not hang on a dependency that went away. State is exactly-once in Redis, so nothing is lost."""
 
 
-def _limit_fetch_wait(ms: int) -> None:
-    """faust-streaming hard-codes fetch_max_wait_ms=1500 for its consumer. Against Tansu a fetch
-    with little data waits that long (measured: p50 produce-to-decision 624 ms at 2,000 events/s),
-    so give faust's driver, and only it, a consumer class with a shorter wait."""
-    import types
+def exit_if_shutdown_hangs(app: faust.App, grace: float = SHUTDOWN_GRACE) -> None:
+    def watch() -> None:
+        while not app.should_stop:
+            time.sleep(0.5)
+        time.sleep(grace)
+        log.error("shutdown did not finish within %.0f s (a dependency away?): exiting anyway", grace)
+        logging.shutdown()
+        os._exit(1)
 
-    import aiokafka
-    import faust.transport.drivers.aiokafka as driver
-
-    class Consumer(aiokafka.AIOKafkaConsumer):
-        def __init__(self, *args, **kwargs):
-            kwargs["fetch_max_wait_ms"] = ms
-            super().__init__(*args, **kwargs)
-
-    if not isinstance(driver.aiokafka, types.SimpleNamespace):
-        driver.aiokafka = types.SimpleNamespace(**{**vars(aiokafka), "AIOKafkaConsumer": Consumer})
-    else:
-        driver.aiokafka.AIOKafkaConsumer = Consumer
+    threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 
 
 def create_app(settings: Settings) -> faust.App:
     settings.check_web_bind()
-    _limit_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         datadir=str(Path(tempfile.gettempdir()) / f"{settings.app_id}-faust"),
@@ -65,53 +76,158 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=5,
         table_cleanup_interval=3600,
     )
-    sessions = app.topic(settings.topic_sessions, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=settings.partitions)
     holder: dict[str, Worker | None] = {"worker": None}
     seeking: dict[int, int] = {}
     publisher: dict[str, BatchPublisher | None] = {"p": None}
-
+    health = Health(settings.stall_seconds)
     metrics = WorkerMetrics()
+    sessions_topic = settings.topic_sessions
 
-    def worker() -> Worker:
-        if holder["worker"] is None:
-            holder["worker"] = build_worker(settings)
-            metrics.set_models(holder["worker"].variants)
+    async def redis_call(fn, *args):
+        """A blocking store call off the event loop, so /healthz and heartbeats stay answered."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def redis_failed(exc: BaseException) -> None:
+        metrics.dependency_errors.labels("redis").inc()
+        if health.redis.failed(exc):
+            log.error("Redis is unreachable (%s): pausing, retrying with backoff", exc)
+        metrics.dependency_up.labels("redis").set(0)
+
+    def redis_ok() -> None:
+        if health.redis.ok():
+            log.warning("Redis answers again")
+        metrics.dependency_up.labels("redis").set(1)
+
+    async def wait_for_redis() -> None:
+        """Back off (with jitter) until Redis answers a PING. Returns as soon as it does."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(BACKOFF.compute(attempt))
+            try:
+                store = holder["worker"].store if holder["worker"] is not None else None
+                if store is None:
+                    return
+                await redis_call(store.ping)
+                redis_ok()
+                return
+            except redis.RedisError as exc:
+                redis_failed(exc)
+
+    async def worker() -> Worker:
+        """The worker's parts, built once; waits for Redis (and retries) rather than failing."""
+        attempt = 0
+        while holder["worker"] is None:
+            try:
+                w = await redis_call(build_worker, settings)
+            except redis.RedisError as exc:
+                redis_failed(exc)
+                attempt += 1
+                await asyncio.sleep(BACKOFF.compute(attempt))
+                continue
+            redis_ok()
+            holder["worker"] = w
+            metrics.set_models(w.variants)
             # the catalogue, the model and faust live as long as the process: keep the cyclic
             # collector from rescanning them on every full collection
             gc.collect()
             gc.freeze()
         return holder["worker"]
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender, assigned, **kwargs) -> None:
-        w = worker()
-        mine = {tp.partition for tp in assigned if tp.topic == settings.topic_sessions}
+    async def stop_fatally(exc: StateLost) -> None:
+        health.fatal = str(exc)
+        log.critical("%s", exc)
+        await app.crash(exc)
+
+    async def position(partition: int, earliest: int, committed: int | None = None,
+                       applied: int | None = None) -> int:
+        """(Re)load a partition from Redis and decide where it resumes; waits out Redis outages."""
+        w = await worker()
+        while True:
+            try:
+                rt = await redis_call(w.reload, partition)
+                resume = resume_offset(partition, rt.stored, earliest, committed, applied)
+                if rt.stored is None or resume.reason == "rolled_back":
+                    await redis_call(rt.start_at, resume.offset)
+                redis_ok()
+                break
+            except redis.RedisError as exc:
+                redis_failed(exc)
+                await wait_for_redis()
+        if resume.loud:
+            health.state_losses += 1
+            metrics.state_losses.inc()
+            log.error("%s", resume.detail)
+        log.info("partition %d resumes at offset %d (%s)", partition, rt.next_offset, resume.reason)
+        seeking[partition] = rt.next_offset
+        return rt.next_offset
+
+    async def positions(committed, earliest) -> dict[TP, int]:
+        """Called by faust's recovery after every rebalance (see faust_transport)."""
+        w = await worker()
+        mine = {tp.partition for tp in committed}
         for p in list(w.runtimes):
             if p not in mine:
                 del w.runtimes[p]
-        for p in sorted(mine):
-            w.runtimes.pop(p, None)  # reload: another worker may have moved it on meanwhile
-            rt = w.runtime(p)
-            seeking[p] = rt.next_offset
-            await app.consumer.seek(TP(settings.topic_sessions, p), rt.next_offset)
-            log.info("partition %d: resuming at offset %d (from Redis)", p, rt.next_offset)
+        out = {}
+        try:
+            for tp in sorted(committed):
+                old = w.runtimes.get(tp.partition)
+                out[tp] = await position(tp.partition, earliest.get(tp, 0), committed[tp],
+                                         old.next_offset if old is not None else None)
+        except StateLost as exc:
+            await stop_fatally(exc)
+            raise
+        return out
+
+    app.transport = Transport(app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                              positions=positions, positioned_topics={sessions_topic})
+    sessions = app.topic(sessions_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=settings.partitions)
+
+    async def relocate(partitions: list[int], applied: dict[int, int]) -> None:
+        """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
+        fence, or a Redis that came back empty or older)."""
+        w = await worker()
+        for p in partitions:
+            metrics.relocations.inc()
+            tp = TP(sessions_topic, p)
+            try:
+                earliest = (await app.consumer.earliest_offsets(tp)).get(tp, 0)
+            except Exception as exc:  # the broker is away too: the next batch brings us back here
+                log.warning("partition %d: earliest offset unknown (%s); assuming 0", p, exc)
+                earliest = 0
+            try:
+                offset = await position(p, earliest, None, applied.get(p))
+            except StateLost as exc:
+                await stop_fatally(exc)
+                return
+            if p in w.runtimes:
+                await app.consumer.seek(tp, offset)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
         w = holder["worker"]
         for tp in revoked:
-            if w is not None and tp.topic == settings.topic_sessions:
+            if w is not None and tp.topic == sessions_topic:
                 w.runtimes.pop(tp.partition, None)
 
     @app.agent(sessions)
     async def process(stream):
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
-            await handle(batch)
+            try:
+                await handle(batch)
+            except redis.RedisError as exc:
+                # the batch may or may not have been committed: Redis's offset will tell
+                redis_failed(exc)
+                w = await worker()
+                applied = {p: rt.next_offset for p, rt in w.runtimes.items()}
+                await wait_for_redis()
+                await relocate(sorted(w.runtimes), applied)
 
     async def handle(batch) -> None:
         started = time.perf_counter()
-        w = worker()
+        w = await worker()
         by_partition: dict[int, list] = defaultdict(list)
         for ev in batch:
             m = ev.message
@@ -120,7 +236,7 @@ def create_app(settings: Settings) -> faust.App:
         for p, records in by_partition.items():
             rt = w.runtimes.get(p)
             if rt is None:
-                continue  # revoked meanwhile: its new owner replays from Redis
+                continue  # not positioned yet, or revoked meanwhile: its owner replays from Redis
             if p in seeking:
                 # after a seek, drop what was buffered before it until the expected offset shows up
                 records = [r for r in records if r[0] >= seeking[p]]
@@ -128,11 +244,11 @@ def create_app(settings: Settings) -> faust.App:
                     continue
                 del seeking[p]
             try:
-                outputs.append((rt, rt.process(records)))
+                outputs.append((rt, rt.process(records)))  # inline: a thread here costs GIL contention
             except OffsetGap as gap:
                 log.warning("%s: seeking back", gap)
                 seeking[p] = gap.expected
-                await app.consumer.seek(TP(settings.topic_sessions, p), gap.expected)
+                await app.consumer.seek(TP(sessions_topic, p), gap.expected)
         if not outputs:
             return
         if publisher["p"] is None:
@@ -158,30 +274,84 @@ def create_app(settings: Settings) -> faust.App:
                     for ts in out.timestamps:
                         metrics.event_latency.observe(max(0.0, now - ts))
                 metrics.batch_seconds.observe(time.perf_counter() - started)
+            else:
+                log.warning("partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
+                            out.partition, out.start_offset)
+                await relocate([out.partition], {out.partition: out.start_offset})
+        redis_ok()
         update_gauges(w)
+
+    def lags(w: Worker) -> dict[int, int]:
+        out = {}
+        for part, rt in w.runtimes.items():
+            try:
+                high = app.consumer.highwater(TP(sessions_topic, part))
+            except Exception:  # not fetched yet
+                high = None
+            if high is not None:
+                out[part] = max(0, high - rt.next_offset)
+        return out
 
     def update_gauges(w: Worker) -> None:
         p = w.policy
         metrics.threshold.labels("medium").set(p.threshold)
         metrics.threshold.labels("fast").set(p.fast_threshold)
         metrics.cost.set(sum(rt.warmer.tiers.cost_per_day for rt in w.runtimes.values()))
-        for part, rt in w.runtimes.items():
-            try:
-                high = app.consumer.highwater(TP(settings.topic_sessions, part))
-            except Exception:  # not fetched yet
-                high = None
-            if high is not None:
-                metrics.lag.labels(str(part)).set(max(0, high - rt.next_offset))
+        for part, lag in lags(w).items():
+            metrics.lag.labels(str(part)).set(lag)
+
+    def readiness() -> tuple[bool, dict]:
+        w = holder["worker"]
+        current = lags(w) if w is not None else {}
+        if w is not None:
+            health.observe({p: rt.next_offset for p, rt in w.runtimes.items()})
+        ready, body = health.report(current)
+        metrics.ready.set(1 if ready else 0)
+        for p in current:
+            metrics.stalled.labels(str(p)).set(1 if str(p) in body["stalled_partitions"] else 0)
+        if w is not None:
+            body.update(partitions=sorted(w.runtimes), model=w.artifact.model, model_version=w.artifact.version,
+                        thresholds_in_use={str(p): [rt.policy.threshold, rt.policy.fast_threshold]
+                                           for p, rt in w.runtimes.items()})
+        return ready, body
 
     @app.timer(0.5)
     async def refresh_thresholds() -> None:
-        if holder["worker"] is not None:
-            holder["worker"].refresh_thresholds()
-            update_gauges(holder["worker"])
+        w = holder["worker"]
+        if w is None:
+            return
+        try:
+            await redis_call(w.refresh_thresholds)
+            redis_ok()
+        except redis.RedisError as exc:
+            redis_failed(exc)  # keep the thresholds in force; the batch loop does the waiting
+        update_gauges(w)
+
+    @app.timer(2.0)
+    async def check_kafka() -> None:
+        """Kafka is up when its cluster metadata can be read, within two seconds."""
+        try:
+            await asyncio.wait_for(app.consumer.earliest_offsets(
+                *(TP(sessions_topic, p) for p in range(settings.partitions))), 2.0)
+        except Exception as exc:
+            metrics.dependency_errors.labels("kafka").inc()
+            if health.kafka.failed(exc or "no answer within 2 s"):
+                log.error("Kafka is unreachable (%r): the consumer keeps retrying", exc)
+            metrics.dependency_up.labels("kafka").set(0)
+        else:
+            if health.kafka.ok():
+                log.warning("Kafka answers")
+            metrics.dependency_up.labels("kafka").set(1)
+        readiness()
+
+    @app.task
+    async def start() -> None:
+        exit_if_shutdown_hangs(app)
+        await worker()
 
     from .web import register_views
 
-    register_views(app, settings, worker, metrics)
+    register_views(app, settings, lambda: holder["worker"], metrics, readiness, redis_call)
     return app
 
 

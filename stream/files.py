@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import logging
 import lzma
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import orjson
 from tqdm import tqdm
 
 from models.events import Catalogue, Event
-from models.parsing import parse_artist, parse_event, parse_storage, parse_track, parse_user
+from models.parsing import TimeWindow, parse_artist, parse_event, parse_storage, parse_track, parse_user
 from models.rejections import Rejected, Rejections
 from models.runtime import paused_gc
 
@@ -103,6 +104,7 @@ def read_sessions(path: Path, rejections: Rejections, progress: bool = True) -> 
     seen: set[bytes] = set()
     current = None
     n = 0
+    check, now = TimeWindow().check, time.time()  # an export holds no event from before the era or the future
     digest = hashlib.blake2b(digest_size=16)
     interned = _interned
     for lines in iter_chunks(path, "sessions", progress, digest):
@@ -111,7 +113,7 @@ def read_sessions(path: Path, rejections: Rejections, progress: bool = True) -> 
                 continue
             n += 1
             try:
-                e = parse_event(loads(raw))
+                e = check(parse_event(loads(raw)), now)
             except orjson.JSONDecodeError:
                 rejections.add("sessions/bad_json", raw)
                 continue
@@ -142,6 +144,7 @@ def _intern(s: str) -> str:
 def _read_records(path: Path, name: str, parse, rejections: Rejections, progress: bool):
     loads = orjson.loads
     n = 0
+    check, now = TimeWindow().check, time.time()  # an export holds no event from before the era or the future
     digest = hashlib.blake2b(digest_size=16)
     out = []
     for lines in iter_chunks(path, name, progress, digest):

@@ -42,6 +42,21 @@ class WorkerMetrics:
         self.lag = Gauge("skipcache_consumer_lag", "Events behind the fetch high-watermark", ["partition"], registry=r)
         self.model_info = Gauge("skipcache_model_info", "The model each variant serves (value 1)",
                                 ["variant", "model", "version", "trained_at"], registry=r)
+        self.dependency_up = Gauge("skipcache_dependency_up", "1 while the dependency answers, 0 while it is away",
+                                   ["dependency"], registry=r)
+        self.dependency_errors = Counter("skipcache_dependency_errors", "Failed calls to a dependency (each retried)",
+                                         ["dependency"], registry=r)
+        self.ready = Gauge("skipcache_ready", "1 when /readyz says ready (dependencies up, no stalled partition)",
+                           registry=r)
+        self.stalled = Gauge("skipcache_partition_stalled", "1 while a partition has lag and has not advanced",
+                             ["partition"], registry=r)
+        self.state_losses = Counter("skipcache_state_losses", "Partitions found with their Redis state lost or "
+                                    "rolled back (rebuilt or replayed)", registry=r)
+        self.relocations = Counter("skipcache_relocations", "Partitions re-read from Redis and re-positioned "
+                                   "(fence, Redis outage, state loss)", registry=r)
+        for dep in ("redis", "kafka"):
+            self.dependency_up.labels(dep)
+            self.dependency_errors.labels(dep)
         self._window: dict[tuple[str, str], deque] = {}
         self._window_size = window
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 
@@ -22,7 +23,7 @@ from cache_warmer.tiers import TierConfig, TierState
 from cache_warmer.warmer import CacheWarmer, load_warmer_state, warmer_state
 from models.events import Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
-from models.parsing import parse_event
+from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected, Rejections
 from models.state import S_PENDING_TRACK, State, U_SESSION
 
@@ -60,7 +61,7 @@ class OffsetGap(Exception):
 class PartitionRuntime:
     def __init__(self, partition: int, store: StateStore, catalogue: Catalogue, scorers: dict,
                  policy: Policy, tier_config: TierConfig, engine_config: EngineConfig,
-                 count_from: float = -math.inf, variant_of=None):
+                 count_from: float = -math.inf, variant_of=None, window: TimeWindow = TimeWindow()):
         self.partition = partition
         self.store = store
         self.catalogue = catalogue
@@ -70,12 +71,15 @@ class PartitionRuntime:
         self.engine_config = engine_config
         self.count_from = count_from
         self.variant_of = variant_of
+        self.window = window
         self.rejections = Rejections()
         self.load()
 
     def load(self) -> None:
         """(Re)build everything from the store: on assignment, and after being fenced."""
-        self.next_offset = self.store.offset(self.partition)
+        self.stored = self.store.position(self.partition)
+        """The offset the store held when loaded; None: it held none (new partition, or lost)."""
+        self.next_offset = self.stored or 0
         self.engine = FeatureEngine(self.catalogue, self.engine_config, State(), self.rejections)
         self.warmer = CacheWarmer(self.policy, TierState(self.tier_config, self.catalogue), self.count_from,
                                   emit=True, keep_scores=False)
@@ -83,6 +87,11 @@ class PartitionRuntime:
         if blob:
             load_warmer_state(self.warmer, orjson.loads(blob))
         self.pipeline = Pipeline(self.engine, self.scorers, [self.warmer], variant_of=self.variant_of)
+
+    def start_at(self, offset: int) -> None:
+        """Where a partition the store held nothing for starts (see stream/positions.py); a
+        rolled-back one keeps the store's offset."""
+        self.next_offset = self.store.init_offset(self.partition, offset)
 
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
         if (threshold, fast_threshold) != (self.policy.threshold, self.policy.fast_threshold):
@@ -100,7 +109,8 @@ class PartitionRuntime:
             raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
         events: list[Event] = []
         kinds: dict[str, int] = {}
-        for offset, value, *_ in fresh:
+        check, wall = self.window.check, time.time()
+        for offset, value, *kafka_ts in fresh:
             try:
                 if value is None:
                     raise Rejected("empty_message")
@@ -110,7 +120,7 @@ class PartitionRuntime:
                     obj = orjson.loads(value)
                 except orjson.JSONDecodeError:
                     raise Rejected("bad_json") from None
-                e = parse_event(obj)
+                e = check(parse_event(obj), kafka_ts[0] if kafka_ts and kafka_ts[0] else wall)
             except Rejected as r:
                 out.dead_letters.append((offset, r.reason, value or b""))
                 continue

@@ -55,6 +55,12 @@ class Settings:
     medium_capacity: int = _env("SKIPCACHE_MEDIUM_CAPACITY", 0, "tracks the medium tier holds (0: 10% of the catalogue)")
     transfer_cost: float = _env("SKIPCACHE_TRANSFER_COST", 0.0005, "cost of one promotion (moving a track up)")
     cold_after_hours: float = _env("SKIPCACHE_COLD_AFTER_HOURS", 1.0, "a promoted track unused this long (event time) is demoted to slow")
+    stall_seconds: float = _env("SKIPCACHE_STALL_SECONDS", 30.0, "a partition with lag that has not advanced this "
+                                "long makes /healthz unhealthy")
+    earliest_event: str = _env("SKIPCACHE_EARLIEST_EVENT", "2000-01-01", "events stamped before this date (UTC) are "
+                               "dead letters: before the export family's era")
+    max_ahead_seconds: float = _env("SKIPCACHE_MAX_AHEAD_SECONDS", 300.0, "events stamped more than this ahead of "
+                                    "their Kafka timestamp (else the wall clock) are dead letters")
     session_timeout: float = _env("SKIPCACHE_SESSION_TIMEOUT", 6.0, "Kafka consumer session timeout, seconds")
     log_level: str = _env("SKIPCACHE_LOG_LEVEL", "info", "log level")
 

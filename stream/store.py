@@ -28,6 +28,12 @@ class StateStore(Protocol):
     def offset(self, partition: int) -> int:
         """Offset of the next event to apply (0 if the partition was never seen)."""
 
+    def position(self, partition: int) -> int | None:
+        """Offset of the next event to apply; None when the store holds none (new, or lost)."""
+
+    def init_offset(self, partition: int, offset: int) -> int:
+        """Set the partition's offset if it has none (atomically); return the stored one."""
+
     def warmer(self, partition: int) -> bytes | None:
         """The partition's serialized cache shard and pending predictions."""
 

@@ -1,4 +1,5 @@
-"""The worker's HTTP API on Faust's web server (bound to 127.0.0.1 by default).
+"""The worker's HTTP API on Faust's web server (bound to 127.0.0.1 by default). GET /healthz
+(= /readyz) and /livez, GET /metrics.
 
 GET /healthz, POST /predict, GET /threshold, PUT /threshold and DELETE /ab/results (token; 403
 when the worker has none). Malformed requests get a
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 import faust
 import orjson
+import redis
 
 from models.parsing import TRACK_ID_LEN
 
@@ -70,18 +72,65 @@ def ab_results(store) -> dict:
     return result
 
 
-def register_views(app: faust.App, settings: Settings, worker: Callable, metrics=None) -> None:
+MAX_BODY = 16_384
+"""Bytes a request body may have: the API's bodies are a few dozen. Larger ones get 413 unread."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request, limit: int = MAX_BODY) -> bytes:
+    """The body, refused by its Content-Length before reading, or as soon as it passes ``limit``
+    (chunked uploads): memory does not grow with what a client sends."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def register_views(app: faust.App, settings: Settings, worker: Callable, metrics, readiness: Callable,
+                   redis_call: Callable) -> None:
+    """``worker()``: the built Worker or None (still starting); ``readiness()``: (ready, body);
+    ``redis_call(fn, *args)``: a blocking store call off the event loop."""
+
+    class JSONView(faust.web.View):
+        def fail(self, status: int, message: str):
+            return self.json({"error": message}, status=status)
+
+        async def body(self, request) -> bytes:
+            return await read_body(request)
+
+        async def dispatch(self, request):
+            try:
+                return await super().dispatch(request)
+            except BodyTooLarge:
+                return self.fail(413, f"request bodies are limited to {MAX_BODY:,} bytes")
+            except redis.RedisError as exc:
+                return self.fail(503, f"Redis is unreachable ({exc}); the worker retries by itself")
+
+        def ready_worker(self):
+            w = worker()
+            if w is None:
+                raise redis.ConnectionError("the worker is still starting (waiting for Redis)")
+            return w
+
     @app.page("/metrics")
     class Metrics(faust.web.View):
         async def get(self, request):
-            return self.bytes(metrics.render() if metrics is not None else b"",
-                              content_type="text/plain; version=0.0.4")
+            readiness()  # refresh the health gauges
+            return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/ab/results")
-    class ABResults(faust.web.View):
+    class ABResults(JSONView):
         async def get(self, request):
-            w = worker()
-            out = ab_results(w.store)
+            w = self.ready_worker()
+            out = await redis_call(ab_results, w.store)
             out["models"] = {v: {"model": a.model, "version": a.version} for v, a in w.variants.items()}
             out["share_b"] = settings.ab_share_b if w.artifact_b is not None else 0.0
             return self.bytes(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
@@ -90,60 +139,76 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             refused = refusal(request, settings)
             if refused is not None:
                 return self.json(refused[0], status=refused[1])
-            w = worker()
-            for name in ("ab:A", "ab:B"):
-                w.store.reset_counters(name)
-            w.store.set_config(ab_started_at=time.time())
+            w = self.ready_worker()
+
+            def restart() -> None:
+                for name in ("ab:A", "ab:B"):
+                    w.store.reset_counters(name)
+                w.store.set_config(ab_started_at=time.time())
+
+            await redis_call(restart)
             return self.json({"status": "new experiment started"})
 
     @app.page("/healthz")
     class Health(faust.web.View):
+        """Ready: Redis and Kafka answer, no partition stuck with lag (503 otherwise, with why)."""
+
         async def get(self, request):
-            try:
-                w = worker()
-                w.store.ping()
-            except Exception as exc:  # report, don't crash
-                return self.json({"status": "unhealthy", "error": str(exc)}, status=503)
-            return self.json({"status": "ok", "partitions": sorted(w.runtimes), "model": w.artifact.model,
-                              "model_version": w.artifact.version,
-                              "thresholds_in_use": {str(p): [rt.policy.threshold, rt.policy.fast_threshold]
-                                                    for p, rt in w.runtimes.items()}})
+            ready, body = readiness()
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/readyz")
+    class Ready(Health):
+        pass
+
+    @app.page("/livez")
+    class Live(faust.web.View):
+        """Alive unless stopping on a fatal error: a dependency away is waited for, not fatal."""
+
+        async def get(self, request):
+            _, body = readiness()
+            return self.json({"live": body["live"], **({"fatal": body["fatal"]} if "fatal" in body else {})},
+                             status=200 if body["live"] else 503)
 
     @app.page("/threshold")
-    class Threshold(faust.web.View):
+    class Threshold(JSONView):
         async def get(self, request):
-            p = worker().policy
+            p = self.ready_worker().policy  # the thresholds in force, refreshed from Redis twice a second
             return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
 
         async def put(self, request):
             refused = refusal(request, settings)
             if refused is not None:
                 return self.json(refused[0], status=refused[1])
-            w = worker()
+            w = self.ready_worker()
             p = w.policy
             try:
-                values = parse_thresholds(await self.read_request_content(request),
+                values = parse_thresholds(await self.body(request),
                                           {"threshold": p.threshold, "fast_threshold": p.fast_threshold})
             except ValueError as exc:
-                return self.json({"error": str(exc)}, status=400)
-            w.store.set_config(**values)
-            w.refresh_thresholds()
+                return self.fail(400, str(exc))
+
+            def apply() -> None:
+                w.store.set_config(**values)
+                w.refresh_thresholds()
+
+            await redis_call(apply)
             p = w.policy
             log.info("thresholds set to %.3f / %.3f over HTTP", p.threshold, p.fast_threshold)
             return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
 
     @app.page("/predict")
-    class Predict(faust.web.View):
+    class Predict(JSONView):
         async def post(self, request):
             try:
-                obj = orjson.loads(await self.read_request_content(request))
+                obj = orjson.loads(await self.body(request))
             except orjson.JSONDecodeError:
-                return self.json({"error": "body must be JSON: {\"user_id\": int, \"track_id\": str}"}, status=400)
+                return self.fail(400, "body must be JSON: {\"user_id\": int, \"track_id\": str}")
             if not isinstance(obj, dict):
-                return self.json({"error": "body must be a JSON object"}, status=400)
+                return self.fail(400, "body must be a JSON object")
             user, track = obj.get("user_id"), obj.get("track_id")
             if isinstance(user, bool) or not isinstance(user, int) or user < 0:
-                return self.json({"error": "user_id must be a non-negative integer"}, status=400)
+                return self.fail(400, "user_id must be a non-negative integer")
             if not isinstance(track, str) or len(track) != TRACK_ID_LEN or not track.isalnum():
-                return self.json({"error": f"track_id must be a {TRACK_ID_LEN}-character id"}, status=400)
-            return self.json(worker().predict(user, track))
+                return self.fail(400, f"track_id must be a {TRACK_ID_LEN}-character id")
+            return self.json(await redis_call(self.ready_worker().predict, user, track))

@@ -13,6 +13,7 @@ from cache_warmer.tiers import TIER_NAMES, TierConfig
 from models.artifacts import Artifact, load
 from models.events import Catalogue
 from models.features import EngineConfig, FeatureEngine
+from models.parsing import TimeWindow
 from models.state import U_SESSION, U_TS, State
 
 from .kafka_io import partition_of
@@ -46,6 +47,8 @@ class Worker:
     engine_config: EngineConfig
     artifact_b: Artifact | None = None
     runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
+    thresholds: tuple[float, float] | None = None
+    """(medium, fast) in force: read from Redis by refresh_thresholds, not on every access."""
 
     @property
     def variants(self) -> dict[str, Artifact]:
@@ -56,10 +59,8 @@ class Worker:
 
     @property
     def policy(self) -> Policy:
-        cfg = self.store.config()
-        return Policy("model", "score", AB if self.artifact_b is not None else "A",
-                      cfg.get("threshold", self.settings.threshold),
-                      cfg.get("fast_threshold", self.settings.fast_threshold))
+        threshold, fast = self.thresholds or (self.settings.threshold, self.settings.fast_threshold)
+        return Policy("model", "score", AB if self.artifact_b is not None else "A", threshold, fast)
 
     def runtime(self, partition: int) -> PartitionRuntime:
         rt = self.runtimes.get(partition)
@@ -67,10 +68,20 @@ class Worker:
             scorers = {name: art.predict_full for name, art in self.variants.items()}
             rt = self.runtimes[partition] = PartitionRuntime(
                 partition, self.store, self.catalogue, scorers, self.policy, self.tier_config, self.engine_config,
-                variant_of=self.variant if self.artifact_b is not None else None)
+                variant_of=self.variant if self.artifact_b is not None else None,
+                window=TimeWindow.from_date(self.settings.earliest_event, self.settings.max_ahead_seconds))
         return rt
 
+    def reload(self, partition: int) -> PartitionRuntime:
+        """The partition rebuilt from the store (another worker, or a fault, may have moved it)."""
+        self.runtimes.pop(partition, None)
+        return self.runtime(partition)
+
     def refresh_thresholds(self) -> None:
+        """Read the thresholds operators set in Redis and hand them to every partition."""
+        cfg = self.store.config()
+        self.thresholds = (cfg.get("threshold", self.settings.threshold),
+                           cfg.get("fast_threshold", self.settings.fast_threshold))
         p = self.policy
         for rt in self.runtimes.values():
             rt.set_thresholds(p.threshold, p.fast_threshold)
@@ -115,5 +126,7 @@ def build_worker(settings: Settings) -> Worker:
     artifact_b = load(settings.model_b_path, feature_names=engine_features) if settings.model_b_path else None
     store = build_store(settings)
     store.ping()
-    return Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
-                  EngineConfig(**artifact.engine_config), artifact_b)
+    worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
+                    EngineConfig(**artifact.engine_config), artifact_b)
+    worker.refresh_thresholds()
+    return worker

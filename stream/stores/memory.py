@@ -21,6 +21,13 @@ class MemoryStore:
     def offset(self, partition: int) -> int:
         return self.offsets.get(partition, 0)
 
+    def position(self, partition: int) -> int | None:
+        return self.offsets.get(partition)
+
+    def init_offset(self, partition: int, offset: int) -> int:
+        with self._lock:
+            return self.offsets.setdefault(partition, offset)
+
     def warmer(self, partition: int) -> bytes | None:
         return self.warmers.get(partition)
 

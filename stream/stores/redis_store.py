@@ -20,14 +20,25 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sc", ttl_seconds: int = 30 * 86400) -> "RedisStore":
-        return cls(redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30), prefix, ttl_seconds)
+        # short timeouts: a call to a Redis that went away fails within seconds, and the worker's
+        # own loop (not the client) waits, backs off and retries, keeping its event loop free
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30),
+                   prefix, ttl_seconds)
 
     def _k(self, partition: int, *parts: object) -> str:
         return ":".join((self.prefix, str(partition), *map(str, parts)))
 
     def offset(self, partition: int) -> int:
+        return self.position(partition) or 0
+
+    def position(self, partition: int) -> int | None:
         value = self.r.get(self._k(partition, "offset"))
-        return int(value) if value is not None else 0
+        return int(value) if value is not None else None
+
+    def init_offset(self, partition: int, offset: int) -> int:
+        key = self._k(partition, "offset")
+        self.r.set(key, offset, nx=True)
+        return int(self.r.get(key))
 
     def warmer(self, partition: int) -> bytes | None:
         return self.r.get(self._k(partition, "warmer"))
