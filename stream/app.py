@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> faust.App:
         table_cleanup_interval=3600,
     )
     holder: dict[str, Worker | None] = {"worker": None}
-    seeking: dict[int, int] = {}
+    seeking: dict[int, tuple[int, float]] = {}  # partition -> (offset awaited, when sought)
     publisher: dict[str, BatchPublisher | None] = {"p": None}
     health = Health(settings.stall_seconds)
     metrics = WorkerMetrics()
@@ -159,7 +159,7 @@ def create_app(settings: Settings) -> faust.App:
             metrics.state_losses.inc()
             log.error("%s", resume.detail)
         log.info("partition %d resumes at offset %d (%s)", partition, rt.next_offset, resume.reason)
-        seeking[partition] = rt.next_offset
+        seeking[partition] = (rt.next_offset, time.monotonic())
         return rt.next_offset
 
     async def positions(committed, earliest) -> dict[TP, int]:
@@ -185,6 +185,10 @@ def create_app(settings: Settings) -> faust.App:
     sessions = app.topic(sessions_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=settings.partitions)
 
+    async def seek(partition: int, offset: int) -> None:
+        seeking[partition] = (offset, time.monotonic())
+        await app.consumer.seek_wait({TP(sessions_topic, partition): offset})  # in the consumer's thread
+
     async def relocate(partitions: list[int], applied: dict[int, int]) -> None:
         """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
         fence, or a Redis that came back empty or older)."""
@@ -203,7 +207,7 @@ def create_app(settings: Settings) -> faust.App:
                 await stop_fatally(exc)
                 return
             if p in w.runtimes:
-                await app.consumer.seek(tp, offset)
+                await seek(p, offset)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
@@ -238,17 +242,23 @@ def create_app(settings: Settings) -> faust.App:
             if rt is None:
                 continue  # not positioned yet, or revoked meanwhile: its owner replays from Redis
             if p in seeking:
-                # after a seek, drop what was buffered before it until the expected offset shows up
-                records = [r for r in records if r[0] >= seeking[p]]
-                if not records or records[0][0] > seeking[p]:
+                # after a seek, drop what was fetched before it until the expected offset shows up;
+                # records fetched before a seek can still move the consumer past it, so seek again
+                # (at most once a second) while later records keep coming
+                expected, sought_at = seeking[p]
+                records = [r for r in records if r[0] >= expected]
+                if not records or records[0][0] > expected:
+                    if records and time.monotonic() - sought_at > 1.0:
+                        log.info("partition %d: still waiting for offset %d (got %d): seeking again", p, expected,
+                                 records[0][0])
+                        await seek(p, expected)
                     continue
                 del seeking[p]
             try:
                 outputs.append((rt, rt.process(records)))  # inline: a thread here costs GIL contention
             except OffsetGap as gap:
                 log.warning("%s: seeking back", gap)
-                seeking[p] = gap.expected
-                await app.consumer.seek(TP(sessions_topic, p), gap.expected)
+                await seek(p, gap.expected)
         if not outputs:
             return
         if publisher["p"] is None:

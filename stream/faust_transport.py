@@ -1,19 +1,23 @@
 """Faust's aiokafka transport, changed in the two places the worker needs; handed to one app
 through its public ``app.transport`` setter, so nothing is patched process-wide.
 
-1. **Where a partition resumes is the state store's word.** After every rebalance faust's
-   recovery seeks the stream to the broker's committed offsets (``Consumer.perform_seek`` →
-   ``seek_to_committed``) and sets its read offsets from them, dropping every record below
-   (``DROPPED MESSAGE ROFF`` in its debug log). The worker commits its offsets to Redis atomically
-   with its state, so a broker offset ahead of Redis (a batch acknowledged to Kafka but never
-   applied) left it waiting forever for records faust dropped. Here ``seek_to_committed`` asks
-   the worker where each partition resumes, seeks there and answers with those offsets; the
-   broker's committed offset is kept only as a witness that the group has run before.
+1. **Where a partition resumes is the state store's word.** faust keeps a *read offset* per
+   partition and drops every record below it (``DROPPED MESSAGE ROFF`` in its debug log). After
+   every rebalance its recovery seeks the stream to the broker's committed offsets and sets the
+   read offsets from them (``Consumer.perform_seek`` → ``seek_to_committed``), and its fetcher
+   moves them on as it hands records over, also records fetched before a seek. The worker
+   commits its offsets to Redis atomically with its state, so a broker offset ahead of Redis (a
+   batch acknowledged to Kafka but never applied), or a seek back after a Redis outage, left it
+   waiting forever for records faust dropped. Here ``seek_to_committed`` asks the worker where
+   each partition resumes and seeks there (the broker's committed offset is kept only as a
+   witness that the group has run before), and faust drops no record of the positioned topics:
+   the worker skips what it already applied itself, by offset.
 2. **Fetches wait at most ``fetch_max_wait_ms``.** faust hard-codes 1,500 ms; against Tansu a
    quiet partition's fetch waits that long (p50 produce-to-decision 624 ms at 2,000 events/s).
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,7 +36,22 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         return consumer
 
 
+class ReadOffsets(defaultdict):
+    """faust's read offsets, which read as unknown (None: drop nothing) for positioned topics."""
+
+    def __init__(self, topics: frozenset[str]):
+        super().__init__(lambda: None)
+        self.topics = topics
+
+    def __getitem__(self, tp: TP) -> int | None:
+        return None if tp.topic in self.topics else super().__getitem__(tp)
+
+
 class Consumer(driver.Consumer):
+    def __init__(self, transport: "Transport", *args: Any, **kwargs: Any) -> None:
+        super().__init__(transport, *args, **kwargs)
+        self._read_offset = ReadOffsets(transport.positioned_topics)
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -44,8 +63,7 @@ class Consumer(driver.Consumer):
             return committed
         earliest = await self.earliest_offsets(*mine)
         positions = await transport.positions({tp: committed.get(tp) for tp in mine}, earliest)
-        for tp, offset in positions.items():
-            await self._seek(tp, offset)
+        await self.seek_wait(positions)  # in the consumer's own thread, like faust's seeks
         return {**committed, **positions}
 
 

@@ -53,12 +53,18 @@ class Live:
     env: dict
     workdir: Path
 
-    def start_worker(self, name: str = "w", web_port: int | None = None):
+    def start_worker(self, name: str = "w", web_port: int | None = None, ready: bool = True):
+        """A worker process; waits until it is ready (/healthz), or only alive (/livez)."""
         port = web_port or free_port()
         env = {**self.env, "SKIPCACHE_WEB_PORT": str(port)}
         proc = start_worker(env, self.workdir / f"{name}.log")
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/{'healthz' if ready else 'livez'}", proc=proc)
         return proc, port
+
+    def create_topics(self) -> None:
+        st = self.settings
+        create_topics(st.kafka_bootstrap, {st.topic_sessions: st.partitions, st.topic_commands: 1,
+                                           st.topic_dead_letter: 1})
 
     def store(self):
         return build_store(self.settings)
@@ -78,21 +84,25 @@ class Live:
         raise AssertionError(f"only {self.applied()} of {total} events applied after {timeout} s; logs in {self.workdir}")
 
 
-@pytest.fixture
-def live(servers, live_data, tmp_path):
-    kafka, redis = servers
+def make_live(kafka_port: int, redis_port: int, live_data, workdir: Path, **extra: str) -> Live:
+    """A fresh app id, key prefix and topics on the given servers, so tests never share state."""
     out, *_ = live_data
     tag = uuid.uuid4().hex[:8]
-    env = {"SKIPCACHE_APP_ID": f"skipcache-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
-           "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": f"t{tag}",
+    env = {"SKIPCACHE_APP_ID": f"skipcache-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka_port}",
+           "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis_port}/0", "SKIPCACHE_REDIS_PREFIX": f"t{tag}",
            "SKIPCACHE_MODEL": str(out / "m.joblib"), "SKIPCACHE_DATA": str(out / "data"),
            "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
            "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
-           "SKIPCACHE_BATCH_SIZE": "500", "SKIPCACHE_API_TOKEN": "s3cret", "SKIPCACHE_LOG_LEVEL": "info"}
-    settings = Settings.from_env(env)
-    create_topics(settings.kafka_bootstrap, {settings.topic_sessions: 2, settings.topic_commands: 1,
-                                             settings.topic_dead_letter: 1})
-    return Live(settings, env, tmp_path)
+           "SKIPCACHE_BATCH_SIZE": "500", "SKIPCACHE_API_TOKEN": "s3cret", "SKIPCACHE_LOG_LEVEL": "info", **extra}
+    live = Live(Settings.from_env(env), env, workdir)
+    live.create_topics()
+    return live
+
+
+@pytest.fixture
+def live(servers, live_data, tmp_path):
+    kafka, redis = servers
+    return make_live(kafka.port, redis.port, live_data, tmp_path)
 
 
 def expected_figures(live_data, settings: Settings) -> dict:

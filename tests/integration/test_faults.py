@@ -1,0 +1,172 @@
+"""Faults the worker must ride out, against real Tansu and Redis: a broker offset ahead of Redis,
+Redis killed and restarted (with its AOF, and empty), the broker killed and restarted. Each ends
+with the figures of an uninterrupted run, and /healthz says 503 while the dependency is away."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from kafka.admin import KafkaAdminClient
+
+from stream.cli import worker_figures
+from stream.producer import replay
+from stream.services import start_redis, start_tansu
+
+from .conftest import COMPARED, expected_figures, make_live
+
+pytestmark = pytest.mark.integration
+
+
+def _health(port: int) -> tuple[int | None, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _assert_uninterrupted(live, live_data) -> None:
+    fig = worker_figures(live.settings, live.settings.partitions)
+    expected = expected_figures(live_data, live.settings)
+    for key in COMPARED:
+        assert fig[key] == expected[key], key
+    assert fig["predictions"] > 5000
+
+
+def _wait_until(predicate, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _stop(worker) -> None:
+    if worker.poll() is None:
+        worker.terminate()
+        worker.wait(30)
+
+
+@pytest.fixture
+def own_servers(tmp_path):
+    """A broker and an AOF-persisted Redis of the test's own, so it can kill them."""
+    kafka = start_tansu(workdir=tmp_path / "tansu")
+    redis = start_redis(workdir=tmp_path / "redis", appendonly=True)
+    yield kafka, redis
+    kafka.stop()
+    redis.stop()
+
+
+def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
+    """The stall of issue 9.1: faust's recovery used to seek to the broker's committed offset and
+    drop every record below it, while the worker waited for Redis's offset forever. Here Redis
+    goes back to a copy taken at 40% while the group's offsets in the broker say 100%."""
+    _, _, events, _ = live_data
+    cut = len(events) * 2 // 5
+    store = live.store()
+    worker, _ = live.start_worker("first")
+    try:
+        replay(events[:cut], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(cut, workers=[worker])
+        snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"{live.settings.redis_prefix}:*")}
+        replay(events[cut:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+    finally:
+        _stop(worker)  # a clean stop: faust commits the group's offsets to the broker
+    admin = KafkaAdminClient(bootstrap_servers=live.settings.kafka_bootstrap)
+    committed = {tp.partition: meta.offset for tp, meta in admin.list_group_offsets(
+        live.settings.app_id)[live.settings.app_id].items() if tp.topic == live.settings.topic_sessions}
+    admin.close()
+    store.r.delete(*store.r.scan_iter(f"{live.settings.redis_prefix}:*"))
+    for key, value in snapshot.items():
+        store.r.restore(key, 0, value)
+    behind = {p: store.offset(p) for p in range(live.settings.partitions)}
+    assert any(committed.get(p, 0) > behind[p] for p in behind), (committed, behind)  # the broker is ahead
+    worker, _ = live.start_worker("second")
+    try:
+        live.wait_applied(len(events), workers=[worker], timeout=90)
+        _assert_uninterrupted(live, live_data)
+    finally:
+        _stop(worker)
+
+
+def test_redis_killed_then_restarted_with_its_aof(own_servers, live_data, tmp_path):
+    kafka, redis = own_servers
+    live = make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="200")
+    _, _, events, _ = live_data
+    worker, port = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        _wait_until(lambda: live.applied() > len(events) // 3, what="a third applied")
+        os.kill(redis.proc.pid, signal.SIGKILL)
+        redis.proc.wait()
+        _wait_until(lambda: _health(port)[0] == 503, what="/healthz to say 503")
+        status, body = _health(port)
+        assert body["dependencies"]["redis"]["up"] is False and body["live"] is True
+        time.sleep(3)  # a few backoff rounds with Redis away
+        assert worker.poll() is None, "the worker died with Redis"
+        restarted = start_redis(port=redis.port, workdir=redis.workdir, appendonly=True)
+        own_servers[1].proc = restarted.proc  # stopped by the fixture
+        live.wait_applied(len(events), workers=[worker], timeout=90)
+        _wait_until(lambda: _health(port)[0] == 200, what="/healthz back to 200")
+        _assert_uninterrupted(live, live_data)
+    finally:
+        _stop(worker)
+
+
+def test_redis_back_empty_is_noticed_and_rebuilt_from_the_topic(own_servers, live_data, tmp_path):
+    kafka, redis = own_servers
+    live = make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="200")
+    _, _, events, _ = live_data
+    worker, port = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        _wait_until(lambda: live.applied() > len(events) // 3, what="a third applied")
+        os.kill(redis.proc.pid, signal.SIGKILL)
+        redis.proc.wait()
+        for f in redis.workdir.rglob("*.aof*"):  # what a restart without persistence comes back with
+            f.unlink() if f.is_file() else None
+        restarted = start_redis(port=redis.port, workdir=redis.workdir / "empty")
+        own_servers[1].proc = restarted.proc
+        live.wait_applied(len(events), workers=[worker], timeout=90)
+        status, body = _health(port)
+        assert body["state_losses"] >= 1  # said loudly: /healthz, the metric, the log
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert "skipcache_state_losses_total 0.0" not in resp.read().decode()
+        assert "Redis came back empty" in (tmp_path / "w.log").read_text()
+        _assert_uninterrupted(live, live_data)
+    finally:
+        _stop(worker)
+
+
+def test_broker_killed_and_restarted(own_servers, live_data, tmp_path):
+    kafka, redis = own_servers
+    live = make_live(kafka.port, redis.port, live_data, tmp_path)
+    _, _, events, _ = live_data
+    half = len(events) // 2
+    worker, port = live.start_worker()
+    try:
+        replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(half, workers=[worker])
+        os.kill(kafka.proc.pid, signal.SIGKILL)
+        kafka.proc.wait()
+        _wait_until(lambda: _health(port)[0] == 503, what="/healthz to say 503")
+        assert _health(port)[1]["dependencies"]["kafka"]["up"] is False
+        time.sleep(3)
+        assert worker.poll() is None, "the worker died with the broker"
+        # Tansu keeps topics in memory: the restarted broker gets them again, with the same events
+        restarted = start_tansu(port=kafka.port, workdir=kafka.workdir)
+        own_servers[0].proc = restarted.proc
+        live.create_topics()
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker], timeout=120)
+        _wait_until(lambda: _health(port)[0] == 200, what="/healthz back to 200")
+        _assert_uninterrupted(live, live_data)
+    finally:
+        _stop(worker)
