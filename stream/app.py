@@ -35,18 +35,34 @@ from .health import Health
 from .metrics import WorkerMetrics
 from .positions import StateLost, resume_offset
 from .publish import BatchPublisher
-from .runtime import OffsetGap
 from .settings import Settings
 from .wiring import Worker, build_worker
 
 log = logging.getLogger("skipcache.worker")
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
-SHUTDOWN_GRACE = 20.0
-"""Seconds a stopping worker gets before it exits anyway (releasing its web port): shutdown must
-not hang on a dependency that went away. State is exactly-once in Redis, so nothing is lost."""
+RESEEK_SECONDS = 1.0
+"""Records fetched before a seek can still arrive after it and move the consumer past the
+position sought; while the awaited offset does not come, the worker seeks again this often."""
 
 
-def exit_if_shutdown_hangs(app: faust.App, grace: float = SHUTDOWN_GRACE) -> None:
+def contiguous_run(records: list[tuple], start: int) -> list[tuple]:
+    """The records at offsets start, start+1, ... wherever they sit in ``records``: a batch can mix
+    records fetched before a seek with those fetched after it, and only an unbroken run from the
+    partition's next offset may be applied."""
+    if records and records[0][0] == start and records[-1][0] == start + len(records) - 1:
+        return records  # the usual batch: already that run
+    at = {r[0]: r for r in records}
+    run = []
+    while start in at:
+        run.append(at[start])
+        start += 1
+    return run
+
+
+def exit_if_shutdown_hangs(app: faust.App, grace: float) -> None:
+    """A stopping worker gets ``grace`` seconds, then exits anyway (releasing its web port):
+    shutdown must not hang on a dependency that went away. State is exactly-once in Redis."""
+
     def watch() -> None:
         while not app.should_stop:
             time.sleep(0.5)
@@ -77,7 +93,7 @@ def create_app(settings: Settings) -> faust.App:
         table_cleanup_interval=3600,
     )
     holder: dict[str, Worker | None] = {"worker": None}
-    seeking: dict[int, tuple[int, float]] = {}  # partition -> (offset awaited, when sought)
+    sought: dict[int, float] = {}  # partition -> when the worker last sought it
     publisher: dict[str, BatchPublisher | None] = {"p": None}
     health = Health(settings.stall_seconds)
     metrics = WorkerMetrics()
@@ -159,7 +175,7 @@ def create_app(settings: Settings) -> faust.App:
             metrics.state_losses.inc()
             log.error("%s", resume.detail)
         log.info("partition %d resumes at offset %d (%s)", partition, rt.next_offset, resume.reason)
-        seeking[partition] = (rt.next_offset, time.monotonic())
+        sought[partition] = time.monotonic()
         return rt.next_offset
 
     async def positions(committed, earliest) -> dict[TP, int]:
@@ -186,7 +202,7 @@ def create_app(settings: Settings) -> faust.App:
                          value_serializer="raw", partitions=settings.partitions)
 
     async def seek(partition: int, offset: int) -> None:
-        seeking[partition] = (offset, time.monotonic())
+        sought[partition] = time.monotonic()
         await app.consumer.seek_wait({TP(sessions_topic, partition): offset})  # in the consumer's thread
 
     async def relocate(partitions: list[int], applied: dict[int, int]) -> None:
@@ -241,24 +257,15 @@ def create_app(settings: Settings) -> faust.App:
             rt = w.runtimes.get(p)
             if rt is None:
                 continue  # not positioned yet, or revoked meanwhile: its owner replays from Redis
-            if p in seeking:
-                # after a seek, drop what was fetched before it until the expected offset shows up;
-                # records fetched before a seek can still move the consumer past it, so seek again
-                # (at most once a second) while later records keep coming
-                expected, sought_at = seeking[p]
-                records = [r for r in records if r[0] >= expected]
-                if not records or records[0][0] > expected:
-                    if records and time.monotonic() - sought_at > 1.0:
-                        log.info("partition %d: still waiting for offset %d (got %d): seeking again", p, expected,
-                                 records[0][0])
-                        await seek(p, expected)
-                    continue
-                del seeking[p]
-            try:
-                outputs.append((rt, rt.process(records)))  # inline: a thread here costs GIL contention
-            except OffsetGap as gap:
-                log.warning("%s: seeking back", gap)
-                await seek(p, gap.expected)
+            run = contiguous_run(records, rt.next_offset)
+            if not run:
+                ahead = [r[0] for r in records if r[0] > rt.next_offset]
+                if ahead and time.monotonic() - sought.get(p, 0.0) > RESEEK_SECONDS:
+                    log.info("partition %d: offset %d did not come (got %d..%d): seeking to it", p,
+                             rt.next_offset, min(ahead), max(ahead))
+                    await seek(p, rt.next_offset)
+                continue  # only records already applied, or ones fetched before a seek
+            outputs.append((rt, rt.process(run)))  # inline: a thread here costs GIL contention
         if not outputs:
             return
         if publisher["p"] is None:
@@ -337,9 +344,9 @@ def create_app(settings: Settings) -> faust.App:
             redis_failed(exc)  # keep the thresholds in force; the batch loop does the waiting
         update_gauges(w)
 
-    @app.timer(2.0)
+    @app.timer(1.0)
     async def check_kafka() -> None:
-        """Kafka is up when its cluster metadata can be read, within two seconds."""
+        """Kafka is up when the topic's earliest offsets can be read, within two seconds."""
         try:
             await asyncio.wait_for(app.consumer.earliest_offsets(
                 *(TP(sessions_topic, p) for p in range(settings.partitions))), 2.0)
@@ -356,7 +363,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start() -> None:
-        exit_if_shutdown_hangs(app)
+        exit_if_shutdown_hangs(app, settings.shutdown_grace_seconds)
         await worker()
 
     from .web import register_views

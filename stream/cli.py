@@ -15,7 +15,8 @@ log = logging.getLogger("skipcache")
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        Path(path).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+                                            | orjson.OPT_NON_STR_KEYS))
         print(f"wrote {path}", file=sys.stderr)
 
 

@@ -61,6 +61,8 @@ class Settings:
                                "dead letters: before the export family's era")
     max_ahead_seconds: float = _env("SKIPCACHE_MAX_AHEAD_SECONDS", 300.0, "events stamped more than this ahead of "
                                     "their Kafka timestamp (else the wall clock) are dead letters")
+    shutdown_grace_seconds: float = _env("SKIPCACHE_SHUTDOWN_GRACE_SECONDS", 20.0, "a stopping worker exits after this "
+                                         "long even if a dependency it waits on is away (frees its web port)")
     session_timeout: float = _env("SKIPCACHE_SESSION_TIMEOUT", 6.0, "Kafka consumer session timeout, seconds")
     log_level: str = _env("SKIPCACHE_LOG_LEVEL", "info", "log level")
 

@@ -107,3 +107,60 @@ def test_the_worker_refuses_to_bind_every_address_without_a_real_token(live, tok
     assert time.monotonic() - started < 30  # refused at once, before joining the group
     if token:
         assert token not in run.stderr + run.stdout
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def _raw_post(port: int, head: bytes, body_chunks) -> bytes:
+    """Send a request by hand (a lying Content-Length, or a long chunked body) and read the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker answered and closed before the body ended: what we want
+        try:
+            return sock.recv(4096)
+        except ConnectionResetError:
+            return b""
+
+
+def test_oversized_bodies_get_413_unread_and_status_json(live, live_data, tmp_path):
+    _, _, events, _ = live_data
+    worker, port = live.start_worker()
+    try:
+        replay(events[:3000], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(3000, workers=[worker])
+        before = _rss_kib(worker.pid)
+        # a declared 512 MB body: refused by its Content-Length, before a byte of it is read
+        answer = _raw_post(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 536870912\r\n\r\n", [b"{" * 4096])
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        # a chunked 64 MB body with no length: refused once it passes the limit
+        chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+        answer = _raw_post(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                           (chunk for _ in range(64)))
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert _call("PUT", f"http://127.0.0.1:{port}/threshold", b"[" + b"0," * 20_000 + b"0]", token="s3cret")[0] == 413
+        assert _rss_kib(worker.pid) - before < 20_000  # memory does not grow with what a client sends
+        assert _call("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200  # and the worker is fine
+
+        # every reporting command's --json (integer partition keys once crashed `status --json`)
+        env = {**os.environ, **live.env}
+        for command in (["status"], ["ab-report"]):
+            out = tmp_path / f"{command[0]}.json"
+            run = subprocess.run([sys.executable, "-m", "stream.cli", *command, "--json", str(out)], env=env,
+                                 capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, run.stderr
+            assert orjson.loads(out.read_bytes())
+        status = orjson.loads((tmp_path / "status.json").read_bytes())
+        assert sum(status["offsets"].values()) == 3000 and status["predictions"] > 0
+    finally:
+        worker.terminate()
+        worker.wait(20)

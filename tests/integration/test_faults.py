@@ -47,6 +47,12 @@ def _wait_until(predicate, timeout: float = 30.0, what: str = "") -> None:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+def _kill(*services) -> None:
+    for service in services:
+        os.kill(service.proc.pid, signal.SIGKILL)
+        service.proc.wait()
+
+
 def _stop(worker) -> None:
     if worker.poll() is None:
         worker.terminate()
@@ -61,6 +67,12 @@ def own_servers(tmp_path):
     yield kafka, redis
     kafka.stop()
     redis.stop()
+
+
+@pytest.fixture
+def own_live(own_servers, live_data, tmp_path):
+    kafka, redis = own_servers
+    return make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="200")
 
 
 def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
@@ -96,45 +108,44 @@ def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
         _stop(worker)
 
 
-def test_redis_killed_then_restarted_with_its_aof(own_servers, live_data, tmp_path):
-    kafka, redis = own_servers
-    live = make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="200")
-    _, _, events, _ = live_data
+def _kill_redis_mid_replay(live, own_servers, live_data):
+    """A worker a third of the way through a replay when its Redis is killed -9."""
+    redis = own_servers[1]
+    events = live_data[2]
     worker, port = live.start_worker()
+    replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+    _wait_until(lambda: live.applied() > len(events) // 3, what="a third applied")
+    _kill(redis)
+    return live, worker, port, len(events)
+
+
+def _restart_redis(own_servers, **kwargs) -> None:
+    redis = own_servers[1]
+    redis.proc = start_redis(port=redis.port, **kwargs).proc  # stopped by the fixture
+
+
+def test_redis_killed_then_restarted_with_its_aof(own_live, own_servers, live_data):
+    live, worker, port, total = _kill_redis_mid_replay(own_live, own_servers, live_data)
     try:
-        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
-        _wait_until(lambda: live.applied() > len(events) // 3, what="a third applied")
-        os.kill(redis.proc.pid, signal.SIGKILL)
-        redis.proc.wait()
         _wait_until(lambda: _health(port)[0] == 503, what="/healthz to say 503")
         status, body = _health(port)
         assert body["dependencies"]["redis"]["up"] is False and body["live"] is True
         time.sleep(3)  # a few backoff rounds with Redis away
         assert worker.poll() is None, "the worker died with Redis"
-        restarted = start_redis(port=redis.port, workdir=redis.workdir, appendonly=True)
-        own_servers[1].proc = restarted.proc  # stopped by the fixture
-        live.wait_applied(len(events), workers=[worker], timeout=90)
+        _restart_redis(own_servers, workdir=own_servers[1].workdir, appendonly=True)
+        live.wait_applied(total, workers=[worker], timeout=90)
         _wait_until(lambda: _health(port)[0] == 200, what="/healthz back to 200")
         _assert_uninterrupted(live, live_data)
     finally:
         _stop(worker)
 
 
-def test_redis_back_empty_is_noticed_and_rebuilt_from_the_topic(own_servers, live_data, tmp_path):
-    kafka, redis = own_servers
-    live = make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="200")
-    _, _, events, _ = live_data
-    worker, port = live.start_worker()
+def test_redis_back_empty_is_noticed_and_rebuilt_from_the_topic(own_live, own_servers, live_data, tmp_path):
+    live, worker, port, total = _kill_redis_mid_replay(own_live, own_servers, live_data)
     try:
-        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
-        _wait_until(lambda: live.applied() > len(events) // 3, what="a third applied")
-        os.kill(redis.proc.pid, signal.SIGKILL)
-        redis.proc.wait()
-        for f in redis.workdir.rglob("*.aof*"):  # what a restart without persistence comes back with
-            f.unlink() if f.is_file() else None
-        restarted = start_redis(port=redis.port, workdir=redis.workdir / "empty")
-        own_servers[1].proc = restarted.proc
-        live.wait_applied(len(events), workers=[worker], timeout=90)
+        # what a restart without persistence comes back with: nothing
+        _restart_redis(own_servers, workdir=own_servers[1].workdir / "empty")
+        live.wait_applied(total, workers=[worker], timeout=90)
         status, body = _health(port)
         assert body["state_losses"] >= 1  # said loudly: /healthz, the metric, the log
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -145,17 +156,15 @@ def test_redis_back_empty_is_noticed_and_rebuilt_from_the_topic(own_servers, liv
         _stop(worker)
 
 
-def test_broker_killed_and_restarted(own_servers, live_data, tmp_path):
-    kafka, redis = own_servers
-    live = make_live(kafka.port, redis.port, live_data, tmp_path)
+def test_broker_killed_and_restarted(own_live, own_servers, live_data):
+    live, kafka = own_live, own_servers[0]
     _, _, events, _ = live_data
     half = len(events) // 2
     worker, port = live.start_worker()
     try:
         replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
         live.wait_applied(half, workers=[worker])
-        os.kill(kafka.proc.pid, signal.SIGKILL)
-        kafka.proc.wait()
+        _kill(kafka)
         _wait_until(lambda: _health(port)[0] == 503, what="/healthz to say 503")
         assert _health(port)[1]["dependencies"]["kafka"]["up"] is False
         time.sleep(3)
@@ -170,3 +179,20 @@ def test_broker_killed_and_restarted(own_servers, live_data, tmp_path):
         _assert_uninterrupted(live, live_data)
     finally:
         _stop(worker)
+
+
+def test_shutdown_with_both_dependencies_gone_exits_and_frees_the_port(own_live, own_servers):
+    import socket
+
+    own_live.env["SKIPCACHE_SHUTDOWN_GRACE_SECONDS"] = "5"
+    worker, port = own_live.start_worker()
+    _kill(*own_servers)
+    _wait_until(lambda: _health(port)[0] == 503, what="/healthz to say 503")
+    started = time.monotonic()
+    worker.terminate()
+    worker.wait(20)  # the shutdown watchdog exits after 5 s at the latest
+    assert time.monotonic() - started < 20
+    with socket.socket() as s:  # as a replacement's web server binds: fails while anything listens there
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()

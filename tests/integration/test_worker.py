@@ -84,9 +84,12 @@ def test_two_workers_one_stopped_mid_replay(live, live_data):
                 w.wait(20)
 
 
+HOSTILE = 14  # kinds of bad event below
+
+
 def _hostile(i: int, rnd: random.Random) -> bytes:
     good = {"session_id": 1, "timestamp": "2023-03-01T10:00:00", "user_id": 1, "track_id": "a" * 22, "event_type": "play"}
-    kind = i % 8
+    kind = i % HOSTILE
     if kind == 0:
         return b"{not json" + str(i).encode()
     if kind == 1:
@@ -103,7 +106,20 @@ def _hostile(i: int, rnd: random.Random) -> bytes:
         return orjson.dumps([1, 2, 3])
     if kind == 6:
         return orjson.dumps({**good, "session_id": {"$gt": 1}})
-    return orjson.dumps({**good, "timestamp": "2023-13-45T99:00:00"})
+    if kind == 7:
+        return orjson.dumps({**good, "timestamp": "2023-13-45T99:00:00"})
+    # parseable, and wrong: each would move the partition's clocks or state if believed
+    if kind == 8:
+        return orjson.dumps({**good, "timestamp": "9999-12-31T23:59:59"})
+    if kind == 9:
+        return orjson.dumps({**good, "timestamp": "0001-01-01T00:00:00"})
+    if kind == 10:
+        return orjson.dumps({**good, "timestamp": rnd.choice([0, 10**14 - 1])})  # epoch 0, epoch-ms in year 5138
+    if kind == 11:
+        return orjson.dumps({**good, "user_id": str(rnd.randrange(1, 10**6))})  # a numeric string
+    if kind == 12:
+        return orjson.dumps(["2023-03-01T10:00:00", 1, "a" * 22, "play"])  # a positional array, one short
+    return orjson.dumps(["2023-03-01T10:00:00", 1, "a" * 22, "play", 1, "extra"])
 
 
 def test_hostile_events_land_in_the_dead_letter_topic(live, live_data):
@@ -132,8 +148,14 @@ def test_hostile_events_land_in_the_dead_letter_topic(live, live_data):
         consumer.close()
         assert len(letters) >= 1000  # at-least-once: a retried batch may publish a letter twice
         assert len({(d["partition"], d["offset"]) for d in letters}) == 1000
-        assert {d["reason"] for d in letters} >= {"bad_json", "bad_user_id", "unknown_event_type", "too_large",
-                                                  "missing_timestamp", "not_an_event", "bad_session_id", "bad_timestamp"}
+        reasons = {d["reason"] for d in letters}
+        assert reasons == {"bad_json", "bad_user_id", "unknown_event_type", "too_large", "missing_timestamp",
+                           "not_an_event", "bad_session_id", "bad_timestamp", "timestamp_in_future",
+                           "timestamp_before_era"}, reasons
+        by_reason = {}
+        for d in letters:
+            by_reason.setdefault(d["reason"], d["raw"])
+        assert "9999" in by_reason["timestamp_in_future"] or "99999999999999" in by_reason["timestamp_in_future"]
         assert worker.poll() is None
     finally:
         worker.terminate()

@@ -1,0 +1,87 @@
+"""Where a partition resumes, and what the worker says about its health: pure rules, no servers
+(the faults themselves are reproduced in tests/integration/test_faults.py)."""
+import pytest
+from faust.types import TP
+
+from models.parsing import TimeWindow, parse_event
+from models.rejections import Rejected
+from stream.faust_transport import ReadOffsets
+from stream.health import Health
+from stream.positions import StateLost, resume_offset
+
+
+def test_the_offset_in_redis_decides_even_when_the_broker_is_ahead():
+    r = resume_offset(0, stored=14_575, earliest=0, committed=18_075)
+    assert (r.offset, r.reason, r.loud) == (14_575, "stored", False)
+
+
+def test_a_new_partition_starts_where_the_topic_starts():
+    assert resume_offset(1, stored=None, earliest=0).reason == "fresh"
+    assert resume_offset(1, stored=None, earliest=500).offset == 500  # retention removed the start
+
+
+def test_an_empty_redis_is_noticed_and_rebuilt_from_the_start():
+    for witness in ({"committed": 3_336}, {"applied": 3_336}):
+        r = resume_offset(2, stored=None, earliest=0, **witness)
+        assert (r.offset, r.reason, r.loud) == (0, "rebuilt", True) and "came back empty" in r.detail
+
+
+def test_an_empty_redis_whose_events_are_gone_stops_with_an_error():
+    with pytest.raises(StateLost, match="cannot be rebuilt"):
+        resume_offset(2, stored=None, earliest=1_000, committed=3_336)
+
+
+def test_state_older_than_the_topic_stops_with_an_error():
+    with pytest.raises(StateLost, match="topic now starts at 5000"):
+        resume_offset(3, stored=4_000, earliest=5_000)
+
+
+def test_an_older_redis_is_replayed_from_where_it_is():
+    r = resume_offset(0, stored=900, earliest=0, applied=1_000)
+    assert (r.offset, r.reason, r.loud) == (900, "rolled_back", True)
+
+
+def test_health_is_unready_while_a_dependency_is_away_or_a_partition_stuck():
+    h = Health(stall_seconds=30)
+    h.redis.ok(), h.kafka.ok()
+    h.observe({0: 100, 1: 200}, now=0.0)
+    assert h.report({0: 0, 1: 0})[0] is True
+    h.observe({0: 100, 1: 250}, now=40.0)  # partition 0 did not move in 40 s
+    assert h.stalled({0: 5, 1: 7}, now=40.0) == {0: 40.0}
+    assert h.stalled({0: 0, 1: 7}, now=40.0) == {}  # no lag: nothing to do is not stuck
+    assert h.redis.failed(ConnectionError("refused")) is True
+    ready, body = h.report({})
+    assert not ready and body["live"] and body["dependencies"]["redis"]["error"] == "refused"
+
+
+def test_implausible_times_are_rejected_with_the_reason():
+    window = TimeWindow.from_date("2000-01-01", max_ahead=300)
+    now = 1_700_000_000.0
+    event = {"session_id": 1, "user_id": 1, "track_id": "a" * 22, "event_type": "play"}
+    for stamp, reason in (("9999-12-31T23:59:59", "timestamp_in_future"), (0, "timestamp_before_era"),
+                          ("0001-01-01T00:00:00", "timestamp_before_era"), (10**14 - 1, "timestamp_in_future")):
+        with pytest.raises(Rejected) as err:
+            window.check(parse_event({**event, "timestamp": stamp}), now)
+        assert err.value.reason == reason
+    assert window.check(parse_event({**event, "timestamp": int((now + 200) * 1000)}), now)  # small skew is fine
+    with pytest.raises(Rejected, match="bad_user_id"):
+        parse_event({**event, "timestamp": "2023-01-01T00:00:00", "user_id": "17"})
+
+
+def test_faust_drops_no_record_of_a_positioned_topic():
+    offsets = ReadOffsets(frozenset({"sessions"}))
+    offsets[TP("sessions", 0)] = 18_075
+    offsets[TP("changelog", 0)] = 7
+    assert offsets[TP("sessions", 0)] is None and offsets[TP("changelog", 0)] == 7
+
+
+def test_only_the_unbroken_run_from_the_next_offset_is_applied():
+    from stream.app import contiguous_run
+
+    usual = [(o, b"") for o in range(10, 15)]
+    assert contiguous_run(usual, 10) is usual
+    # records fetched before a seek back to 10, mixed with those fetched after it
+    mixed = [(o, b"") for o in (40, 41, 10, 11, 42, 12, 13, 50)]
+    assert [r[0] for r in contiguous_run(mixed, 10)] == [10, 11, 12, 13]
+    assert contiguous_run([(o, b"") for o in (40, 41)], 10) == []
+    assert contiguous_run([(o, b"") for o in (8, 9)], 10) == []  # duplicates only
