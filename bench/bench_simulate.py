@@ -15,7 +15,7 @@ def main() -> None:
     from models.evaluation import build_table, train_artifact
     from models.features import EngineConfig, FeatureEngine
     from models.replay import replay_order
-    from models.runtime import paused_gc
+    from models.gc_pause import paused_gc
     from stream.files import read_dataset
 
     data = bench_data()

@@ -19,13 +19,13 @@ from models.estimators import NaiveRule
 from models.events import Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
 from models.labels import label_session
-from models.runtime import paused_gc
+from models.gc_pause import paused_gc
 
 from .experiment import AB, variant_of
 from .pipeline import Pipeline
 from .policies import Policy, standard_policies
 from .tiers import TIER_NAMES, TierConfig, TierState
-from .warmer import CacheWarmer, summarize
+from .warmer import CacheWarmer, policy_figures
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
             if shard_events:
                 pipeline.finish(events[-1].ts)
     seconds = time.perf_counter() - started
-    figures = {p.name: summarize([ws[i] for ws in warmers]) for i, p in enumerate(policies)}
+    figures = {p.name: policy_figures([ws[i] for ws in warmers]) for i, p in enumerate(policies)}
     static = figures.get("static")
     for name, fig in figures.items():
         fig["net_value"] = objective.net_value(fig, static)
@@ -177,7 +177,7 @@ def sweep(events: Sequence[Event], catalogue: Catalogue, artifact: Artifact, thr
             "thresholds": rows, "best": best, "events": result["events"]}
 
 
-def parse_thresholds(spec: str) -> list[float]:
+def parse_threshold_range(spec: str) -> list[float]:
     """``0.05:0.95:0.05`` (start:stop:step, inclusive) or ``0.3,0.5,0.7``."""
     try:
         if ":" in spec:

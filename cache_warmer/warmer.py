@@ -219,7 +219,7 @@ def load_warmer_state(w: CacheWarmer, state: dict) -> None:
     w._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]
 
 
-def summarize(warmers: list[CacheWarmer]) -> dict:
+def policy_figures(warmers: list[CacheWarmer]) -> dict:
     """Figures of one policy over all its shards."""
     policy = warmers[0].policy
     total = Figures()

@@ -15,7 +15,7 @@ from .estimators import fit_estimator
 from .events import Catalogue, Event
 from .features import EngineConfig, FeatureEngine
 from .rejections import Rejections
-from .runtime import paused_gc
+from .gc_pause import paused_gc
 
 
 @dataclass

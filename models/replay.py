@@ -10,7 +10,7 @@ from __future__ import annotations
 from operator import attrgetter
 
 from .events import PLAY, SESSION_END, Event
-from .runtime import paused_gc
+from .gc_pause import paused_gc
 
 
 def replay_order(events: list[Event], mark_session_end: bool = True) -> list[Event]:

@@ -1,4 +1,5 @@
-"""The live worker, a Faust app: `faust -A stream.app worker` or `skipcache worker`.
+"""The live worker, a Faust app built by ``create_app(settings)``: `skipcache worker`, or
+`faust -A stream.faust_main worker`. Importing this module builds and connects nothing.
 
 It consumes pozytywka.sessions in batches, runs each partition's batch through the same pipeline
 as the simulation (state in Redis), publishes cache decisions and dead letters, flushes them, and
@@ -370,9 +371,3 @@ def create_app(settings: Settings) -> faust.App:
 
     register_views(app, settings, lambda: holder["worker"], metrics, readiness, redis_call)
     return app
-
-
-app = create_app(Settings.from_env())
-
-if __name__ == "__main__":
-    app.main()

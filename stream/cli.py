@@ -34,10 +34,10 @@ def load_replay(data: str, progress: bool = True):
 # ---- subcommands ----------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
     from stream.files import read_dataset
-    from stream.inspect import render, summarize
+    from stream.export_summary import render_export_summary, summarize_export
 
-    summary = summarize(read_dataset(args.data))
-    print(render(summary))
+    summary = summarize_export(read_dataset(args.data))
+    print(render_export_summary(summary))
     _write_json(args.json, summary)
     return 0
 
@@ -186,11 +186,11 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from cache_warmer.simulation import Objective, parse_thresholds, sweep
+    from cache_warmer.simulation import Objective, parse_threshold_range, sweep
     from models.artifacts import load
     from stream.plots import plot_sweep
 
-    thresholds = parse_thresholds(args.thresholds)
+    thresholds = parse_threshold_range(args.thresholds)
     artifact = load(args.model)
     ds, events = load_replay(args.data)
     result = sweep(events, ds.catalogue, artifact, thresholds, _tier_config(args, ds.catalogue, events),
@@ -222,14 +222,13 @@ def _cache_options(s, settings) -> None:
 
 
 def cmd_worker(args) -> int:
-    """Run the Faust worker (same as `faust -A stream.app worker`)."""
+    """Run the Faust worker (same as `faust -A stream.faust_main worker`)."""
+    from stream.app import create_app
     from stream.settings import Settings
 
-    level = Settings.from_env().log_level
-    sys.argv = ["skipcache-worker", "worker", "-l", level, "--without-web"] if args.no_web else \
-        ["skipcache-worker", "worker", "-l", level]
-    from stream.app import app
-
+    settings = Settings.from_env()
+    app = create_app(settings)
+    sys.argv = ["skipcache-worker", "worker", "-l", settings.log_level] + (["--without-web"] if args.no_web else [])
     app.main()
     return 0
 
@@ -251,7 +250,7 @@ def cmd_replay(args) -> int:
 
 def cmd_threshold(args) -> int:
     from stream.settings import Settings
-    from stream.web import parse_thresholds
+    from stream.web import parse_threshold_body
     from stream.wiring import build_store
 
     st = Settings.from_env()
@@ -259,7 +258,7 @@ def cmd_threshold(args) -> int:
     current = {"threshold": st.threshold, "fast_threshold": st.fast_threshold, **store.config()}
     if args.action == "set":
         body = {"threshold": args.value} if args.fast is None else {"threshold": args.value, "fast_threshold": args.fast}
-        store.set_config(**parse_thresholds(orjson.dumps(body), current))
+        store.set_config(**parse_threshold_body(orjson.dumps(body), current))
         current.update(store.config())
         print("set (workers pick it up within a second):", end=" ")
     print(f"threshold {current['threshold']:.3f}  fast_threshold {current['fast_threshold']:.3f}")
@@ -269,7 +268,7 @@ def cmd_threshold(args) -> int:
 def worker_figures(settings, partitions: int | None = None, store=None, catalogue=None) -> dict:
     """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
     polling, so they are not rebuilt on every call)."""
-    from stream.runtime import summarize_store
+    from stream.partition_runtime import summarize_store
     from stream.wiring import build_store, load_catalogue, tier_config_for
     from cache_warmer.policies import Policy
 

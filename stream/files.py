@@ -17,7 +17,7 @@ from tqdm import tqdm
 from models.events import Catalogue, Event
 from models.parsing import TimeWindow, parse_artist, parse_event, parse_storage, parse_track, parse_user
 from models.rejections import Rejected, Rejections
-from models.runtime import paused_gc
+from models.gc_pause import paused_gc
 
 log = logging.getLogger(__name__)
 FILES = ("sessions", "users", "artists", "tracks", "track_storage")

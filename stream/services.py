@@ -127,7 +127,27 @@ def start_redis(port: int | None = None, workdir: Path | None = None, binary: st
                              "--save", "", "--appendonly", "yes" if appendonly else "no", "--logfile", str(log)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=workdir)
     wait_for_port(port, proc=proc)
+    wait_for_ping(port, proc=proc)
     return Service("redis", port, proc, workdir, log)
+
+
+def wait_for_ping(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Until the server answers PING: one restarted on its AOF listens before it has loaded it."""
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:  # BusyLoadingError while it loads the AOF
+                if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+                    raise ServiceError(f"the Redis server on {port} did not answer PING within {timeout} s") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 20.0) -> None:

@@ -40,7 +40,7 @@ def refusal(request, settings: Settings) -> tuple[dict, int] | None:
     return None
 
 
-def parse_thresholds(body: bytes, current: dict) -> dict:
+def parse_threshold_body(body: bytes, current: dict) -> dict:
     """Validate a PUT /threshold body; raises ValueError with the message for a 400."""
     try:
         obj = orjson.loads(body)
@@ -183,7 +183,7 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             w = self.ready_worker()
             p = w.policy
             try:
-                values = parse_thresholds(await self.body(request),
+                values = parse_threshold_body(await self.body(request),
                                           {"threshold": p.threshold, "fast_threshold": p.fast_threshold})
             except ValueError as exc:
                 return self.fail(400, str(exc))

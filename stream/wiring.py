@@ -17,7 +17,7 @@ from models.parsing import TimeWindow
 from models.state import U_SESSION, U_TS, State
 
 from .kafka_io import partition_of
-from .runtime import PartitionRuntime
+from .partition_runtime import PartitionRuntime
 from .settings import Settings
 from .stores.redis_store import RedisStore
 

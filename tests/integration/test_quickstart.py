@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream.files import read_dataset
-from stream.inspect import summarize
+from stream.export_summary import summarize_export
 from stream.services import redis_binary, tansu_binary
 from stream.synthetic import generate
 
@@ -56,7 +56,7 @@ def test_skipcache_up_from_an_empty_folder(tmp_path):
 def test_skipcache_up_on_a_given_export(tmp_path):
     generate(tmp_path / "export", users=40, seed=4, profile="long", progress=False)
     run, found = _up(tmp_path, "--data", "export", "--out", "run")
-    plays = summarize(read_dataset(tmp_path / "export", progress=False))["plays"]
+    plays = summarize_export(read_dataset(tmp_path / "export", progress=False))["plays"]
     # every play of the export was predicted and resolved exactly once
     assert int(found[1].replace(",", "")) == plays
     assert (tmp_path / "run" / "model.joblib").is_file()

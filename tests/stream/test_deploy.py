@@ -10,7 +10,7 @@ import pytest
 
 from stream.dashboard import build, expressions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from models.rejections import Rejections
 from .files import Dataset
 
 
-def summarize(ds: Dataset) -> dict:
+def summarize_export(ds: Dataset) -> dict:
     events = ds.events
     kinds = Counter(e.kind for e in events)
     plays = skipped = sessions = orphans = 0
@@ -60,7 +60,7 @@ def summarize(ds: Dataset) -> dict:
     }
 
 
-def render(s: dict) -> str:
+def render_export_summary(s: dict) -> str:
     lines = [f"events          {s['events']:,}  ({', '.join(f'{k} {v:,}' for k, v in s['events_by_type'].items())})",
              f"plays           {s['plays']:,}   skip rate {s['skip_rate']:.3f}",
              f"users           {s['users']:,}   tracks {s['tracks']:,}   sessions {s['sessions']:,}",

@@ -11,7 +11,7 @@ from models.features import EngineConfig
 from models.replay import replay_order
 from stream.cli import main
 from stream.files import read_dataset
-from stream.runtime import OffsetGap, PartitionRuntime, summarize_store
+from stream.partition_runtime import OffsetGap, PartitionRuntime, summarize_store
 from stream.stores.memory import MemoryStore
 
 

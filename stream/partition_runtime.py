@@ -215,7 +215,7 @@ class PartitionRuntime:
 def summarize_store(store: StateStore, partitions: list[int], policy: Policy, tier_config: TierConfig,
                     catalogue: Catalogue) -> dict:
     """The worker's figures as the simulation reports them, read back from the store."""
-    from cache_warmer.warmer import summarize
+    from cache_warmer.warmer import policy_figures
 
     warmers = []
     for p in partitions:
@@ -224,4 +224,4 @@ def summarize_store(store: StateStore, partitions: list[int], policy: Policy, ti
         if blob:
             load_warmer_state(w, orjson.loads(blob))
         warmers.append(w)
-    return summarize(warmers)
+    return policy_figures(warmers)
