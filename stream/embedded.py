@@ -5,33 +5,44 @@ own process, replays the data through Kafka, prints live figures from Redis, and
 it started when the replay has been processed or on Ctrl-C."""
 from __future__ import annotations
 
-import argparse
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from .jobs import generate_export, live_figures, load_replay, train_model
+from .producer import replay
+from .reports import render_generated, render_status, render_training
 from .services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from .settings import Settings
 from .wiring import build_store, load_catalogue
 
 
-def run_up(args: argparse.Namespace) -> int:
-    from stream.cli import cmd_generate, cmd_train, load_replay, render_status, worker_figures
-    from stream.producer import replay
+@dataclass(frozen=True)
+class UpOptions:
+    data: str | None = None  # an export (None: generate one)
+    model: str | None = None  # an artifact (None: train linear_svc on the first half of the data)
+    out: str = "out/up"
+    users: int = 300
+    speed: str = "max"  # or X times event time
+    partitions: int | None = None
+    keep: bool = False  # keep running after the replay
 
+
+def run_up(args: UpOptions) -> int:
     out = Path(args.out).resolve()  # servers change directory: give them absolute paths
     out.mkdir(parents=True, exist_ok=True)
     data = args.data
     if not data:
         data = str(out / "data")
         if not (Path(data) / "sessions.jsonl").exists():
-            cmd_generate(argparse.Namespace(out=data, users=args.users, seed=0, profile="long", noise=0.0, tracks=None))
+            print(render_generated(generate_export(data, args.users, 0, "long")))
     model = args.model
     if not model:
         model = str(out / "model.joblib")
         if not Path(model).exists():
-            cmd_train(argparse.Namespace(data=data, model="linear_svc", out=model, train_fraction=0.5, seed=0))
+            print(render_training(train_model(data, model, "linear_svc", 0.5, 0), model))
     base = Settings.from_env()
     partitions = args.partitions or base.partitions
     stack = Stack()
@@ -66,7 +77,7 @@ def run_up(args: argparse.Namespace) -> int:
         started = time.monotonic()
         store, catalogue = build_store(settings), load_catalogue(settings)
         while True:
-            fig = worker_figures(settings, partitions, store, catalogue)
+            fig = live_figures(settings, partitions, store, catalogue)
             done = sum(fig["offsets"].values())
             print(f"[{time.monotonic() - started:5.1f} s] applied {done:,}/{total:,}  {render_status(fig)}", flush=True)
             if done >= total and not args.keep:

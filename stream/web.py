@@ -48,12 +48,20 @@ def parse_threshold_body(body: bytes, current: dict) -> dict:
         raise ValueError("body must be JSON like {\"threshold\": 0.6}") from None
     if isinstance(obj, (int, float)) and not isinstance(obj, bool):
         obj = {"threshold": obj}
-    if not isinstance(obj, dict) or not ({"threshold", "fast_threshold"} & obj.keys()):
+    if not isinstance(obj, dict):
+        raise ValueError("give threshold and/or fast_threshold")
+    return check_thresholds(obj, current)
+
+
+def check_thresholds(values: dict, current: dict) -> dict:
+    """The thresholds to set from ``values``, each in [0, 1], fast not below medium once merged
+    with ``current``; raises ValueError saying what is wrong."""
+    if not ({"threshold", "fast_threshold"} & values.keys()):
         raise ValueError("give threshold and/or fast_threshold")
     out = {}
     for key in ("threshold", "fast_threshold"):
-        if key in obj:
-            v = obj[key]
+        if key in values:
+            v = values[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{key} must be a number within [0, 1], got {v!r}")
             out[key] = float(v)

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from kafka.admin import KafkaAdminClient
 
-from stream.cli import worker_figures
+from stream.jobs import live_figures
 from stream.producer import replay
 from stream.services import start_redis, start_tansu
 
@@ -31,7 +31,7 @@ def _health(port: int) -> tuple[int | None, dict]:
 
 
 def _assert_uninterrupted(live, live_data) -> None:
-    fig = worker_figures(live.settings, live.settings.partitions)
+    fig = live_figures(live.settings, live.settings.partitions)
     expected = expected_figures(live_data, live.settings)
     for key in COMPARED:
         assert fig[key] == expected[key], key

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from stream.cli import worker_figures
+from stream.jobs import live_figures
 from stream.producer import make_producer, replay
 
 from .conftest import COMPARED, expected_figures
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def _figures(live):
-    return worker_figures(live.settings, live.settings.partitions)
+    return live_figures(live.settings, live.settings.partitions)
 
 
 def _assert_equal(fig, expected):

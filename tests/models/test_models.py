@@ -70,9 +70,13 @@ def test_evaluate_cli_json_shape(small_long_data, tmp_path, capsys):
     assert "majority" in capsys.readouterr().out
 
 
-def test_unknown_model_is_a_clear_error(small_long_data):
-    with pytest.raises(SystemExit, match="unknown model"):
-        main(["evaluate", "--data", str(small_long_data), "--models", "gpt"])
+def test_unknown_model_is_a_clear_error(small_long_data, capsys):
+    from stream.jobs import evaluate_models
+
+    with pytest.raises(ValueError, match="unknown model"):
+        evaluate_models(small_long_data, ["gpt"])
+    assert main(["evaluate", "--data", str(small_long_data), "--models", "gpt"]) == 2
+    assert "error: unknown model(s) ['gpt']" in capsys.readouterr().err
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):

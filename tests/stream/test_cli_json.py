@@ -20,3 +20,12 @@ def test_every_offline_command_writes_its_json(small_long_data, tmp_path):
         assert isinstance(orjson.loads(out.read_bytes()), dict), name
     simulated = orjson.loads((tmp_path / "simulate.json").read_bytes())
     assert simulated["tiers"]["shards"] == 2 and simulated["policies"]["model"]["predictions"] > 0
+
+
+def test_commands_that_need_redis_say_so_when_it_is_away(monkeypatch, capsys):
+    from stream.services import free_port
+
+    monkeypatch.setenv("SKIPCACHE_REDIS", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    for command in (["status"], ["ab-report"], ["threshold", "show"]):
+        assert main(command) == 3, command
+        assert "Redis is unreachable" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""The jobs skipcache does, as functions with typed arguments that return results.
+
+Entry points are thin: the command line (``stream/cli.py``) parses arguments, calls one of these
+and renders the result with ``stream/reports.py``; ``skipcache up`` (``stream/embedded.py``) and
+the tests call them directly. Nothing here prints."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache_warmer.policies import Policy
+from cache_warmer.simulation import Objective, simulate, sweep
+from cache_warmer.tiers import TierConfig
+from models.artifacts import Artifact, load, save
+from models.estimators import MODEL_NAMES
+from models.evaluation import build_table, evaluate, train_artifact
+from models.events import Catalogue, Event
+from models.features import EngineConfig
+from models.replay import replay_order
+
+from .export_summary import summarize_export
+from .files import Dataset, DataError, read_dataset
+from .kafka_io import partition_of
+from .settings import Settings
+
+
+def load_replay(data: str | Path, progress: bool = True) -> tuple[Dataset, list[Event]]:
+    """Read an export and put its events in replay order (see models.replay)."""
+    ds = read_dataset(data, progress=progress)
+    if not ds.events:
+        raise DataError(f"{data} holds no readable events ({ds.rejections.total} lines rejected)")
+    return ds, replay_order(ds.events)
+
+
+def inspect_export(data: str | Path) -> dict:
+    return summarize_export(read_dataset(data))
+
+
+def generate_export(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long", noise: float = 0.0,
+                    tracks: int | None = None) -> dict:
+    from .synthetic import generate
+
+    started = time.perf_counter()
+    counts = generate(out, users=users, seed=seed, profile=profile, noise=noise, tracks=tracks)
+    return {**counts, "out": str(out), "seconds": time.perf_counter() - started}
+
+
+def train_model(data: str | Path, out: str | Path, model: str = "linear_svc", train_fraction: float = 1.0,
+                seed: int = 0) -> Artifact:
+    """Fit on the earliest ``train_fraction`` of the plays and save the artifact to ``out``."""
+    ds, events = load_replay(data)
+    config = EngineConfig()
+    artifact = train_artifact(build_table(events, ds.catalogue, config), model, train_fraction, ds.fingerprint,
+                              config, seed)
+    save(artifact, out)
+    return artifact
+
+
+def evaluate_models(data: str | Path, models: list[str], train_fraction: float = 0.7, seed: int = 0) -> dict:
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}: choose from {', '.join(MODEL_NAMES)}")
+    started = time.perf_counter()
+    ds, events = load_replay(data)
+    result = evaluate(build_table(events, ds.catalogue), models, train_fraction, seed)
+    result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """The cache the simulation and the sweep replay into (defaults: the worker's settings)."""
+
+    fast_capacity: int = 0
+    medium_capacity: int = 0
+    transfer_cost: float = 0.0005
+    cold_after_hours: float = 1.0
+    fast_threshold: float = 0.95
+    hit_value: float = 0.002
+    count: str = "after-training"  # or "all"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> "CacheOptions":
+        return cls(settings.fast_capacity, settings.medium_capacity, settings.transfer_cost,
+                   settings.cold_after_hours, settings.fast_threshold, **overrides)
+
+    def tiers(self, catalogue: Catalogue, events: list[Event]) -> TierConfig:
+        return TierConfig.for_catalogue(catalogue, self.fast_capacity, self.medium_capacity, self.transfer_cost,
+                                        self.cold_after_hours, n_tracks=len({e.track_id for e in events if e.track_id}))
+
+    @property
+    def count_from(self) -> float | None:
+        """-inf counts every event; None lets the simulation count after the training window."""
+        return -math.inf if self.count == "all" else None
+
+
+def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOptions, threshold: float = 0.5,
+                      partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None) -> dict:
+    artifacts = [load(m) for m in models]
+    ds, events = load_replay(data)
+    shards = max(1, partitions)
+    result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
+                      fast_threshold=cache.fast_threshold, count_from=cache.count_from,
+                      objective=Objective(cache.hit_value), batch_size=batch_size, shards=shards,
+                      shard_of=lambda user_id: partition_of(user_id, shards), ab_share=ab_share)
+    result["rejected"] = ds.rejections.as_dict()
+    return result
+
+
+def sweep_thresholds(data: str | Path, model: str | Path, thresholds: list[float], cache: CacheOptions) -> dict:
+    artifact = load(model)
+    ds, events = load_replay(data)
+    return sweep(events, ds.catalogue, artifact, thresholds, cache.tiers(ds.catalogue, events),
+                 fast_threshold=cache.fast_threshold, objective=Objective(cache.hit_value),
+                 count_from=cache.count_from)
+
+
+def live_figures(settings: Settings, partitions: int | None = None, store=None,
+                 catalogue: Catalogue | None = None) -> dict:
+    """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
+    polling, so they are not rebuilt on every call)."""
+    from .partition_runtime import summarize_store
+    from .wiring import build_store, load_catalogue, tier_config_for
+
+    store = store or build_store(settings)
+    catalogue = catalogue if catalogue is not None else load_catalogue(settings)
+    n = partitions or settings.partitions
+    fig = summarize_store(store, list(range(n)), Policy("model", "score", "model"),
+                          tier_config_for(settings, catalogue), catalogue)
+    fig["offsets"] = {p: store.offset(p) for p in range(n)}
+    fig["events_by_type"] = store.counters("events")
+    fig["rejected"] = store.counters("rejected")
+    return fig
+
+
+def thresholds(settings: Settings, threshold: float | None = None, fast_threshold: float | None = None) -> dict:
+    """The thresholds every worker uses; with values, set them first (validated as over HTTP)."""
+    from .web import check_thresholds
+    from .wiring import build_store
+
+    store = build_store(settings)
+    current = {"threshold": settings.threshold, "fast_threshold": settings.fast_threshold, **store.config()}
+    wanted = {k: v for k, v in (("threshold", threshold), ("fast_threshold", fast_threshold)) if v is not None}
+    if wanted:
+        store.set_config(**check_thresholds(wanted, current))
+        current.update(store.config())
+    return {"threshold": current["threshold"], "fast_threshold": current["fast_threshold"], "set": bool(wanted)}
+
+
+def ab_report(settings: Settings) -> dict:
+    from .web import ab_results
+    from .wiring import build_store
+
+    return ab_results(build_store(settings))
