@@ -35,7 +35,7 @@ def main() -> None:
     from stream.producer import replay
     from stream.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
     from stream.settings import Settings
-    from stream.wiring import build_store
+    from stream.bootstrap import build_store
 
     work = Path(tempfile.mkdtemp(prefix="skipcache-bench-metrics-"))
     from stream.synthetic import generate

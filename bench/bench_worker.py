@@ -59,7 +59,7 @@ def main() -> None:
     from stream.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
     from stream.settings import Settings
     from stream.synthetic import generate
-    from stream.wiring import build_store
+    from stream.bootstrap import build_store
 
     work = Path(tempfile.mkdtemp(prefix="skipcache-bench-worker-"))
     generate(work / "data", users=args.users, seed=9, profile="long", progress=False)

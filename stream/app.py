@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import faust
@@ -37,7 +38,7 @@ from .metrics import WorkerMetrics
 from .positions import StateLost, resume_offset
 from .publish import BatchPublisher
 from .settings import Settings
-from .wiring import Worker, build_worker
+from .bootstrap import Worker, build_worker
 
 log = logging.getLogger("skipcache.worker")
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
@@ -75,7 +76,8 @@ def exit_if_shutdown_hangs(app: faust.App, grace: float) -> None:
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_worker) -> faust.App:
+    """The worker's Faust app; ``build`` makes its parts once it starts (tests pass fakes)."""
     settings.check_web_bind()
     app = faust.App(
         settings.app_id,
@@ -136,7 +138,7 @@ def create_app(settings: Settings) -> faust.App:
         attempt = 0
         while holder["worker"] is None:
             try:
-                w = await redis_call(build_worker, settings)
+                w = await redis_call(build, settings)
             except redis.RedisError as exc:
                 redis_failed(exc)
                 attempt += 1

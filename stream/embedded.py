@@ -16,7 +16,7 @@ from .producer import replay
 from .reports import render_generated, render_status, render_training
 from .services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from .settings import Settings
-from .wiring import build_store, load_catalogue
+from .bootstrap import build_store, load_catalogue
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ def live_figures(settings: Settings, partitions: int | None = None, store=None,
     """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
     polling, so they are not rebuilt on every call)."""
     from .partition_runtime import summarize_store
-    from .wiring import build_store, load_catalogue, tier_config_for
+    from .bootstrap import build_store, load_catalogue, tier_config_for
 
     store = store or build_store(settings)
     catalogue = catalogue if catalogue is not None else load_catalogue(settings)
@@ -138,7 +138,7 @@ def live_figures(settings: Settings, partitions: int | None = None, store=None,
 def thresholds(settings: Settings, threshold: float | None = None, fast_threshold: float | None = None) -> dict:
     """The thresholds every worker uses; with values, set them first (validated as over HTTP)."""
     from .web import check_thresholds
-    from .wiring import build_store
+    from .bootstrap import build_store
 
     store = build_store(settings)
     current = {"threshold": settings.threshold, "fast_threshold": settings.fast_threshold, **store.config()}
@@ -151,6 +151,6 @@ def thresholds(settings: Settings, threshold: float | None = None, fast_threshol
 
 def ab_report(settings: Settings) -> dict:
     from .web import ab_results
-    from .wiring import build_store
+    from .bootstrap import build_store
 
     return ab_results(build_store(settings))

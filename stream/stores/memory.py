@@ -18,6 +18,14 @@ class MemoryStore:
         self._config: dict[str, float] = {}
         self._counters: dict[str, dict[str, float]] = {}
 
+    @classmethod
+    def from_url(cls, url: str = "memory://", prefix: str = "sc", ttl_seconds: int = 0) -> "MemoryStore":
+        """One process's store (tests, tools): ``memory://``; prefix and TTL do not apply."""
+        return cls()
+
+    def ping(self) -> bool:
+        return True
+
     def offset(self, partition: int) -> int:
         return self.offsets.get(partition, 0)
 

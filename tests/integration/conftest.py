@@ -22,7 +22,7 @@ from stream.files import read_dataset
 from stream.kafka_io import partition_of
 from stream.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from stream.settings import Settings
-from stream.wiring import build_store
+from stream.bootstrap import build_store
 from stream.synthetic import generate
 
 pytestmark = pytest.mark.integration

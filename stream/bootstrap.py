@@ -1,4 +1,8 @@
-"""The one place that turns Settings into connected parts for the live worker and the tools."""
+"""The composition root: the one place that turns Settings into the worker's parts.
+
+``build_worker(settings)`` builds every part the settings name; each part can be passed in
+instead (a store, the catalogue, the models), so tests hand it fakes, the way cosmicpython's
+``bootstrap`` does. Nothing is built or connected when this module is imported."""
 from __future__ import annotations
 
 import logging
@@ -19,13 +23,14 @@ from models.state import U_SESSION, U_TS, State
 from .kafka_io import partition_of
 from .partition_runtime import PartitionRuntime
 from .settings import Settings
-from .stores.redis_store import RedisStore
+from .stores import store_from_url
 
 log = logging.getLogger(__name__)
 
 
-def build_store(settings: Settings) -> RedisStore:
-    return RedisStore.from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400))
+def build_store(settings: Settings):
+    """The state store named by SKIPCACHE_REDIS's scheme (see stream/stores)."""
+    return store_from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400))
 
 
 def load_catalogue(settings: Settings) -> Catalogue:
@@ -40,7 +45,7 @@ def load_catalogue(settings: Settings) -> Catalogue:
 @dataclass
 class Worker:
     settings: Settings
-    store: RedisStore
+    store: object  # a StateStore (stream/store.py)
     catalogue: Catalogue
     artifact: Artifact
     tier_config: TierConfig
@@ -119,12 +124,18 @@ def tier_config_for(settings: Settings, catalogue: Catalogue) -> TierConfig:
     return base.split(settings.partitions)
 
 
-def build_worker(settings: Settings) -> Worker:
-    catalogue = load_catalogue(settings)
+def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None = None,
+                 artifact: Artifact | None = None, artifact_b: Artifact | None = None) -> Worker:
+    """The worker's parts: those passed in, the others built from ``settings``."""
+    catalogue = load_catalogue(settings) if catalogue is None else catalogue
     engine_features = FeatureEngine(catalogue).feature_names
-    artifact = load(settings.model_path, feature_names=engine_features)
-    artifact_b = load(settings.model_b_path, feature_names=engine_features) if settings.model_b_path else None
-    store = build_store(settings)
+    if artifact is None:
+        artifact = load(settings.model_path, feature_names=engine_features)
+    else:
+        artifact.check_features(engine_features)
+    if artifact_b is None and settings.model_b_path:
+        artifact_b = load(settings.model_b_path, feature_names=engine_features)
+    store = build_store(settings) if store is None else store
     store.ping()
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
                     EngineConfig(**artifact.engine_config), artifact_b)

@@ -1,0 +1,40 @@
+"""The composition root builds the worker from parts passed in: here a memory store, a catalogue
+and a model in memory, no Redis and no files, and the worker gives the simulation's figures."""
+import orjson
+import pytest
+
+from cache_warmer.policies import Policy
+from cache_warmer.simulation import simulate
+from models.artifacts import load
+from stream.bootstrap import build_store, build_worker
+from stream.jobs import live_figures, load_replay, train_model
+from stream.settings import Settings
+from stream.stores.memory import MemoryStore
+
+
+def test_the_worker_is_built_from_the_parts_handed_in(small_long_data, tmp_path):
+    train_model(small_long_data, tmp_path / "m.joblib", train_fraction=0.5)
+    artifact = load(tmp_path / "m.joblib")
+    ds, events = load_replay(small_long_data, progress=False)
+    settings = Settings(partitions=1, model_path="/nonexistent", redis_url="redis://127.0.0.1:1/0")
+    store = MemoryStore()
+    worker = build_worker(settings, store=store, catalogue=ds.catalogue, artifact=artifact)
+    assert worker.store is store  # nothing was built from the settings' (unusable) paths and URL
+    runtime = worker.runtime(0)
+    records = [(i, orjson.dumps(e.to_json())) for i, e in enumerate(events)]
+    for start in range(0, len(records), 900):
+        assert runtime.commit(runtime.process(records[start:start + 900]))
+    fig = live_figures(settings, 1, store, ds.catalogue)
+    base = worker.tier_config
+    expected = simulate(events, ds.catalogue, [artifact], base, [Policy("model", "score", "model")],
+                        count_from=float("-inf"), progress=False)["policies"]["model"]
+    for key in ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions"):
+        assert fig[key] == expected[key], key
+    assert fig["offsets"] == {0: len(records)}
+
+
+def test_store_backends_are_chosen_by_url_scheme():
+    assert isinstance(build_store(Settings(redis_url="memory://")), MemoryStore)
+    assert type(build_store(Settings(redis_url="redis://127.0.0.1:6379/0"))).__name__ == "RedisStore"
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        build_store(Settings(redis_url="mongodb://x"))
