@@ -33,7 +33,7 @@ from faust.types import TP
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .faust_transport import Transport
-from .health import Health
+from .health import Dependency, Health
 from .metrics import WorkerMetrics
 from .positions import StateLost, resume_offset
 from .publish import BatchPublisher
@@ -106,16 +106,23 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         """A blocking store call off the event loop, so /healthz and heartbeats stay answered."""
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
+    def dependency_failed(dep: Dependency, exc: BaseException, then: str) -> None:
+        """Count the failure; log once when the dependency goes, saying what the worker does."""
+        metrics.dependency_errors.labels(dep.name).inc()
+        if dep.failed(exc):
+            log.error("%s is unreachable (%r): %s", dep.name.title(), exc, then)
+        metrics.dependency_up.labels(dep.name).set(0)
+
+    def dependency_ok(dep: Dependency) -> None:
+        if dep.ok():
+            log.warning("%s answers", dep.name.title())
+        metrics.dependency_up.labels(dep.name).set(1)
+
     def redis_failed(exc: BaseException) -> None:
-        metrics.dependency_errors.labels("redis").inc()
-        if health.redis.failed(exc):
-            log.error("Redis is unreachable (%s): pausing, retrying with backoff", exc)
-        metrics.dependency_up.labels("redis").set(0)
+        dependency_failed(health.redis, exc, "pausing, retrying with backoff")
 
     def redis_ok() -> None:
-        if health.redis.ok():
-            log.warning("Redis answers again")
-        metrics.dependency_up.labels("redis").set(1)
+        dependency_ok(health.redis)
 
     async def wait_for_redis() -> None:
         """Back off (with jitter) until Redis answers a PING. Returns as soon as it does."""
@@ -353,15 +360,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         try:
             await asyncio.wait_for(app.consumer.earliest_offsets(
                 *(TP(sessions_topic, p) for p in range(settings.partitions))), 2.0)
-        except Exception as exc:
-            metrics.dependency_errors.labels("kafka").inc()
-            if health.kafka.failed(exc or "no answer within 2 s"):
-                log.error("Kafka is unreachable (%r): the consumer keeps retrying", exc)
-            metrics.dependency_up.labels("kafka").set(0)
+        except Exception as exc:  # TimeoutError after 2 s, or the broker's own error
+            dependency_failed(health.kafka, exc, "the consumer keeps retrying")
         else:
-            if health.kafka.ok():
-                log.warning("Kafka answers")
-            metrics.dependency_up.labels("kafka").set(1)
+            dependency_ok(health.kafka)
         readiness()
 
     @app.task

@@ -186,7 +186,6 @@ class Stack:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     """The live worker as its own process (what a deployment runs), settings in ``env``."""
-    import os
     import sys
 
     full_env = {**os.environ, **env}
