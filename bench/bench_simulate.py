@@ -10,7 +10,7 @@ from _common import bench_data
 
 
 def main() -> None:
-    from cache_warmer.policies import Policy, standard_policies
+    from cache_warmer.policies import StaticPolicy, ThresholdPolicy, standard_policies
     from cache_warmer.simulation import simulate
     from models.evaluation import build_table, train_artifact
     from models.features import EngineConfig, FeatureEngine
@@ -43,7 +43,7 @@ def main() -> None:
     print(f"raw baseline, a Python loop over the events:        {n / loop_s:>12,.0f} events/s")
     print(f"feature engine alone (observe, 2 feature rows/play): {n / engine_s:>12,.0f} events/s")
 
-    for label, policies in (("static + model", [Policy("static", "static"), Policy("model", "score", "model")]),
+    for label, policies in (("static + model", [StaticPolicy("static"), ThresholdPolicy("model", "model")]),
                             ("all six policies", standard_policies(["model"]))):
         for batch in (20_000, 1_000):
             started = time.perf_counter()

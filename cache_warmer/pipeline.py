@@ -4,7 +4,12 @@ decisions: the code path shared by the offline simulation and the live worker.
 Features depend only on events (never on scores or cache state), so a batch is handled in three
 passes: the engine observes every event in order and collects feature rows; each scorer predicts
 all rows at once (one numpy call instead of one per play); then the warmers apply their policies
-event by event, in order. The result does not depend on the batch size."""
+event by event, in order. The result does not depend on the batch size.
+
+A policy reads one score column by name (``policy.scorer``). Columns come from ``scorers``
+(features -> P(full)), from the A/B split of ``A`` and ``B``, or from ``lookahead`` (the
+simulation's oracle, which knows the upcoming play's label); the pipeline treats them alike.
+``process`` returns each policy's ``BatchEffects``: counters, decisions and resolved outcomes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,11 +20,14 @@ import numpy as np
 from models.events import Event
 from models.features import FeatureEngine, Resolution
 
+from .effects import BatchEffects
 from .experiment import AB
 from .warmer import CacheWarmer
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 """Feature rows -> P(played in full)."""
+Lookahead = Callable[[int, int, int], float]
+"""(user, session, play number) -> the score of that upcoming play, known from the future."""
 
 
 @dataclass
@@ -28,18 +36,19 @@ class BatchResult:
     plays: int
     resolutions: list[Resolution]
     scores: dict[str, np.ndarray]  # scorer -> P(full) of each play in the batch
+    effects: dict[str, BatchEffects]  # policy name -> what the batch did under it
 
 
 class Pipeline:
     def __init__(self, engine: FeatureEngine, scorers: dict[str, Scorer], warmers: Sequence[CacheWarmer],
-                 oracle: Callable[[int, int, int], int | None] | None = None,
+                 lookahead: dict[str, Lookahead] | None = None,
                  variant_of: Callable[[int], str] | None = None):
         """``variant_of``: for a policy whose scorer is ``ab``, which of the scorers ``A`` and
         ``B`` serves a user (see experiment.variant_of)."""
         self.engine = engine
         self.scorers = scorers
         self.warmers = list(warmers)
-        self.oracle = oracle
+        self.lookahead = lookahead or {}
         self.variant_of = variant_of
 
     def process(self, events: Sequence[Event]) -> BatchResult:
@@ -48,6 +57,7 @@ class Pipeline:
         rows: list[list[float]] = []
         up_rows: list[list[float]] = []
         all_resolved: list[Resolution] = []
+        ahead: dict[str, list[float]] = {name: [] for name in self.lookahead}
         for e in events:
             resolved, row, up, play_no = observe(e)
             if resolved:
@@ -57,6 +67,8 @@ class Pipeline:
                 if up is not None:
                     up_index = len(up_rows)
                     up_rows.append(up)
+                    for name, future in self.lookahead.items():
+                        ahead[name].append(future(e.user_id, e.session_id, play_no + 1))
                 steps.append((e, resolved, len(rows), up_index, play_no))
                 rows.append(row)
             elif resolved:
@@ -83,39 +95,34 @@ class Pipeline:
                     if j >= 0:
                         up_ab[j] = up_l[v][j]
             cur_l[AB], up_l[AB] = cur_ab, up_ab
-        plan = []
+        up_l.update(ahead)  # a look-ahead column scores upcoming plays only
+        plan = [(w, cur_l.get(w.policy.scorer), up_l.get(w.policy.scorer)) for w in self.warmers]
         for w in self.warmers:
-            scorer = w.policy.scorer
-            plan.append((w, cur_l.get(scorer) if scorer != "oracle" else None,
-                         up_l.get(scorer) if scorer != "oracle" else None, scorer == "oracle"))
-        oracle = self.oracle
-        for e, resolved, i, j, play_no in steps:
-            variant = variants[i] if variants and i >= 0 else "A"
+            w.begin()
+        for e, resolved, i, j, _ in steps:
             ts = e.ts
-            for w, cur, up, is_oracle in plan:
+            for w, _, _ in plan:
                 w.advance(ts)
                 for r in resolved:
                     w.on_resolution(r)
             if i < 0:
                 continue
-            oracle_next = None
-            if oracle is not None and e.next_track_id is not None:
-                label = oracle(e.user_id, e.session_id, play_no + 1)
-                oracle_next = float(label) if label is not None else 0.0
-            for w, cur, up, is_oracle in plan:
-                if is_oracle:
-                    w.on_play(e.user_id, e.session_id, e.track_id, e.next_track_id, ts, None, oracle_next)
-                else:
-                    w.on_play(e.user_id, e.session_id, e.track_id, e.next_track_id, ts,
-                              cur[i] if cur is not None else None,
-                              up[j] if (up is not None and j >= 0) else None, variant)
-        return BatchResult(len(events), len(rows), all_resolved, scores)
+            variant = variants[i] if variants else "A"
+            for w, cur, up in plan:
+                w.on_play(e.user_id, e.session_id, e.track_id, e.next_track_id, ts,
+                          cur[i] if cur is not None else None,
+                          up[j] if (up is not None and j >= 0) else None, variant)
+        return BatchResult(len(events), len(rows), all_resolved, scores, self._end())
 
-    def finish(self, ts: float) -> list[Resolution]:
+    def finish(self, ts: float) -> BatchResult:
         """The data ended: every open session ended with it."""
         resolved = self.engine.flush(ts)
         for w in self.warmers:
+            w.begin()
             w.advance(ts)
             for r in resolved:
                 w.on_resolution(r)
-        return resolved
+        return BatchResult(0, 0, resolved, {}, self._end())
+
+    def _end(self) -> dict[str, BatchEffects]:
+        return {w.policy.name: w.end() for w in self.warmers}

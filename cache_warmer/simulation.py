@@ -23,7 +23,7 @@ from models.gc_pause import paused_gc
 
 from .experiment import AB, variant_of
 from .pipeline import Pipeline
-from .policies import Policy, standard_policies
+from .policies import ORACLE, CachePolicy, ThresholdPolicy, StaticPolicy, standard_policies
 from .tiers import TIER_NAMES, TierConfig, TierState
 from .warmer import CacheWarmer, policy_figures
 
@@ -42,16 +42,17 @@ class Objective:
         return self.hit_value * fig["full_play_hits"] - fig["transfer_cost"] - extra_storage
 
 
-def oracle_labels(events: Sequence[Event]) -> Callable[[int, int, int], int | None]:
-    """Labels of every play by (user, session, play number): the oracle's (and only its) peek."""
+def oracle_labels(events: Sequence[Event]) -> Callable[[int, int, int], float]:
+    """1.0 for a play (by user, session, play number) that will be played in full, else 0.0:
+    the oracle's (and only its) peek at the future."""
     sessions: dict[tuple[int, int], list[Event]] = {}
     for e in events:
         sessions.setdefault((e.user_id, e.session_id), []).append(e)
     labels = {key: label_session(evs)[0] for key, evs in sessions.items()}
 
-    def lookup(user_id: int, session_id: int, play_no: int) -> int | None:
+    def lookup(user_id: int, session_id: int, play_no: int) -> float:
         ls = labels.get((user_id, session_id))
-        return ls[play_no] if ls is not None and play_no < len(ls) else None
+        return float(ls[play_no]) if ls is not None and play_no < len(ls) and ls[play_no] is not None else 0.0
 
     return lookup
 
@@ -61,7 +62,7 @@ def model_policy_names(artifacts: Sequence[Artifact]) -> list[str]:
 
 
 def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[Artifact],
-             tier_config: TierConfig | None = None, policies: Sequence[Policy] | None = None,
+             tier_config: TierConfig | None = None, policies: Sequence[CachePolicy] | None = None,
              threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
              shards: int = 1, shard_of: Callable[[int], int] | None = None, batch_size: int = 20_000,
              objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None) -> dict:
@@ -87,11 +88,11 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
     if policies is None:
         policies = standard_policies(names, threshold, fast_threshold)
         if ab_share is not None:
-            policies.insert(-1, Policy("ab", "score", AB, threshold, fast_threshold))
+            policies.insert(-1, ThresholdPolicy("ab", AB, threshold, fast_threshold))
     if count_from is None:
         count_from = max(art.train_window["end"] for art in artifacts)
     tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
-    oracle = oracle_labels(events) if any(p.scorer == "oracle" for p in policies) else None
+    lookahead = {ORACLE: oracle_labels(events)} if any(p.scorer == ORACLE for p in policies) else None
     # one engine and one tier shard per partition, exactly as the worker has them
     by_shard: list[list[Event]] = [[] for _ in range(shards)]
     if shards == 1:
@@ -108,7 +109,7 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
         for shard_events in by_shard:
             shard_warmers = [CacheWarmer(p, TierState(shard_tiers, catalogue), count_from) for p in policies]
             warmers.append(shard_warmers)
-            pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, oracle, variant)
+            pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, lookahead, variant)
             for start in range(0, len(shard_events), batch_size):
                 batch = shard_events[start:start + batch_size]
                 pipeline.process(batch)
@@ -157,8 +158,8 @@ def sweep(events: Sequence[Event], catalogue: Catalogue, artifact: Artifact, thr
           tier_config: TierConfig | None = None, fast_threshold: float = 0.95, objective: Objective = Objective(),
           count_from: float | None = None, progress: bool = True) -> dict:
     """One replay, one warmer per threshold (features and scores are computed once)."""
-    policies = [Policy("static", "static")] + [
-        Policy(f"t={t:.3f}", "score", "model", t, max(t, fast_threshold)) for t in thresholds]
+    policies = [StaticPolicy("static")] + [
+        ThresholdPolicy(f"t={t:.3f}", "model", t, max(t, fast_threshold)) for t in thresholds]
     result = simulate(events, catalogue, [artifact], tier_config, policies, count_from=count_from,
                       objective=objective, progress=progress)
     rows = []

@@ -3,6 +3,10 @@ state and keeps its figures.
 
 Every prediction is resolved only when its outcome arrives (a skip, the next play, the session's
 end): at play time it is parked in ``pending`` with the score and whether the play hit the cache.
+
+Work happens in batches (``begin`` ... ``end``): counters, decisions and outcomes go to the
+batch's ``BatchEffects``, which ``end`` adds to the totals and returns to the caller. What to move
+is the policy's call (``cache_warmer/policies/``); applying, evicting and counting is here.
 """
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import math
 from models.features import Resolution
 from models.labels import FULL
 
-from .decisions import Decision, decision
+from .decisions import decision
+from .effects import BatchEffects, Outcome
 from .figures import Figures, confusion_cell
-from .policies import Policy
+from .policies import CachePolicy
 from .tiers import FAST, MEDIUM, SLOW, Move, TierState
 
 SWEEP_EVERY = 3600.0  # seconds of event time between cold sweeps
@@ -23,20 +28,21 @@ abandoned: live traffic without session_end markers would otherwise keep it fore
 
 
 class CacheWarmer:
-    def __init__(self, policy: Policy, tiers: TierState, count_from: float = -math.inf,
+    def __init__(self, policy: CachePolicy, tiers: TierState, count_from: float = -math.inf,
                  emit: bool = False, keep_scores: bool = True):
+        """``emit``: hand back decisions and outcomes (the worker publishes and meters them; the
+        simulation only needs the counters)."""
         self.policy = policy
         self.tiers = tiers
         self.count_from = count_from
         self.figures = Figures()
+        """Totals. Storage cost and the counted window accrue here directly; counters arrive at
+        the end of each batch."""
         self.keep_scores = keep_scores  # the simulation keeps every score for roc_auc; the worker does not
-        self.outcomes: list[tuple[str, bool, bool]] | None = [] if emit else None
-        """(variant, predicted full, was full) of every prediction resolved since the caller
-        last cleared it: the live worker turns these into metrics."""
         self.pending: dict[tuple[int, int], tuple] = {}
         self.open_promotions: dict[str, bool] = {}  # promoted, not yet played: track -> counted
         self.emit = emit
-        self.decisions: list[Decision] = []
+        self.effects = BatchEffects(policy.name)
         self._last_ts = -math.inf
         self._next_sweep = -math.inf
         self._moves: list[Move] = []
@@ -45,12 +51,22 @@ class CacheWarmer:
     def transfer_cost(self) -> float:
         return self.tiers.config.transfer_cost
 
+    def begin(self) -> None:
+        self.effects = BatchEffects(self.policy.name)
+
+    def end(self) -> BatchEffects:
+        """Close the batch: add its counters to the totals and hand its effects over."""
+        effects = self.effects
+        self.figures.merge(effects.figures)
+        self.effects = BatchEffects(self.policy.name)
+        return effects
+
     def advance(self, ts: float) -> None:
         """Integrate storage cost up to ``ts`` and sweep cold tracks once an hour of event time."""
         last = self._last_ts
         if ts <= last:
             return
-        f = self.figures
+        f = self.figures  # totals: cost accrues in one sum, whatever the batch size
         if ts > self.count_from:
             start = max(last, self.count_from)
             if start > -math.inf:
@@ -79,13 +95,13 @@ class CacheWarmer:
             if entry[5] >= horizon:
                 break
             del pending[key]
-            self.figures.abandoned_predictions += 1
+            self.effects.figures.abandoned_predictions += 1
 
     def on_play(self, user_id: int, session_id: int, track: str, next_track: str | None,
                 ts: float, score: float | None, next_score: float | None, variant: str = "A") -> None:
         counted = ts > self.count_from
         shard = self.tiers
-        f = self.figures
+        f = self.effects.figures
         tier = shard.tier_of(track)
         if tier != SLOW:
             shard.touch(track, tier, ts)
@@ -101,23 +117,14 @@ class CacheWarmer:
             elif tier == MEDIUM:
                 f.hits_medium += 1
                 row[1] += 1
-        kind = self.policy.kind
-        if kind == "static":
+        want = self.policy.want(track, next_track, tier, next_score)
+        if want is None:
             return
-        if kind == "lru":
-            if tier == SLOW:
-                self._promote(track, MEDIUM, ts, "played", None, counted, variant)
-        elif next_track is not None:
-            if kind == "promote_all":
-                target = MEDIUM
-            else:
-                target = self.policy.target(next_score)
-            if target != SLOW:
-                current = shard.tier_of(next_track)
-                if target > current:
-                    self._promote(next_track, target, ts, "upcoming", next_score, counted, variant)
-                elif current != SLOW:
-                    shard.touch(next_track, current, ts)
+        current = tier if want.track == track else shard.tier_of(want.track)
+        if want.tier > current:
+            self._promote(want.track, want.tier, ts, want.reason, want.score, counted, variant)
+        elif current != SLOW:
+            shard.touch(want.track, current, ts)
 
     def _promote(self, track: str, tier: int, ts: float, reason: str,
                  score: float | None, counted: bool, variant: str | None = None) -> None:
@@ -125,13 +132,13 @@ class CacheWarmer:
         src = shard.tier_of(track)
         shard.move(track, tier, ts, reason, self._moves)
         if counted:
-            f = self.figures
+            f = self.effects.figures
             f.promotions += 1
             if tier == FAST:
                 f.promotions_fast += 1
             f.day(ts)[4] += 1
         if self.emit:
-            self.decisions.append(decision(track, src, tier, reason, score, ts, self.policy.name, variant))
+            self.effects.decisions.append(decision(track, src, tier, reason, score, ts, self.policy.name, variant))
         self._moves.pop()  # the promotion itself; what is left are evictions it caused
         self.open_promotions[track] = counted
         self._apply_moves(ts, variant)
@@ -139,7 +146,7 @@ class CacheWarmer:
     def _apply_moves(self, ts: float, variant: str | None) -> None:
         if not self._moves:
             return
-        f = self.figures
+        f = self.effects.figures
         counted = ts > self.count_from
         opens = self.open_promotions
         for m in self._moves:
@@ -154,7 +161,7 @@ class CacheWarmer:
                     f.wasted_promotions += 1  # evicted before anyone played it
                     f.day(ts)[5] += 1
             if self.emit:
-                self.decisions.append(decision(m.track, m.src, m.dst, m.reason, None, ts, self.policy.name, variant))
+                self.effects.decisions.append(decision(m.track, m.src, m.dst, m.reason, None, ts, self.policy.name, variant))
         self._moves.clear()
 
     def on_resolution(self, r: Resolution) -> None:
@@ -163,7 +170,7 @@ class CacheWarmer:
             return
         score, tier, promo, counted, variant, _ = entry
         full = r.label == FULL
-        f = self.figures
+        f = self.effects.figures
         if promo:  # the first play after a counted promotion decides whether it paid off
             if full:
                 f.useful_promotions += 1
@@ -180,15 +187,14 @@ class CacheWarmer:
                 f.full_play_hits += 1
                 row[3] += 1
         if score is not None:
-            predicted_full = score >= 0.5
-            cell = confusion_cell(predicted_full, full)
+            cell = confusion_cell(score >= 0.5, full)
             setattr(f, cell, getattr(f, cell) + 1)
             by = f.by_variant.get(variant)
             if by is None:
                 by = f.by_variant[variant] = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
             by[cell] += 1
-            if self.outcomes is not None:
-                self.outcomes.append((variant, predicted_full, full))
+            if self.emit:
+                self.effects.outcomes.append(Outcome(variant, cell))
             if self.keep_scores:
                 f.scores.append(score)
                 f.labels.append(1 if full else 0)
@@ -225,10 +231,8 @@ def policy_figures(warmers: list[CacheWarmer]) -> dict:
     total = Figures()
     for w in warmers:
         total.merge(w.figures)
-    out = total.summary(warmers[0].transfer_cost, scored=policy.kind == "score" and policy.scorer != "oracle")
+    out = total.summary(warmers[0].transfer_cost, scored=policy.scored)
     out["pending_unresolved"] = sum(len(w.pending) for w in warmers)
     out["occupancy_end"] = {tier: sum(w.tiers.occupancy()[tier] for w in warmers) for tier in ("fast", "medium")}
-    if policy.kind == "score":
-        out["threshold"] = policy.threshold
-        out["fast_threshold"] = policy.fast_threshold
+    out.update(policy.describe())
     return out

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import faust
-import orjson
 import redis
 from faust.types import TP
 from redis.backoff import ExponentialWithJitterBackoff
@@ -36,7 +35,6 @@ from .faust_transport import Transport
 from .health import Dependency, Health
 from .metrics import WorkerMetrics
 from .positions import StateLost, resume_offset
-from .publish import BatchPublisher
 from .settings import Settings
 from .bootstrap import Worker, build_worker
 
@@ -97,7 +95,6 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
     )
     holder: dict[str, Worker | None] = {"worker": None}
     sought: dict[int, float] = {}  # partition -> when the worker last sought it
-    publisher: dict[str, BatchPublisher | None] = {"p": None}
     health = Health(settings.stall_seconds)
     metrics = WorkerMetrics()
     sessions_topic = settings.topic_sessions
@@ -123,6 +120,9 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
 
     def redis_ok() -> None:
         dependency_ok(health.redis)
+
+    def kafka_failed(exc: BaseException) -> None:
+        dependency_failed(health.kafka, exc, "holding the batch, retrying its commands with backoff")
 
     async def wait_for_redis() -> None:
         """Back off (with jitter) until Redis answers a PING. Returns as soon as it does."""
@@ -154,6 +154,9 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
             redis_ok()
             holder["worker"] = w
             metrics.set_models(w.variants)
+            w.checkpoint.sensors.append(metrics.sensor(w.models))
+            w.checkpoint.on_flush_error = kafka_failed
+            w.checkpoint.on_flushed = lambda: dependency_ok(health.kafka)
             # the catalogue, the model and faust live as long as the process: keep the cyclic
             # collector from rescanning them on every full collection
             gc.collect()
@@ -256,13 +259,12 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
                 await relocate(sorted(w.runtimes), applied)
 
     async def handle(batch) -> None:
-        started = time.perf_counter()
         w = await worker()
         by_partition: dict[int, list] = defaultdict(list)
         for ev in batch:
             m = ev.message
             by_partition[m.partition].append((m.offset, m.value, m.timestamp))
-        outputs = []
+        work = []
         for p, records in by_partition.items():
             rt = w.runtimes.get(p)
             if rt is None:
@@ -275,36 +277,14 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
                              rt.next_offset, min(ahead), max(ahead))
                     await seek(p, rt.next_offset)
                 continue  # only records already applied, or ones fetched before a seek
-            outputs.append((rt, rt.process(run)))  # inline: a thread here costs GIL contention
-        if not outputs:
+            work.append((rt, run))
+        if not work:
             return
-        if publisher["p"] is None:
-            publisher["p"] = BatchPublisher(app.producer._ensure_producer())
-        models = {v: a.model for v, a in w.variants.items()}
-        letters, commands = [], []
-        for rt, out in outputs:
-            for offset, reason, raw in out.dead_letters:
-                letters.append((None, orjson.dumps({"reason": reason, "partition": out.partition, "offset": offset,
-                                                    "raw": raw[:4096].decode("utf-8", "replace")})))
-            for d in out.decisions:
-                payload = d.to_json()
-                payload["model"] = models.get(d.variant) if d.variant else None
-                commands.append((d.track.encode(), orjson.dumps(payload)))
-        # sinks first, then state and offsets (at-least-once commands, exactly-once state)
-        await publisher["p"].publish(settings.topic_dead_letter, letters)
-        await publisher["p"].publish(settings.topic_commands, commands)
-        for rt, out in outputs:
-            if rt.commit(out):
-                if out.changes is not None:
-                    metrics.record_batch(out, models, out.figures_before, out.figures_after)
-                    now = time.time()
-                    for ts in out.timestamps:
-                        metrics.event_latency.observe(max(0.0, now - ts))
-                metrics.batch_seconds.observe(time.perf_counter() - started)
-            else:
-                log.warning("partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
-                            out.partition, out.start_offset)
-                await relocate([out.partition], {out.partition: out.start_offset})
+        result = await w.checkpoint.run(work)
+        for out in result.fenced:
+            log.warning("partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
+                        out.partition, out.start_offset)
+            await relocate([out.partition], {out.partition: out.start_offset})
         redis_ok()
         update_gauges(w)
 
@@ -365,6 +345,13 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         else:
             dependency_ok(health.kafka)
         readiness()
+
+    @app.on_before_shutdown.connect
+    async def close_sinks(sender, **kwargs) -> None:
+        w = holder["worker"]
+        if w is not None:
+            for sink in (w.checkpoint.commands, w.checkpoint.dead_letters):
+                await sink.close()
 
     @app.task
     async def start() -> None:

@@ -1,8 +1,9 @@
 """The composition root: the one place that turns Settings into the worker's parts.
 
 ``build_worker(settings)`` builds every part the settings name; each part can be passed in
-instead (a store, the catalogue, the models), so tests hand it fakes, the way cosmicpython's
-``bootstrap`` does. Nothing is built or connected when this module is imported."""
+instead (a store, the catalogue, the models, the sinks), so tests hand it fakes, the way
+cosmicpython's ``bootstrap`` does. Nothing is built or connected when this module is imported;
+the Kafka sinks connect on their first flush."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache_warmer.experiment import AB, variant_of
-from cache_warmer.policies import Policy
+from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.tiers import TIER_NAMES, TierConfig
 from models.artifacts import Artifact, load
 from models.events import Catalogue
@@ -20,9 +21,12 @@ from models.features import EngineConfig, FeatureEngine
 from models.parsing import TimeWindow
 from models.state import U_SESSION, U_TS, State
 
+from .checkpoint import Checkpoint, Sensor
 from .kafka_io import partition_of
 from .partition_runtime import PartitionRuntime
 from .settings import Settings
+from .store import StateStore
+from .sinks import KafkaSink, SharedProducer, Sink
 from .stores import store_from_url
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,12 @@ log = logging.getLogger(__name__)
 def build_store(settings: Settings):
     """The state store named by SKIPCACHE_REDIS's scheme (see stream/stores)."""
     return store_from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400))
+
+
+def build_sinks(settings: Settings) -> tuple[Sink, Sink]:
+    """Cache commands and dead letters, to their Kafka topics through one producer."""
+    producer = SharedProducer(settings.kafka_bootstrap)
+    return KafkaSink(settings.topic_commands, producer), KafkaSink(settings.topic_dead_letter, producer)
 
 
 def load_catalogue(settings: Settings) -> Catalogue:
@@ -45,12 +55,14 @@ def load_catalogue(settings: Settings) -> Catalogue:
 @dataclass
 class Worker:
     settings: Settings
-    store: object  # a StateStore (stream/store.py)
+    store: StateStore
     catalogue: Catalogue
     artifact: Artifact
     tier_config: TierConfig
     engine_config: EngineConfig
     artifact_b: Artifact | None = None
+    checkpoint: Checkpoint | None = None
+    """The batch commit (stream/checkpoint.py) with this worker's sinks and sensors."""
     runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
     thresholds: tuple[float, float] | None = None
     """(medium, fast) in force: read from Redis by refresh_thresholds, not on every access."""
@@ -63,9 +75,14 @@ class Worker:
         return variant_of(user_id, self.settings.ab_share_b) if self.artifact_b is not None else "A"
 
     @property
-    def policy(self) -> Policy:
+    def models(self) -> dict[str, str]:
+        """Variant -> the model name it serves."""
+        return {v: a.model for v, a in self.variants.items()}
+
+    @property
+    def policy(self) -> ThresholdPolicy:
         threshold, fast = self.thresholds or (self.settings.threshold, self.settings.fast_threshold)
-        return Policy("model", "score", AB if self.artifact_b is not None else "A", threshold, fast)
+        return ThresholdPolicy("model", AB if self.artifact_b is not None else "A", threshold, fast)
 
     def runtime(self, partition: int) -> PartitionRuntime:
         rt = self.runtimes.get(partition)
@@ -125,8 +142,10 @@ def tier_config_for(settings: Settings, catalogue: Catalogue) -> TierConfig:
 
 
 def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None = None,
-                 artifact: Artifact | None = None, artifact_b: Artifact | None = None) -> Worker:
-    """The worker's parts: those passed in, the others built from ``settings``."""
+                 artifact: Artifact | None = None, artifact_b: Artifact | None = None,
+                 sinks: tuple[Sink, Sink] | None = None, sensors: list[Sensor] | None = None) -> Worker:
+    """The worker's parts: those passed in, the others built from ``settings``. ``sinks``: where
+    (cache commands, dead letters) go; ``sensors``: told of every committed batch."""
     catalogue = load_catalogue(settings) if catalogue is None else catalogue
     engine_features = FeatureEngine(catalogue).feature_names
     if artifact is None:
@@ -139,5 +158,7 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     store.ping()
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
                     EngineConfig(**artifact.engine_config), artifact_b)
+    commands, dead_letters = build_sinks(settings) if sinks is None else sinks
+    worker.checkpoint = Checkpoint(commands, dead_letters, sensors or [], worker.models)
     worker.refresh_thresholds()
     return worker

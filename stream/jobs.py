@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_warmer.policies import Policy
+from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import Objective, simulate, sweep
 from cache_warmer.tiers import TierConfig
 from models.artifacts import Artifact, load, save
@@ -127,7 +127,7 @@ def live_figures(settings: Settings, partitions: int | None = None, store=None,
     store = store or build_store(settings)
     catalogue = catalogue if catalogue is not None else load_catalogue(settings)
     n = partitions or settings.partitions
-    fig = summarize_store(store, list(range(n)), Policy("model", "score", "model"),
+    fig = summarize_store(store, list(range(n)), ThresholdPolicy("model", "model"),
                           tier_config_for(settings, catalogue), catalogue)
     fig["offsets"] = {p: store.offset(p) for p in range(n)}
     fig["events_by_type"] = store.counters("events")

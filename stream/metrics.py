@@ -9,8 +9,6 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cache_warmer.figures import confusion_cell
-
 ROLLING_WINDOW = 1000
 
 
@@ -70,36 +68,50 @@ class WorkerMetrics:
             self.hits.labels(tier)
             self.promotions.labels(tier)
 
-    def record_batch(self, out, models: dict[str, str], before: dict, after: dict) -> None:
-        """Counters from one committed batch: ``before``/``after`` are the warmer's figures."""
+    def sensor(self, models: dict[str, str]):
+        """The checkpoint's sensor: ``models`` maps each variant to the model it serves."""
+
+        def committed(out, seconds: float) -> None:
+            self.record_batch(out, models)
+            self.batch_seconds.observe(seconds)
+            now = time.time()
+            for ts in out.timestamps:
+                self.event_latency.observe(max(0.0, now - ts))
+
+        return committed
+
+    def record_batch(self, out, models: dict[str, str]) -> None:
+        """Counters from one committed batch: its events, dead letters and effects."""
         for kind, n in out.kinds.items():
             self.events.labels(kind).inc(n)
         for _, reason, _ in out.dead_letters:
             self.rejected.labels(reason).inc()
-        for variant, predicted_full, full in out.outcomes:
-            cell = confusion_cell(predicted_full, full)
+        effects = out.effects
+        if effects is None:
+            return
+        for variant, cell in effects.outcomes:
             model = models.get(variant, variant)
             self.predictions.labels(model, variant, cell).inc()
             win = self._window.get((model, variant))
             if win is None:
                 win = self._window[(model, variant)] = deque(maxlen=self._window_size)
-            win.append(predicted_full == full)
+            win.append(cell in ("tp", "tn"))
         for (model, variant), win in self._window.items():
             if win:
                 self.rolling_accuracy.labels(model, variant).set(sum(win) / len(win))
-        d = {k: after[k] - before[k] for k in after}
-        self.plays.inc(d["plays"])
-        self.full_plays.inc(d["full_plays"])
-        self.full_play_hits.inc(d["full_play_hits"])
-        self.hits.labels("fast").inc(d["hits_fast"])
-        self.hits.labels("medium").inc(d["hits_medium"])
-        self.misses.inc(d["plays"] - d["hits_fast"] - d["hits_medium"])
-        self.promotions.labels("fast").inc(d["promotions_fast"])
-        self.promotions.labels("medium").inc(d["promotions"] - d["promotions_fast"])
-        self.evictions.inc(d["evictions"])
-        self.demotions.inc(d["demotions"])
-        self.wasted.inc(d["wasted_promotions"])
-        self.useful.inc(d["useful_promotions"])
+        f = effects.figures
+        self.plays.inc(f.plays)
+        self.full_plays.inc(f.full_plays)
+        self.full_play_hits.inc(f.full_play_hits)
+        self.hits.labels("fast").inc(f.hits_fast)
+        self.hits.labels("medium").inc(f.hits_medium)
+        self.misses.inc(f.plays - f.hits_fast - f.hits_medium)
+        self.promotions.labels("fast").inc(f.promotions_fast)
+        self.promotions.labels("medium").inc(f.promotions - f.promotions_fast)
+        self.evictions.inc(f.evictions)
+        self.demotions.inc(f.demotions)
+        self.wasted.inc(f.wasted_promotions)
+        self.useful.inc(f.useful_promotions)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,24 +1,22 @@
-"""A Kafka partition at work in the live worker: the simulation's pipeline on a StateStore.
+"""A Kafka partition at work in the live worker: the simulation's pipeline on a PartitionStore.
 
 Per batch: drop what was already applied (offset below the stored one), parse (unreadable events
 become dead letters with a reason), load the records the batch needs that are not in memory yet,
-run the shared Pipeline, then hand back the decisions to publish and the changes to commit. The
-caller publishes and flushes first, then commits state and offset together (at-least-once
-commands, exactly-once state)."""
+run the shared Pipeline, then hand back its effects (decisions, outcomes, counters) and the
+changes to commit. ``stream/checkpoint.py`` publishes and flushes first, then commits state and
+offset together (at-least-once commands, exactly-once state)."""
 from __future__ import annotations
 
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from dataclasses import replace as dc_replace
 
 import orjson
 
-from cache_warmer.decisions import Decision
-from cache_warmer.figures import Figures, confusion_cell
+from cache_warmer.effects import BatchEffects
 from cache_warmer.pipeline import Pipeline
-from cache_warmer.policies import Policy
+from cache_warmer.policies import CachePolicy
 from cache_warmer.tiers import TierConfig, TierState
 from cache_warmer.warmer import CacheWarmer, load_warmer_state, warmer_state
 from models.events import Catalogue, Event
@@ -27,7 +25,7 @@ from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected, Rejections
 from models.state import S_PENDING_TRACK, State, U_SESSION
 
-from .store import Changes, StateStore
+from .store import Changes, PartitionStore
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 16_384
@@ -40,12 +38,9 @@ class BatchOutput:
     next_offset: int
     events: int = 0
     skipped_duplicates: int = 0
-    decisions: list[Decision] = field(default_factory=list)
-    outcomes: list[tuple[str, bool, bool]] = field(default_factory=list)  # (variant, predicted full, was full)
+    effects: BatchEffects | None = None  # None: no event was applied
     kinds: dict[str, int] = field(default_factory=dict)
     timestamps: list[float] = field(default_factory=list)  # Kafka timestamps (s) when given
-    figures_before: dict = field(default_factory=dict)
-    figures_after: dict = field(default_factory=dict)
     dead_letters: list[tuple[int, str, bytes]] = field(default_factory=list)  # offset, reason, raw
     changes: Changes | None = None
 
@@ -59,8 +54,8 @@ class OffsetGap(Exception):
 
 
 class PartitionRuntime:
-    def __init__(self, partition: int, store: StateStore, catalogue: Catalogue, scorers: dict,
-                 policy: Policy, tier_config: TierConfig, engine_config: EngineConfig,
+    def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, scorers: dict,
+                 policy: CachePolicy, tier_config: TierConfig, engine_config: EngineConfig,
                  count_from: float = -math.inf, variant_of=None, window: TimeWindow = TimeWindow()):
         self.partition = partition
         self.store = store
@@ -94,9 +89,7 @@ class PartitionRuntime:
         self.next_offset = self.store.init_offset(self.partition, offset)
 
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
-        if (threshold, fast_threshold) != (self.policy.threshold, self.policy.fast_threshold):
-            self.policy = dc_replace(self.policy, threshold=threshold, fast_threshold=fast_threshold)
-            self.warmer.policy = self.policy
+        self.policy = self.warmer.policy = self.policy.with_thresholds(threshold, fast_threshold)
 
     def process(self, records: list[tuple[int, bytes | None]]) -> BatchOutput:
         """``records``: (offset, value[, Kafka timestamp in s]) of this partition, in offset order."""
@@ -130,16 +123,9 @@ class PartitionRuntime:
         out.timestamps = [ts for _, _, ts in fresh] if len(fresh[0]) > 2 else []
         out.events = len(events)
         self._prefetch(events)
-        before = self._counts()
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
-        self.warmer.decisions = []
-        self.warmer.outcomes = []
-        self.pipeline.process(events)
-        out.decisions = self.warmer.decisions
-        out.outcomes = self.warmer.outcomes
+        out.effects = effects = self.pipeline.process(events).effects[self.policy.name]
         out.kinds = kinds
-        after = self._counts()
-        out.figures_before, out.figures_after = before, after
         st = self.engine.state
         changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
@@ -156,17 +142,12 @@ class PartitionRuntime:
             rejected["orphan_skip"] = orphans
         if rejected:
             counters["rejected"] = rejected
-        for variant, predicted_full, full in out.outcomes:
-            cell = confusion_cell(predicted_full, full)
-            ab = counters.setdefault(f"ab:{variant}", {})
-            ab[cell] = ab.get(cell, 0) + 1
+        for outcome in effects.outcomes:  # the A/B experiment's counters, exactly-once with the state
+            ab = counters.setdefault(f"ab:{outcome.variant}", {})
+            ab[outcome.cell] = ab.get(outcome.cell, 0) + 1
         changes.counters = counters
         out.changes = changes
         return out
-
-    def _counts(self) -> dict[str, int]:
-        f = self.warmer.figures
-        return {name: getattr(f, name) for name in Figures.COUNTERS}
 
     def commit(self, out: BatchOutput) -> bool:
         """Write the batch's changes and offset atomically; on a fence, reload from the store."""
@@ -212,7 +193,7 @@ class PartitionRuntime:
             st.tracks.update(self.store.fetch(self.partition, [], [], pending)[2])
 
 
-def summarize_store(store: StateStore, partitions: list[int], policy: Policy, tier_config: TierConfig,
+def summarize_store(store: PartitionStore, partitions: list[int], policy: CachePolicy, tier_config: TierConfig,
                     catalogue: Catalogue) -> dict:
     """The worker's figures as the simulation reports them, read back from the store."""
     from cache_warmer.warmer import policy_figures

@@ -1,11 +1,15 @@
 """The one small interface between the live worker and where its state lives.
 
-Everything a partition owns (its users, sessions, tracks, its cache shard and its pending
-predictions) is read and written through a StateStore, together with the offset of the next
-event to apply. ``commit`` applies a batch's changes and the new offset in one atomic step, and
+Three jobs, three interfaces: ``PartitionStore`` (what a partition owns: its users, sessions,
+tracks, cache shard and pending predictions, with the offset of the next event to apply),
+``RuntimeConfig`` (thresholds operators set) and ``ExperimentCounters`` (A/B and event counts).
+Code takes the one it needs; a backend (``StateStore``) implements all three.
+
+``commit`` applies a batch's changes and the new offset in one atomic step, and
 only if the stored offset is still the one the batch started from: a replayed event never counts
 twice, a lost Kafka commit never loses one, and a zombie worker cannot overwrite its successor.
-Backends: ``stores/memory.py`` (tests, one process) and ``stores/redis_store.py``."""
+Backends, chosen by URL scheme (``stores/__init__.py``): ``stores/memory.py`` (tests, one
+process) and ``stores/redis_store.py`` (Redis or Valkey)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,7 +28,9 @@ class Changes:
     counters: dict[str, dict[str, float]] = field(default_factory=dict)  # hash -> field -> increment
 
 
-class StateStore(Protocol):
+class PartitionStore(Protocol):
+    """The state of each Kafka partition and the offset it has reached."""
+
     def offset(self, partition: int) -> int:
         """Offset of the next event to apply (0 if the partition was never seen)."""
 
@@ -42,13 +48,27 @@ class StateStore(Protocol):
         """The records that exist, by key."""
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
-        """Apply atomically iff the stored offset equals ``expected_offset``; False if fenced."""
+        """Apply atomically iff the stored offset equals ``expected_offset``; False if fenced.
+        ``changes.counters`` are added to the experiment counters in the same transaction."""
 
-    def config(self) -> dict[str, float]:
-        """Runtime settings operators change without a restart (thresholds)."""
+
+class RuntimeConfig(Protocol):
+    """Settings operators change without a restart (the thresholds); workers poll them."""
+
+    def config(self) -> dict[str, float]: ...
 
     def set_config(self, **values: float) -> None: ...
+
+
+class ExperimentCounters(Protocol):
+    """Counters every worker adds to (A/B confusion cells, events by type, rejections)."""
 
     def counters(self, name: str) -> dict[str, float]: ...
 
     def reset_counters(self, name: str) -> None: ...
+
+
+class StateStore(PartitionStore, RuntimeConfig, ExperimentCounters, Protocol):
+    """One backend plays all three parts (they share a Redis and its transactions)."""
+
+    def ping(self) -> bool: ...

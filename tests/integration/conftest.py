@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_warmer.policies import Policy
+from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from cache_warmer.tiers import TierConfig
 from models.artifacts import load
@@ -111,7 +111,7 @@ def expected_figures(live_data, settings: Settings) -> dict:
     base = TierConfig.for_catalogue(ds.catalogue, settings.fast_capacity, settings.medium_capacity,
                                     settings.transfer_cost, settings.cold_after_hours)
     p = settings.partitions
-    policy = Policy("model", "score", "model", settings.threshold, settings.fast_threshold)
+    policy = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
     return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), shards=p,
                     shard_of=lambda u: partition_of(u, p), progress=False)["policies"]["model"]
 

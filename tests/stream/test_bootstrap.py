@@ -3,7 +3,7 @@ and a model in memory, no Redis and no files, and the worker gives the simulatio
 import orjson
 import pytest
 
-from cache_warmer.policies import Policy
+from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from models.artifacts import load
 from stream.bootstrap import build_store, build_worker
@@ -26,7 +26,7 @@ def test_the_worker_is_built_from_the_parts_handed_in(small_long_data, tmp_path)
         assert runtime.commit(runtime.process(records[start:start + 900]))
     fig = live_figures(settings, 1, store, ds.catalogue)
     base = worker.tier_config
-    expected = simulate(events, ds.catalogue, [artifact], base, [Policy("model", "score", "model")],
+    expected = simulate(events, ds.catalogue, [artifact], base, [ThresholdPolicy("model", "model")],
                         count_from=float("-inf"), progress=False)["policies"]["model"]
     for key in ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions"):
         assert fig[key] == expected[key], key

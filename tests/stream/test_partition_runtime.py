@@ -3,7 +3,7 @@ and the same figures as the simulation."""
 import orjson
 import pytest
 
-from cache_warmer.policies import Policy
+from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from cache_warmer.tiers import TierConfig
 from models.artifacts import load
@@ -23,19 +23,19 @@ def setup(small_long_data, tmp_path_factory):
     events = replay_order(ds.events)
     art = load(model)
     tiers = TierConfig.for_catalogue(ds.catalogue)
-    sim = simulate(events, ds.catalogue, [art], tiers, [Policy("model", "score", "model")],
+    sim = simulate(events, ds.catalogue, [art], tiers, [ThresholdPolicy("model", "model")],
                    count_from=float("-inf"), progress=False)["policies"]["model"]
     records = [(i, orjson.dumps(e.to_json())) for i, e in enumerate(events)]
     return ds, art, tiers, sim, records
 
 
 def _runtime(store, ds, art, tiers):
-    return PartitionRuntime(0, store, ds.catalogue, {"model": art.predict_full}, Policy("model", "score", "model"),
+    return PartitionRuntime(0, store, ds.catalogue, {"model": art.predict_full}, ThresholdPolicy("model", "model"),
                             tiers, EngineConfig(**art.engine_config))
 
 
 def _figures(store, ds, tiers):
-    return summarize_store(store, [0], Policy("model", "score", "model"), tiers, ds.catalogue)
+    return summarize_store(store, [0], ThresholdPolicy("model", "model"), tiers, ds.catalogue)
 
 
 def _run(rt, records, batch=700):

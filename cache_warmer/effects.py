@@ -1,0 +1,33 @@
+"""What one batch did under one policy, handed back by the pipeline to whoever commits it: the
+counters it moved, the decisions to publish, and each resolved prediction with its confusion cell
+(computed once, where the prediction is resolved). Sensors (Prometheus, the A/B counters) read
+these; nobody diffs figures or reads the warmer's insides."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .decisions import Decision
+from .figures import Figures
+
+
+class Outcome(NamedTuple):
+    variant: str
+    cell: str  # tp | fp | tn | fn of the 'played in full' class
+
+    @property
+    def predicted_full(self) -> bool:
+        return self.cell in ("tp", "fp")
+
+    @property
+    def correct(self) -> bool:
+        return self.cell in ("tp", "tn")
+
+
+@dataclass
+class BatchEffects:
+    policy: str
+    figures: Figures = field(default_factory=Figures)
+    """Counters of this batch only (storage cost and the window stay on the warmer's totals)."""
+    decisions: list[Decision] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)

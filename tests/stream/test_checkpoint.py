@@ -1,0 +1,116 @@
+"""The batch commit as one unit: process -> sinks -> flush -> commit -> sensors, on list sinks and
+the memory store. It publishes before it commits, retries a failing sink without losing or
+committing anything, reports a fenced partition, and gives the simulation's figures."""
+import asyncio
+
+import orjson
+import pytest
+
+from cache_warmer.policies import ThresholdPolicy
+from cache_warmer.simulation import simulate
+from models.artifacts import load
+from stream.bootstrap import build_worker, tier_config_for
+from stream.jobs import live_figures, load_replay, train_model
+from stream.settings import Settings
+from stream.sinks import ListSink
+from stream.store import Changes
+from stream.stores.memory import MemoryStore
+from stream.worker_replay import partition_records, replay_in_memory
+
+
+@pytest.fixture(scope="module")
+def parts(small_long_data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "m.joblib"
+    train_model(small_long_data, path, train_fraction=0.5)
+    ds, events = load_replay(small_long_data, progress=False)
+    return ds, events, load(path)
+
+
+def _worker(parts, partitions=2, sinks=None, sensors=None):
+    ds, _, art = parts
+    settings = Settings(partitions=partitions, model_path="/nonexistent", redis_url="redis://127.0.0.1:1/0")
+    sinks = sinks or (ListSink("commands"), ListSink("dead"))
+    return build_worker(settings, store=MemoryStore(), catalogue=ds.catalogue, artifact=art, sinks=sinks,
+                        sensors=sensors)
+
+
+def test_the_checkpoint_gives_the_simulations_figures_and_feeds_sinks_and_sensors(parts):
+    ds, events, art = parts
+    seen = []
+    worker = _worker(parts, sensors=[lambda out, seconds: seen.append(out)])
+    result = replay_in_memory(worker, events, batch_size=500)
+    assert not result.fenced and seen == result.committed
+    fig = live_figures(worker.settings, 2, worker.store, ds.catalogue)
+    whole_cache = tier_config_for(Settings(partitions=1), ds.catalogue)  # the simulation splits it
+    sim = simulate(events, ds.catalogue, [art], whole_cache, [ThresholdPolicy("model", "model")],
+                   count_from=float("-inf"), shards=2, shard_of=lambda u: _partition(u), progress=False)
+    expected = sim["policies"]["model"]
+    for key in ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions", "evictions"):
+        assert fig[key] == expected[key], key
+    commands = worker.checkpoint.commands.records
+    decisions = [d for out in result.committed for d in out.effects.decisions]
+    assert len(commands) == len(decisions) > 0
+    assert orjson.loads(commands[0][1])["track"] == decisions[0].track
+    # each outcome's cell was computed once, where it was resolved; the sensors and the A/B
+    # counters (committed with the state) agree with the figures
+    cells = {}
+    for out in result.committed:
+        for o in out.effects.outcomes:
+            cells[o.cell] = cells.get(o.cell, 0) + 1
+    assert cells == expected["confusion"]
+    assert worker.store.counters("ab:A") == expected["confusion"]
+
+
+def _partition(user_id):
+    from stream.kafka_io import partition_of
+    return partition_of(user_id, 2)
+
+
+class FlakySink(ListSink):
+    """Fails its first ``failures`` flushes, as a sink whose broker is away would."""
+
+    def __init__(self, topic, failures):
+        super().__init__(topic)
+        self.failures = failures
+
+    async def flush(self):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        await super().flush()
+
+
+def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(parts, monkeypatch):
+    _, events, _ = parts
+    commands = FlakySink("commands", failures=2)
+    worker = _worker(parts, partitions=1, sinks=(commands, ListSink("dead")))
+    errors = []
+    worker.checkpoint.on_flush_error = errors.append
+    monkeypatch.setattr("stream.checkpoint.FLUSH_BACKOFF.compute", lambda attempt: 0.0)
+    store = worker.store
+    committed_at_flush = []
+    original = ListSink.flush
+
+    async def watching_flush(self):
+        committed_at_flush.append(store.offset(0))
+        await original(self)
+
+    monkeypatch.setattr(ListSink, "flush", watching_flush)
+    records = partition_records(events[:800], 1)[0]
+    result = asyncio.run(worker.checkpoint.run([(worker.runtime(0), records)]))
+    assert len(errors) == 2 and isinstance(errors[0], ConnectionError)
+    assert committed_at_flush and set(committed_at_flush) == {0}  # flushed before the commit
+    assert store.offset(0) == len(records) and result.committed
+    assert len(commands.records) == len(result.committed[0].effects.decisions) > 0
+
+
+def test_a_fenced_partition_is_reported_not_committed(parts):
+    _, events, _ = parts
+    worker = _worker(parts, partitions=1)
+    records = partition_records(events[:600], 1)[0]
+    rt = worker.runtime(0)
+    # another worker moved the partition on meanwhile
+    assert worker.store.commit(0, 0, 5, Changes())
+    result = asyncio.run(worker.checkpoint.run([(rt, records)]))
+    assert not result.committed and [o.partition for o in result.fenced] == [0]
+    assert worker.store.offset(0) == 5
