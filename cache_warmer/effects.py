@@ -31,3 +31,5 @@ class BatchEffects:
     """Counters of this batch only (storage cost and the window stay on the warmer's totals)."""
     decisions: list[Decision] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    trace: list = field(default_factory=list)
+    """With tracing on: plays, as (time, track, believed tier, counted), and decisions, in order."""

@@ -24,6 +24,7 @@ from models.gc_pause import paused_gc
 from .experiment import AB, variant_of
 from .pipeline import Pipeline
 from .policies import ORACLE, CachePolicy, ThresholdPolicy, StaticPolicy, standard_policies
+from .storage_audit import StorageAudit
 from .tiers import TIER_NAMES, TierConfig, TierState
 from .warmer import CacheWarmer, policy_figures
 
@@ -65,10 +66,12 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
              tier_config: TierConfig | None = None, policies: Sequence[CachePolicy] | None = None,
              threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
              shards: int = 1, shard_of: Callable[[int], int] | None = None, batch_size: int = 20_000,
-             objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None) -> dict:
+             objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None,
+             audit_storage: bool = False) -> dict:
     """Replay ``events`` (in replay order) and return the figures of every policy. With
     ``ab_share`` and two artifacts, an ``ab`` policy serves the first (A) or the second (B) by
-    user, as an A/B-testing worker does."""
+    user, as an A/B-testing worker does. With ``audit_storage``, each policy's figures add a
+    ``storage_audit``: its shards' commands applied to one placement (``storage_audit.py``)."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     config = EngineConfig(**artifacts[0].engine_config)
@@ -103,21 +106,33 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
             by_shard[shard_of(e.user_id)].append(e)
     shard_tiers = tier_config.split(shards)
     warmers: list[list[CacheWarmer]] = []
+    traces: dict[str, list[list]] = {p.name: [] for p in policies}  # policy -> each shard's trace
     started = time.perf_counter()
     with paused_gc(), tqdm(total=len(events), desc="simulate", unit=" events", unit_scale=True,
                            disable=None if progress else True, leave=False) as bar:
         for shard_events in by_shard:
-            shard_warmers = [CacheWarmer(p, TierState(shard_tiers, catalogue), count_from) for p in policies]
+            shard_warmers = [CacheWarmer(p, TierState(shard_tiers, catalogue), count_from, trace=audit_storage)
+                             for p in policies]
             warmers.append(shard_warmers)
             pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, lookahead, variant)
+            shard_traces = {p.name: [] for p in policies}
             for start in range(0, len(shard_events), batch_size):
                 batch = shard_events[start:start + batch_size]
-                pipeline.process(batch)
+                effects = pipeline.process(batch).effects
+                if audit_storage:
+                    for name, e in effects.items():
+                        shard_traces[name] += e.trace
                 bar.update(len(batch))
             if shard_events:
-                pipeline.finish(events[-1].ts)
+                for name, e in pipeline.finish(events[-1].ts).effects.items():
+                    shard_traces[name] += e.trace
+            for name, trace in shard_traces.items():
+                traces[name].append(trace)
     seconds = time.perf_counter() - started
     figures = {p.name: policy_figures([ws[i] for ws in warmers]) for i, p in enumerate(policies)}
+    if audit_storage:
+        for p in policies:
+            figures[p.name]["storage_audit"] = StorageAudit(catalogue).replay(traces[p.name]).summary()
     static = figures.get("static")
     for name, fig in figures.items():
         fig["net_value"] = objective.net_value(fig, static)

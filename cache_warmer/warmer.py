@@ -29,9 +29,11 @@ abandoned: live traffic without session_end markers would otherwise keep it fore
 
 class CacheWarmer:
     def __init__(self, policy: CachePolicy, tiers: TierState, count_from: float = -math.inf,
-                 emit: bool = False, keep_scores: bool = True):
+                 emit: bool = False, keep_scores: bool = True, trace: bool = False):
         """``emit``: hand back decisions and outcomes (the worker publishes and meters them; the
-        simulation only needs the counters)."""
+        simulation only needs the counters). ``trace``: also hand back, in the order they
+        happened, every play with the tier this shard believed its track in, between the
+        decisions (``storage_audit.py`` checks those beliefs against one shared placement)."""
         self.policy = policy
         self.tiers = tiers
         self.count_from = count_from
@@ -41,7 +43,8 @@ class CacheWarmer:
         self.keep_scores = keep_scores  # the simulation keeps every score for roc_auc; the worker does not
         self.pending: dict[tuple[int, int], tuple] = {}
         self.open_promotions: dict[str, bool] = {}  # promoted, not yet played: track -> counted
-        self.emit = emit
+        self.emit = emit or trace
+        self.trace = trace
         self.effects = BatchEffects(policy.name)
         self._last_ts = -math.inf
         self._next_sweep = -math.inf
@@ -107,6 +110,8 @@ class CacheWarmer:
             shard.touch(track, tier, ts)
         promo = self.open_promotions.pop(track, None)
         self.pending[(user_id, session_id)] = (score, tier, promo, counted, variant, ts)
+        if self.trace:
+            self.effects.trace.append((ts, track, tier, counted))
         if counted:
             f.plays += 1
             row = f.day(ts)
@@ -117,14 +122,22 @@ class CacheWarmer:
             elif tier == MEDIUM:
                 f.hits_medium += 1
                 row[1] += 1
-        want = self.policy.want(track, next_track, tier, next_score)
-        if want is None:
-            return
-        current = tier if want.track == track else shard.tier_of(want.track)
+        policy = self.policy
+        want = policy.played(track, tier)
+        if want is not None:
+            self._apply(want, tier, ts, counted, variant)
+        if next_track is not None:
+            current = shard.tier_of(next_track)
+            want = policy.upcoming(next_track, current, next_score)
+            if want is not None:
+                self._apply(want, current, ts, counted, variant)
+
+    def _apply(self, want, current: int, ts: float, counted: bool, variant: str) -> None:
+        """Promote to the tier wanted, or refresh the track's recency if it already is there."""
         if want.tier > current:
             self._promote(want.track, want.tier, ts, want.reason, want.score, counted, variant)
         elif current != SLOW:
-            shard.touch(want.track, current, ts)
+            self.tiers.touch(want.track, current, ts)
 
     def _promote(self, track: str, tier: int, ts: float, reason: str,
                  score: float | None, counted: bool, variant: str | None = None) -> None:
@@ -138,7 +151,10 @@ class CacheWarmer:
                 f.promotions_fast += 1
             f.day(ts)[4] += 1
         if self.emit:
-            self.effects.decisions.append(decision(track, src, tier, reason, score, ts, self.policy.name, variant))
+            d = decision(track, src, tier, reason, score, ts, self.policy.name, variant)
+            self.effects.decisions.append(d)
+            if self.trace:
+                self.effects.trace.append(d)
         self._moves.pop()  # the promotion itself; what is left are evictions it caused
         self.open_promotions[track] = counted
         self._apply_moves(ts, variant)
@@ -161,7 +177,10 @@ class CacheWarmer:
                     f.wasted_promotions += 1  # evicted before anyone played it
                     f.day(ts)[5] += 1
             if self.emit:
-                self.effects.decisions.append(decision(m.track, m.src, m.dst, m.reason, None, ts, self.policy.name, variant))
+                d = decision(m.track, m.src, m.dst, m.reason, None, ts, self.policy.name, variant)
+                self.effects.decisions.append(d)
+                if self.trace:
+                    self.effects.trace.append(d)
         self._moves.clear()
 
     def on_resolution(self, r: Resolution) -> None:

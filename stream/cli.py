@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 
+from stream.settings import Settings
+
 log = logging.getLogger("skipcache")
 
 
@@ -70,7 +72,6 @@ def cmd_demo(args) -> int:
     from stream import jobs
     from stream.plots import plot_simulation
     from stream.reports import render_evaluation, render_generated, render_simulation, render_training
-    from stream.settings import Settings
 
     out = Path(args.out)
     data = args.data
@@ -83,7 +84,7 @@ def cmd_demo(args) -> int:
     evaluation = jobs.evaluate_models(data, ["naive", "linear_svc", "hist_gb"], 0.7, args.seed)
     print(render_evaluation(evaluation), end="\n\n")
     _write_json(str(out / "evaluate.json"), evaluation)
-    settings = Settings.from_env()
+    settings = args.settings
     result = jobs.simulate_policies(data, [model], jobs.CacheOptions.from_settings(settings), settings.threshold)
     print(render_simulation(result))
     _write_json(str(out / "simulate.json"), result)
@@ -97,7 +98,7 @@ def cmd_simulate(args) -> int:
     from stream.reports import render_simulation
 
     result = simulate_policies(args.data, args.model, _cache(args), args.threshold, args.partitions,
-                               args.batch_size, args.ab_share)
+                               args.batch_size, args.ab_share, args.audit_storage)
     print(render_simulation(result))
     _write_json(args.json, result)
     if args.plot:
@@ -133,9 +134,8 @@ def _cache_options(s, settings) -> None:
 def cmd_worker(args) -> int:
     """Run the Faust worker (same as `faust -A stream.faust_main worker`)."""
     from stream.app import create_app
-    from stream.settings import Settings
 
-    settings = Settings.from_env()
+    settings = args.settings
     app = create_app(settings)
     sys.argv = ["skipcache-worker", "worker", "-l", settings.log_level] + (["--without-web"] if args.no_web else [])
     app.main()
@@ -146,9 +146,8 @@ def cmd_replay(args) -> int:
     from stream.jobs import load_replay
     from stream.producer import replay
     from stream.services import create_topics
-    from stream.settings import Settings
 
-    st = Settings.from_env()
+    st = args.settings
     bootstrap = args.bootstrap or st.kafka_bootstrap
     ds, events = load_replay(args.data)
     create_topics(bootstrap, {st.topic_sessions: st.partitions, st.topic_commands: 1, st.topic_dead_letter: 1})
@@ -160,12 +159,11 @@ def cmd_replay(args) -> int:
 def cmd_threshold(args) -> int:
     from stream.jobs import thresholds
     from stream.reports import render_thresholds
-    from stream.settings import Settings
 
     if args.action == "set" and args.value is None and args.fast is None:
         raise ValueError("`threshold set` needs a value (and/or --fast)")
-    result = (thresholds(Settings.from_env(), args.value, args.fast) if args.action == "set"
-              else thresholds(Settings.from_env()))
+    result = (thresholds(args.settings, args.value, args.fast) if args.action == "set"
+              else thresholds(args.settings))
     print(render_thresholds(result))
     return 0
 
@@ -173,9 +171,8 @@ def cmd_threshold(args) -> int:
 def cmd_status(args) -> int:
     from stream.jobs import live_figures
     from stream.reports import render_status
-    from stream.settings import Settings
 
-    fig = live_figures(Settings.from_env())
+    fig = live_figures(args.settings)
     print(render_status(fig))
     _write_json(args.json, fig)
     return 0
@@ -184,9 +181,8 @@ def cmd_status(args) -> int:
 def cmd_ab_report(args) -> int:
     from stream.jobs import ab_report
     from stream.reports import render_ab
-    from stream.settings import Settings
 
-    result = ab_report(Settings.from_env())
+    result = ab_report(args.settings)
     print(render_ab(result))
     _write_json(args.json, result)
     return 0
@@ -207,13 +203,13 @@ def cmd_up(args) -> int:
 
 
 def cmd_settings(args) -> int:
-    from stream.settings import Settings
 
     print(Settings.table())
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """``settings`` give the defaults of the cache options."""
     from models.estimators import DEFAULT_MODELS, MODEL_NAMES
 
     p = argparse.ArgumentParser(prog="skipcache", description=__doc__)
@@ -257,9 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
 
-    from stream.settings import Settings
-
-    settings = Settings.from_env()
     s = sub.add_parser("simulate", help="replay an export through the warmer and compare policies")
     s.add_argument("--data", required=True)
     s.add_argument("--model", required=True, action="append", help="model artifact (repeat for more)")
@@ -271,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with two --model: add an 'ab' policy serving the second model to this share of users")
     s.add_argument("--partitions", type=int, default=1,
                    help="shard state and cache like a worker on a topic with this many partitions")
+    s.add_argument("--audit-storage", action="store_true",
+                   help="apply every shard's commands to one placement and report where shards were wrong")
     _cache_options(s, settings)
     s.set_defaults(func=cmd_simulate)
 
@@ -328,7 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()  # read once, for every command
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(settings).parse_args(argv)
+    args.settings = settings
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -97,14 +97,16 @@ class CacheOptions:
 
 
 def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOptions, threshold: float = 0.5,
-                      partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None) -> dict:
+                      partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None,
+                      audit_storage: bool = False) -> dict:
     artifacts = [load(m) for m in models]
     ds, events = load_replay(data)
     shards = max(1, partitions)
     result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
                       fast_threshold=cache.fast_threshold, count_from=cache.count_from,
                       objective=Objective(cache.hit_value), batch_size=batch_size, shards=shards,
-                      shard_of=lambda user_id: partition_of(user_id, shards), ab_share=ab_share)
+                      shard_of=lambda user_id: partition_of(user_id, shards), ab_share=ab_share,
+                      audit_storage=audit_storage)
     result["rejected"] = ds.rejections.as_dict()
     return result
 

@@ -51,6 +51,16 @@ def render_simulation(result: dict) -> str:
                      f"{f['net_value']:>9.1f}{acc}")
     lines.append("(full-hit: plays played in full that found their track in fast/medium; prec.: promotions whose "
                  "first play was played in full; acc./auc: live predictions of model policies at 0.5)")
+    audited = {name: f["storage_audit"] for name, f in result["policies"].items() if "storage_audit" in f}
+    if audited:
+        lines += ["", f"storage audit, {result['tiers']['shards']} shard(s): every shard's commands applied in time "
+                      "order to one placement",
+                  f"{'policy':<13}{'wrong belief':>13}{'reported hit':>13}{'storage hit':>12}{'contradicting':>14}"
+                  f"{'multi-shard tracks':>19}"]
+        for name, a in audited.items():
+            lines.append(f"{name:<13}{a['wrong_belief_share']:>13.2%}{a['reported_hit_ratio']:>13.3f}"
+                         f"{a['storage_hit_ratio']:>12.3f}{a['contradicting_commands']:>14,}"
+                         f"{a['tracks_commanded_by_several_shards']:>19.1%}")
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """Cache policies by kind: one file per policy, one line per policy in ``POLICIES``.
 
-Adding one: write a ``CachePolicy`` subclass with a ``kind`` and a ``want`` (see ``base.py``),
+Adding one: write a ``CachePolicy`` subclass with a ``kind`` and ``played`` and/or ``upcoming``
+(see ``cache_policy.py``),
 then register it here (or with ``register_policy`` from outside, as a test does)."""
 from __future__ import annotations
 
-from .base import CachePolicy, Want
+from .cache_policy import CachePolicy, Want
 from .lru import LruPolicy
 from .oracle import ORACLE, OraclePolicy
 from .promote_all import PromoteAllPolicy

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..tiers import MEDIUM, SLOW
-from .base import CachePolicy, Want
+from .cache_policy import CachePolicy, Want
 
 
 @dataclass(frozen=True)
 class LruPolicy(CachePolicy):
     kind = "lru"
 
-    def want(self, track, next_track, tier, next_score):
+    def played(self, track, tier):
         return Want(track, MEDIUM, "played") if tier == SLOW else None

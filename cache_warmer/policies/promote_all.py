@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..tiers import MEDIUM
-from .base import CachePolicy, Want
+from .cache_policy import CachePolicy, Want
 
 
 @dataclass(frozen=True)
 class PromoteAllPolicy(CachePolicy):
     kind = "promote_all"
 
-    def want(self, track, next_track, tier, next_score):
-        return Want(next_track, MEDIUM, "upcoming", next_score) if next_track is not None else None
+    def upcoming(self, track, tier, score):
+        return Want(track, MEDIUM, "upcoming", score)

@@ -3,13 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import CachePolicy
+from .cache_policy import CachePolicy
 
 
 @dataclass(frozen=True)
 class StaticPolicy(CachePolicy):
     kind = "static"
     manages = False
-
-    def want(self, track, next_track, tier, next_score):
-        return None

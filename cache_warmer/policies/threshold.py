@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..tiers import FAST, MEDIUM, SLOW
-from .base import CachePolicy, Want
+from .cache_policy import CachePolicy, Want
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,9 @@ class ThresholdPolicy(CachePolicy):
             return MEDIUM
         return SLOW
 
-    def want(self, track, next_track, tier, next_score):
-        if next_track is None:
-            return None
-        target = self.target(next_score)
-        return Want(next_track, target, "upcoming", next_score) if target != SLOW else None
+    def upcoming(self, track, tier, score):
+        target = self.target(score)
+        return Want(track, target, "upcoming", score) if target != SLOW else None
 
     def with_thresholds(self, threshold: float, fast_threshold: float) -> "ThresholdPolicy":
         if (threshold, fast_threshold) == (self.threshold, self.fast_threshold):

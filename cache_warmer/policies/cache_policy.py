@@ -1,7 +1,9 @@
-"""What every cache policy is: on each play it may want one track in a warmer tier.
+"""What every cache policy is: told of a track being played and of a track coming up next, it
+may want that track in a warmer tier.
 
 A policy only decides; the warmer (``cache_warmer/warmer.py``) applies the wish to the tiers,
-counts it and evicts what must make room. The wish is the same for every caller (simulation,
+counts it and evicts what must make room. Each wish is about the one track it was told of, so
+whoever owns that track's placement can ask. The wish is the same for every caller (simulation,
 live worker), so a policy is a small pure class."""
 from __future__ import annotations
 
@@ -30,9 +32,14 @@ class CachePolicy:
     scored: ClassVar[bool] = False
     """Whether its scores are predictions that accuracy figures should judge."""
 
-    def want(self, track: str, next_track: str | None, tier: int, next_score: float | None) -> Want | None:
-        """On a play of ``track`` (now in ``tier``) followed by ``next_track``: the wish, or None."""
-        raise NotImplementedError
+    def played(self, track: str, tier: int) -> Want | None:
+        """``track``, now in ``tier``, is being played: the wish, or None."""
+        return None
+
+    def upcoming(self, track: str, tier: int, score: float | None) -> Want | None:
+        """``track``, now in ``tier``, is played next with P(played in full) = ``score`` (None
+        when the policy's scorer gave none): the wish, or None."""
+        return None
 
     def with_thresholds(self, threshold: float, fast_threshold: float) -> "CachePolicy":
         """The same policy under new operator thresholds (a policy without any ignores them)."""
