@@ -34,8 +34,8 @@ class CacheWarmer:
         simulation only needs the counters). ``trace``: also hand back, in the order they
         happened, every play with the tier this shard believed its track in, between the
         decisions (``storage_audit.py`` checks those beliefs against one shared placement)."""
-        self.policy = policy
         self.tiers = tiers
+        self.policy = policy  # a property: sets the hooks too
         self.count_from = count_from
         self.figures = Figures()
         """Totals. Storage cost and the counted window accrue here directly; counters arrive at
@@ -46,9 +46,22 @@ class CacheWarmer:
         self.emit = emit or trace
         self.trace = trace
         self.effects = BatchEffects(policy.name)
+        self.tally = self.effects.figures  # this batch's counters (a short name for the hot path)
         self._last_ts = -math.inf
         self._next_sweep = -math.inf
         self._moves: list[Move] = []
+
+    @property
+    def policy(self) -> CachePolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: CachePolicy) -> None:
+        self._policy = policy
+        kind = type(policy)
+        # the hooks the policy has: a play does not pay a call to a hook that only says None
+        self._hooks = (policy.played if kind.played is not CachePolicy.played else None,
+                       policy.upcoming if kind.upcoming is not CachePolicy.upcoming else None)
 
     @property
     def transfer_cost(self) -> float:
@@ -56,12 +69,13 @@ class CacheWarmer:
 
     def begin(self) -> None:
         self.effects = BatchEffects(self.policy.name)
+        self.tally = self.effects.figures
 
     def end(self) -> BatchEffects:
         """Close the batch: add its counters to the totals and hand its effects over."""
         effects = self.effects
         self.figures.merge(effects.figures)
-        self.effects = BatchEffects(self.policy.name)
+        self.begin()
         return effects
 
     def advance(self, ts: float) -> None:
@@ -98,13 +112,13 @@ class CacheWarmer:
             if entry[5] >= horizon:
                 break
             del pending[key]
-            self.effects.figures.abandoned_predictions += 1
+            self.tally.abandoned_predictions += 1
 
     def on_play(self, user_id: int, session_id: int, track: str, next_track: str | None,
                 ts: float, score: float | None, next_score: float | None, variant: str = "A") -> None:
         counted = ts > self.count_from
         shard = self.tiers
-        f = self.effects.figures
+        f = self.tally
         tier = shard.tier_of(track)
         if tier != SLOW:
             shard.touch(track, tier, ts)
@@ -122,15 +136,15 @@ class CacheWarmer:
             elif tier == MEDIUM:
                 f.hits_medium += 1
                 row[1] += 1
-        policy = self.policy
-        want = policy.played(track, tier)
-        if want is not None:
-            self._apply(want, tier, ts, counted, variant)
-        if next_track is not None:
-            current = shard.tier_of(next_track)
-            want = policy.upcoming(next_track, current, next_score)
+        played, upcoming = self._hooks
+        if played is not None:
+            want = played(track, tier)
             if want is not None:
-                self._apply(want, current, ts, counted, variant)
+                self._apply(want, tier, ts, counted, variant)
+        if upcoming is not None and next_track is not None:
+            want = upcoming(next_track, next_score)
+            if want is not None:
+                self._apply(want, shard.tier_of(next_track), ts, counted, variant)
 
     def _apply(self, want, current: int, ts: float, counted: bool, variant: str) -> None:
         """Promote to the tier wanted, or refresh the track's recency if it already is there."""
@@ -145,7 +159,7 @@ class CacheWarmer:
         src = shard.tier_of(track)
         shard.move(track, tier, ts, reason, self._moves)
         if counted:
-            f = self.effects.figures
+            f = self.tally
             f.promotions += 1
             if tier == FAST:
                 f.promotions_fast += 1
@@ -162,7 +176,7 @@ class CacheWarmer:
     def _apply_moves(self, ts: float, variant: str | None) -> None:
         if not self._moves:
             return
-        f = self.effects.figures
+        f = self.tally
         counted = ts > self.count_from
         opens = self.open_promotions
         for m in self._moves:
@@ -189,7 +203,7 @@ class CacheWarmer:
             return
         score, tier, promo, counted, variant, _ = entry
         full = r.label == FULL
-        f = self.effects.figures
+        f = self.tally
         if promo:  # the first play after a counted promotion decides whether it paid off
             if full:
                 f.useful_promotions += 1

@@ -36,9 +36,10 @@ class CachePolicy:
         """``track``, now in ``tier``, is being played: the wish, or None."""
         return None
 
-    def upcoming(self, track: str, tier: int, score: float | None) -> Want | None:
-        """``track``, now in ``tier``, is played next with P(played in full) = ``score`` (None
-        when the policy's scorer gave none): the wish, or None."""
+    def upcoming(self, track: str, score: float | None) -> Want | None:
+        """``track`` is played next with P(played in full) = ``score`` (None when the policy's
+        scorer gave none): the wish, or None. A wish for a tier the track is already in (or
+        above) only refreshes its recency."""
         return None
 
     def with_thresholds(self, threshold: float, fast_threshold: float) -> "CachePolicy":

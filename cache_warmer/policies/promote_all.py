@@ -11,5 +11,5 @@ from .cache_policy import CachePolicy, Want
 class PromoteAllPolicy(CachePolicy):
     kind = "promote_all"
 
-    def upcoming(self, track, tier, score):
+    def upcoming(self, track, score):
         return Want(track, MEDIUM, "upcoming", score)

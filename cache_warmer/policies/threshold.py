@@ -24,7 +24,7 @@ class ThresholdPolicy(CachePolicy):
             return MEDIUM
         return SLOW
 
-    def upcoming(self, track, tier, score):
+    def upcoming(self, track, score):
         target = self.target(score)
         return Want(track, target, "upcoming", score) if target != SLOW else None
 
