@@ -16,10 +16,6 @@ class Outcome(NamedTuple):
     cell: str  # tp | fp | tn | fn of the 'played in full' class
 
     @property
-    def predicted_full(self) -> bool:
-        return self.cell in ("tp", "fp")
-
-    @property
     def correct(self) -> bool:
         return self.cell in ("tp", "tn")
 

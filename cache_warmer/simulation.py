@@ -53,7 +53,7 @@ def oracle_labels(events: Sequence[Event]) -> Callable[[int, int, int], float]:
 
     def lookup(user_id: int, session_id: int, play_no: int) -> float:
         ls = labels.get((user_id, session_id))
-        return float(ls[play_no]) if ls is not None and play_no < len(ls) and ls[play_no] is not None else 0.0
+        return float(ls[play_no]) if ls is not None and play_no < len(ls) else 0.0
 
     return lookup
 
@@ -116,16 +116,18 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
             warmers.append(shard_warmers)
             pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, lookahead, variant)
             shard_traces = {p.name: [] for p in policies}
+
+            def keep_traces(result) -> None:
+                if audit_storage:
+                    for name, e in result.effects.items():
+                        shard_traces[name] += e.trace
+
             for start in range(0, len(shard_events), batch_size):
                 batch = shard_events[start:start + batch_size]
-                effects = pipeline.process(batch).effects
-                if audit_storage:
-                    for name, e in effects.items():
-                        shard_traces[name] += e.trace
+                keep_traces(pipeline.process(batch))
                 bar.update(len(batch))
             if shard_events:
-                for name, e in pipeline.finish(events[-1].ts).effects.items():
-                    shard_traces[name] += e.trace
+                keep_traces(pipeline.finish(events[-1].ts))
             for name, trace in shard_traces.items():
                 traces[name].append(trace)
     seconds = time.perf_counter() - started

@@ -19,7 +19,6 @@ The live worker runs it with Kafka sinks and the Redis store; tests and ``replay
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from redis.backoff import ExponentialWithJitterBackoff
 from .partition_runtime import BatchOutput, PartitionRuntime
 from .sinks import Sink
 
-log = logging.getLogger(__name__)
 Sensor = Callable[[BatchOutput, float], None]
 """Told of every committed batch, with the seconds from the start of the checkpoint."""
 FLUSH_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)

@@ -89,13 +89,14 @@ class WorkerMetrics:
         effects = out.effects
         if effects is None:
             return
-        for variant, cell in effects.outcomes:
+        for outcome in effects.outcomes:
+            variant = outcome.variant
             model = models.get(variant, variant)
-            self.predictions.labels(model, variant, cell).inc()
+            self.predictions.labels(model, variant, outcome.cell).inc()
             win = self._window.get((model, variant))
             if win is None:
                 win = self._window[(model, variant)] = deque(maxlen=self._window_size)
-            win.append(cell in ("tp", "tn"))
+            win.append(outcome.correct)
         for (model, variant), win in self._window.items():
             if win:
                 self.rolling_accuracy.labels(model, variant).set(sum(win) / len(win))

@@ -29,8 +29,8 @@ async def _replay(worker: Worker, records: dict[int, list[tuple[int, bytes]]], b
     total = CheckpointResult()
     longest = max((len(r) for r in records.values()), default=0)
     for start in range(0, longest, batch_size):
-        work = [(worker.runtime(p), rows[start:start + batch_size])
-                for p, rows in records.items() if rows[start:start + batch_size]]
+        chunks = {p: rows[start:start + batch_size] for p, rows in records.items()}
+        work = [(worker.runtime(p), chunk) for p, chunk in chunks.items() if chunk]
         result = await worker.checkpoint.run(work)
         total.committed += result.committed
         total.fenced += result.fenced

@@ -10,6 +10,7 @@ from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from models.artifacts import load
 from stream.bootstrap import build_worker, tier_config_for
+from stream.kafka_io import partition_of
 from stream.jobs import live_figures, load_replay, train_model
 from stream.settings import Settings
 from stream.sinks import ListSink
@@ -43,7 +44,7 @@ def test_the_checkpoint_gives_the_simulations_figures_and_feeds_sinks_and_sensor
     fig = live_figures(worker.settings, 2, worker.store, ds.catalogue)
     whole_cache = tier_config_for(Settings(partitions=1), ds.catalogue)  # the simulation splits it
     sim = simulate(events, ds.catalogue, [art], whole_cache, [ThresholdPolicy("model", "model")],
-                   count_from=float("-inf"), shards=2, shard_of=lambda u: _partition(u), progress=False)
+                   count_from=float("-inf"), shards=2, shard_of=lambda u: partition_of(u, 2), progress=False)
     expected = sim["policies"]["model"]
     for key in ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions", "evictions"):
         assert fig[key] == expected[key], key
@@ -59,11 +60,6 @@ def test_the_checkpoint_gives_the_simulations_figures_and_feeds_sinks_and_sensor
             cells[o.cell] = cells.get(o.cell, 0) + 1
     assert cells == expected["confusion"]
     assert worker.store.counters("ab:A") == expected["confusion"]
-
-
-def _partition(user_id):
-    from stream.kafka_io import partition_of
-    return partition_of(user_id, 2)
 
 
 class FlakySink(ListSink):
