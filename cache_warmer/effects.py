@@ -1,7 +1,7 @@
-"""What one batch did under one policy, handed back by the pipeline to whoever commits it: the
-counters it moved, the decisions to publish, and each resolved prediction with its confusion cell
-(computed once, where the prediction is resolved). Sensors (Prometheus, the A/B counters) read
-these; nobody diffs figures or reads the warmer's insides."""
+"""What one batch did, handed back to whoever commits it: under one policy, the counters it moved
+and the decisions to publish (warm stage); each resolved prediction with its confusion cell,
+computed once where the prediction is resolved (predict stage). Sensors (Prometheus, the A/B
+counters) read these; nobody diffs figures or reads a stage's insides."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,6 +26,5 @@ class BatchEffects:
     figures: Figures = field(default_factory=Figures)
     """Counters of this batch only (storage cost and the window stay on the warmer's totals)."""
     decisions: list[Decision] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
     trace: list = field(default_factory=list)
     """With tracing on: plays, as (time, track, believed tier, counted), and decisions, in order."""

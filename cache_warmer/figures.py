@@ -35,6 +35,7 @@ class Figures:
     tn: int = 0
     fn: int = 0
     abandoned_predictions: int = 0
+    abandoned_plays: int = 0
     cost_area: float = 0.0  # integral of cost/day over the counted window, in cost-days
     window_start: float = math.nan
     window_end: float = math.nan
@@ -45,7 +46,11 @@ class Figures:
 
     COUNTERS = ("plays", "full_plays", "hits_fast", "hits_medium", "full_play_hits", "promotions",
                 "promotions_fast", "evictions", "demotions", "useful_promotions", "wasted_promotions",
-                "tp", "fp", "tn", "fn", "abandoned_predictions")
+                "tp", "fp", "tn", "fn", "abandoned_predictions", "abandoned_plays")
+    CACHE = COUNTERS[:11] + ("abandoned_plays",)
+    """Kept by the warm stage (the storage's figures)."""
+    ACCURACY = ("tp", "fp", "tn", "fn", "abandoned_predictions")
+    """Kept by the predict stage (the model's figures)."""
 
     def merge(self, other: "Figures") -> None:
         for name in self.COUNTERS:
@@ -94,13 +99,13 @@ class Figures:
             "storage_cost_per_day": self.cost_area / days if days > 0 else math.nan,
             "transfer_cost": self.promotions * transfer_cost,
             "window_days": days,
-            "abandoned_predictions": self.abandoned_predictions,
+            "abandoned_plays": self.abandoned_plays,
         }
         if scored:
             n = self.tp + self.fp + self.tn + self.fn
             y = np.array(self.labels, dtype=np.int8)
             s = np.array(self.scores)
-            out.update(predictions=n, confusion={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn},
+            out.update(predictions=n, abandoned_predictions=self.abandoned_predictions, confusion={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn},
                        accuracy=(self.tp + self.tn) / n if n else math.nan,
                        majority_accuracy=(max((self.tp + self.fn) / n, (self.tn + self.fp) / n) if n else math.nan),
                        roc_auc=_auc(y, s))

@@ -1,5 +1,6 @@
-"""The offline simulation: a replayed export through the same engine, model and warmer as the
-live worker, with the in-memory store, comparing policies under the same capacities.
+"""The offline simulation: a replayed export through the same stages as the live worker (the
+predict stage keyed by user, the warm stage keyed by track), in memory, comparing policies under
+the same capacities.
 
 By default only events after the models' training window are counted (the state still warms up
 on the earlier ones), so a model is never scored on plays it was trained on."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from models.labels import label_session
 from models.gc_pause import paused_gc
 
 from .experiment import AB, variant_of
-from .pipeline import Pipeline
+from .entries import by_seq, route
+from .predictor import PredictionLedger, Predictor
 from .policies import ORACLE, CachePolicy, ThresholdPolicy, StaticPolicy, standard_policies
 from .storage_audit import StorageAudit
 from .tiers import TIER_NAMES, TierConfig, TierState
@@ -62,16 +65,35 @@ def model_policy_names(artifacts: Sequence[Artifact]) -> list[str]:
     return ["model"] + [f"model_{i + 2}" for i in range(len(artifacts) - 1)]
 
 
+def memoized(fn: Callable) -> Callable:
+    """``fn`` of a user or track id, computed once per id (partitioners hash in Python)."""
+    cache: dict = {}
+
+    def lookup(key):
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = fn(key)
+        return value
+
+    return lookup
+
+
 def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[Artifact],
              tier_config: TierConfig | None = None, policies: Sequence[CachePolicy] | None = None,
              threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
-             shards: int = 1, shard_of: Callable[[int], int] | None = None, batch_size: int = 20_000,
+             partitions: int = 1, user_partition: Callable[[int], int] | None = None,
+             track_partition: Callable[[str], int] | None = None, batch_size: int = 20_000,
              objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None,
              audit_storage: bool = False) -> dict:
-    """Replay ``events`` (in replay order) and return the figures of every policy. With
-    ``ab_share`` and two artifacts, an ``ab`` policy serves the first (A) or the second (B) by
-    user, as an A/B-testing worker does. With ``audit_storage``, each policy's figures add a
-    ``storage_audit``: its shards' commands applied to one placement (``storage_audit.py``)."""
+    """Replay ``events`` (in replay order) through the worker's topology and return the figures
+    of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
+    entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
+    shard taking them in replay order. Track statistics follow the worker's rule: a batch reads
+    every shard's counts as of its start, plus its own shard's since (batches of ``batch_size``
+    events of the replay). With ``ab_share`` and two artifacts, an ``ab`` policy serves the
+    first (A) or the second (B) by user, as an A/B-testing worker does. With ``audit_storage``,
+    each policy's figures add a ``storage_audit``: its shards' commands applied to one placement
+    (``storage_audit.py``)."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     config = EngineConfig(**artifacts[0].engine_config)
@@ -96,42 +118,72 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
         count_from = max(art.train_window["end"] for art in artifacts)
     tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
     lookahead = {ORACLE: oracle_labels(events)} if any(p.scorer == ORACLE for p in policies) else None
-    # one engine and one tier shard per partition, exactly as the worker has them
-    by_shard: list[list[Event]] = [[] for _ in range(shards)]
-    if shards == 1:
-        by_shard[0] = list(events)
-    else:
-        shard_of = shard_of or (lambda user_id: user_id % shards)
-        for e in events:
-            by_shard[shard_of(e.user_id)].append(e)
-    shard_tiers = tier_config.split(shards)
-    warmers: list[list[CacheWarmer]] = []
-    traces: dict[str, list[list]] = {p.name: [] for p in policies}  # policy -> each shard's trace
+    n = max(1, partitions)
+    user_partition = memoized(user_partition or (lambda user_id: user_id % n))
+    track_partition = memoized(track_partition or (lambda track: zlib.crc32(track.encode()) % n))
+    columns = [*scorers, *([AB] if variant else []), *(lookahead or ())]
+    predictors = [Predictor(FeatureEngine(catalogue, config), scorers, columns, lookahead, variant,
+                            PredictionLedger([c for c in columns if c != ORACLE], count_from, keep_scores=True))
+                  for _ in range(n)]
+    shard_tiers = tier_config.split(n)
+    warm: list[list[CacheWarmer]] = [
+        [CacheWarmer(p, TierState(shard_tiers, catalogue, None if n == 1 else (lambda t, q=q: track_partition(t) == q)),
+                     count_from, trace=audit_storage, columns=columns) for p in policies]
+        for q in range(n)]
+    traces: dict[str, list[list]] = {p.name: [[] for _ in range(n)] for p in policies}  # policy -> each shard's
+    shared: dict[str, list] | None = {} if n > 1 else None  # every shard's committed track counts
+
+    def warm_up(entries: list[tuple]) -> None:
+        for q, mine in enumerate(route(entries, track_partition, n)):
+            if n > 1:
+                mine.sort(key=by_seq)  # the replay's order; stable: one event's entries keep theirs
+            for w in warm[q]:
+                w.apply(mine)
+                effects = w.end()
+                if audit_storage:
+                    traces[w.policy.name][q] += effects.trace
+
     started = time.perf_counter()
     with paused_gc(), tqdm(total=len(events), desc="simulate", unit=" events", unit_scale=True,
                            disable=None if progress else True, leave=False) as bar:
-        for shard_events in by_shard:
-            shard_warmers = [CacheWarmer(p, TierState(shard_tiers, catalogue), count_from, trace=audit_storage)
-                             for p in policies]
-            warmers.append(shard_warmers)
-            pipeline = Pipeline(FeatureEngine(catalogue, config), scorers, shard_warmers, lookahead, variant)
-            shard_traces = {p.name: [] for p in policies}
-
-            def keep_traces(result) -> None:
-                if audit_storage:
-                    for name, e in result.effects.items():
-                        shard_traces[name] += e.trace
-
-            for start in range(0, len(shard_events), batch_size):
-                batch = shard_events[start:start + batch_size]
-                keep_traces(pipeline.process(batch))
-                bar.update(len(batch))
-            if shard_events:
-                keep_traces(pipeline.finish(events[-1].ts))
-            for name, trace in shard_traces.items():
-                traces[name].append(trace)
+        for start in range(0, len(events), batch_size):
+            batch = events[start:start + batch_size]
+            if n == 1:
+                work = [(batch, range(start, start + len(batch)))]
+            else:
+                work = [([], []) for _ in range(n)]
+                for seq, e in enumerate(batch, start):
+                    evs, seqs = work[user_partition(e.user_id)]
+                    evs.append(e)
+                    seqs.append(seq)
+            entries: list[tuple] = []
+            for predictor, (evs, seqs) in zip(predictors, work):
+                if shared is not None:
+                    predictor.engine.state.begin_round(shared)
+                entries += predictor.process(evs, seqs).entries
+            if shared is not None:
+                for predictor in predictors:
+                    for track, d in predictor.engine.state.track_delta.items():
+                        rec = shared.get(track)
+                        if rec is None:
+                            shared[track] = d
+                        else:
+                            rec[0] += d[0]
+                            rec[1] += d[1]
+                            rec[2] += d[2]
+            warm_up(entries)
+            bar.update(len(batch))
+        if events:
+            last = events[-1].ts
+            warm_up([e for p in predictors for e in p.finish(last, len(events)).entries])
+            for ws in warm:
+                for w in ws:
+                    w.advance(last)  # every shard's storage cost runs to the end
     seconds = time.perf_counter() - started
-    figures = {p.name: policy_figures([ws[i] for ws in warmers]) for i, p in enumerate(policies)}
+    figures = {}
+    for i, p in enumerate(policies):
+        accuracy = [pr.ledger.figures[p.scorer] for pr in predictors] if p.scored and p.scorer in columns else []
+        figures[p.name] = policy_figures([ws[i] for ws in warm], accuracy)
     if audit_storage:
         for p in policies:
             figures[p.name]["storage_audit"] = StorageAudit(catalogue).replay(traces[p.name]).summary()
@@ -152,12 +204,12 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
         "tiers": {"fast_capacity": tier_config.fast_capacity, "medium_capacity": tier_config.medium_capacity,
                   "tier_cost_per_day": dict(zip(TIER_NAMES, tier_config.tier_cost)),
                   "transfer_cost": tier_config.transfer_cost, "cold_after_hours": tier_config.cold_after_hours,
-                  "shards": shards},
+                  "partitions": n},
         "objective": {"hit_value": objective.hit_value},
         "seconds": seconds,
         "events_per_second": len(events) / seconds if seconds else None,
         "policies": figures,
-        "daily": {p.name: _daily([ws[i] for ws in warmers]) for i, p in enumerate(policies)},
+        "daily": {p.name: _daily([ws[i] for ws in warm]) for i, p in enumerate(policies)},
     }
 
 

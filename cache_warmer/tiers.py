@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from models.events import Catalogue
@@ -26,9 +27,6 @@ class TierConfig:
     tier_cost: tuple[float, float, float] = DEFAULT_DAILY_COST
     transfer_cost: float = 0.0005
     cold_after_hours: float = 1.0
-    cost_share: float = 1.0
-    """The part of the storage bill a shard accounts for: with P shards each counts 1/P, so the
-    shards' costs add up to one catalogue's, comparable with an unsharded cache."""
 
     @classmethod
     def for_catalogue(cls, catalogue: Catalogue, fast_capacity: int = 0, medium_capacity: int = 0,
@@ -50,11 +48,12 @@ class TierConfig:
                    tier_cost=tier_cost, transfer_cost=transfer_cost, cold_after_hours=cold_after_hours)
 
     def split(self, shards: int) -> "TierConfig":
-        """The capacity of one of ``shards`` equal shards (one per Kafka partition)."""
+        """The capacity of one of ``shards`` track shards (one per partition of the warm stage):
+        hashing track ids spreads the catalogue, and the plays, evenly over them."""
         if shards <= 1:
             return self
         return TierConfig(max(1, self.fast_capacity // shards), max(1, self.medium_capacity // shards),
-                          self.tier_cost, self.transfer_cost, self.cold_after_hours, self.cost_share / shards)
+                          self.tier_cost, self.transfer_cost, self.cold_after_hours)
 
 
 @dataclass
@@ -66,20 +65,22 @@ class Move:
 
 
 class TierState:
-    """One shard's placement of tracks. Tracks not listed are where track_storage put them."""
+    """One shard's placement of its tracks. Tracks not listed are where track_storage put them."""
 
-    def __init__(self, config: TierConfig, catalogue: Catalogue):
+    def __init__(self, config: TierConfig, catalogue: Catalogue, owns: Callable[[str], bool] | None = None):
+        """``owns``: whether a track is this shard's (None: every track is); the shard places,
+        and pays for, only its own."""
         self.config = config
-        self.storage = catalogue.storage
+        self.storage = catalogue.storage if owns is None else {
+            t: s for t, s in catalogue.storage.items() if owns(t)}
         self.tier: dict[str, int] = {}
         self.lru: tuple[OrderedDict, OrderedDict, OrderedDict] = (OrderedDict(), OrderedDict(), OrderedDict())
         self.capacity = (math.inf, config.medium_capacity, config.fast_capacity)
         self.cost_per_day = 0.0
         self._cost_cache: dict[str, tuple[float, float, float]] = {}
-        share = config.cost_share
-        for track, s in catalogue.storage.items():
+        for track, s in self.storage.items():
             t = TIER_OF[s.storage_class]
-            self.cost_per_day += s.daily_cost * share
+            self.cost_per_day += s.daily_cost
             if t != SLOW:
                 self.tier[track] = t
                 self.lru[t][track] = -math.inf
@@ -91,7 +92,7 @@ class TierState:
             if track not in self.storage and track not in self.seen_outside_catalogue:
                 # not in track_storage: slow at the median slow cost, counted from first sight
                 self.seen_outside_catalogue.add(track)
-                self.cost_per_day += self.config.tier_cost[SLOW] * self.config.cost_share
+                self.cost_per_day += self.config.tier_cost[SLOW]
             return SLOW
         return t
 
@@ -103,8 +104,9 @@ class TierState:
 
     def touch(self, track: str, tier: int, ts: float) -> None:
         lru = self.lru[tier]
-        if track in lru:
-            lru[track] = ts
+        last = lru.get(track)
+        if last is not None:
+            lru[track] = ts if ts > last else last  # the latest use, even if told of it late
             lru.move_to_end(track)
 
     def move(self, track: str, dst: int, ts: float, reason: str, moves: list[Move]) -> None:
@@ -135,7 +137,7 @@ class TierState:
             moves.append(Move(victim, tier, tier - 1, "evicted"))
 
     def _place(self, track: str, src: int, dst: int) -> None:
-        self.cost_per_day += (self.cost(track, dst) - self.cost(track, src)) * self.config.cost_share
+        self.cost_per_day += (self.cost(track, dst) - self.cost(track, src))
         if dst == SLOW:
             self.tier.pop(track, None)
         else:

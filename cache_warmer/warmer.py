@@ -1,47 +1,46 @@
-"""A policy at work on one shard (one Kafka partition): applies its decisions to the shard's tier
-state and keeps its figures.
+"""A policy at work on one track shard (one partition of the warm stage): it owns the one
+placement of its tracks, applies the policy's wishes to it, evicts, and keeps the cache figures.
 
-Every prediction is resolved only when its outcome arrives (a skip, the next play, the session's
-end): at play time it is parked in ``pending`` with the score and whether the play hit the cache.
+Its input is the predict stage's entries (``entries.py``): plays, upcoming tracks with their
+scores, and resolved outcomes. A play is parked in ``pending`` with whether it hit the cache
+until its outcome arrives (which comes to this shard too: it is about the same track).
 
-Work happens in batches (``begin`` ... ``end``): counters, decisions and outcomes go to the
-batch's ``BatchEffects``, which ``end`` adds to the totals and returns to the caller. What to move
-is the policy's call (``cache_warmer/policies/``); applying, evicting and counting is here.
+Work happens in batches (``begin`` ... ``end``): counters and decisions go to the batch's
+``BatchEffects``, which ``end`` adds to the totals and returns to the caller. What to move is the
+policy's call (``cache_warmer/policies/``); applying, evicting and counting is here.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from models.features import Resolution
 from models.labels import FULL
 
 from .decisions import decision
-from .effects import BatchEffects, Outcome
-from .figures import Figures, confusion_cell
+from .effects import BatchEffects
+from .entries import PLAY, UPCOMING
+from .figures import Figures
 from .policies import CachePolicy
+from .predictor import PENDING_HORIZON, SWEEP_EVERY
 from .tiers import FAST, MEDIUM, SLOW, Move, TierState
-
-SWEEP_EVERY = 3600.0  # seconds of event time between cold sweeps
-PENDING_HORIZON = 7 * 86400.0
-"""A prediction whose session shows no outcome for this long (event time) is dropped as
-abandoned: live traffic without session_end markers would otherwise keep it forever."""
 
 
 class CacheWarmer:
     def __init__(self, policy: CachePolicy, tiers: TierState, count_from: float = -math.inf,
-                 emit: bool = False, keep_scores: bool = True, trace: bool = False):
-        """``emit``: hand back decisions and outcomes (the worker publishes and meters them; the
-        simulation only needs the counters). ``trace``: also hand back, in the order they
-        happened, every play with the tier this shard believed its track in, between the
-        decisions (``storage_audit.py`` checks those beliefs against one shared placement)."""
+                 emit: bool = False, trace: bool = False, columns: Sequence[str] = ()):
+        """``columns``: the score columns of the upcoming entries (the policy reads its
+        scorer's). ``emit``: hand back decisions (the worker publishes them; the simulation
+        only needs the counters). ``trace``: also hand back, in the order they happened, every
+        play with the tier this shard believed its track in, between the decisions
+        (``storage_audit.py`` checks those beliefs against one shared placement)."""
         self.tiers = tiers
+        self.column = list(columns).index(policy.scorer) if policy.scorer in columns else -1
         self.policy = policy  # a property: sets the hooks too
         self.count_from = count_from
         self.figures = Figures()
         """Totals. Storage cost and the counted window accrue here directly; counters arrive at
         the end of each batch."""
-        self.keep_scores = keep_scores  # the simulation keeps every score for roc_auc; the worker does not
-        self.pending: dict[tuple[int, int], tuple] = {}
+        self.pending: dict[tuple[int, int, int], tuple] = {}  # (user, session, play) -> tier, promo, counted, ts
         self.open_promotions: dict[str, bool] = {}  # promoted, not yet played: track -> counted
         self.emit = emit or trace
         self.trace = trace
@@ -109,13 +108,32 @@ class CacheWarmer:
         pending = self.pending
         while pending:
             key, entry = next(iter(pending.items()))
-            if entry[5] >= horizon:
+            if entry[3] >= horizon:
                 break
             del pending[key]
-            self.tally.abandoned_predictions += 1
+            self.tally.abandoned_plays += 1
 
-    def on_play(self, user_id: int, session_id: int, track: str, next_track: str | None,
-                ts: float, score: float | None, next_score: float | None, variant: str = "A") -> None:
+    def apply(self, entries: Sequence[tuple]) -> None:
+        """The predict stage's entries, in event-time order (``entries.py``)."""
+        advance, column = self.advance, self.column
+        played, upcoming = self._hooks
+        for entry in entries:
+            kind, ts = entry[1], entry[2]
+            if ts > self._last_ts:
+                advance(ts)
+            if kind == PLAY:
+                self.on_play(entry[3], entry[4], entry[5], entry[6], ts, entry[7])
+            elif kind == UPCOMING:
+                if upcoming is not None:
+                    track = entry[3]
+                    want = upcoming(track, entry[5][column] if column >= 0 else None)
+                    if want is not None:
+                        self._apply(want, self.tiers.tier_of(track), ts, ts > self.count_from, entry[4])
+            else:
+                self.on_resolution(entry[3], entry[4], entry[5], entry[7], ts)
+
+    def on_play(self, user_id: int, session_id: int, play_no: int, track: str, ts: float,
+                variant: str = "A") -> None:
         counted = ts > self.count_from
         shard = self.tiers
         f = self.tally
@@ -123,7 +141,7 @@ class CacheWarmer:
         if tier != SLOW:
             shard.touch(track, tier, ts)
         promo = self.open_promotions.pop(track, None)
-        self.pending[(user_id, session_id)] = (score, tier, promo, counted, variant, ts)
+        self.pending[(user_id, session_id, play_no)] = (tier, promo, counted, ts)
         if self.trace:
             self.effects.trace.append((ts, track, tier, counted))
         if counted:
@@ -136,15 +154,11 @@ class CacheWarmer:
             elif tier == MEDIUM:
                 f.hits_medium += 1
                 row[1] += 1
-        played, upcoming = self._hooks
+        played = self._hooks[0]
         if played is not None:
             want = played(track, tier)
             if want is not None:
                 self._apply(want, tier, ts, counted, variant)
-        if upcoming is not None and next_track is not None:
-            want = upcoming(next_track, next_score)
-            if want is not None:
-                self._apply(want, shard.tier_of(next_track), ts, counted, variant)
 
     def _apply(self, want, current: int, ts: float, counted: bool, variant: str) -> None:
         """Promote to the tier wanted, or refresh the track's recency if it already is there."""
@@ -197,73 +211,58 @@ class CacheWarmer:
                     self.effects.trace.append(d)
         self._moves.clear()
 
-    def on_resolution(self, r: Resolution) -> None:
-        entry = self.pending.pop((r.user_id, r.session_id), None)
+    def on_resolution(self, user_id: int, session_id: int, play_no: int, label: int, ts: float) -> None:
+        entry = self.pending.pop((user_id, session_id, play_no), None)
         if entry is None:
             return
-        score, tier, promo, counted, variant, _ = entry
-        full = r.label == FULL
+        tier, promo, counted, _ = entry
+        full = label == FULL
         f = self.tally
         if promo:  # the first play after a counted promotion decides whether it paid off
             if full:
                 f.useful_promotions += 1
             else:
                 f.wasted_promotions += 1
-                f.day(r.ts)[5] += 1
-        if not counted:
-            return
-        if full:
+                f.day(ts)[5] += 1
+        if counted and full:
             f.full_plays += 1
-            row = f.day(r.ts)
+            row = f.day(ts)
             row[2] += 1
             if tier != SLOW:
                 f.full_play_hits += 1
                 row[3] += 1
-        if score is not None:
-            cell = confusion_cell(score >= 0.5, full)
-            setattr(f, cell, getattr(f, cell) + 1)
-            by = f.by_variant.get(variant)
-            if by is None:
-                by = f.by_variant[variant] = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-            by[cell] += 1
-            if self.emit:
-                self.effects.outcomes.append(Outcome(variant, cell))
-            if self.keep_scores:
-                f.scores.append(score)
-                f.labels.append(1 if full else 0)
 
 
 def warmer_state(w: CacheWarmer) -> dict:
     """The warmer's state as plain JSON-able data (counters only: no score lists)."""
     f = w.figures
     return {"tiers": w.tiers.to_state(),
-            "pending": [[u, s, *rest] for (u, s), rest in w.pending.items()],
+            "pending": [[*key, *rest] for key, rest in w.pending.items()],
             "open": list(w.open_promotions.items()),
-            "figures": {name: getattr(f, name) for name in Figures.COUNTERS},
-            "by_variant": f.by_variant,
+            "figures": {name: getattr(f, name) for name in Figures.CACHE},
             "cost_area": f.cost_area, "window": [f.window_start, f.window_end],
             "last_ts": w._last_ts, "next_sweep": w._next_sweep}
 
 
 def load_warmer_state(w: CacheWarmer, state: dict) -> None:
     w.tiers.load_state(state["tiers"])
-    w.pending = {(row[0], row[1]): tuple(row[2:]) for row in state["pending"]}
+    w.pending = {(row[0], row[1], row[2]): tuple(row[3:]) for row in state["pending"]}
     w.open_promotions = dict((k, v) for k, v in state["open"])
     for name, value in state["figures"].items():
         setattr(w.figures, name, value)
     w.figures.cost_area = state["cost_area"]
-    w.figures.by_variant = state.get("by_variant", {})
     w.figures.window_start, w.figures.window_end = (math.nan if v is None else v for v in state["window"])
     w._last_ts = -math.inf if state["last_ts"] is None else state["last_ts"]
     w._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]
 
 
-def policy_figures(warmers: list[CacheWarmer]) -> dict:
-    """Figures of one policy over all its shards."""
+def policy_figures(warmers: list[CacheWarmer], accuracy: Sequence[Figures] = ()) -> dict:
+    """Figures of one policy over all its track shards, with the accuracy the predict stage's
+    shards measured for its score column (``accuracy``: one ledger's figures per user shard)."""
     policy = warmers[0].policy
     total = Figures()
-    for w in warmers:
-        total.merge(w.figures)
+    for f in (*(w.figures for w in warmers), *accuracy):
+        total.merge(f)
     out = total.summary(warmers[0].transfer_cost, scored=policy.scored)
     out["pending_unresolved"] = sum(len(w.pending) for w in warmers)
     out["occupancy_end"] = {tier: sum(w.tiers.occupancy()[tier] for w in warmers) for tier in ("fast", "medium")}

@@ -110,6 +110,8 @@ class FeatureEngine:
             f = 1.0
             user_rate, user_plays, user_like = p, 0.0, 0.0
         t = st.tracks.get(track_id)
+        if t is None and st.shared_tracks is not None:
+            t = st.shared_tracks.get(track_id)
         if t is not None:
             m = cfg.track_smoothing
             track_rate = (t[T_K] + m * p) / (t[T_N] + m)

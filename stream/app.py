@@ -1,18 +1,22 @@
 """The live worker, a Faust app built by ``create_app(settings)``: `skipcache worker`, or
 `faust -A stream.faust_main worker`. Importing this module builds and connects nothing.
 
-It consumes pozytywka.sessions in batches, runs each partition's batch through the same pipeline
-as the simulation (state in Redis), publishes cache decisions and dead letters, flushes them, and
-then commits state and the partition's offset in one Redis transaction.
+Two stages, each an agent (``SKIPCACHE_STAGE`` picks one or both; both by default):
+- **predict** consumes pozytywka.sessions (keyed by user) in batches: parse, features, scores,
+  accuracy; it publishes one message of entries per warm partition to the entries topic;
+- **warm** consumes the entries topic (keyed by track): the one placement of its tracks, the
+  policy, eviction and cache figures; it publishes pozytywka.cache-commands.
+Each stage flushes what it publishes, then commits its state and the partition's offset in one
+Redis transaction (``stream/checkpoint.py``).
 
 Positions: where a partition resumes is the offset in Redis (``stream/positions.py``), applied
 by faust's own post-rebalance seek (``stream/faust_transport.py``), so neither faust's recovery
 nor the broker's committed offsets can move the stream afterwards.
 
 Faults: a Redis call that fails (connection lost, timeout) makes the worker unready, wait with
-jittered exponential backoff, and, once Redis answers, re-read every partition from Redis and
-seek to where Redis says; a fence or a Redis that came back empty or older goes the same way. A
-partition whose events the topic no longer holds stops the worker with an error saying so."""
+jittered exponential backoff, and, once Redis answers, re-read the stage's partitions from Redis
+and seek to where Redis says; a fence or a Redis that came back empty or older goes the same way.
+A partition whose records the topic no longer holds stops the worker with an error saying so."""
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +40,7 @@ from .health import Dependency, Health
 from .metrics import WorkerMetrics
 from .positions import StateLost, resume_offset
 from .settings import Settings
-from .bootstrap import Worker, build_worker
+from .bootstrap import Stage, Worker, build_worker
 
 log = logging.getLogger("skipcache.worker")
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
@@ -94,10 +98,9 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         table_cleanup_interval=3600,
     )
     holder: dict[str, Worker | None] = {"worker": None}
-    sought: dict[int, float] = {}  # partition -> when the worker last sought it
+    sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when the worker last sought it
     health = Health(settings.stall_seconds)
     metrics = WorkerMetrics()
-    sessions_topic = settings.topic_sessions
 
     async def redis_call(fn, *args):
         """A blocking store call off the event loop, so /healthz and heartbeats stay answered."""
@@ -154,9 +157,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
             redis_ok()
             holder["worker"] = w
             metrics.set_models(w.variants)
-            w.checkpoint.sensors.append(metrics.sensor(w.models))
-            w.checkpoint.on_flush_error = kafka_failed
-            w.checkpoint.on_flushed = lambda: dependency_ok(health.kafka)
+            for stage in w.stages.values():
+                stage.checkpoint.sensors.append(metrics.sensor(w.models))
+                stage.checkpoint.on_flush_error = kafka_failed
+                stage.checkpoint.on_flushed = lambda: dependency_ok(health.kafka)
             # the catalogue, the model and faust live as long as the process: keep the cyclic
             # collector from rescanning them on every full collection
             gc.collect()
@@ -168,13 +172,12 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         log.critical("%s", exc)
         await app.crash(exc)
 
-    async def position(partition: int, earliest: int, committed: int | None = None,
+    async def position(stage: Stage, partition: int, earliest: int, committed: int | None = None,
                        applied: int | None = None) -> int:
         """(Re)load a partition from Redis and decide where it resumes; waits out Redis outages."""
-        w = await worker()
         while True:
             try:
-                rt = await redis_call(w.reload, partition)
+                rt = await redis_call(stage.reload, partition)
                 resume = resume_offset(partition, rt.stored, earliest, committed, applied)
                 if rt.stored is None or resume.reason == "rolled_back":
                     await redis_call(rt.start_at, resume.offset)
@@ -186,140 +189,164 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         if resume.loud:
             health.state_losses += 1
             metrics.state_losses.inc()
-            log.error("%s", resume.detail)
-        log.info("partition %d resumes at offset %d (%s)", partition, rt.next_offset, resume.reason)
-        sought[partition] = time.monotonic()
+            log.error("%s (%s stage)", resume.detail, stage.name)
+        log.info("%s partition %d resumes at offset %d (%s)", stage.name, partition, rt.next_offset, resume.reason)
+        sought[(stage.topic, partition)] = time.monotonic()
         return rt.next_offset
 
     async def positions(committed, earliest) -> dict[TP, int]:
         """Called by faust's recovery after every rebalance (see faust_transport)."""
         w = await worker()
-        mine = {tp.partition for tp in committed}
-        for p in list(w.runtimes):
-            if p not in mine:
-                del w.runtimes[p]
         out = {}
         try:
-            for tp in sorted(committed):
-                old = w.runtimes.get(tp.partition)
-                out[tp] = await position(tp.partition, earliest.get(tp, 0), committed[tp],
-                                         old.next_offset if old is not None else None)
+            for stage in w.stages.values():
+                mine = {tp.partition for tp in committed if tp.topic == stage.topic}
+                for p in list(stage.runtimes):
+                    if p not in mine:
+                        del stage.runtimes[p]
+                for tp in sorted(tp for tp in committed if tp.topic == stage.topic):
+                    old = stage.runtimes.get(tp.partition)
+                    out[tp] = await position(stage, tp.partition, earliest.get(tp, 0), committed[tp],
+                                             old.next_offset if old is not None else None)
         except StateLost as exc:
             await stop_fatally(exc)
             raise
         return out
 
+    built = settings.stages  # checks SKIPCACHE_STAGE before anything starts
+    topics = {"predict": (settings.topic_sessions, settings.partitions),
+              "warm": (settings.topic_entries, settings.warm_partitions)}
     app.transport = Transport(app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms,
-                              positions=positions, positioned_topics={sessions_topic})
-    sessions = app.topic(sessions_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=settings.partitions)
+                              positions=positions, positioned_topics={topics[n][0] for n in built})
 
-    async def seek(partition: int, offset: int) -> None:
-        sought[partition] = time.monotonic()
-        await app.consumer.seek_wait({TP(sessions_topic, partition): offset})  # in the consumer's thread
+    async def seek(stage: Stage, partition: int, offset: int) -> None:
+        sought[(stage.topic, partition)] = time.monotonic()
+        await app.consumer.seek_wait({TP(stage.topic, partition): offset})  # in the consumer's thread
 
-    async def relocate(partitions: list[int], applied: dict[int, int]) -> None:
+    async def relocate(stage: Stage, partitions: list[int], applied: dict[int, int]) -> None:
         """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
         fence, or a Redis that came back empty or older)."""
-        w = await worker()
         for p in partitions:
             metrics.relocations.inc()
-            tp = TP(sessions_topic, p)
+            tp = TP(stage.topic, p)
             try:
                 earliest = (await app.consumer.earliest_offsets(tp)).get(tp, 0)
             except Exception as exc:  # the broker is away too: the next batch brings us back here
-                log.warning("partition %d: earliest offset unknown (%s); assuming 0", p, exc)
+                log.warning("%s partition %d: earliest offset unknown (%s); assuming 0", stage.name, p, exc)
                 earliest = 0
             try:
-                offset = await position(p, earliest, None, applied.get(p))
+                offset = await position(stage, p, earliest, None, applied.get(p))
             except StateLost as exc:
                 await stop_fatally(exc)
                 return
-            if p in w.runtimes:
-                await seek(p, offset)
+            if p in stage.runtimes:
+                await seek(stage, p, offset)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
         w = holder["worker"]
-        for tp in revoked:
-            if w is not None and tp.topic == sessions_topic:
-                w.runtimes.pop(tp.partition, None)
+        if w is None:
+            return
+        for stage in w.stages.values():
+            for tp in revoked:
+                if tp.topic == stage.topic:
+                    stage.runtimes.pop(tp.partition, None)
 
-    @app.agent(sessions)
-    async def process(stream):
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
-            try:
-                await handle(batch)
-            except redis.RedisError as exc:
-                # the batch may or may not have been committed: Redis's offset will tell
-                redis_failed(exc)
+    def agent(name: str) -> None:
+        topic, partitions = topics[name]
+        channel = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                            value_serializer="raw", partitions=partitions)
+
+        async def consume(stream):
+            async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
                 w = await worker()
-                applied = {p: rt.next_offset for p, rt in w.runtimes.items()}
-                await wait_for_redis()
-                await relocate(sorted(w.runtimes), applied)
+                stage = w.stages[name]
+                try:
+                    await handle(stage, batch)
+                except redis.RedisError as exc:
+                    # the batch may or may not have been committed: Redis's offset will tell
+                    redis_failed(exc)
+                    applied = {p: rt.next_offset for p, rt in stage.runtimes.items()}
+                    await wait_for_redis()
+                    await relocate(stage, sorted(stage.runtimes), applied)
 
-    async def handle(batch) -> None:
-        w = await worker()
+        consume.__name__ = f"{name}_stage"  # the agent's name in faust (and its logs)
+        app.agent(channel, name=f"skipcache.{name}")(consume)
+
+    for name in built:
+        agent(name)
+
+    async def handle(stage: Stage, batch) -> None:
         by_partition: dict[int, list] = defaultdict(list)
         for ev in batch:
             m = ev.message
             by_partition[m.partition].append((m.offset, m.value, m.timestamp))
         work = []
         for p, records in by_partition.items():
-            rt = w.runtimes.get(p)
+            rt = stage.runtimes.get(p)
             if rt is None:
                 continue  # not positioned yet, or revoked meanwhile: its owner replays from Redis
             run = contiguous_run(records, rt.next_offset)
             if not run:
                 ahead = [r[0] for r in records if r[0] > rt.next_offset]
-                if ahead and time.monotonic() - sought.get(p, 0.0) > RESEEK_SECONDS:
-                    log.info("partition %d: offset %d did not come (got %d..%d): seeking to it", p,
-                             rt.next_offset, min(ahead), max(ahead))
-                    await seek(p, rt.next_offset)
+                if ahead and time.monotonic() - sought.get((stage.topic, p), 0.0) > RESEEK_SECONDS:
+                    log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name,
+                             p, rt.next_offset, min(ahead), max(ahead))
+                    await seek(stage, p, rt.next_offset)
                 continue  # only records already applied, or ones fetched before a seek
             work.append((rt, run))
         if not work:
             return
-        result = await w.checkpoint.run(work)
+        result = await stage.checkpoint.run(work)
         for out in result.fenced:
-            log.warning("partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
-                        out.partition, out.start_offset)
-            await relocate([out.partition], {out.partition: out.start_offset})
+            log.warning("%s partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
+                        stage.name, out.partition, out.start_offset)
+            await relocate(stage, [out.partition], {out.partition: out.start_offset})
         redis_ok()
-        update_gauges(w)
+        update_gauges(await worker())
 
-    def lags(w: Worker) -> dict[int, int]:
+    def lags(w: Worker) -> dict[str, int]:
+        """``stage/partition`` -> records behind the fetch high-watermark."""
         out = {}
-        for part, rt in w.runtimes.items():
-            try:
-                high = app.consumer.highwater(TP(sessions_topic, part))
-            except Exception:  # not fetched yet
-                high = None
-            if high is not None:
-                out[part] = max(0, high - rt.next_offset)
+        for stage in w.stages.values():
+            for part, rt in stage.runtimes.items():
+                try:
+                    high = app.consumer.highwater(TP(stage.topic, part))
+                except Exception:  # not fetched yet
+                    high = None
+                if high is not None:
+                    out[f"{stage.name}/{part}"] = max(0, high - rt.next_offset)
         return out
 
     def update_gauges(w: Worker) -> None:
         p = w.policy
         metrics.threshold.labels("medium").set(p.threshold)
         metrics.threshold.labels("fast").set(p.fast_threshold)
-        metrics.cost.set(sum(rt.warmer.tiers.cost_per_day for rt in w.runtimes.values()))
-        for part, lag in lags(w).items():
-            metrics.lag.labels(str(part)).set(lag)
+        warm = w.stages.get("warm")
+        if warm is not None:
+            metrics.cost.set(sum(rt.warmer.tiers.cost_per_day for rt in warm.runtimes.values()))
+        for key, lag in lags(w).items():
+            stage, part = key.split("/")
+            metrics.lag.labels(stage, part).set(lag)
 
     def readiness() -> tuple[bool, dict]:
         w = holder["worker"]
         current = lags(w) if w is not None else {}
         if w is not None:
-            health.observe({p: rt.next_offset for p, rt in w.runtimes.items()})
+            health.observe({f"{s.name}/{p}": rt.next_offset for s in w.stages.values()
+                            for p, rt in s.runtimes.items()})
         ready, body = health.report(current)
         metrics.ready.set(1 if ready else 0)
-        for p in current:
-            metrics.stalled.labels(str(p)).set(1 if str(p) in body["stalled_partitions"] else 0)
+        for key in current:
+            stage, part = key.split("/")
+            metrics.stalled.labels(stage, part).set(1 if key in body["stalled_partitions"] else 0)
         if w is not None:
-            body.update(partitions=sorted(w.runtimes), model=w.artifact.model, model_version=w.artifact.version,
-                        thresholds_in_use={str(p): [rt.policy.threshold, rt.policy.fast_threshold]
-                                           for p, rt in w.runtimes.items()})
+            body.update(stages={s.name: sorted(s.runtimes) for s in w.stages.values()},
+                        model=w.artifact.model, model_version=w.artifact.version)
+            warm = w.stages.get("warm")
+            if warm is not None:
+                body["thresholds_in_use"] = {str(p): [rt.policy.threshold, rt.policy.fast_threshold]
+                                             for p, rt in warm.runtimes.items()}
         return ready, body
 
     @app.timer(0.5)
@@ -336,10 +363,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
 
     @app.timer(1.0)
     async def check_kafka() -> None:
-        """Kafka is up when the topic's earliest offsets can be read, within two seconds."""
+        """Kafka is up when the topics' earliest offsets can be read, within two seconds."""
         try:
             await asyncio.wait_for(app.consumer.earliest_offsets(
-                *(TP(sessions_topic, p) for p in range(settings.partitions))), 2.0)
+                *(TP(topics[n][0], p) for n in built for p in range(topics[n][1]))), 2.0)
         except Exception as exc:  # TimeoutError after 2 s, or the broker's own error
             dependency_failed(health.kafka, exc, "the consumer keeps retrying")
         else:
@@ -350,8 +377,9 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
     async def close_sinks(sender, **kwargs) -> None:
         w = holder["worker"]
         if w is not None:
-            for sink in (w.checkpoint.commands, w.checkpoint.dead_letters):
-                await sink.close()
+            for stage in w.stages.values():
+                for sink in stage.checkpoint.sinks.values():
+                    await sink.close()
 
     @app.task
     async def start() -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from cache_warmer.experiment import AB, variant_of
 from cache_warmer.policies import ThresholdPolicy
+from cache_warmer.simulation import memoized
 from cache_warmer.tiers import TIER_NAMES, TierConfig
 from models.artifacts import Artifact, load
 from models.events import Catalogue
@@ -22,8 +25,10 @@ from models.parsing import TimeWindow
 from models.state import U_SESSION, U_TS, State
 
 from .checkpoint import Checkpoint, Sensor
-from .kafka_io import partition_of
+from .kafka_io import partition_of, track_partition_of
 from .partition_runtime import PartitionRuntime
+from .predict_runtime import PredictRuntime
+from .warm_runtime import WarmRuntime
 from .settings import Settings
 from .store import StateStore
 from .sinks import KafkaSink, SharedProducer, Sink
@@ -37,10 +42,15 @@ def build_store(settings: Settings):
     return store_from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400))
 
 
-def build_sinks(settings: Settings) -> tuple[Sink, Sink]:
-    """Cache commands and dead letters, to their Kafka topics through one producer."""
+def build_sinks(settings: Settings) -> dict[str, dict[str, Sink]]:
+    """Each stage's sinks (predict: entries, dead letters; warm: commands, dead letters), Kafka
+    topics through one producer. A stage has its own sinks so one stage's flush never takes
+    (and acknowledges) the other's records."""
     producer = SharedProducer(settings.kafka_bootstrap)
-    return KafkaSink(settings.topic_commands, producer), KafkaSink(settings.topic_dead_letter, producer)
+    return {"predict": {"entries": KafkaSink(settings.topic_entries, producer),
+                        "dead_letters": KafkaSink(settings.topic_dead_letter, producer)},
+            "warm": {"commands": KafkaSink(settings.topic_commands, producer),
+                     "dead_letters": KafkaSink(settings.topic_dead_letter, producer)}}
 
 
 def load_catalogue(settings: Settings) -> Catalogue:
@@ -53,6 +63,30 @@ def load_catalogue(settings: Settings) -> Catalogue:
 
 
 @dataclass
+class Stage:
+    """One stage's partitions in this process: their runtimes, made on assignment, and the
+    checkpoint that commits their batches."""
+
+    name: str
+    topic: str
+    partitions: int
+    checkpoint: Checkpoint
+    make: Callable[[int], PartitionRuntime]
+    runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
+
+    def runtime(self, partition: int) -> PartitionRuntime:
+        rt = self.runtimes.get(partition)
+        if rt is None:
+            rt = self.runtimes[partition] = self.make(partition)
+        return rt
+
+    def reload(self, partition: int) -> PartitionRuntime:
+        """The partition rebuilt from the store (another worker, or a fault, may have moved it)."""
+        self.runtimes.pop(partition, None)
+        return self.runtime(partition)
+
+
+@dataclass
 class Worker:
     settings: Settings
     store: StateStore
@@ -61,9 +95,8 @@ class Worker:
     tier_config: TierConfig
     engine_config: EngineConfig
     artifact_b: Artifact | None = None
-    checkpoint: Checkpoint | None = None
-    """The batch commit (stream/checkpoint.py) with this worker's sinks and sensors."""
-    runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    """The stages this process runs (``SKIPCACHE_STAGE``), by name."""
     thresholds: tuple[float, float] | None = None
     """(medium, fast) in force: read from Redis by refresh_thresholds, not on every access."""
 
@@ -84,20 +117,18 @@ class Worker:
         threshold, fast = self.thresholds or (self.settings.threshold, self.settings.fast_threshold)
         return ThresholdPolicy("model", AB if self.artifact_b is not None else "A", threshold, fast)
 
-    def runtime(self, partition: int) -> PartitionRuntime:
-        rt = self.runtimes.get(partition)
-        if rt is None:
-            scorers = {name: art.predict_full for name, art in self.variants.items()}
-            rt = self.runtimes[partition] = PartitionRuntime(
-                partition, self.store, self.catalogue, scorers, self.policy, self.tier_config, self.engine_config,
-                variant_of=self.variant if self.artifact_b is not None else None,
-                window=TimeWindow.from_date(self.settings.earliest_event, self.settings.max_ahead_seconds))
-        return rt
+    def predict_runtime(self, partition: int) -> PredictRuntime:
+        s = self.settings
+        scorers = {name: art.predict_full for name, art in self.variants.items()}
+        return PredictRuntime(partition, self.store, self.catalogue, scorers, self.policy.scorer, self.engine_config,
+                              s.warm_partitions, memoized(partial(track_partition_of, partitions=s.warm_partitions)),
+                              variant_of=self.variant if self.artifact_b is not None else None,
+                              window=TimeWindow.from_date(s.earliest_event, s.max_ahead_seconds))
 
-    def reload(self, partition: int) -> PartitionRuntime:
-        """The partition rebuilt from the store (another worker, or a fault, may have moved it)."""
-        self.runtimes.pop(partition, None)
-        return self.runtime(partition)
+    def warm_runtime(self, partition: int) -> WarmRuntime:
+        n = self.settings.warm_partitions
+        return WarmRuntime(partition, self.store.stage("warm"), self.catalogue, self.policy, self.tier_config,
+                           lambda track: track_partition_of(track, n) == partition, self.models)
 
     def refresh_thresholds(self) -> None:
         """Read the thresholds operators set in Redis and hand them to every partition."""
@@ -105,7 +136,8 @@ class Worker:
         self.thresholds = (cfg.get("threshold", self.settings.threshold),
                            cfg.get("fast_threshold", self.settings.fast_threshold))
         p = self.policy
-        for rt in self.runtimes.values():
+        warm = self.stages.get("warm")
+        for rt in (warm.runtimes.values() if warm is not None else ()):
             rt.set_thresholds(p.threshold, p.fast_threshold)
 
     def predict(self, user_id: int, track_id: str) -> dict:
@@ -135,17 +167,17 @@ class Worker:
 
 
 def tier_config_for(settings: Settings, catalogue: Catalogue) -> TierConfig:
-    """Capacities for the whole cache, split evenly over the partitions (one shard each)."""
+    """Capacities for the whole cache, split evenly over the warm partitions (one track shard each)."""
     base = TierConfig.for_catalogue(catalogue, settings.fast_capacity, settings.medium_capacity,
                                     settings.transfer_cost, settings.cold_after_hours)
-    return base.split(settings.partitions)
+    return base.split(settings.warm_partitions)
 
 
 def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None = None,
                  artifact: Artifact | None = None, artifact_b: Artifact | None = None,
-                 sinks: tuple[Sink, Sink] | None = None, sensors: list[Sensor] | None = None) -> Worker:
-    """The worker's parts: those passed in, the others built from ``settings``. ``sinks``: where
-    (cache commands, dead letters) go; ``sensors``: told of every committed batch."""
+                 sinks: dict[str, dict[str, Sink]] | None = None, sensors: list[Sensor] | None = None) -> Worker:
+    """The worker's parts: those passed in, the others built from ``settings``. ``sinks``: each
+    stage's sinks by name (see ``build_sinks``); ``sensors``: told of every committed batch."""
     catalogue = load_catalogue(settings) if catalogue is None else catalogue
     engine_features = FeatureEngine(catalogue).feature_names
     if artifact is None:
@@ -158,7 +190,11 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     store.ping()
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
                     EngineConfig(**artifact.engine_config), artifact_b)
-    commands, dead_letters = build_sinks(settings) if sinks is None else sinks
-    worker.checkpoint = Checkpoint(commands, dead_letters, sensors or [], worker.models)
+    sinks = build_sinks(settings) if sinks is None else sinks
+    topics = {"predict": (settings.topic_sessions, settings.partitions, worker.predict_runtime),
+              "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime)}
+    for name in settings.stages:
+        topic, partitions, make = topics[name]
+        worker.stages[name] = Stage(name, topic, partitions, Checkpoint(sinks[name], sensors or []), make)
     worker.refresh_thresholds()
     return worker

@@ -1,16 +1,19 @@
-"""The batch commit, as one named unit: what makes the worker correct, in one place.
+"""The batch commit, as one named unit: what makes each stage correct, in one place.
 
     process -> add to sinks -> flush -> commit state and offset atomically -> tell the sensors
 
-- *process*: each partition's run of records through its ``PartitionRuntime`` (the shared
-  pipeline), giving a ``BatchOutput`` with the batch's decisions, dead letters, resolved outcomes
-  and state changes. The A/B counters ride inside the changes: they must be exactly-once too.
-- *sinks*: decisions to ``pozytywka.cache-commands``, dead letters to their topic. ``flush``
-  returns once the broker has them; while it cannot (the broker is away), the checkpoint retries
-  with backoff and the batch waits, committed nowhere.
+- *process*: each partition's run of records through its runtime (``predict_runtime.py`` or
+  ``warm_runtime.py``), giving a ``BatchOutput``: what to publish, dead letters, resolved
+  outcomes, cache effects and state changes. Counters that must be exactly-once (A/B cells,
+  events by type) ride inside the changes.
+- *sinks*: the predict stage's entries to the internal entries topic, the warm stage's commands
+  to ``pozytywka.cache-commands``, dead letters to their topic. ``flush`` returns once the broker
+  has them; while it cannot (the broker is away), the checkpoint retries with backoff and the
+  batch waits, committed nowhere.
 - *commit*: one Redis transaction per partition, fenced on the offset the batch started from.
-  A crash before it re-sends the batch's records (at-least-once commands); state and counters
-  are applied exactly once. A fenced partition is reported, not committed.
+  A crash before it re-sends the batch's records (at-least-once); state and counters are
+  applied exactly once, and the warm stage drops re-sent entries (``warm_runtime.py``). A
+  fenced partition is reported, not committed.
 - *sensors*: told only about committed batches (Prometheus metrics, latency).
 
 The live worker runs it with Kafka sinks and the Redis store; tests and ``replay_in_memory``
@@ -34,14 +37,8 @@ Sensor = Callable[[BatchOutput, float], None]
 FLUSH_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
 
-def command_record(decision, models: dict[str, str]) -> tuple[bytes, bytes]:
-    payload = decision.to_json()
-    payload["model"] = models.get(decision.variant) if decision.variant else None
-    return decision.track.encode(), orjson.dumps(payload)
-
-
-def dead_letter_record(partition: int, offset: int, reason: str, raw: bytes) -> tuple[None, bytes]:
-    return None, orjson.dumps({"reason": reason, "partition": partition, "offset": offset,
+def dead_letter_record(out: BatchOutput, offset: int, reason: str, raw: bytes) -> tuple[None, bytes]:
+    return None, orjson.dumps({"reason": reason, "stage": out.stage, "partition": out.partition, "offset": offset,
                                "raw": raw[:4096].decode("utf-8", "replace")})
 
 
@@ -54,16 +51,14 @@ class CheckpointResult:
 
 
 class Checkpoint:
-    def __init__(self, commands: Sink, dead_letters: Sink, sensors: Sequence[Sensor] = (),
-                 models: dict[str, str] | None = None,
+    def __init__(self, sinks: dict[str, Sink], sensors: Sequence[Sensor] = (),
                  on_flush_error: Callable[[BaseException], None] | None = None,
                  on_flushed: Callable[[], None] | None = None):
-        """``models``: variant -> model name, written into every command. ``on_flush_error`` /
-        ``on_flushed``: the broker went away / answers again (health and metrics)."""
-        self.commands = commands
-        self.dead_letters = dead_letters
+        """``sinks``: by the name a ``BatchOutput.publish`` record gives (``entries``,
+        ``commands``), and ``dead_letters``. ``on_flush_error`` / ``on_flushed``: the broker
+        went away / answers again (health and metrics)."""
+        self.sinks = sinks
         self.sensors = list(sensors)
-        self.models = models or {}
         self.on_flush_error = on_flush_error
         self.on_flushed = on_flushed
 
@@ -71,12 +66,12 @@ class Checkpoint:
         """``work``: each partition's runtime and its unbroken run of records."""
         started = time.perf_counter()
         outputs = [(rt, rt.process(run)) for rt, run in work]  # inline: a thread here costs GIL contention
+        sinks = self.sinks
         for _, out in outputs:
             for offset, reason, raw in out.dead_letters:
-                self.dead_letters.add(*dead_letter_record(out.partition, offset, reason, raw))
-            if out.effects is not None:
-                for d in out.effects.decisions:
-                    self.commands.add(*command_record(d, self.models))
+                sinks["dead_letters"].add(*dead_letter_record(out, offset, reason, raw))
+            for name, key, value, partition in out.publish:
+                sinks[name].add(key, value, partition)
         await self.flush()
         result = CheckpointResult()
         for rt, out in outputs:
@@ -94,7 +89,7 @@ class Checkpoint:
         attempt = 0
         while True:
             # both run to the end (a failed one keeps its records) before any retry
-            errors = [r for r in await asyncio.gather(self.dead_letters.flush(), self.commands.flush(),
+            errors = [r for r in await asyncio.gather(*(sink.flush() for sink in self.sinks.values()),
                                                        return_exceptions=True) if isinstance(r, BaseException)]
             if errors:  # the broker away, a timeout: the records stay buffered
                 exc = errors[0]

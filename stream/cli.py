@@ -3,6 +3,7 @@ arguments, calls the job in ``stream/jobs.py`` and renders the result (``stream/
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import logging
 import sys
 from pathlib import Path
@@ -135,7 +136,7 @@ def cmd_worker(args) -> int:
     """Run the Faust worker (same as `faust -A stream.faust_main worker`)."""
     from stream.app import create_app
 
-    settings = args.settings
+    settings = args.settings if args.stage is None else replace(args.settings, stage=args.stage)
     app = create_app(settings)
     sys.argv = ["skipcache-worker", "worker", "-l", settings.log_level] + (["--without-web"] if args.no_web else [])
     app.main()
@@ -150,7 +151,7 @@ def cmd_replay(args) -> int:
     st = args.settings
     bootstrap = args.bootstrap or st.kafka_bootstrap
     ds, events = load_replay(args.data)
-    create_topics(bootstrap, {st.topic_sessions: st.partitions, st.topic_commands: 1, st.topic_dead_letter: 1})
+    create_topics(bootstrap, st.topics)
     speed = None if args.speed == "max" else float(args.speed)
     print(replay(events, bootstrap, st.topic_sessions, speed, args.limit, ds.rejections.total).render())
     return 0
@@ -280,6 +281,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run the live Faust worker (settings from the environment)")
     s.add_argument("--no-web", action="store_true")
+    s.add_argument("--stage", choices=("predict", "warm", "both"), default=None,
+                   help="the stage(s) this process runs (default: SKIPCACHE_STAGE, else both)")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("replay", help="send an export's events to Kafka in time order")

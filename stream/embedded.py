@@ -60,8 +60,7 @@ def run_up(args: UpOptions) -> int:
                "SKIPCACHE_MODEL": str(Path(model).resolve()), "SKIPCACHE_DATA": str(Path(data).resolve()),
                "SKIPCACHE_WEB_PORT": str(web_port), "SKIPCACHE_PARTITIONS": str(partitions)}
         settings = Settings.from_env(env)
-        create_topics(settings.kafka_bootstrap, {settings.topic_sessions: partitions, settings.topic_commands: 1,
-                                                 settings.topic_dead_letter: 1})
+        create_topics(settings.kafka_bootstrap, settings.topics)
         print(f"Tansu on 127.0.0.1:{kafka.port}, {Path(redis.proc.args[0]).name} on 127.0.0.1:{redis.port}; "
               f"starting the worker (web on 127.0.0.1:{web_port}, log {out / 'worker.log'})")
         print(f"API token of this run{'' if base.api_token else ' (generated)'}: change the threshold with\n"
@@ -77,10 +76,10 @@ def run_up(args: UpOptions) -> int:
         started = time.monotonic()
         store, catalogue = build_store(settings), load_catalogue(settings)
         while True:
-            fig = live_figures(settings, partitions, store, catalogue)
-            done = sum(fig["offsets"].values())
+            fig = live_figures(settings, store, catalogue)
+            done = sum(fig["offsets"]["predict"].values())
             print(f"[{time.monotonic() - started:5.1f} s] applied {done:,}/{total:,}  {render_status(fig)}", flush=True)
-            if done >= total and not args.keep:
+            if done >= total and fig["warm_caught_up"] and not args.keep:
                 break
             if worker.poll() is not None:
                 print(f"error: the worker exited with {worker.returncode}; see {out / 'worker.log'}", file=sys.stderr)

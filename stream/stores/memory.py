@@ -8,15 +8,24 @@ from stream.store import Changes
 
 
 class MemoryStore:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, root: "MemoryStore | None" = None) -> None:
+        """``root``: the store whose config, counters and track counts this one shares."""
+        self._lock = root._lock if root is not None else threading.Lock()
         self.offsets: dict[int, int] = {}
-        self.warmers: dict[int, bytes] = {}
+        self.blobs: dict[int, bytes] = {}
         self.users: dict[tuple[int, int], list] = {}
         self.sessions: dict[tuple[int, int, int], list] = {}
-        self.tracks: dict[tuple[int, str], list] = {}
-        self._config: dict[str, float] = {}
-        self._counters: dict[str, dict[str, float]] = {}
+        self.tracks: dict[str, list] = root.tracks if root is not None else {}
+        self._config: dict[str, float] = root._config if root is not None else {}
+        self._counters: dict[str, dict[str, float]] = root._counters if root is not None else {}
+        self._stages: dict[str, MemoryStore] = root._stages if root is not None else {}
+        self._root = root or self
+
+    def stage(self, name: str) -> "MemoryStore":
+        with self._lock:
+            if name not in self._stages:
+                self._stages[name] = MemoryStore(self._root)
+            return self._stages[name]
 
     @classmethod
     def from_url(cls, url: str = "memory://", prefix: str = "sc", ttl_seconds: int = 0) -> "MemoryStore":
@@ -36,14 +45,14 @@ class MemoryStore:
         with self._lock:
             return self.offsets.setdefault(partition, offset)
 
-    def warmer(self, partition: int) -> bytes | None:
-        return self.warmers.get(partition)
+    def blob(self, partition: int) -> bytes | None:
+        return self.blobs.get(partition)
 
     def fetch(self, partition, users, sessions, tracks):
         with self._lock:
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
-                    {t: list(self.tracks[(partition, t)]) for t in tracks if (partition, t) in self.tracks})
+                    {t: list(self.tracks[t]) for t in tracks if t in self.tracks})
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
         with self._lock:
@@ -55,10 +64,12 @@ class MemoryStore:
                 self.sessions[(partition, *k)] = copy.deepcopy(rec)
             for k in changes.deleted_sessions:
                 self.sessions.pop((partition, *k), None)
-            for t, rec in changes.tracks.items():
-                self.tracks[(partition, t)] = list(rec)
-            if changes.warmer is not None:
-                self.warmers[partition] = changes.warmer
+            for t, delta in changes.tracks.items():
+                rec = self.tracks.setdefault(t, [0.0, 0.0, 0.0])
+                for i, v in enumerate(delta):
+                    rec[i] += v
+            if changes.blob is not None:
+                self.blobs[partition] = changes.blob
             for name, fields in changes.counters.items():
                 target = self._counters.setdefault(name, {})
                 for f, v in fields.items():

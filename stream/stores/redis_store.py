@@ -1,9 +1,12 @@
 """Redis StateStore. One MGET per batch to read, one WATCH/MULTI/EXEC per batch to write.
 
-Keys (prefix ``sc`` by default): ``sc:{p}:u:{user}``, ``sc:{p}:s:{user}:{session}``,
-``sc:{p}:t:{track}`` (orjson lists, with a TTL so idle users and tracks expire), ``sc:{p}:warmer``
-(the partition's cache shard and pending predictions), ``sc:{p}:offset`` (next offset to apply),
-``sc:config`` (thresholds, a hash) and ``sc:counters:{name}`` (hashes of counts)."""
+Keys (prefix ``sc`` by default): predict partition p: ``sc:{p}:u:{user}``,
+``sc:{p}:s:{user}:{session}`` (orjson lists, with a TTL so idle users expire), ``sc:{p}:blob``
+(pending predictions), ``sc:{p}:offset`` (next offset to apply); warm partition q:
+``sc:warm:{q}:blob`` (its cache shard) and ``sc:warm:{q}:offset``; shared: ``sc:tracks`` (the
+global track counts, a hash with fields ``n:{track}``, ``k:{track}`` and ``l:{track}`` that
+every predict partition increments in its commit), ``sc:config`` (thresholds, a hash) and
+``sc:counters:{name}`` (hashes of counts)."""
 from __future__ import annotations
 
 import orjson
@@ -13,10 +16,16 @@ from stream.store import Changes
 
 
 class RedisStore:
-    def __init__(self, client: redis.Redis, prefix: str = "sc", ttl_seconds: int = 30 * 86400):
+    def __init__(self, client: redis.Redis, prefix: str = "sc", ttl_seconds: int = 30 * 86400, root: str | None = None):
+        """``root``: the prefix of what stages share (config, counters, track counts)."""
         self.r = client
         self.prefix = prefix
+        self.root = root or prefix
         self.ttl = int(ttl_seconds)
+        self.tracks_key = f"{self.root}:tracks"
+
+    def stage(self, name: str) -> "RedisStore":
+        return RedisStore(self.r, f"{self.root}:{name}", self.ttl, self.root)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sc", ttl_seconds: int = 30 * 86400) -> "RedisStore":
@@ -40,20 +49,31 @@ class RedisStore:
         self.r.set(key, offset, nx=True)
         return int(self.r.get(key))
 
-    def warmer(self, partition: int) -> bytes | None:
-        return self.r.get(self._k(partition, "warmer"))
+    def blob(self, partition: int) -> bytes | None:
+        return self.r.get(self._k(partition, "blob"))
 
     def fetch(self, partition, users, sessions, tracks):
-        keys = ([self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
-                + [self._k(partition, "t", t) for t in tracks])
-        if not keys:
+        keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
+        if not keys and not tracks:
             return {}, {}, {}
-        values = self.r.mget(keys)
+        with self.r.pipeline(transaction=False) as pipe:
+            if keys:
+                pipe.mget(keys)
+            if tracks:
+                pipe.hmget(self.tracks_key, [f"{c}:{t}" for t in tracks for c in "nkl"])
+            replies = pipe.execute()
         loads = orjson.loads
-        nu, ns = len(users), len(sessions)
+        nu = len(users)
+        values = replies[0] if keys else []
         out_u = {u: loads(v) for u, v in zip(users, values[:nu]) if v is not None}
-        out_s = {k: loads(v) for k, v in zip(sessions, values[nu:nu + ns]) if v is not None}
-        out_t = {t: loads(v) for t, v in zip(tracks, values[nu + ns:]) if v is not None}
+        out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
+        out_t = {}
+        if tracks:
+            counts = replies[-1]
+            for i, t in enumerate(tracks):
+                n, k, likes = counts[3 * i:3 * i + 3]
+                if n is not None or likes is not None:
+                    out_t[t] = [float(n or 0), float(k or 0), float(likes or 0)]
         return out_u, out_s, out_t
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
@@ -74,12 +94,18 @@ class RedisStore:
                     pipe.set(self._k(partition, "s", u, s), dumps(rec), ex=ttl)
                 if changes.deleted_sessions:
                     pipe.delete(*(self._k(partition, "s", u, s) for u, s in changes.deleted_sessions))
-                for t, rec in changes.tracks.items():
-                    pipe.set(self._k(partition, "t", t), dumps(rec), ex=ttl)
-                if changes.warmer is not None:
-                    pipe.set(self._k(partition, "warmer"), changes.warmer)
+                tracks_key = self.tracks_key
+                for t, (n, k, likes) in changes.tracks.items():
+                    if n:
+                        pipe.hincrby(tracks_key, f"n:{t}", int(n))
+                    if k:
+                        pipe.hincrby(tracks_key, f"k:{t}", int(k))
+                    if likes:
+                        pipe.hincrby(tracks_key, f"l:{t}", int(likes))
+                if changes.blob is not None:
+                    pipe.set(self._k(partition, "blob"), changes.blob)
                 for name, fields in changes.counters.items():
-                    key = f"{self.prefix}:counters:{name}"
+                    key = f"{self.root}:counters:{name}"
                     for f, v in fields.items():
                         if isinstance(v, int):
                             pipe.hincrby(key, f, v)
@@ -92,21 +118,21 @@ class RedisStore:
                 return False
 
     def config(self) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.r.hgetall(f"{self.prefix}:config").items()}
+        return {k.decode(): float(v) for k, v in self.r.hgetall(f"{self.root}:config").items()}
 
     def set_config(self, **values: float) -> None:
         if values:
-            self.r.hset(f"{self.prefix}:config", mapping={k: repr(float(v)) for k, v in values.items()})
+            self.r.hset(f"{self.root}:config", mapping={k: repr(float(v)) for k, v in values.items()})
 
     def counters(self, name: str) -> dict[str, float]:
         out = {}
-        for k, v in self.r.hgetall(f"{self.prefix}:counters:{name}").items():
+        for k, v in self.r.hgetall(f"{self.root}:counters:{name}").items():
             text = v.decode()
             out[k.decode()] = int(text) if text.lstrip("-").isdigit() else float(text)
         return out
 
     def reset_counters(self, name: str) -> None:
-        self.r.delete(f"{self.prefix}:counters:{name}")
+        self.r.delete(f"{self.root}:counters:{name}")
 
     def ping(self) -> bool:
         return bool(self.r.ping())

@@ -132,16 +132,24 @@ def test_costs_follow_moves_and_cold_tracks_are_demoted():
 
 
 def test_predictions_of_sessions_that_never_end_are_dropped_after_a_week():
+    from cache_warmer.entries import PLAY, RESOLVED
+    from cache_warmer.predictor import PredictionLedger
     from cache_warmer.warmer import CacheWarmer
     from models.features import Resolution
 
-    w = CacheWarmer(StaticPolicy("static"), _tiers())
-    w.advance(0.0)
-    w.on_play(1, 1, "a" * 22, None, 10.0, 0.9, None)  # never resolved: no session_end, no return
-    w.on_play(2, 5, "b" * 22, None, 6 * 86400.0, 0.2, None)
+    ledger = PredictionLedger(["model"])
+    ledger.open(1, 1, (0.9,), "A", 10.0)  # never resolved: no session_end, no return
+    ledger.open(2, 5, (0.2,), "A", 6 * 86400.0)
+    ledger.open(3, 1, (0.2,), "A", 8 * 86400.0)  # an hour later than the sweep's horizon
+    assert list(ledger.pending) == [(2, 5), (3, 1)] and ledger.figures["model"].abandoned_predictions == 1
+    ledger.resolve(Resolution(2, 5, 0, "b" * 22, 0, 8 * 86400.0 + 1))
+    assert list(ledger.pending) == [(3, 1)] and ledger.figures["model"].tn == 1
+
+    w = CacheWarmer(StaticPolicy("static"), _tiers())  # the warm stage's half: plays waiting for outcomes
+    w.apply([(0, PLAY, 10.0, 1, 1, 0, "a" * 22, "A"), (1, PLAY, 6 * 86400.0, 2, 5, 0, "b" * 22, "A")])
     w.advance(8 * 86400.0)
     batch = w.end()  # the batch's effects carry it; the totals have it once the batch ends
-    assert batch.figures.abandoned_predictions == 1
-    assert list(w.pending) == [(2, 5)] and w.figures.abandoned_predictions == 1
-    w.on_resolution(Resolution(2, 5, 0, "b" * 22, 0, 8 * 86400.0 + 1))
-    assert w.pending == {} and w.end().figures.tn == 1 and w.figures.tn == 1
+    assert batch.figures.abandoned_plays == 1
+    assert list(w.pending) == [(2, 5, 0)] and w.figures.abandoned_plays == 1
+    w.apply([(2, RESOLVED, 8 * 86400.0 + 1, 2, 5, 0, "b" * 22, 1)])
+    assert w.pending == {} and w.end().figures.full_plays == 1 and w.figures.full_plays == 1

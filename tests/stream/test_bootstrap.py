@@ -1,6 +1,7 @@
 """The composition root builds the worker from parts passed in: here a memory store, a catalogue
 and a model in memory, no Redis and no files, and the worker gives the simulation's figures."""
-import orjson
+from dataclasses import replace
+
 import pytest
 
 from cache_warmer.policies import ThresholdPolicy
@@ -10,27 +11,31 @@ from stream.bootstrap import build_store, build_worker
 from stream.jobs import live_figures, load_replay, train_model
 from stream.settings import Settings
 from stream.stores.memory import MemoryStore
+from stream.worker_replay import list_sinks, replay_in_memory
 
 
 def test_the_worker_is_built_from_the_parts_handed_in(small_long_data, tmp_path):
     train_model(small_long_data, tmp_path / "m.joblib", train_fraction=0.5)
     artifact = load(tmp_path / "m.joblib")
     ds, events = load_replay(small_long_data, progress=False)
-    settings = Settings(partitions=1, model_path="/nonexistent", redis_url="redis://127.0.0.1:1/0")
+    settings = Settings(partitions=1, warm_partitions=1, model_path="/nonexistent", redis_url="redis://127.0.0.1:1/0")
     store = MemoryStore()
-    worker = build_worker(settings, store=store, catalogue=ds.catalogue, artifact=artifact)
+    worker = build_worker(settings, store=store, catalogue=ds.catalogue, artifact=artifact, sinks=list_sinks())
     assert worker.store is store  # nothing was built from the settings' (unusable) paths and URL
-    runtime = worker.runtime(0)
-    records = [(i, orjson.dumps(e.to_json())) for i, e in enumerate(events)]
-    for start in range(0, len(records), 900):
-        assert runtime.commit(runtime.process(records[start:start + 900]))
-    fig = live_figures(settings, 1, store, ds.catalogue)
+    assert set(worker.stages) == {"predict", "warm"}
+    replay_in_memory(worker, events, 900)
+    fig = live_figures(settings, store, ds.catalogue)
     base = worker.tier_config
     expected = simulate(events, ds.catalogue, [artifact], base, [ThresholdPolicy("model", "model")],
                         count_from=float("-inf"), progress=False)["policies"]["model"]
     for key in ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions"):
         assert fig[key] == expected[key], key
-    assert fig["offsets"] == {0: len(records)}
+    assert fig["offsets"]["predict"] == {0: len(events)} and fig["warm_caught_up"]
+    only_warm = build_worker(replace(settings, stage="warm"), store=store, catalogue=ds.catalogue, artifact=artifact,
+                             sinks=list_sinks())
+    assert set(only_warm.stages) == {"warm"}
+    with pytest.raises(ValueError, match="SKIPCACHE_STAGE"):
+        build_worker(replace(settings, stage="cache"), store=store, catalogue=ds.catalogue, artifact=artifact)
 
 
 def test_store_backends_are_chosen_by_url_scheme():

@@ -10,13 +10,13 @@ from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from models.artifacts import load
 from stream.bootstrap import build_worker, tier_config_for
-from stream.kafka_io import partition_of
+from stream.kafka_io import partition_of, track_partition_of
 from stream.jobs import live_figures, load_replay, train_model
 from stream.settings import Settings
 from stream.sinks import ListSink
 from stream.store import Changes
 from stream.stores.memory import MemoryStore
-from stream.worker_replay import partition_records, replay_in_memory
+from stream.worker_replay import list_sinks, partition_records, replay_in_memory
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,20 @@ def parts(small_long_data, tmp_path_factory):
     return ds, events, load(path)
 
 
-def _worker(parts, partitions=2, sinks=None, sensors=None):
+def _worker(parts, partitions=1, sinks=None, sensors=None):
     ds, _, art = parts
-    settings = Settings(partitions=partitions, model_path="/nonexistent", redis_url="redis://127.0.0.1:1/0")
-    sinks = sinks or (ListSink("commands"), ListSink("dead"))
-    return build_worker(settings, store=MemoryStore(), catalogue=ds.catalogue, artifact=art, sinks=sinks,
-                        sensors=sensors)
+    settings = Settings(partitions=partitions, warm_partitions=partitions, model_path="/nonexistent",
+                        redis_url="redis://127.0.0.1:1/0")
+    return build_worker(settings, store=MemoryStore(), catalogue=ds.catalogue, artifact=art,
+                        sinks=sinks or list_sinks(), sensors=sensors)
+
+
+def _simulate(parts, n):
+    ds, events, art = parts
+    whole_cache = tier_config_for(Settings(warm_partitions=1), ds.catalogue)  # the simulation splits it
+    return simulate(events, ds.catalogue, [art], whole_cache, [ThresholdPolicy("model", "model")],
+                    count_from=float("-inf"), partitions=n, user_partition=lambda u: partition_of(u, n),
+                    track_partition=lambda t: track_partition_of(t, n), progress=False)["policies"]["model"]
 
 
 def test_the_checkpoint_gives_the_simulations_figures_and_feeds_sinks_and_sensors(parts):
@@ -41,25 +49,33 @@ def test_the_checkpoint_gives_the_simulations_figures_and_feeds_sinks_and_sensor
     worker = _worker(parts, sensors=[lambda out, seconds: seen.append(out)])
     result = replay_in_memory(worker, events, batch_size=500)
     assert not result.fenced and seen == result.committed
-    fig = live_figures(worker.settings, 2, worker.store, ds.catalogue)
-    whole_cache = tier_config_for(Settings(partitions=1), ds.catalogue)  # the simulation splits it
-    sim = simulate(events, ds.catalogue, [art], whole_cache, [ThresholdPolicy("model", "model")],
-                   count_from=float("-inf"), shards=2, shard_of=lambda u: partition_of(u, 2), progress=False)
-    expected = sim["policies"]["model"]
+    fig = live_figures(worker.settings, worker.store, ds.catalogue)
+    expected = _simulate(parts, 1)  # one partition per stage: the same order of work, the same figures
     for key in ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions", "evictions"):
         assert fig[key] == expected[key], key
-    commands = worker.checkpoint.commands.records
-    decisions = [d for out in result.committed for d in out.effects.decisions]
+    commands = worker.stages["warm"].checkpoint.sinks["commands"].records
+    decisions = [d for out in result.committed if out.effects for d in out.effects.decisions]
     assert len(commands) == len(decisions) > 0
     assert orjson.loads(commands[0][1])["track"] == decisions[0].track
-    # each outcome's cell was computed once, where it was resolved; the sensors and the A/B
-    # counters (committed with the state) agree with the figures
+    # each outcome's cell was computed once, where it was resolved (the predict stage); the
+    # sensors and the A/B counters (committed with the state) agree with the figures
     cells = {}
     for out in result.committed:
-        for o in out.effects.outcomes:
+        for o in out.outcomes:
             cells[o.cell] = cells.get(o.cell, 0) + 1
     assert cells == expected["confusion"]
     assert worker.store.counters("ab:A") == expected["confusion"]
+
+
+def test_four_and_four_partitions_stay_within_half_a_point_of_the_simulation(parts):
+    ds, events, _ = parts
+    worker = _worker(parts, partitions=4)
+    replay_in_memory(worker, events, batch_size=300)
+    fig = live_figures(worker.settings, worker.store, ds.catalogue)
+    expected = _simulate(parts, 4)
+    assert fig["warm_caught_up"] and fig["plays"] == expected["plays"]
+    for key in ("hit_ratio", "full_play_hit_ratio", "accuracy"):
+        assert abs(fig[key] - expected[key]) < 0.005, key
 
 
 class FlakySink(ListSink):
@@ -78,10 +94,12 @@ class FlakySink(ListSink):
 
 def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(parts, monkeypatch):
     _, events, _ = parts
-    commands = FlakySink("commands", failures=2)
-    worker = _worker(parts, partitions=1, sinks=(commands, ListSink("dead")))
+    sinks = list_sinks()
+    entries = sinks["predict"]["entries"] = FlakySink("entries", failures=2)
+    worker = _worker(parts, sinks=sinks)
+    predict = worker.stages["predict"]
     errors = []
-    worker.checkpoint.on_flush_error = errors.append
+    predict.checkpoint.on_flush_error = errors.append
     monkeypatch.setattr("stream.checkpoint.FLUSH_BACKOFF.compute", lambda attempt: 0.0)
     store = worker.store
     committed_at_flush = []
@@ -93,20 +111,21 @@ def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(pa
 
     monkeypatch.setattr(ListSink, "flush", watching_flush)
     records = partition_records(events[:800], 1)[0]
-    result = asyncio.run(worker.checkpoint.run([(worker.runtime(0), records)]))
+    result = asyncio.run(predict.checkpoint.run([(predict.runtime(0), records)]))
     assert len(errors) == 2 and isinstance(errors[0], ConnectionError)
     assert committed_at_flush and set(committed_at_flush) == {0}  # flushed before the commit
     assert store.offset(0) == len(records) and result.committed
-    assert len(commands.records) == len(result.committed[0].effects.decisions) > 0
+    assert len(entries.records) == len(result.committed[0].publish) == 1  # one message per warm partition
 
 
 def test_a_fenced_partition_is_reported_not_committed(parts):
     _, events, _ = parts
-    worker = _worker(parts, partitions=1)
+    worker = _worker(parts)
     records = partition_records(events[:600], 1)[0]
-    rt = worker.runtime(0)
+    predict = worker.stages["predict"]
+    rt = predict.runtime(0)
     # another worker moved the partition on meanwhile
     assert worker.store.commit(0, 0, 5, Changes())
-    result = asyncio.run(worker.checkpoint.run([(rt, records)]))
+    result = asyncio.run(predict.checkpoint.run([(rt, records)]))
     assert not result.committed and [o.partition for o in result.fenced] == [0]
     assert worker.store.offset(0) == 5

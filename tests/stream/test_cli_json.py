@@ -19,7 +19,7 @@ def test_every_offline_command_writes_its_json(small_long_data, tmp_path):
         assert main([*argv, "--json", str(out)]) == 0, name
         assert isinstance(orjson.loads(out.read_bytes()), dict), name
     simulated = orjson.loads((tmp_path / "simulate.json").read_bytes())
-    assert simulated["tiers"]["shards"] == 2 and simulated["policies"]["model"]["predictions"] > 0
+    assert simulated["tiers"]["partitions"] == 2 and simulated["policies"]["model"]["predictions"] > 0
 
 
 def test_commands_that_need_redis_say_so_when_it_is_away(monkeypatch, capsys):

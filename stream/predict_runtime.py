@@ -1,0 +1,154 @@
+"""A partition of the predict stage (``pozytywka.sessions``, keyed by user): parse, features,
+scores, the A/B variant and the accuracy of resolved predictions, on the partition's users and
+sessions in the store. Its entries for the warm stage leave as one message per warm partition.
+
+Track counts are global: a batch reads every partition's committed counts of its tracks, adds its
+own plays as it goes, and commits its additions with its offset (exactly once). A play's track
+features therefore miss only the plays other partitions have in batches not committed yet (at
+most one batch each, i.e. ``SKIPCACHE_BATCH_WITHIN`` seconds of traffic at low rates); the
+simulation follows the same rule (``cache_warmer/simulation.py``)."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import orjson
+
+from cache_warmer.entries import route
+from cache_warmer.predictor import PredictionLedger, Predictor
+from models.events import Catalogue, Event
+from models.features import EngineConfig, FeatureEngine
+from models.parsing import TimeWindow, parse_event
+from models.rejections import Rejected, Rejections
+from models.state import S_PENDING_TRACK, State, U_SESSION
+
+from .entry_codec import encode
+from .partition_runtime import BatchOutput, PartitionRuntime
+from .store import Changes, PartitionStore
+
+MAX_EVENT_BYTES = 16_384
+MAX_USERS_IN_MEMORY = 500_000
+
+
+class PredictRuntime(PartitionRuntime):
+    stage = "predict"
+
+    def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, scorers: dict,
+                 column: str, engine_config: EngineConfig, warm_partitions: int,
+                 track_partition: Callable[[str], int], count_from: float = -math.inf, variant_of=None,
+                 window: TimeWindow = TimeWindow()):
+        """``column``: the score the warm stage's policy reads (``A``, or ``ab`` for an A/B
+        test); ``track_partition``: a track's warm partition."""
+        self.catalogue = catalogue
+        self.scorers = scorers
+        self.column = column
+        self.engine_config = engine_config
+        self.warm_partitions = warm_partitions
+        self.track_partition = track_partition
+        self.count_from = count_from
+        self.variant_of = variant_of
+        self.window = window
+        self.rejections = Rejections()
+        super().__init__(partition, store)
+
+    def load_state(self, blob: bytes | None) -> None:
+        self.engine = FeatureEngine(self.catalogue, self.engine_config, State(track_delta={}), self.rejections)
+        ledger = PredictionLedger([self.column], self.count_from, outcomes_of=self.column)
+        self.sent: dict[int, int] = {}
+        """Warm partition -> the offset of the last event whose entries went there: the warm
+        stage has all of this partition's committed entries once it applied that far."""
+        if blob:
+            state = orjson.loads(blob)
+            ledger.load_state(state["ledger"])
+            self.sent = {int(q): seq for q, seq in state["sent"].items()}
+        self.predictor = Predictor(self.engine, self.scorers, [self.column], variant_of=self.variant_of,
+                                   ledger=ledger)
+
+    def apply(self, records: list[tuple], out: BatchOutput) -> None:
+        events: list[Event] = []
+        offsets: list[int] = []
+        kinds = out.kinds
+        check, wall = self.window.check, time.time()
+        for offset, value, *kafka_ts in records:
+            try:
+                if value is None:
+                    raise Rejected("empty_message")
+                if len(value) > MAX_EVENT_BYTES:
+                    raise Rejected("too_large", f"{len(value)} bytes")
+                try:
+                    obj = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    raise Rejected("bad_json") from None
+                e = check(parse_event(obj), kafka_ts[0] if kafka_ts and kafka_ts[0] else wall)
+            except Rejected as r:
+                out.dead_letters.append((offset, r.reason, value or b""))
+                continue
+            events.append(e)
+            offsets.append(offset)
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        out.events = len(events)
+        self._prefetch(events)
+        orphans_before = self.rejections.counts.get("orphan_skip", 0)
+        predicted = self.predictor.process(events, offsets)
+        out.outcomes = predicted.outcomes
+        self._sending = sent = dict(self.sent)
+        if events:  # every warm partition hears of every batch: its entries, or at least its clock
+            clock = max(e.ts for e in events)
+            for q, entries in enumerate(route(predicted.entries, self.track_partition, self.warm_partitions)):
+                out.publish.append(("entries", None, encode(self.partition, clock, entries), q))
+                if entries:
+                    sent[q] = entries[-1][0]
+        st = self.engine.state
+        counters: dict[str, dict[str, float]] = {"events": dict(kinds)}
+        rejected: dict[str, float] = {}
+        for _, reason, _ in out.dead_letters:
+            rejected[reason] = rejected.get(reason, 0) + 1
+        orphans = self.rejections.counts.get("orphan_skip", 0) - orphans_before
+        if orphans:
+            rejected["orphan_skip"] = orphans
+        if rejected:
+            counters["rejected"] = rejected
+        for outcome in predicted.outcomes:  # the A/B experiment's counters, exactly-once with the state
+            ab = counters.setdefault(f"ab:{outcome.variant}", {})
+            ab[outcome.cell] = ab.get(outcome.cell, 0) + 1
+        out.changes = Changes(
+            users={u: st.users[u] for u in st.dirty_users if u in st.users},
+            sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
+            deleted_sessions=set(st.deleted_sessions),
+            tracks=dict(st.track_delta),
+            blob=orjson.dumps({"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()}}),
+            counters=counters)
+
+    def committed(self, ok: bool) -> None:
+        st = self.engine.state
+        st.clear_changes()
+        if ok:
+            self.sent = self._sending
+        if ok and len(st.users) > MAX_USERS_IN_MEMORY:  # bound memory: everything is in the store
+            self.load()
+
+    def _prefetch(self, events: list[Event]) -> None:
+        """Users and sessions the partition has not in memory yet; the global counts of every
+        track the batch can read or update (they move with other partitions' commits)."""
+        st = self.engine.state
+        st.tracks.clear()
+        users = list({e.user_id for e in events} - st.users.keys())
+        sessions = list({(e.user_id, e.session_id) for e in events} - st.sessions.keys())
+        got_u, got_s, _ = self.store.fetch(self.partition, users, sessions, []) if users or sessions else ({}, {}, {})
+        st.users.update(got_u)
+        st.sessions.update(got_s)
+        # sessions still open for users just loaded (the engine may end them)
+        more = [(u, s) for u in got_u for s in got_u[u][U_SESSION] if (u, s) not in st.sessions]
+        if more:
+            st.sessions.update(self.store.fetch(self.partition, [], more, [])[1])
+        tracks = {t for e in events for t in (e.track_id, e.next_track_id) if t}
+        # resolving a pending play updates its track, which an earlier batch played
+        for uid in {e.user_id for e in events}:
+            u = st.users.get(uid)
+            for sid in (u[U_SESSION] if u is not None else ()):
+                rec = st.sessions.get((uid, sid))
+                if rec is not None and rec[S_PENDING_TRACK]:
+                    tracks.add(rec[S_PENDING_TRACK])
+        if tracks:
+            st.tracks.update(self.store.fetch(self.partition, [], [], list(tracks))[2])
