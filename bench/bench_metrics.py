@@ -58,7 +58,7 @@ def main() -> None:
                        "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"s-{tag}",
                        "SKIPCACHE_WEB_PORT": str(port)}
                 st = Settings.from_env(env)
-                create_topics(st.kafka_bootstrap, {st.topic_sessions: 2, st.topic_commands: 1, st.topic_dead_letter: 1})
+                create_topics(st.kafka_bootstrap, {**st.topics, st.topic_sessions: 2})
                 worker = start_worker(env, work / f"worker-{tag}.log")
                 wait_http(f"http://127.0.0.1:{port}/healthz", proc=worker)
                 time.sleep(5)

@@ -74,11 +74,12 @@ def main() -> None:
             env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
                    "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
                    "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
-                   "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+                   "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_WARM_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+                   "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
                    "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
                    "SKIPCACHE_WEB_PORT": str(free_port()), **extra}
             st = Settings.from_env(env)
-            create_topics(st.kafka_bootstrap, {st.topic_sessions: 2, st.topic_commands: 1, st.topic_dead_letter: 1})
+            create_topics(st.kafka_bootstrap, st.topics)
             return st, env
 
         # ---- throughput: the topic is full before the worker starts --------------------------

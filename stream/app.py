@@ -98,6 +98,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         table_cleanup_interval=3600,
     )
     holder: dict[str, Worker | None] = {"worker": None}
+    locks = {"predict": asyncio.Lock(), "warm": asyncio.Lock()}
     sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when the worker last sought it
     health = Health(settings.stall_seconds)
     metrics = WorkerMetrics()
@@ -262,7 +263,8 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
                 w = await worker()
                 stage = w.stages[name]
                 try:
-                    await handle(stage, batch)
+                    async with locks[name]:  # one checkpoint at a time per stage (see release_idle_entries)
+                        await handle(stage, batch)
                 except redis.RedisError as exc:
                     # the batch may or may not have been committed: Redis's offset will tell
                     redis_failed(exc)
@@ -348,6 +350,23 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
                 body["thresholds_in_use"] = {str(p): [rt.policy.threshold, rt.policy.fast_threshold]
                                              for p, rt in warm.runtimes.items()}
         return ready, body
+
+    @app.timer(1.0)
+    async def release_idle_entries() -> None:
+        """The warm stage holds entries back until every predict partition's clock has passed
+        them; once a source goes quiet (idle), what it held back is released here."""
+        w = holder["worker"]
+        warm = w.stages.get("warm") if w is not None else None
+        if warm is None or not any(rt.queues and any(rt.queues.values()) for rt in warm.runtimes.values()):
+            return
+        async with locks["warm"]:
+            try:
+                result = await warm.checkpoint.run([(rt, []) for rt in list(warm.runtimes.values())])
+            except redis.RedisError as exc:
+                redis_failed(exc)  # the batch loop does the waiting and re-reading
+                return
+        for out in result.fenced:
+            await relocate(warm, [out.partition], {out.partition: out.start_offset})
 
     @app.timer(0.5)
     async def refresh_thresholds() -> None:

@@ -43,13 +43,14 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
     ("Events per second", "ops", [
         ("{{type}}", "sum by (type) (rate(skipcache_events_total[1m]))"),
     ], "timeseries"),
-    ("Latency: event to committed state", "s", [
-        ("p50", f"histogram_quantile(0.5, sum by (le) (rate(skipcache_event_latency_seconds_bucket[{W}])))"),
-        ("p99", f"histogram_quantile(0.99, sum by (le) (rate(skipcache_event_latency_seconds_bucket[{W}])))"),
-        ("batch p99", f"histogram_quantile(0.99, sum by (le) (rate(skipcache_batch_processing_seconds_bucket[{W}])))"),
+    ("Latency per stage: record to committed state", "s", [
+        ("{{stage}} p50", f"histogram_quantile(0.5, sum by (stage, le) (rate(skipcache_event_latency_seconds_bucket[{W}])))"),
+        ("{{stage}} p99", f"histogram_quantile(0.99, sum by (stage, le) (rate(skipcache_event_latency_seconds_bucket[{W}])))"),
+        ("{{stage}} batch p99",
+         f"histogram_quantile(0.99, sum by (stage, le) (rate(skipcache_batch_processing_seconds_bucket[{W}])))"),
     ], "timeseries"),
-    ("Consumer lag (from the fetch high-watermark)", "none", [
-        ("partition {{partition}}", "sum by (partition) (skipcache_consumer_lag)"),
+    ("Consumer lag per stage (from the fetch high-watermark)", "none", [
+        ("{{stage}} {{partition}}", "sum by (stage, partition) (skipcache_consumer_lag)"),
     ], "timeseries"),
     ("Rejected events", "ops", [
         ("{{reason}}", f"sum by (reason) (rate(skipcache_rejected_events_total[{W}]))"),

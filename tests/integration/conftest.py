@@ -19,7 +19,8 @@ from models.artifacts import load
 from models.replay import replay_order
 from stream.cli import main
 from stream.files import read_dataset
-from stream.kafka_io import partition_of
+from stream.kafka_io import partition_of, track_partition_of
+from models.events import Catalogue
 from stream.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from stream.settings import Settings
 from stream.bootstrap import build_store
@@ -63,8 +64,7 @@ class Live:
 
     def create_topics(self) -> None:
         st = self.settings
-        create_topics(st.kafka_bootstrap, {st.topic_sessions: st.partitions, st.topic_commands: 1,
-                                           st.topic_dead_letter: 1})
+        create_topics(st.kafka_bootstrap, st.topics)
 
     def store(self):
         return build_store(self.settings)
@@ -73,10 +73,17 @@ class Live:
         store = self.store()
         return sum(store.offset(p) for p in range(self.settings.partitions))
 
+    def caught_up(self) -> bool:
+        """The warm stage applied every entry of every batch the predict stage committed."""
+        from stream.jobs import live_figures
+
+        return live_figures(self.settings, self.store(), Catalogue())["warm_caught_up"]
+
     def wait_applied(self, total: int, timeout: float = 120.0, workers=()) -> None:
+        """Both stages: every event applied by predict, every entry of it by warm."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.applied() >= total:
+            if self.applied() >= total and self.caught_up():
                 return
             for w in workers:
                 assert w.poll() is None, f"worker died: see {self.workdir}"
@@ -91,7 +98,8 @@ def make_live(kafka_port: int, redis_port: int, live_data, workdir: Path, **extr
     env = {"SKIPCACHE_APP_ID": f"skipcache-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka_port}",
            "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis_port}/0", "SKIPCACHE_REDIS_PREFIX": f"t{tag}",
            "SKIPCACHE_MODEL": str(out / "m.joblib"), "SKIPCACHE_DATA": str(out / "data"),
-           "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+           "SKIPCACHE_PARTITIONS": "1", "SKIPCACHE_WARM_PARTITIONS": "1", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+           "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
            "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
            "SKIPCACHE_BATCH_SIZE": "500", "SKIPCACHE_API_TOKEN": "s3cret", "SKIPCACHE_LOG_LEVEL": "info", **extra}
     live = Live(Settings.from_env(env), env, workdir)
@@ -112,8 +120,9 @@ def expected_figures(live_data, settings: Settings) -> dict:
                                     settings.transfer_cost, settings.cold_after_hours)
     p = settings.partitions
     policy = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
-    return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), shards=p,
-                    shard_of=lambda u: partition_of(u, p), progress=False)["policies"]["model"]
+    return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), partitions=p,
+                    user_partition=lambda u: partition_of(u, p), track_partition=lambda t: track_partition_of(t, p),
+                    progress=False)["policies"]["model"]
 
 
 COMPARED = ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions", "evictions")

@@ -31,7 +31,7 @@ def _health(port: int) -> tuple[int | None, dict]:
 
 
 def _assert_uninterrupted(live, live_data) -> None:
-    fig = live_figures(live.settings, live.settings.partitions)
+    fig = live_figures(live.settings)
     expected = expected_figures(live_data, live.settings)
     for key in COMPARED:
         assert fig[key] == expected[key], key

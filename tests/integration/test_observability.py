@@ -95,7 +95,7 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
 def main_status(live):
     from stream.jobs import live_figures
 
-    return live_figures(live.settings, live.settings.partitions)
+    return live_figures(live.settings)
 
 
 def test_ab_report_naive_vs_linear_svc(live, live_data, tmp_path):

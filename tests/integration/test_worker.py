@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def _figures(live):
-    return live_figures(live.settings, live.settings.partitions)
+    return live_figures(live.settings)
 
 
 def _assert_equal(fig, expected):

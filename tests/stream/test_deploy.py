@@ -26,7 +26,7 @@ def test_docker_compose_config_is_valid_and_needs_its_secrets():
     out = _compose("config", "-q", **secrets)
     assert out.returncode == 0, out.stderr
     services = _compose("config", "--services", **secrets).stdout.split()
-    assert set(services) >= {"kafka", "redis", "prometheus", "grafana", "worker", "replay"}
+    assert set(services) >= {"kafka", "redis", "prometheus", "grafana", "predict", "warm", "replay"}
     for missing in secrets:  # no default secret: without either, compose refuses and says which
         out = _compose("config", "-q", **{k: v for k, v in secrets.items() if k != missing})
         assert out.returncode != 0 and missing in out.stderr, out.stderr
@@ -49,7 +49,7 @@ def test_dashboard_uses_the_provisioned_datasource_and_metric_names():
     assert "/var/lib/grafana/dashboards" in (ROOT / "grafana" / "provisioning" / "dashboards" / "skipcache.yaml").read_text()
     for expr in expressions():
         assert "skipcache_" in expr
-    assert "worker:6066" in (ROOT / "prometheus.yml").read_text()
+    assert '"predict:6066", "warm:6066"' in (ROOT / "prometheus.yml").read_text()
     assert "SKIPCACHE_WEB_PORT: \"6066\"" in (ROOT / "docker-compose.yml").read_text()
 
 
