@@ -160,7 +160,7 @@ def test_oversized_bodies_get_413_unread_and_status_json(live, live_data, tmp_pa
             assert run.returncode == 0, run.stderr
             assert orjson.loads(out.read_bytes())
         status = orjson.loads((tmp_path / "status.json").read_bytes())
-        assert sum(status["offsets"].values()) == 3000 and status["predictions"] > 0
+        assert sum(status["offsets"]["predict"].values()) == 3000 and status["predictions"] > 0
     finally:
         worker.terminate()
         worker.wait(20)

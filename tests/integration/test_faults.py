@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from stream.jobs import live_figures
@@ -156,6 +157,28 @@ def test_redis_back_empty_is_noticed_and_rebuilt_from_the_topic(own_live, own_se
         _stop(worker)
 
 
+def _read_topic(bootstrap: str, topic: str, partitions: int) -> dict[int, list[bytes]]:
+    """Every record's value, by partition, in offset order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=3000, enable_auto_commit=False)
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.seek_to_beginning()
+    out: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+    for m in consumer:
+        assert m.offset == len(out[m.partition])
+        out[m.partition].append(m.value)
+    consumer.close()
+    return out
+
+
+def _write_topic(bootstrap: str, topic: str, records: dict[int, list[bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for p, values in records.items():
+        for value in values:
+            producer.send(topic, value=value, partition=p)
+    producer.flush()
+    producer.close()
+
+
 def test_broker_killed_and_restarted(own_live, own_servers, live_data):
     live, kafka = own_live, own_servers[0]
     _, _, events, _ = live_data
@@ -164,15 +187,18 @@ def test_broker_killed_and_restarted(own_live, own_servers, live_data):
     try:
         replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
         live.wait_applied(half, workers=[worker])
+        entries = _read_topic(live.settings.kafka_bootstrap, live.settings.topic_entries, live.settings.warm_partitions)
         _kill(kafka)
         _wait_until(lambda: _health(port)[0] == 503, what="/healthz to say 503")
         assert _health(port)[1]["dependencies"]["kafka"]["up"] is False
         time.sleep(3)
         assert worker.poll() is None, "the worker died with the broker"
         # Tansu keeps topics in memory: the restarted broker gets them again, with the same events
+        # (and the internal entries topic with the same records), as a durable Kafka would keep them
         restarted = start_tansu(port=kafka.port, workdir=kafka.workdir)
         own_servers[0].proc = restarted.proc
         live.create_topics()
+        _write_topic(live.settings.kafka_bootstrap, live.settings.topic_entries, entries)
         replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
         live.wait_applied(len(events), workers=[worker], timeout=120)
         _wait_until(lambda: _health(port)[0] == 200, what="/healthz back to 200")
