@@ -37,6 +37,20 @@ PENDING_HORIZON = 7 * 86400.0
 abandoned: live traffic without session_end markers would otherwise keep it forever."""
 
 
+def drop_abandoned(pending: dict, horizon: float) -> int:
+    """Drop from ``pending`` what has waited since before ``horizon``; return how many. Both
+    stages keep their pending plays in play order (a play first resolves its predecessor) with
+    the play's time at index 3, so the abandoned are at the front."""
+    dropped = 0
+    while pending:
+        key, entry = next(iter(pending.items()))
+        if entry[3] >= horizon:
+            break
+        del pending[key]
+        dropped += 1
+    return dropped
+
+
 class PredictionLedger:
     """Predictions waiting for their outcome, and the accuracy of those resolved, per column."""
 
@@ -81,19 +95,12 @@ class PredictionLedger:
                 f.labels.append(1 if full else 0)
 
     def _sweep(self, ts: float) -> None:
-        """Hourly (event time): drop what waited longer than the horizon. ``pending`` is in play
-        order (a play first resolves its predecessor), so the abandoned are at its front."""
+        """Hourly (event time): drop what waited longer than the horizon."""
         boundary = (ts // SWEEP_EVERY) * SWEEP_EVERY
         if self._next_sweep > -math.inf:
-            horizon = boundary - PENDING_HORIZON
-            pending = self.pending
-            while pending:
-                key, entry = next(iter(pending.items()))
-                if entry[3] >= horizon:
-                    break
-                del pending[key]
-                for f in self.figures.values():
-                    f.abandoned_predictions += 1
+            dropped = drop_abandoned(self.pending, boundary - PENDING_HORIZON)
+            for f in self.figures.values():
+                f.abandoned_predictions += dropped
         self._next_sweep = boundary + SWEEP_EVERY
 
     @classmethod
@@ -153,6 +160,7 @@ class Predictor:
         self.ledger = ledger if ledger is not None else PredictionLedger(
             [c for c in self.columns if c not in self.lookahead])
         self._ledger_at = [self.columns.index(c) for c in self.ledger.columns]
+        self._ahead_at = [self.columns.index(name) for name in self.lookahead]
 
     def process(self, events: Sequence[Event], seqs: Sequence[int]) -> Predicted:
         """``seqs``: each event's sequence number (its offset, or its index in the replay)."""
@@ -160,7 +168,7 @@ class Predictor:
         steps: list[tuple] = []
         rows: list[list[float]] = []
         up_rows: list[list[float]] = []
-        lookahead = list(self.lookahead.items())
+        lookahead = list(self.lookahead.values())
         ahead: list[list[float]] = []
         for e, seq in zip(events, seqs):
             resolved, row, up, play_no = observe(e)
@@ -170,7 +178,7 @@ class Predictor:
                     j = len(up_rows)
                     up_rows.append(up)
                     if lookahead:
-                        ahead.append([future(e.user_id, e.session_id, play_no + 1) for _, future in lookahead])
+                        ahead.append([future(e.user_id, e.session_id, play_no + 1) for future in lookahead])
                 steps.append((seq, e, resolved, len(rows), j, play_no))
                 rows.append(row)
             elif resolved:
@@ -201,8 +209,8 @@ class Predictor:
             if j >= 0:
                 nxt = [up_s[c][j] if c in up_s else up_s[variant][j] if c == AB else None for c in columns]
                 if lookahead:
-                    for (name, _), value in zip(lookahead, ahead[j]):
-                        nxt[columns.index(name)] = value
+                    for k, value in zip(self._ahead_at, ahead[j]):
+                        nxt[k] = value
                 entries.append((seq, UPCOMING, e.ts, e.next_track_id, variant, tuple(nxt)))
         out.outcomes = ledger.take_outcomes()
         return out

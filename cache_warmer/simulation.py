@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from functools import partial
+from functools import cache, partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -65,19 +65,6 @@ def model_policy_names(artifacts: Sequence[Artifact]) -> list[str]:
     return ["model"] + [f"model_{i + 2}" for i in range(len(artifacts) - 1)]
 
 
-def memoized(fn: Callable) -> Callable:
-    """``fn`` of a user or track id, computed once per id (partitioners hash in Python)."""
-    cache: dict = {}
-
-    def lookup(key):
-        value = cache.get(key)
-        if value is None:
-            value = cache[key] = fn(key)
-        return value
-
-    return lookup
-
-
 def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[Artifact],
              tier_config: TierConfig | None = None, policies: Sequence[CachePolicy] | None = None,
              threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
@@ -119,8 +106,9 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
     tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
     lookahead = {ORACLE: oracle_labels(events)} if any(p.scorer == ORACLE for p in policies) else None
     n = max(1, partitions)
-    user_partition = memoized(user_partition or (lambda user_id: user_id % n))
-    track_partition = memoized(track_partition or (lambda track: zlib.crc32(track.encode()) % n))
+    # once per id: partitioners hash in Python
+    user_partition = cache(user_partition or (lambda user_id: user_id % n))
+    track_partition = cache(track_partition or (lambda track: zlib.crc32(track.encode()) % n))
     columns = [*scorers, *([AB] if variant else []), *(lookahead or ())]
     predictors = [Predictor(FeatureEngine(catalogue, config), scorers, columns, lookahead, variant,
                             PredictionLedger([c for c in columns if c != ORACLE], count_from, keep_scores=True))

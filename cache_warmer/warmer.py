@@ -21,7 +21,7 @@ from .effects import BatchEffects
 from .entries import PLAY, UPCOMING
 from .figures import Figures
 from .policies import CachePolicy
-from .predictor import PENDING_HORIZON, SWEEP_EVERY
+from .predictor import PENDING_HORIZON, SWEEP_EVERY, drop_abandoned
 from .tiers import FAST, MEDIUM, SLOW, Move, TierState
 
 
@@ -99,19 +99,8 @@ class CacheWarmer:
                 if self.policy.manages:
                     self.tiers.demote_cold(boundary, self._moves)
                     self._apply_moves(ts, None)
-                self._drop_abandoned(boundary - PENDING_HORIZON)
+                self.tally.abandoned_plays += drop_abandoned(self.pending, boundary - PENDING_HORIZON)
             self._next_sweep = boundary + SWEEP_EVERY
-
-    def _drop_abandoned(self, horizon: float) -> None:
-        """``pending`` is in play-time order (a play first resolves its predecessor), so the
-        abandoned ones are at its front."""
-        pending = self.pending
-        while pending:
-            key, entry = next(iter(pending.items()))
-            if entry[3] >= horizon:
-                break
-            del pending[key]
-            self.tally.abandoned_plays += 1
 
     def apply(self, entries: Sequence[tuple]) -> None:
         """The predict stage's entries, in event-time order (``entries.py``)."""

@@ -10,13 +10,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, cached_property, partial
 
 import numpy as np
 
 from cache_warmer.experiment import AB, variant_of
 from cache_warmer.policies import ThresholdPolicy
-from cache_warmer.simulation import memoized
 from cache_warmer.tiers import TIER_NAMES, TierConfig
 from models.artifacts import Artifact, load
 from models.events import Catalogue
@@ -117,18 +116,23 @@ class Worker:
         threshold, fast = self.thresholds or (self.settings.threshold, self.settings.fast_threshold)
         return ThresholdPolicy("model", AB if self.artifact_b is not None else "A", threshold, fast)
 
+    @cached_property
+    def track_partition(self) -> Callable[[str], int]:
+        """A track's warm partition, hashed once per track for every runtime of this process."""
+        return cache(partial(track_partition_of, partitions=self.settings.warm_partitions))
+
     def predict_runtime(self, partition: int) -> PredictRuntime:
         s = self.settings
         scorers = {name: art.predict_full for name, art in self.variants.items()}
         return PredictRuntime(partition, self.store, self.catalogue, scorers, self.policy.scorer, self.engine_config,
-                              s.warm_partitions, memoized(partial(track_partition_of, partitions=s.warm_partitions)),
+                              s.warm_partitions, self.track_partition,
                               variant_of=self.variant if self.artifact_b is not None else None,
                               window=TimeWindow.from_date(s.earliest_event, s.max_ahead_seconds))
 
     def warm_runtime(self, partition: int) -> WarmRuntime:
-        n = self.settings.warm_partitions
+        owner = self.track_partition
         return WarmRuntime(partition, self.store.stage("warm"), self.catalogue, self.policy, self.tier_config,
-                           lambda track: track_partition_of(track, n) == partition, self.models)
+                           lambda track: owner(track) == partition, self.models)
 
     def refresh_thresholds(self) -> None:
         """Read the thresholds operators set in Redis and hand them to every partition."""

@@ -133,7 +133,8 @@ class PredictRuntime(PartitionRuntime):
         track the batch can read or update (they move with other partitions' commits)."""
         st = self.engine.state
         st.tracks.clear()
-        users = list({e.user_id for e in events} - st.users.keys())
+        batch_users = {e.user_id for e in events}
+        users = list(batch_users - st.users.keys())
         sessions = list({(e.user_id, e.session_id) for e in events} - st.sessions.keys())
         got_u, got_s, _ = self.store.fetch(self.partition, users, sessions, []) if users or sessions else ({}, {}, {})
         st.users.update(got_u)
@@ -144,7 +145,7 @@ class PredictRuntime(PartitionRuntime):
             st.sessions.update(self.store.fetch(self.partition, [], more, [])[1])
         tracks = {t for e in events for t in (e.track_id, e.next_track_id) if t}
         # resolving a pending play updates its track, which an earlier batch played
-        for uid in {e.user_id for e in events}:
+        for uid in batch_users:
             u = st.users.get(uid)
             for sid in (u[U_SESSION] if u is not None else ()):
                 rec = st.sessions.get((uid, sid))

@@ -4,8 +4,8 @@ cache commands for its tracks, so commands for a track come from one place and n
 
 Exactly once: a predict partition that crashed after publishing re-sends entries it had already
 sent. Each entry carries its source (sessions partition, offset); the warm partition keeps, per
-source partition, the highest offset it applied (``applied``) in the same blob and transaction as
-its placement, and drops entries at or below it.
+source partition, the highest offset it took in (``received``) in the same blob and transaction
+as its placement, and drops entries at or below it.
 
 Event time: entries of several predict partitions interleave here, each partition's in order but
 not the partitions with each other (one may be a batch or a rebalance behind, which in a replay
