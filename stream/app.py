@@ -307,17 +307,22 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         redis_ok()
         update_gauges(await worker())
 
+    def lag(topic: str, partition: int, next_offset: int) -> int | None:
+        """Records behind the fetch high-watermark; None before the first fetch."""
+        try:
+            high = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not fetched yet
+            return None
+        return None if high is None else max(0, high - next_offset)
+
     def lags(w: Worker) -> dict[str, int]:
         """``stage/partition`` -> records behind the fetch high-watermark."""
         out = {}
         for stage in w.stages.values():
             for part, rt in stage.runtimes.items():
-                try:
-                    high = app.consumer.highwater(TP(stage.topic, part))
-                except Exception:  # not fetched yet
-                    high = None
-                if high is not None:
-                    out[f"{stage.name}/{part}"] = max(0, high - rt.next_offset)
+                behind = lag(stage.topic, part, rt.next_offset)
+                if behind is not None:
+                    out[f"{stage.name}/{part}"] = behind
         return out
 
     def update_gauges(w: Worker) -> None:
@@ -357,11 +362,16 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         them; once a source goes quiet (idle), what it held back is released here."""
         w = holder["worker"]
         warm = w.stages.get("warm") if w is not None else None
-        if warm is None or not any(rt.queues and any(rt.queues.values()) for rt in warm.runtimes.values()):
+        if warm is None:
+            return
+        # only a partition that has read all there is can tell a silent source from its own lag
+        done = [rt for q, rt in list(warm.runtimes.items())
+                if any(rt.queues.values()) and lag(warm.topic, q, rt.next_offset) == 0]
+        if not done:
             return
         async with locks["warm"]:
             try:
-                result = await warm.checkpoint.run([(rt, []) for rt in list(warm.runtimes.values())])
+                result = await warm.checkpoint.run([(rt, []) for rt in done])
             except redis.RedisError as exc:
                 redis_failed(exc)  # the batch loop does the waiting and re-reading
                 return

@@ -132,7 +132,7 @@ class Worker:
     def warm_runtime(self, partition: int) -> WarmRuntime:
         owner = self.track_partition
         return WarmRuntime(partition, self.store.stage("warm"), self.catalogue, self.policy, self.tier_config,
-                           lambda track: owner(track) == partition, self.models)
+                           lambda track: owner(track) == partition, self.models, sources=self.settings.partitions)
 
     def refresh_thresholds(self) -> None:
         """Read the thresholds operators set in Redis and hand them to every partition."""

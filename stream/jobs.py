@@ -138,6 +138,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
     warmers = []
     received: dict[int, dict[str, int]] = {}  # warm partition -> source partition -> offset taken in
     queued = 0  # entries taken in, waiting for the watermark
+    late = 0  # entries applied behind event time already applied
     for q in range(settings.warm_partitions):
         w = CacheWarmer(policy, TierState(tiers, Catalogue()))
         blob = warm_store.blob(q)
@@ -146,6 +147,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
             load_warmer_state(w, state)
             received[q] = state["received"]
             queued += sum(len(entries) for entries in state["queues"].values())
+            late += state.get("late", 0)
         warmers.append(w)
     accuracy = []
     behind = 0
@@ -158,6 +160,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
     fig = policy_figures(warmers, accuracy)
     fig["warm_caught_up"] = behind == 0 and queued == 0  # every entry of every committed predict batch applied
     fig["warm_queued_entries"] = queued
+    fig["warm_late_entries"] = late
     fig["offsets"] = {"predict": {p: store.offset(p) for p in range(settings.partitions)},
                       "warm": {q: warm_store.offset(q) for q in range(settings.warm_partitions)}}
     fig["events_by_type"] = store.counters("events")

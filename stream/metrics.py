@@ -43,6 +43,8 @@ class WorkerMetrics:
                                        registry=r)
         self.duplicate_entries = Counter("skipcache_duplicate_entries", "Entries the warm stage dropped as already "
                                          "applied (re-sent by a predict batch replayed after a crash)", registry=r)
+        self.late_entries = Counter("skipcache_late_entries", "Entries the warm stage applied behind event time "
+                                    "it had already applied (their source was taken for idle)", registry=r)
         self.lag = Gauge("skipcache_consumer_lag", "Records behind the fetch high-watermark", ["stage", "partition"],
                          registry=r)
         self.model_info = Gauge("skipcache_model_info", "The model each variant serves (value 1)",
@@ -111,6 +113,8 @@ class WorkerMetrics:
             return
         if out.skipped_duplicates:
             self.duplicate_entries.inc(out.skipped_duplicates)
+        if out.late_entries:
+            self.late_entries.inc(out.late_entries)
         f = effects.figures
         self.plays.inc(f.plays)
         self.full_plays.inc(f.full_plays)

@@ -25,6 +25,8 @@ class BatchOutput:
     events: int = 0
     """Records of the input applied (events for predict, entries for warm)."""
     skipped_duplicates: int = 0
+    late_entries: int = 0
+    """Warm: entries applied behind event time already applied (a source taken for idle)."""
     publish: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
     """(sink, key, value, partition) to publish before the commit."""
     dead_letters: list[tuple[int, str, bytes]] = field(default_factory=list)  # offset, reason, raw

@@ -13,12 +13,18 @@ at full speed is hours of event time). So the warm partition merges them by even
 stream processor does with a watermark: each source's entries wait in its queue until every
 source's clock (every predict batch sends its clock to every warm partition) has passed them, and
 are applied in time order. A play then finds the placement as it was at its time, not as a faster
-partition's later promotions left it. A source is not waited for once it is idle: more than
-``IDLE_SOURCE_SECONDS`` of event time behind the newest, or silent for ``IDLE_WALL_SECONDS`` (the
-worker's timer releases what it held back then). With one source this changes nothing."""
+partition's later promotions left it. Every sessions partition is a source from the start, heard
+from or not. A source is not waited for once it is idle: silent for ``IDLE_WALL_SECONDS`` while
+others sent (judged by the messages' Kafka timestamps, so a warm stage that is itself behind does
+not take its own lag for silence), or while this partition has read all there is (the worker's
+timer asks then). Nor is anything held beyond ``MAX_QUEUED_ENTRIES`` (the oldest go). Entries
+applied behind what was already applied are counted (``late``), never dropped. With one source
+this changes nothing."""
 from __future__ import annotations
 
 import heapq
+import itertools
+import logging
 import math
 import time
 
@@ -34,8 +40,13 @@ from .entry_codec import decode
 from .partition_runtime import BatchOutput, PartitionRuntime
 from .store import Changes, PartitionStore
 
-IDLE_SOURCE_SECONDS = 86400.0
+log = logging.getLogger(__name__)
+
 IDLE_WALL_SECONDS = 10.0
+"""Well above a batch's wait (SKIPCACHE_BATCH_WITHIN) and clock skew between hosts. A source in a
+long rebalance can be silent longer: what it sends then comes late (counted)."""
+MAX_QUEUED_ENTRIES = 200_000
+"""About 30 MB held back (and written with every commit) while one source lags the others."""
 
 
 def command_record(decision, models: dict[str, str]) -> tuple[bytes, bytes]:
@@ -48,16 +59,20 @@ class WarmRuntime(PartitionRuntime):
     stage = "warm"
 
     def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, policy: CachePolicy,
-                 tier_config: TierConfig, owns, models: dict[str, str], count_from: float = -math.inf):
+                 tier_config: TierConfig, owns, models: dict[str, str], sources: int = 1,
+                 count_from: float = -math.inf):
         """``owns``: whether a track is this partition's; ``models``: variant -> model name,
-        written into every command."""
+        written into every command; ``sources``: the sessions topic's partitions."""
         self.catalogue = catalogue
         self.policy = policy
         self.tier_config = tier_config
         self.owns = owns
         self.models = models
         self.count_from = count_from
+        self.sources = sources
         self.idle_wall_seconds = IDLE_WALL_SECONDS
+        self.max_queued = MAX_QUEUED_ENTRIES
+        self.idle: set[int] = set()  # sources not waited for now (logged as they go and come back)
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
@@ -69,40 +84,63 @@ class WarmRuntime(PartitionRuntime):
         """Source partition -> the event time it has reached."""
         self.queues: dict[int, list] = {}
         """Source partition -> its entries taken in but not applied yet (ahead of the watermark)."""
+        self.applied_until = -math.inf
+        """The newest event time applied: an entry older than it is applied late (out of order)."""
+        self.late = 0
+        """Entries applied late so far: a source released as idle that was not, in fact."""
         if blob:
             state = orjson.loads(blob)
             load_warmer_state(self.warmer, state)
             self.received = {int(p): o for p, o in state["received"].items()}
             self.clocks = {int(p): t for p, t in state["clocks"].items()}
             self.queues = {int(p): q for p, q in state["queues"].items()}
-        self.heard = {p: time.monotonic() for p in self.clocks}  # when each source last sent (this process)
+            self.applied_until = state.get("applied_until", -math.inf)
+            self.late = state.get("late", 0)
+        self.heard: dict[int, float] = {}
+        """Source -> when it last sent (Kafka timestamp), since this partition was loaded."""
+        self.stream_time = -math.inf
+        """The newest Kafka timestamp read: "now" for a partition working through a backlog."""
+        self.since = time.time()
+        """When this partition began to listen (the first timestamp it read, else the wall clock):
+        a source not heard from since counts as heard then."""
+        self._listening = False
 
     def watermark(self, now: float | None = None) -> float:
-        """The slowest clock of the sources not idle: every entry up to it has arrived."""
-        if not self.clocks:
-            return -math.inf
-        now = time.monotonic() if now is None else now
-        newest = max(self.clocks.values())
-        waiting = [t for p, t in self.clocks.items()
-                   if newest - t <= IDLE_SOURCE_SECONDS and now - self.heard.get(p, now) < self.idle_wall_seconds]
-        return min(waiting) if waiting else newest
+        """The slowest clock of the sources not idle at ``now`` (default: stream time): every
+        entry up to it has arrived."""
+        now = self.stream_time if now is None else now
+        clocks, limit = self.clocks, self.idle_wall_seconds
+        heard = {p: self.heard.get(p, self.since) for p in range(max(self.sources, max(clocks, default=-1) + 1))}
+        idle = {p for p, t in heard.items() if now - t >= limit}
+        if idle != self.idle:
+            for p in sorted(idle - self.idle):
+                log.info("warm partition %d: sessions partition %d silent for %.0f s; not waiting for it",
+                         self.partition, p, now - heard[p])
+            for p in sorted(self.idle - idle):
+                log.info("warm partition %d: sessions partition %d sends again", self.partition, p)
+            self.idle = idle
+        waiting = [clocks.get(p, -math.inf) for p in heard if p not in idle]
+        if waiting:
+            return min(waiting)
+        return max(clocks.values(), default=-math.inf)
 
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
         self.policy = self.warmer.policy = self.policy.with_thresholds(threshold, fast_threshold)
 
     def process(self, records: list[tuple]) -> BatchOutput:
-        """With no records: release what idle sources no longer hold back (the worker's timer)."""
+        """With no records: the worker's timer, for a partition that has read everything there
+        is; release what sources silent since (wall clock) no longer hold back."""
         if records:
             return super().process(records)
         out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
         if any(self.queues.values()):
-            self._release(out)
+            self._release(out, time.time())
         return out
 
     def apply(self, records: list[tuple], out: BatchOutput) -> None:
-        received, clocks, queues = self.received, self.clocks, self.queues
-        now = time.monotonic()
-        for offset, value, *_ in records:
+        received, clocks, queues, heard = self.received, self.clocks, self.queues, self.heard
+        wall = time.time()
+        for offset, value, *kafka_ts in records:
             try:
                 src, clock, got = decode(value)
             except Rejected as r:
@@ -116,12 +154,22 @@ class WarmRuntime(PartitionRuntime):
                 received[src] = fresh[-1][0]
             if clock > clocks.get(src, -math.inf):
                 clocks[src] = clock
-            self.heard[src] = now
+            sent = kafka_ts[0] if kafka_ts and kafka_ts[0] else wall
+            if not self._listening:
+                self._listening, self.since = True, sent
+            if sent > heard.get(src, -math.inf):
+                heard[src] = sent
+            if sent > self.stream_time:
+                self.stream_time = sent
         self._release(out)
 
-    def _release(self, out: BatchOutput) -> None:
+    def _release(self, out: BatchOutput, now: float | None = None) -> None:
         """Apply, in event-time order, every queued entry the watermark has passed."""
-        mark = self.watermark()
+        mark = self.watermark(now)
+        queued = sum(len(q) for q in self.queues.values())
+        if queued > self.max_queued:  # a source lags too far to wait for: the oldest entries go
+            times = heapq.merge(*([e[2] for e in q] for q in self.queues.values()))
+            mark = max(mark, next(itertools.islice(times, queued - self.max_queued - 1, None)))
         ready = []
         for src, queue in self.queues.items():
             n = 0
@@ -132,6 +180,10 @@ class WarmRuntime(PartitionRuntime):
                 del queue[:n]
         if ready:
             entries = ready[0] if len(ready) == 1 else list(heapq.merge(*ready, key=_event_time))
+            if entries[0][2] < self.applied_until:
+                out.late_entries = sum(1 for e in entries if e[2] < self.applied_until)
+                self.late += out.late_entries
+            self.applied_until = max(self.applied_until, entries[-1][2])
             self.warmer.apply(entries)
             out.events += len(entries)
         if math.isfinite(mark):
@@ -144,6 +196,9 @@ class WarmRuntime(PartitionRuntime):
         state["received"] = {str(p): o for p, o in self.received.items()}
         state["clocks"] = {str(p): t for p, t in self.clocks.items()}
         state["queues"] = {str(p): q for p, q in self.queues.items() if q}
+        state["late"] = self.late
+        if math.isfinite(self.applied_until):
+            state["applied_until"] = self.applied_until
         rejected: dict[str, float] = {}
         for _, reason, _ in out.dead_letters:
             rejected[f"entries_{reason}"] = rejected.get(f"entries_{reason}", 0) + 1

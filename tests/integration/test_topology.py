@@ -6,7 +6,8 @@ and four entries partitions (warm, keyed by track) on a generated set of 1,000 u
   storage holds exactly what the warm stage's partitions hold. Since the warm stage's placement
   changes only by the commands it publishes, agreeing on every command's source tier means the
   storage and the warm stage agreed at every play.
-- The live figures are within half a point of `simulate` with the same four-and-four topology.
+- The live figures are within half a point of `simulate` with the same four-and-four topology:
+  the warm stage merges its four sources by event time, as the simulation's replay order does.
 - `simulate` with 1 and 16 partitions on the same set: the cache figures do not depend on it."""
 from __future__ import annotations
 
@@ -112,15 +113,13 @@ def test_a_storage_applying_the_commands_in_order_always_agrees_with_the_warm_st
     assert storage == held
 
 
-@pytest.mark.xfail(strict=False, reason="measured 1.3 points apart in hit ratio (0.901 live vs 0.888 simulate) on "
-                   "this set: the cause (watermark start-up before every source reported, or idle release) is "
-                   "not found yet; see issue 11's note")
 def test_four_and_four_partitions_are_within_half_a_point_of_simulate(four_by_four, big_data):
     live, fig = four_by_four
     expected = _simulate(big_data, live.settings, 4)
     assert fig["plays"] == expected["plays"] and fig["predictions"] == expected["predictions"]
     for key in ("hit_ratio", "full_play_hit_ratio", "accuracy"):
-        assert abs(fig[key] - expected[key]) < 0.005, (key, fig[key], expected[key])
+        # entries applied out of event time order (a source taken for idle) are what moves them apart
+        assert abs(fig[key] - expected[key]) < 0.005, (key, fig[key], expected[key], fig["warm_late_entries"])
 
 
 def test_simulate_cache_figures_do_not_depend_on_the_partitions(four_by_four, big_data):
