@@ -356,14 +356,29 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
                                              for p, rt in warm.runtimes.items()}
         return ready, body
 
+    async def sources_behind(w: Worker) -> set[int] | None:
+        """Sessions partitions holding records their predict stage has not committed (None: not
+        known now). A silent source among them is slow, not idle (``warm_runtime.py``)."""
+        tps = [TP(settings.topic_sessions, p) for p in range(settings.partitions)]
+        try:
+            ends = await asyncio.wait_for(app.consumer.highwaters(*tps), 2.0)
+            done = await redis_call(lambda: [w.store.offset(p) for p in range(settings.partitions)])
+        except Exception:  # the broker or Redis away: their own checks report it
+            return None
+        return {tp.partition for tp in tps if done[tp.partition] < ends.get(tp, 0)}
+
     @app.timer(1.0)
     async def release_idle_entries() -> None:
         """The warm stage holds entries back until every predict partition's clock has passed
         them; once a source goes quiet (idle), what it held back is released here."""
         w = holder["worker"]
         warm = w.stages.get("warm") if w is not None else None
-        if warm is None:
+        if warm is None or not warm.runtimes:
             return
+        behind = await sources_behind(w)
+        if behind is not None:
+            for rt in list(warm.runtimes.values()):
+                rt.behind = behind
         # only a partition that has read all there is can tell a silent source from its own lag
         done = [rt for q, rt in list(warm.runtimes.items())
                 if any(rt.queues.values()) and lag(warm.topic, q, rt.next_offset) == 0]

@@ -17,9 +17,11 @@ partition's later promotions left it. Every sessions partition is a source from 
 from or not. A source is not waited for once it is idle: silent for ``IDLE_WALL_SECONDS`` while
 others sent (judged by the messages' Kafka timestamps, so a warm stage that is itself behind does
 not take its own lag for silence), or while this partition has read all there is (the worker's
-timer asks then). Nor is anything held beyond ``MAX_QUEUED_ENTRIES`` (the oldest go). Entries
-applied behind what was already applied are counted (``late``), never dropped. With one source
-this changes nothing."""
+timer asks then). A silent source whose sessions partition still holds records its predict stage
+has not committed (``behind``, which the worker's timer reads) is slow, not idle: it is waited for
+up to ``BEHIND_WALL_SECONDS`` (a predict stage that is down must not stop the cache). Nor is
+anything held beyond ``MAX_QUEUED_ENTRIES`` (the oldest go). Entries applied behind what was
+already applied are counted (``late``), never dropped. With one source this changes nothing."""
 from __future__ import annotations
 
 import heapq
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 IDLE_WALL_SECONDS = 10.0
 """Well above a batch's wait (SKIPCACHE_BATCH_WITHIN) and clock skew between hosts. A source in a
 long rebalance can be silent longer: what it sends then comes late (counted)."""
+BEHIND_WALL_SECONDS = 60.0
 MAX_QUEUED_ENTRIES = 200_000
 """About 30 MB held back (and written with every commit) while one source lags the others."""
 
@@ -73,6 +76,9 @@ class WarmRuntime(PartitionRuntime):
         self.idle_wall_seconds = IDLE_WALL_SECONDS
         self.max_queued = MAX_QUEUED_ENTRIES
         self.idle: set[int] = set()  # sources not waited for now (logged as they go and come back)
+        self.behind: set[int] = set()
+        """Sources whose sessions partitions hold records not committed by predict (set by the
+        worker's timer; empty where nobody knows, e.g. the in-memory replay)."""
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
@@ -111,11 +117,13 @@ class WarmRuntime(PartitionRuntime):
         now = self.stream_time if now is None else now
         clocks, limit = self.clocks, self.idle_wall_seconds
         heard = {p: self.heard.get(p, self.since) for p in range(max(self.sources, max(clocks, default=-1) + 1))}
-        idle = {p for p, t in heard.items() if now - t >= limit}
+        behind = self.behind
+        idle = {p for p, t in heard.items()
+                if now - t >= (BEHIND_WALL_SECONDS if p in behind and limit else limit)}
         if idle != self.idle:
             for p in sorted(idle - self.idle):
-                log.info("warm partition %d: sessions partition %d silent for %.0f s; not waiting for it",
-                         self.partition, p, now - heard[p])
+                log.info("warm partition %d: sessions partition %d silent for %.0f s%s; not waiting for it",
+                         self.partition, p, now - heard[p], " with records not predicted" if p in behind else "")
             for p in sorted(self.idle - idle):
                 log.info("warm partition %d: sessions partition %d sends again", self.partition, p)
             self.idle = idle

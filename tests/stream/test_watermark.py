@@ -10,7 +10,7 @@ from cache_warmer.tiers import TierConfig
 from models.events import Catalogue
 from stream.entry_codec import encode
 from stream.stores.memory import MemoryStore
-from stream.warm_runtime import IDLE_WALL_SECONDS, WarmRuntime
+from stream.warm_runtime import BEHIND_WALL_SECONDS, IDLE_WALL_SECONDS, WarmRuntime
 
 
 
@@ -61,6 +61,17 @@ def test_a_source_silent_while_the_others_send_is_not_waited_for_and_its_straggl
     assert out.events == 3 and rt.idle == {1}
     straggler = topic.send(1, [15.0], IDLE_WALL_SECONDS + 2)  # it was only slow
     assert straggler.events == 1 and rt.late == 1 and rt.idle == set()  # applied, counted, waited for again
+
+
+def test_a_silent_source_with_records_not_predicted_is_slow_not_idle():
+    rt = _runtime()
+    topic = Topic(rt)
+    rt.behind = {1}  # the worker's timer saw sessions partition 1 hold records predict has not committed
+    topic.send(1, [1.0])
+    assert topic.send(0, [10.0], 1).events == 1
+    assert topic.send(0, [20.0], IDLE_WALL_SECONDS + 1).events == 0 and not rt.idle  # starved, not quiet
+    out = topic.send(0, [30.0], BEHIND_WALL_SECONDS + 1)  # a predict stage down must not stop the cache
+    assert out.events == 3 and rt.idle == {1}
 
 
 def test_a_backlog_read_late_is_not_taken_for_silence():
