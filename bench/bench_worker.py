@@ -45,6 +45,28 @@ def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
     return asyncio.run(run())
 
 
+def faust_floor_rate(bootstrap: str, topic: str, partitions: int, total: int, work: Path) -> float:
+    """What faust itself costs: ``faust_floor.py`` in its own process, as the worker runs."""
+    import subprocess
+    import sys
+
+    out = work / "faust-floor.json"
+    with open(work / "faust-floor.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("faust_floor.py")), bootstrap, topic,
+                                 str(partitions), str(total), str(out)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the faust floor run gave no figure; see {work / 'faust-floor.log'}")
+            time.sleep(0.2)
+        time.sleep(0.2)  # written whole
+        return orjson.loads(out.read_bytes())["rate"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=800)
@@ -52,6 +74,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="SKIPCACHE_BATCH_SIZE for the throughput run")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (2 partitions)")
+    ap.add_argument("--faust-floor", action="store_true", help="also time a do-nothing faust agent on the topic")
     args = ap.parse_args()
     from kafka import KafkaConsumer
     from stream.cli import main as cli
@@ -92,6 +115,9 @@ def main() -> None:
               f"(kafka-python, acks=1)")
         raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
         print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
+        if args.faust_floor:
+            floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work)
+            print(f"a do-nothing faust agent, take_events(1000, 0.2): {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
         store = build_store(st)
         workers = []
         for i in range(args.workers):

@@ -17,9 +17,11 @@ partition's later promotions left it. Every sessions partition is a source from 
 from or not. A source is not waited for once it is idle: silent for ``IDLE_WALL_SECONDS`` while
 others sent (judged by the messages' Kafka timestamps, so a warm stage that is itself behind does
 not take its own lag for silence), or while this partition has read all there is (the worker's
-timer asks then). A silent source whose sessions partition still holds records its predict stage
-has not committed (``behind``, which the worker's timer reads) is slow, not idle: it is waited for
-up to ``BEHIND_WALL_SECONDS`` (a predict stage that is down must not stop the cache). Nor is
+timer asks then). The timer also reads which sessions partitions hold records their predict stage
+has not committed (``behind``): a silent source among them is slow, not idle, and is waited for up
+to ``BEHIND_WALL_SECONDS`` (a predict stage that is down must not stop the cache); one not among
+them has sent all it has, and is not waited for after ``CAUGHT_UP_SECONDS`` (the end of a replay
+does not hold the last entries for ten seconds). Nor is
 anything held beyond ``MAX_QUEUED_ENTRIES`` (the oldest go). Entries applied behind what was
 already applied are counted (``late``), never dropped. With one source this changes nothing."""
 from __future__ import annotations
@@ -48,6 +50,8 @@ IDLE_WALL_SECONDS = 10.0
 """Well above a batch's wait (SKIPCACHE_BATCH_WITHIN) and clock skew between hosts. A source in a
 long rebalance can be silent longer: what it sends then comes late (counted)."""
 BEHIND_WALL_SECONDS = 60.0
+CAUGHT_UP_SECONDS = 2.0
+"""Above a batch's wait and the time from an event's produce to its predict batch's commit."""
 MAX_QUEUED_ENTRIES = 200_000
 """About 30 MB held back (and written with every commit) while one source lags the others."""
 
@@ -76,9 +80,9 @@ class WarmRuntime(PartitionRuntime):
         self.idle_wall_seconds = IDLE_WALL_SECONDS
         self.max_queued = MAX_QUEUED_ENTRIES
         self.idle: set[int] = set()  # sources not waited for now (logged as they go and come back)
-        self.behind: set[int] = set()
+        self.behind: set[int] | None = None
         """Sources whose sessions partitions hold records not committed by predict (set by the
-        worker's timer; empty where nobody knows, e.g. the in-memory replay)."""
+        worker's timer; None where nobody knows, e.g. the in-memory replay)."""
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
@@ -111,15 +115,16 @@ class WarmRuntime(PartitionRuntime):
         a source not heard from since counts as heard then."""
         self._listening = False
 
-    def watermark(self, now: float | None = None) -> float:
+    def watermark(self, now: float | None = None, drained: bool = False) -> float:
         """The slowest clock of the sources not idle at ``now`` (default: stream time): every
-        entry up to it has arrived."""
+        entry up to it has arrived. ``drained``: this partition has read all its topic holds."""
         now = self.stream_time if now is None else now
         clocks, limit = self.clocks, self.idle_wall_seconds
         heard = {p: self.heard.get(p, self.since) for p in range(max(self.sources, max(clocks, default=-1) + 1))}
-        behind = self.behind
-        idle = {p for p, t in heard.items()
-                if now - t >= (BEHIND_WALL_SECONDS if p in behind and limit else limit)}
+        behind = self.behind or set()
+        caught_up = min(limit, CAUGHT_UP_SECONDS) if drained and self.behind is not None else limit
+        slow = BEHIND_WALL_SECONDS if limit else 0.0
+        idle = {p for p, t in heard.items() if now - t >= (slow if p in behind else caught_up)}
         if idle != self.idle:
             for p in sorted(idle - self.idle):
                 log.info("warm partition %d: sessions partition %d silent for %.0f s%s; not waiting for it",
@@ -142,7 +147,7 @@ class WarmRuntime(PartitionRuntime):
             return super().process(records)
         out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
         if any(self.queues.values()):
-            self._release(out, time.time())
+            self._release(out, time.time(), drained=True)
         return out
 
     def apply(self, records: list[tuple], out: BatchOutput) -> None:
@@ -171,9 +176,9 @@ class WarmRuntime(PartitionRuntime):
                 self.stream_time = sent
         self._release(out)
 
-    def _release(self, out: BatchOutput, now: float | None = None) -> None:
+    def _release(self, out: BatchOutput, now: float | None = None, drained: bool = False) -> None:
         """Apply, in event-time order, every queued entry the watermark has passed."""
-        mark = self.watermark(now)
+        mark = self.watermark(now, drained)
         queued = sum(len(q) for q in self.queues.values())
         if queued > self.max_queued:  # a source lags too far to wait for: the oldest entries go
             times = heapq.merge(*([e[2] for e in q] for q in self.queues.values()))

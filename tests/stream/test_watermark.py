@@ -10,7 +10,7 @@ from cache_warmer.tiers import TierConfig
 from models.events import Catalogue
 from stream.entry_codec import encode
 from stream.stores.memory import MemoryStore
-from stream.warm_runtime import BEHIND_WALL_SECONDS, IDLE_WALL_SECONDS, WarmRuntime
+from stream.warm_runtime import BEHIND_WALL_SECONDS, CAUGHT_UP_SECONDS, IDLE_WALL_SECONDS, WarmRuntime
 
 
 
@@ -72,6 +72,18 @@ def test_a_silent_source_with_records_not_predicted_is_slow_not_idle():
     assert topic.send(0, [20.0], IDLE_WALL_SECONDS + 1).events == 0 and not rt.idle  # starved, not quiet
     out = topic.send(0, [30.0], BEHIND_WALL_SECONDS + 1)  # a predict stage down must not stop the cache
     assert out.events == 3 and rt.idle == {1}
+
+
+def test_once_read_to_the_end_a_source_that_sent_all_it_has_is_not_waited_for_long():
+    rt = _runtime()
+    topic = Topic(rt)
+    topic.send(1, [1.0])
+    topic.send(0, [10.0, 20.0], 1)
+    held = sum(len(q) for q in rt.queues.values())
+    rt.behind = set()  # the timer: predict committed every record of both sessions partitions
+    assert held == 2 and rt.process([]).events == 0  # partition 1 sent just now: a batch may be on its way
+    rt.since = rt.heard[0] = rt.heard[1] = time.time() - CAUGHT_UP_SECONDS  # (as if) quiet since
+    assert rt.process([]).events == 2 and rt.late == 0  # not the ten seconds of a source nobody knows about
 
 
 def test_a_backlog_read_late_is_not_taken_for_silence():
