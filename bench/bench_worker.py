@@ -73,18 +73,16 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--batch-size", type=int, default=None, help="SKIPCACHE_BATCH_SIZE for the throughput run")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (2 partitions)")
     ap.add_argument("--faust-floor", action="store_true", help="also time a do-nothing faust agent on the topic")
     args = ap.parse_args()
-    from kafka import KafkaConsumer
+    from models.replay import replay_order
     from stream.cli import main as cli
     from stream.files import read_dataset
-    from models.replay import replay_order
-    from stream.producer import make_producer, replay
-    from stream.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+    from stream.services import Stack, create_topics, free_port, start_redis, start_tansu
     from stream.settings import Settings
     from stream.synthetic import generate
-    from stream.bootstrap import build_store
 
     work = Path(tempfile.mkdtemp(prefix="skipcache-bench-worker-"))
     generate(work / "data", users=args.users, seed=9, profile="long", progress=False)
@@ -107,108 +105,122 @@ def main() -> None:
             create_topics(st.kafka_bootstrap, st.topics)
             return st, env
 
-        # ---- throughput: the topic is full before the worker starts --------------------------
-        st, env = settings_for(uuid.uuid4().hex[:6], **({"SKIPCACHE_BATCH_SIZE": str(args.batch_size)}
-                                                        if args.batch_size else {}))
-        summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False)
-        print(f"events: {len(events):,} ({args.users} users, long profile); produced at {summary.rate:,.0f} events/s "
-              f"(kafka-python, acks=1)")
-        raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
-        print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
-        if args.faust_floor:
-            floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work)
-            print(f"a do-nothing faust agent, take_events(1000, 0.2): {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
-        store = build_store(st)
-        workers = []
-        for i in range(args.workers):
-            port = free_port()
-            w = start_worker({**env, "SKIPCACHE_WEB_PORT": str(port)}, work / f"worker-throughput-{i}.log")
-            wait_http(f"http://127.0.0.1:{port}/healthz", proc=w)
-            workers.append(w)
-        if args.workers > 1:
-            time.sleep(8)  # wait for the group to settle with every member before measuring
-        from models.events import Catalogue
-        from stream.jobs import live_figures
-
-        first = None
-        while True:
-            applied = store.offset(0) + store.offset(1)
-            now = time.perf_counter()
-            if applied and first is None:
-                first = (now, applied)
-            if applied >= len(events):
-                break
-            time.sleep(0.05)
-        predicted = now
-        while not live_figures(st, store, Catalogue())["warm_caught_up"]:
-            time.sleep(0.05)
-        warmed = time.perf_counter()
-        fig = live_figures(st, store, Catalogue())
-        rate = (applied - first[1]) / (predicted - first[0])
-        end_to_end = (applied - first[1]) / (warmed - first[0])
-        print(f"skipcache worker, {args.workers} process(es), batch {st.batch_size}, both stages:")
-        print(f"  predict stage applied every event:              {rate:>10,.0f} events/s  ({rate / raw:.3f}x raw consume)")
-        print(f"  warm stage applied every entry (end to end):    {end_to_end:>10,.0f} events/s  "
-              f"({end_to_end / raw:.3f}x raw consume; the warm stage finished {warmed - predicted:.1f} s after predict)")
-        print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
-              f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
-              f"{fig['warm_late_entries']} entries applied out of event-time order")
-        for w in workers:
-            w.terminate()
-            w.wait(20)
+        if not args.skip_throughput:
+            throughput(args, events, settings_for, work)
         if args.skip_latency:
             return
-
-        # ---- latency at a steady 2,000 events/s ----------------------------------------------
-        st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN="0.05")
-        worker = start_worker(env, work / "worker-latency.log")
-        wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=worker)
-        time.sleep(3)
-        sent_at: dict[float, float] = {}
-        latencies: list[float] = []
-        stop = threading.Event()
-
-        def consume() -> None:
-            consumer = KafkaConsumer(st.topic_commands, bootstrap_servers=st.kafka_bootstrap,
-                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
-            while not stop.is_set():
-                for records in consumer.poll(timeout_ms=100).values():
-                    arrived = time.perf_counter()
-                    for m in records:
-                        d = orjson.loads(m.value)
-                        t = sent_at.get(d["time"])
-                        if t is not None and d["reason"] == "upcoming":
-                            latencies.append(arrived - t)
-            consumer.close()
-
-        thread = threading.Thread(target=consume, daemon=True)
-        thread.start()
-        producer = make_producer(st.kafka_bootstrap)
-        n = int(2000 * args.latency_seconds)
-        start = time.perf_counter()
-        from stream.kafka_io import user_key
-
-        for i, e in enumerate(events[:n]):
-            due = start + i / 2000.0
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            sent_at.setdefault(e.ts, time.perf_counter())
-            producer.send(st.topic_sessions, key=user_key(e.user_id), value=orjson.dumps(e.to_json()))
-            if i % 200 == 0:
-                producer.flush()
-        producer.flush()
-        achieved = n / (time.perf_counter() - start)
-        time.sleep(3)
-        stop.set()
-        thread.join()
-        worker.terminate()
-        worker.wait(20)
-        q = statistics.quantiles(latencies, n=100)
-        print(f"end-to-end latency, produce -> cache command consumed, at {achieved:,.0f} events/s "
-              f"({len(latencies):,} decisions, batch within 0.05 s): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+        latency(args, events, settings_for, work)
     finally:
         stack.stop()
+
+
+def throughput(args, events, settings_for, work: Path) -> None:
+    """The topic is full before the worker starts: events/s until both stages applied it all."""
+    from models.events import Catalogue
+    from stream.bootstrap import build_store
+    from stream.jobs import live_figures
+    from stream.producer import replay
+    from stream.services import free_port, start_worker, wait_http
+
+    st, env = settings_for(uuid.uuid4().hex[:6], **({"SKIPCACHE_BATCH_SIZE": str(args.batch_size)}
+                                                    if args.batch_size else {}))
+    summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False)
+    print(f"events: {len(events):,} ({args.users} users, long profile); produced at {summary.rate:,.0f} events/s "
+          f"(kafka-python, acks=1)")
+    raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
+    print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
+    if args.faust_floor:
+        floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work)
+        print(f"a do-nothing faust agent, take_events(1000, 0.2): {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
+    store = build_store(st)
+    workers = []
+    for i in range(args.workers):
+        port = free_port()
+        w = start_worker({**env, "SKIPCACHE_WEB_PORT": str(port)}, work / f"worker-throughput-{i}.log")
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=w)
+        workers.append(w)
+    if args.workers > 1:
+        time.sleep(8)  # wait for the group to settle with every member before measuring
+    first = None
+    while True:
+        applied = store.offset(0) + store.offset(1)
+        now = time.perf_counter()
+        if applied and first is None:
+            first = (now, applied)
+        if applied >= len(events):
+            break
+        time.sleep(0.05)
+    predicted = now
+    while not live_figures(st, store, Catalogue())["warm_caught_up"]:
+        time.sleep(0.05)
+    warmed = time.perf_counter()
+    fig = live_figures(st, store, Catalogue())
+    rate = (applied - first[1]) / (predicted - first[0])
+    end_to_end = (applied - first[1]) / (warmed - first[0])
+    print(f"skipcache worker, {args.workers} process(es), batch {st.batch_size}, both stages:")
+    print(f"  predict stage applied every event:              {rate:>10,.0f} events/s  ({rate / raw:.3f}x raw consume)")
+    print(f"  warm stage applied every entry (end to end):    {end_to_end:>10,.0f} events/s  "
+          f"({end_to_end / raw:.3f}x raw consume; the warm stage finished {warmed - predicted:.1f} s after predict)")
+    print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
+          f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
+          f"{fig['warm_late_entries']} entries applied out of event-time order")
+    for w in workers:
+        w.terminate()
+        w.wait(20)
+
+
+def latency(args, events, settings_for, work: Path) -> None:
+    """Produce -> cache command consumed, at a steady 2,000 events/s."""
+    from kafka import KafkaConsumer
+    from stream.kafka_io import user_key
+    from stream.producer import make_producer
+    from stream.services import start_worker, wait_http
+
+    st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN="0.05")
+    worker = start_worker(env, work / "worker-latency.log")
+    wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=worker)
+    time.sleep(3)
+    sent_at: dict[float, float] = {}
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        consumer = KafkaConsumer(st.topic_commands, bootstrap_servers=st.kafka_bootstrap,
+                                 auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=100).values():
+                arrived = time.perf_counter()
+                for m in records:
+                    d = orjson.loads(m.value)
+                    t = sent_at.get(d["time"])
+                    if t is not None and d["reason"] == "upcoming":
+                        latencies.append(arrived - t)
+        consumer.close()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    producer = make_producer(st.kafka_bootstrap)
+    n = int(2000 * args.latency_seconds)
+    start = time.perf_counter()
+    for i, e in enumerate(events[:n]):
+        due = start + i / 2000.0
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent_at.setdefault(e.ts, time.perf_counter())
+        producer.send(st.topic_sessions, key=user_key(e.user_id), value=orjson.dumps(e.to_json()))
+        if i % 200 == 0:
+            producer.flush()
+    producer.flush()
+    achieved = n / (time.perf_counter() - start)
+    time.sleep(3)
+    stop.set()
+    thread.join()
+    worker.terminate()
+    worker.wait(20)
+    q = statistics.quantiles(latencies, n=100)
+    print(f"end-to-end latency, produce -> cache command consumed, at {achieved:,.0f} events/s "
+          f"({len(latencies):,} decisions, batch within 0.05 s): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -373,15 +373,18 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         them; once a source goes quiet (idle), what it held back is released here."""
         w = holder["worker"]
         warm = w.stages.get("warm") if w is not None else None
-        if warm is None or not warm.runtimes:
+        if warm is None:
+            return
+        now = time.time()
+        waiting = {q: rt for q, rt in list(warm.runtimes.items()) if rt.waits_on_quiet_source(now)}
+        if not waiting:  # a steady flow: the batches themselves move the watermark
             return
         behind = await sources_behind(w)
         if behind is not None:
-            for rt in list(warm.runtimes.values()):
+            for rt in warm.runtimes.values():
                 rt.behind = behind
         # only a partition that has read all there is can tell a silent source from its own lag
-        done = [rt for q, rt in list(warm.runtimes.items())
-                if any(rt.queues.values()) and lag(warm.topic, q, rt.next_offset) == 0]
+        done = [rt for q, rt in waiting.items() if lag(warm.topic, q, rt.next_offset) == 0]
         if not done:
             return
         async with locks["warm"]:

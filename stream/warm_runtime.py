@@ -137,6 +137,15 @@ class WarmRuntime(PartitionRuntime):
             return min(waiting)
         return max(clocks.values(), default=-math.inf)
 
+    def waits_on_quiet_source(self, now: float) -> bool:
+        """Entries held back while a source has been quiet for ``CAUGHT_UP_SECONDS``: only then
+        does the worker need to know which sources are behind (reading it costs the consumer)."""
+        if not any(self.queues.values()):
+            return False
+        since = self.since
+        return any(now - self.heard.get(p, since) >= CAUGHT_UP_SECONDS
+                   for p in range(max(self.sources, max(self.clocks, default=-1) + 1)))
+
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
         self.policy = self.warmer.policy = self.policy.with_thresholds(threshold, fast_threshold)
 

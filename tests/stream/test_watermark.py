@@ -82,7 +82,9 @@ def test_once_read_to_the_end_a_source_that_sent_all_it_has_is_not_waited_for_lo
     held = sum(len(q) for q in rt.queues.values())
     rt.behind = set()  # the timer: predict committed every record of both sessions partitions
     assert held == 2 and rt.process([]).events == 0  # partition 1 sent just now: a batch may be on its way
+    assert not rt.waits_on_quiet_source(time.time())  # the worker's timer leaves a steady flow alone
     rt.since = rt.heard[0] = rt.heard[1] = time.time() - CAUGHT_UP_SECONDS  # (as if) quiet since
+    assert rt.waits_on_quiet_source(time.time())
     assert rt.process([]).events == 2 and rt.late == 0  # not the ten seconds of a source nobody knows about
 
 
