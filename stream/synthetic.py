@@ -141,7 +141,9 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                 prev_skipped = False
                 for _ in range(n_plays):
                     if prof.signal and rnd.random() < 0.65:
-                        ids, gcum = genre_cum[rnd.choice(tuple(user_favs[u]))]
+                        # from the list: a set's order follows the string hash seed, so one seed
+                        # would not give one data set
+                        ids, gcum = genre_cum[rnd.choice(user_rows[u]["favourite_genres"])]
                         i = ids[bisect.bisect_left(gcum, rnd.random() * gcum[-1])]
                     else:
                         i = bisect.bisect_left(cum, rnd.random() * cum[-1])

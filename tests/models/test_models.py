@@ -1,5 +1,9 @@
 """The acceptance numbers of the foundation, as tests on generated data."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +44,16 @@ def test_generator_is_deterministic(tmp_path):
         a = (tmp_path / "a" / f"{name}.jsonl").read_bytes()
         assert a == (tmp_path / "b" / f"{name}.jsonl").read_bytes()
     assert (tmp_path / "a" / "sessions.jsonl").read_bytes() != (tmp_path / "c" / "sessions.jsonl").read_bytes()
+
+
+def test_generator_does_not_depend_on_the_string_hash_seed(tmp_path):
+    code = ("import sys, pathlib; from stream.synthetic import generate; "
+            "generate(pathlib.Path(sys.argv[1]), users=20, seed=4, profile='long', progress=False)")
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, cwd=Path(__file__).resolve().parents[2])
+    for name in ("sessions", "track_storage"):
+        assert (tmp_path / "1" / f"{name}.jsonl").read_bytes() == (tmp_path / "2" / f"{name}.jsonl").read_bytes()
 
 
 def test_train_saves_metadata_and_refuses_other_features(small_long_data, tmp_path, capsys):
