@@ -21,9 +21,9 @@ timer asks then). The timer also reads which sessions partitions hold records th
 has not committed (``behind``): a silent source among them is slow, not idle, and is waited for up
 to ``BEHIND_WALL_SECONDS`` (a predict stage that is down must not stop the cache); one not among
 them has sent all it has, and is not waited for after ``CAUGHT_UP_SECONDS`` (the end of a replay
-does not hold the last entries for ten seconds). Nor is
-anything held beyond ``MAX_QUEUED_ENTRIES`` (the oldest go). Entries applied behind what was
-already applied are counted (``late``), never dropped. With one source this changes nothing."""
+does not hold the last entries for ten seconds). Nor is anything held beyond
+``MAX_QUEUED_ENTRIES`` (the oldest go). Entries applied behind what was already applied are
+counted (``late``), never dropped. With one source this changes nothing."""
 from __future__ import annotations
 
 import heapq
@@ -50,6 +50,7 @@ IDLE_WALL_SECONDS = 10.0
 """Well above a batch's wait (SKIPCACHE_BATCH_WITHIN) and clock skew between hosts. A source in a
 long rebalance can be silent longer: what it sends then comes late (counted)."""
 BEHIND_WALL_SECONDS = 60.0
+"""How long a silent source with records not predicted yet is waited for (a predict stage down)."""
 CAUGHT_UP_SECONDS = 2.0
 """Above a batch's wait and the time from an event's produce to its predict batch's commit."""
 MAX_QUEUED_ENTRIES = 200_000
@@ -113,14 +114,13 @@ class WarmRuntime(PartitionRuntime):
         self.since = time.time()
         """When this partition began to listen (the first timestamp it read, else the wall clock):
         a source not heard from since counts as heard then."""
-        self._listening = False
 
     def watermark(self, now: float | None = None, drained: bool = False) -> float:
         """The slowest clock of the sources not idle at ``now`` (default: stream time): every
         entry up to it has arrived. ``drained``: this partition has read all its topic holds."""
         now = self.stream_time if now is None else now
         clocks, limit = self.clocks, self.idle_wall_seconds
-        heard = {p: self.heard.get(p, self.since) for p in range(max(self.sources, max(clocks, default=-1) + 1))}
+        heard = self._last_heard()
         behind = self.behind or set()
         caught_up = min(limit, CAUGHT_UP_SECONDS) if drained and self.behind is not None else limit
         slow = BEHIND_WALL_SECONDS if limit else 0.0
@@ -140,11 +140,12 @@ class WarmRuntime(PartitionRuntime):
     def waits_on_quiet_source(self, now: float) -> bool:
         """Entries held back while a source has been quiet for ``CAUGHT_UP_SECONDS``: only then
         does the worker need to know which sources are behind (reading it costs the consumer)."""
-        if not any(self.queues.values()):
-            return False
-        since = self.since
-        return any(now - self.heard.get(p, since) >= CAUGHT_UP_SECONDS
-                   for p in range(max(self.sources, max(self.clocks, default=-1) + 1)))
+        return any(self.queues.values()) and any(now - t >= CAUGHT_UP_SECONDS for t in self._last_heard().values())
+
+    def _last_heard(self) -> dict[int, float]:
+        """Every source (each sessions partition, and any other that sent) -> when it last sent."""
+        heard, since = self.heard, self.since
+        return {p: heard.get(p, since) for p in range(max(self.sources, max(self.clocks, default=-1) + 1))}
 
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
         self.policy = self.warmer.policy = self.policy.with_thresholds(threshold, fast_threshold)
@@ -177,8 +178,8 @@ class WarmRuntime(PartitionRuntime):
             if clock > clocks.get(src, -math.inf):
                 clocks[src] = clock
             sent = kafka_ts[0] if kafka_ts and kafka_ts[0] else wall
-            if not self._listening:
-                self._listening, self.since = True, sent
+            if self.stream_time == -math.inf:  # the first message read since loading
+                self.since = sent
             if sent > heard.get(src, -math.inf):
                 heard[src] = sent
             if sent > self.stream_time:
