@@ -33,7 +33,7 @@ def main() -> None:
     from stream.cli import main as cli
     from stream.files import read_dataset
     from stream.producer import replay
-    from stream.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
     from stream.settings import Settings
     from stream.bootstrap import build_store
 

@@ -80,7 +80,7 @@ def main() -> None:
     from models.replay import replay_order
     from stream.cli import main as cli
     from stream.files import read_dataset
-    from stream.services import Stack, create_topics, free_port, start_redis, start_tansu
+    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu
     from stream.settings import Settings
     from stream.synthetic import generate
 
@@ -118,9 +118,9 @@ def throughput(args, events, settings_for, work: Path) -> None:
     """The topic is full before the worker starts: events/s until both stages applied it all."""
     from models.events import Catalogue
     from stream.bootstrap import build_store
-    from stream.jobs import live_figures
+    from stream.cli.jobs import live_figures
     from stream.producer import replay
-    from stream.services import free_port, start_worker, wait_http
+    from stream.cli.services import free_port, start_worker, wait_http
 
     st, env = settings_for(uuid.uuid4().hex[:6], **({"SKIPCACHE_BATCH_SIZE": str(args.batch_size)}
                                                     if args.batch_size else {}))
@@ -174,7 +174,7 @@ def latency(args, events, settings_for, work: Path) -> None:
     from kafka import KafkaConsumer
     from stream.kafka_io import user_key
     from stream.producer import make_producer
-    from stream.services import start_worker, wait_http
+    from stream.cli.services import start_worker, wait_http
 
     st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN="0.05")
     worker = start_worker(env, work / "worker-latency.log")

@@ -23,15 +23,15 @@ from models.features import EngineConfig, FeatureEngine
 from models.parsing import TimeWindow
 from models.state import U_SESSION, U_TS, State
 
-from .checkpoint import Checkpoint, Sensor
-from .kafka_io import partition_of, track_partition_of
-from .partition_runtime import PartitionRuntime
-from .predict_runtime import PredictRuntime
-from .warm_runtime import WarmRuntime
-from .settings import Settings
-from .store import StateStore
-from .sinks import KafkaSink, SharedProducer, Sink
-from .stores import store_from_url
+from stream.worker.checkpoint import Checkpoint, Sensor
+from stream.kafka_io import partition_of, track_partition_of
+from stream.worker.stages.partition import PartitionRuntime
+from stream.worker.stages.predict import PredictRuntime
+from stream.worker.stages.warm import WarmRuntime
+from stream.settings import Settings
+from stream.store import StateStore
+from stream.sinks import KafkaSink, SharedProducer, Sink
+from stream.stores import store_from_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def load_catalogue(settings: Settings) -> Catalogue:
     if not settings.data_dir:
         log.warning("SKIPCACHE_DATA is not set: no catalogue (users, tracks, artists, storage)")
         return Catalogue()
-    from .files import read_catalogue
+    from stream.files import read_catalogue
 
     return read_catalogue(settings.data_dir).catalogue
 

@@ -7,7 +7,7 @@ from models.events import PLAY, iso_utc
 from models.labels import label_session
 from models.rejections import Rejections
 
-from .files import Dataset
+from stream.files import Dataset
 
 
 def summarize_export(ds: Dataset) -> dict:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from models.events import Event
 
-from .kafka_io import user_key
+from stream.kafka_io import user_key
 
 
 @dataclass

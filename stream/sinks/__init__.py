@@ -2,9 +2,9 @@
 ``sink.py``). Adding one: subclass ``Sink`` with a ``kind`` and a ``flush``, add it here."""
 from __future__ import annotations
 
-from .kafka_topic import KafkaSink, SharedProducer
-from .record_list import ListSink
-from .sink import Record, Sink
+from stream.sinks.kafka_topic import KafkaSink, SharedProducer
+from stream.sinks.record_list import ListSink
+from stream.sinks.sink import Record, Sink
 
 SINKS: dict[str, type[Sink]] = {KafkaSink.kind: KafkaSink, ListSink.kind: ListSink}
 

@@ -13,7 +13,7 @@ import itertools
 from aiokafka import AIOKafkaProducer
 from kafka.partitioner.default import murmur2
 
-from .sink import Record, Sink
+from stream.sinks.sink import Record, Sink
 
 
 class SharedProducer:

@@ -1,7 +1,7 @@
 """A sink that keeps what it was given in a list: the simulation's and the tests' Kafka."""
 from __future__ import annotations
 
-from .sink import Record, Sink
+from stream.sinks.sink import Record, Sink
 
 
 class ListSink(Sink):

@@ -8,7 +8,7 @@ from cache_warmer.policies import POLICIES, CachePolicy, Want, make_policy, regi
 from cache_warmer.simulation import simulate
 from cache_warmer.tiers import FAST, TierConfig
 from models.artifacts import load
-from stream.jobs import load_replay, train_model
+from stream.cli.jobs import load_replay, train_model
 
 
 @dataclass(frozen=True)

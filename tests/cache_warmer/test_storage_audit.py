@@ -8,7 +8,7 @@ from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from cache_warmer.tiers import TierConfig
 from models.artifacts import load
-from stream.jobs import load_replay, train_model
+from stream.cli.jobs import load_replay, train_model
 from stream.kafka_io import partition_of, track_partition_of
 
 

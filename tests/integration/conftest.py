@@ -21,7 +21,7 @@ from stream.cli import main
 from stream.files import read_dataset
 from stream.kafka_io import partition_of, track_partition_of
 from models.events import Catalogue
-from stream.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+from stream.cli.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from stream.settings import Settings
 from stream.bootstrap import build_store
 from stream.synthetic import generate
@@ -75,7 +75,7 @@ class Live:
 
     def caught_up(self) -> bool:
         """The warm stage applied every entry of every batch the predict stage committed."""
-        from stream.jobs import live_figures
+        from stream.cli.jobs import live_figures
 
         return live_figures(self.settings, self.store(), Catalogue())["warm_caught_up"]
 

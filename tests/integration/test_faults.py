@@ -14,11 +14,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from stream.jobs import live_figures
+from stream.cli.jobs import live_figures
 from stream.producer import replay
-from stream.services import start_redis, start_tansu
+from stream.cli.services import start_redis, start_tansu
 
-from .conftest import COMPARED, expected_figures, make_live
+from tests.integration.conftest import COMPARED, expected_figures, make_live
 
 pytestmark = pytest.mark.integration
 

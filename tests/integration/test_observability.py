@@ -19,9 +19,9 @@ import pytest
 from cache_warmer.experiment import variant_of
 from models.evaluation import build_table
 from stream.cli import main
-from stream.dashboard import expressions
+from stream.cli.dashboard import expressions
 from stream.producer import make_producer, replay
-from stream.services import free_port, wait_for_port
+from stream.cli.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,7 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
 
 
 def main_status(live):
-    from stream.jobs import live_figures
+    from stream.cli.jobs import live_figures
 
     return live_figures(live.settings)
 
@@ -105,7 +105,7 @@ def test_ab_report_naive_vs_linear_svc(live, live_data, tmp_path):
     live.env.update(SKIPCACHE_MODEL=str(naive), SKIPCACHE_MODEL_B=str(out / "m.joblib"), SKIPCACHE_AB_SHARE_B="0.5",
                     SKIPCACHE_PARTITIONS="1")
     from stream.settings import Settings
-    from stream.services import create_topics
+    from stream.cli.services import create_topics
 
     live.settings = Settings.from_env(live.env)
     tag = live.env["SKIPCACHE_APP_ID"]

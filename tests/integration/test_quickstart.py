@@ -13,7 +13,7 @@ import pytest
 
 from stream.files import read_dataset
 from stream.export_summary import summarize_export
-from stream.services import redis_binary, tansu_binary
+from stream.cli.services import redis_binary, tansu_binary
 from stream.synthetic import generate
 
 pytestmark = pytest.mark.integration

@@ -22,12 +22,12 @@ from models.artifacts import load
 from models.replay import replay_order
 from stream.cli import main
 from stream.files import read_dataset
-from stream.jobs import live_figures
+from stream.cli.jobs import live_figures
 from stream.kafka_io import partition_of, track_partition_of
 from stream.producer import replay
 from stream.synthetic import generate
 
-from .conftest import make_live
+from tests.integration.conftest import make_live
 
 pytestmark = pytest.mark.integration
 USERS = 1000

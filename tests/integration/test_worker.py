@@ -11,10 +11,10 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from stream.jobs import live_figures
+from stream.cli.jobs import live_figures
 from stream.producer import make_producer, replay
 
-from .conftest import COMPARED, expected_figures
+from tests.integration.conftest import COMPARED, expected_figures
 
 pytestmark = pytest.mark.integration
 

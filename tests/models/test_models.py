@@ -85,7 +85,7 @@ def test_evaluate_cli_json_shape(small_long_data, tmp_path, capsys):
 
 
 def test_unknown_model_is_a_clear_error(small_long_data, capsys):
-    from stream.jobs import evaluate_models
+    from stream.cli.jobs import evaluate_models
 
     with pytest.raises(ValueError, match="unknown model"):
         evaluate_models(small_long_data, ["gpt"])

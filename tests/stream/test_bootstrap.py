@@ -8,10 +8,10 @@ from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
 from models.artifacts import load
 from stream.bootstrap import build_store, build_worker
-from stream.jobs import live_figures, load_replay, train_model
+from stream.cli.jobs import live_figures, load_replay, train_model
 from stream.settings import Settings
 from stream.stores.memory import MemoryStore
-from stream.worker_replay import list_sinks, replay_in_memory
+from stream.worker.in_memory import list_sinks, replay_in_memory
 
 
 def test_the_worker_is_built_from_the_parts_handed_in(small_long_data, tmp_path):

@@ -11,12 +11,12 @@ from cache_warmer.simulation import simulate
 from models.artifacts import load
 from stream.bootstrap import build_worker, tier_config_for
 from stream.kafka_io import partition_of, track_partition_of
-from stream.jobs import live_figures, load_replay, train_model
+from stream.cli.jobs import live_figures, load_replay, train_model
 from stream.settings import Settings
 from stream.sinks import ListSink
 from stream.store import Changes
 from stream.stores.memory import MemoryStore
-from stream.worker_replay import list_sinks, partition_records, replay_in_memory
+from stream.worker.in_memory import list_sinks, partition_records, replay_in_memory
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(pa
     predict = worker.stages["predict"]
     errors = []
     predict.checkpoint.on_flush_error = errors.append
-    monkeypatch.setattr("stream.checkpoint.FLUSH_BACKOFF.compute", lambda attempt: 0.0)
+    monkeypatch.setattr("stream.worker.checkpoint.FLUSH_BACKOFF.compute", lambda attempt: 0.0)
     store = worker.store
     committed_at_flush = []
     original = ListSink.flush

@@ -23,7 +23,7 @@ def test_every_offline_command_writes_its_json(small_long_data, tmp_path):
 
 
 def test_commands_that_need_redis_say_so_when_it_is_away(monkeypatch, capsys):
-    from stream.services import free_port
+    from stream.cli.services import free_port
 
     monkeypatch.setenv("SKIPCACHE_REDIS", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     for command in (["status"], ["ab-report"], ["threshold", "show"]):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.dashboard import build, expressions
+from stream.cli.dashboard import build, expressions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ def test_dashboard_uses_the_provisioned_datasource_and_metric_names():
 
 
 def test_metric_names_follow_prometheus_conventions():
-    from stream.metrics import WorkerMetrics
+    from stream.worker.metrics import WorkerMetrics
 
     m = WorkerMetrics()
     for metric in m.registry.collect():

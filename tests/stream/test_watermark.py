@@ -8,9 +8,9 @@ from cache_warmer.entries import PLAY
 from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.tiers import TierConfig
 from models.events import Catalogue
-from stream.entry_codec import encode
+from stream.worker.stages.entry_codec import encode
 from stream.stores.memory import MemoryStore
-from stream.warm_runtime import BEHIND_WALL_SECONDS, CAUGHT_UP_SECONDS, IDLE_WALL_SECONDS, WarmRuntime
+from stream.worker.stages.warm import BEHIND_WALL_SECONDS, CAUGHT_UP_SECONDS, IDLE_WALL_SECONDS, WarmRuntime
 
 
 

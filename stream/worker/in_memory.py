@@ -13,10 +13,10 @@ import orjson
 
 from models.events import Event
 
-from .bootstrap import Worker
-from .checkpoint import CheckpointResult
-from .kafka_io import partition_of
-from .sinks import ListSink
+from stream.bootstrap import Worker
+from stream.worker.checkpoint import CheckpointResult
+from stream.kafka_io import partition_of
+from stream.sinks import ListSink
 
 
 def partition_records(events: Sequence[Event], partitions: int) -> dict[int, list[tuple[int, bytes]]]:

@@ -2,7 +2,7 @@
 
 Per batch: drop what was already applied (offset below the stored one), refuse a hole, let the
 stage apply the unbroken run (``predict_runtime.py``, ``warm_runtime.py``), and hand back what to
-publish and the changes to commit. ``stream/checkpoint.py`` publishes and flushes first, then
+publish and the changes to commit. ``stream/worker/checkpoint.py`` publishes and flushes first, then
 commits state and offset together: at-least-once records, exactly-once state."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from cache_warmer.effects import BatchEffects, Outcome
 
-from .store import Changes, PartitionStore
+from stream.store import Changes, PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class PartitionRuntime:
         raise NotImplementedError
 
     def start_at(self, offset: int) -> None:
-        """Where a partition the store held nothing for starts (see stream/positions.py); a
+        """Where a partition the store held nothing for starts (see stream/worker/positions.py); a
         rolled-back one keeps the store's offset."""
         self.next_offset = self.store.init_offset(self.partition, offset)
 

@@ -23,9 +23,9 @@ from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected, Rejections
 from models.state import S_PENDING_TRACK, State, U_SESSION
 
-from .entry_codec import encode
-from .partition_runtime import BatchOutput, PartitionRuntime
-from .store import Changes, PartitionStore
+from stream.worker.stages.entry_codec import encode
+from stream.worker.stages.partition import BatchOutput, PartitionRuntime
+from stream.store import Changes, PartitionStore
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000

@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import generate_export, live_figures, load_replay, train_model
-from .producer import replay
-from .reports import render_generated, render_status, render_training
-from .services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
-from .settings import Settings
-from .bootstrap import build_store, load_catalogue
+from stream.cli.jobs import generate_export, live_figures, load_replay, train_model
+from stream.producer import replay
+from stream.cli.reports import render_generated, render_status, render_training
+from stream.cli.services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+from stream.settings import Settings
+from stream.bootstrap import build_store, load_catalogue
 
 
 @dataclass(frozen=True)

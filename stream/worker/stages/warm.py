@@ -40,9 +40,9 @@ from cache_warmer.warmer import CacheWarmer, load_warmer_state, warmer_state
 from models.events import Catalogue
 from models.rejections import Rejected
 
-from .entry_codec import decode
-from .partition_runtime import BatchOutput, PartitionRuntime
-from .store import Changes, PartitionStore
+from stream.worker.stages.entry_codec import decode
+from stream.worker.stages.partition import BatchOutput, PartitionRuntime
+from stream.store import Changes, PartitionStore
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import redis
 
 from models.parsing import TRACK_ID_LEN
 
-from .settings import Settings
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Text for people: what each job's result looks like on a terminal (``stream/jobs.py`` makes
+"""Text for people: what each job's result looks like on a terminal (``stream/cli/jobs.py`` makes
 the results; the CLI prints these)."""
 from __future__ import annotations
 

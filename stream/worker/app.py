@@ -7,10 +7,10 @@ Two stages, each an agent (``SKIPCACHE_STAGE`` picks one or both; both by defaul
 - **warm** consumes the entries topic (keyed by track): the one placement of its tracks, the
   policy, eviction and cache figures; it publishes pozytywka.cache-commands.
 Each stage flushes what it publishes, then commits its state and the partition's offset in one
-Redis transaction (``stream/checkpoint.py``).
+Redis transaction (``stream/worker/checkpoint.py``).
 
-Positions: where a partition resumes is the offset in Redis (``stream/positions.py``), applied
-by faust's own post-rebalance seek (``stream/faust_transport.py``), so neither faust's recovery
+Positions: where a partition resumes is the offset in Redis (``stream/worker/positions.py``), applied
+by faust's own post-rebalance seek (``stream/worker/transport.py``), so neither faust's recovery
 nor the broker's committed offsets can move the stream afterwards.
 
 Faults: a Redis call that fails (connection lost, timeout) makes the worker unready, wait with
@@ -35,12 +35,12 @@ import redis
 from faust.types import TP
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .faust_transport import Transport
-from .health import Dependency, Health
-from .metrics import WorkerMetrics
-from .positions import StateLost, resume_offset
-from .settings import Settings
-from .bootstrap import Stage, Worker, build_worker
+from stream.worker.transport import Transport
+from stream.worker.health import Dependency, Health
+from stream.worker.metrics import WorkerMetrics
+from stream.worker.positions import StateLost, resume_offset
+from stream.settings import Settings
+from stream.bootstrap import Stage, Worker, build_worker
 
 log = logging.getLogger("skipcache.worker")
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
@@ -433,7 +433,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         exit_if_shutdown_hangs(app, settings.shutdown_grace_seconds)
         await worker()
 
-    from .web import register_views
+    from stream.worker.web import register_views
 
     register_views(app, settings, lambda: holder["worker"], metrics, readiness, redis_call)
     return app

@@ -1,5 +1,5 @@
 """The `skipcache` command: one console script, one subcommand per job. Each command parses its
-arguments, calls the job in ``stream/jobs.py`` and renders the result (``stream/reports.py``)."""
+arguments, calls the job in ``stream/cli/jobs.py`` and renders the result (``stream/cli/reports.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,7 @@ def _write_json(path: str | None, payload: dict) -> None:
 
 
 def _cache(args) -> "jobs.CacheOptions":
-    from stream.jobs import CacheOptions
+    from stream.cli.jobs import CacheOptions
 
     return CacheOptions(args.fast_capacity, args.medium_capacity, args.transfer_cost, args.cold_after_hours,
                         args.fast_threshold, args.hit_value, args.count)
@@ -33,7 +33,7 @@ def _cache(args) -> "jobs.CacheOptions":
 # ---- subcommands: parse, call a job, render -------------------------------------------------
 def cmd_inspect(args) -> int:
     from stream.export_summary import render_export_summary
-    from stream.jobs import inspect_export
+    from stream.cli.jobs import inspect_export
 
     summary = inspect_export(args.data)
     print(render_export_summary(summary))
@@ -42,24 +42,24 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from stream.jobs import generate_export
-    from stream.reports import render_generated
+    from stream.cli.jobs import generate_export
+    from stream.cli.reports import render_generated
 
     print(render_generated(generate_export(args.out, args.users, args.seed, args.profile, args.noise, args.tracks)))
     return 0
 
 
 def cmd_train(args) -> int:
-    from stream.jobs import train_model
-    from stream.reports import render_training
+    from stream.cli.jobs import train_model
+    from stream.cli.reports import render_training
 
     print(render_training(train_model(args.data, args.out, args.model, args.train_fraction, args.seed), args.out))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from stream.jobs import evaluate_models
-    from stream.reports import render_evaluation
+    from stream.cli.jobs import evaluate_models
+    from stream.cli.reports import render_evaluation
 
     result = evaluate_models(args.data, [m.strip() for m in args.models.split(",") if m.strip()],
                              args.train_fraction, args.seed)
@@ -71,8 +71,8 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     """The offline path on a generated default: generate (unless --data), train, evaluate, simulate."""
     from stream import jobs
-    from stream.plots import plot_simulation
-    from stream.reports import render_evaluation, render_generated, render_simulation, render_training
+    from stream.cli.plots import plot_simulation
+    from stream.cli.reports import render_evaluation, render_generated, render_simulation, render_training
 
     out = Path(args.out)
     data = args.data
@@ -94,9 +94,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from stream.jobs import simulate_policies
-    from stream.plots import plot_simulation
-    from stream.reports import render_simulation
+    from stream.cli.jobs import simulate_policies
+    from stream.cli.plots import plot_simulation
+    from stream.cli.reports import render_simulation
 
     result = simulate_policies(args.data, args.model, _cache(args), args.threshold, args.partitions,
                                args.batch_size, args.ab_share, args.audit_storage)
@@ -109,9 +109,9 @@ def cmd_simulate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from cache_warmer.simulation import parse_threshold_range
-    from stream.jobs import sweep_thresholds
-    from stream.plots import plot_sweep
-    from stream.reports import render_sweep
+    from stream.cli.jobs import sweep_thresholds
+    from stream.cli.plots import plot_sweep
+    from stream.cli.reports import render_sweep
 
     result = sweep_thresholds(args.data, args.model, parse_threshold_range(args.thresholds), _cache(args))
     print(render_sweep(result, args.hit_value))
@@ -134,7 +134,7 @@ def _cache_options(s, settings) -> None:
 
 def cmd_worker(args) -> int:
     """Run the Faust worker (same as `faust -A stream.faust_main worker`)."""
-    from stream.app import create_app
+    from stream.worker.app import create_app
 
     settings = args.settings if args.stage is None else replace(args.settings, stage=args.stage)
     app = create_app(settings)
@@ -144,9 +144,9 @@ def cmd_worker(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from stream.jobs import load_replay
+    from stream.cli.jobs import load_replay
     from stream.producer import replay
-    from stream.services import create_topics
+    from stream.cli.services import create_topics
 
     st = args.settings
     bootstrap = args.bootstrap or st.kafka_bootstrap
@@ -158,8 +158,8 @@ def cmd_replay(args) -> int:
 
 
 def cmd_threshold(args) -> int:
-    from stream.jobs import thresholds
-    from stream.reports import render_thresholds
+    from stream.cli.jobs import thresholds
+    from stream.cli.reports import render_thresholds
 
     if args.action == "set" and args.value is None and args.fast is None:
         raise ValueError("`threshold set` needs a value (and/or --fast)")
@@ -170,8 +170,8 @@ def cmd_threshold(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from stream.jobs import live_figures
-    from stream.reports import render_status
+    from stream.cli.jobs import live_figures
+    from stream.cli.reports import render_status
 
     fig = live_figures(args.settings)
     print(render_status(fig))
@@ -180,8 +180,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_ab_report(args) -> int:
-    from stream.jobs import ab_report
-    from stream.reports import render_ab
+    from stream.cli.jobs import ab_report
+    from stream.cli.reports import render_ab
 
     result = ab_report(args.settings)
     print(render_ab(result))
@@ -190,14 +190,14 @@ def cmd_ab_report(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from stream.dashboard import write
+    from stream.cli.dashboard import write
 
     print(f"wrote {write(args.out)}")
     return 0
 
 
 def cmd_up(args) -> int:
-    from stream.embedded import UpOptions, run_up
+    from stream.cli.embedded import UpOptions, run_up
 
     return run_up(UpOptions(data=args.data, model=args.model, out=args.out, users=args.users, speed=args.speed,
                             partitions=args.partitions, keep=args.keep))

@@ -1,7 +1,7 @@
 """The jobs skipcache does, as functions with typed arguments that return results.
 
-Entry points are thin: the command line (``stream/cli.py``) parses arguments, calls one of these
-and renders the result with ``stream/reports.py``; ``skipcache up`` (``stream/embedded.py``) and
+Entry points are thin: the command line (``stream/cli/main.py``) parses arguments, calls one of these
+and renders the result with ``stream/cli/reports.py``; ``skipcache up`` (``stream/cli/embedded.py``) and
 the tests call them directly. Nothing here prints."""
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from models.events import Catalogue, Event
 from models.features import EngineConfig
 from models.replay import replay_order
 
-from .export_summary import summarize_export
-from .files import Dataset, DataError, read_dataset
-from .kafka_io import partition_of, track_partition_of
-from .settings import Settings
+from stream.export_summary import summarize_export
+from stream.files import Dataset, DataError, read_dataset
+from stream.kafka_io import partition_of, track_partition_of
+from stream.settings import Settings
 
 
 def load_replay(data: str | Path, progress: bool = True) -> tuple[Dataset, list[Event]]:
@@ -44,7 +44,7 @@ def inspect_export(data: str | Path) -> dict:
 
 def generate_export(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long", noise: float = 0.0,
                     tracks: int | None = None) -> dict:
-    from .synthetic import generate
+    from stream.synthetic import generate
 
     started = time.perf_counter()
     counts = generate(out, users=users, seed=seed, profile=profile, noise=noise, tracks=tracks)
@@ -128,7 +128,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
     """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
     polling, so they are not rebuilt on every call): cache figures from every warm partition,
     accuracy from every predict partition."""
-    from .bootstrap import build_store, load_catalogue, tier_config_for
+    from stream.bootstrap import build_store, load_catalogue, tier_config_for
 
     store = store or build_store(settings)
     catalogue = catalogue if catalogue is not None else load_catalogue(settings)
@@ -170,8 +170,8 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
 
 def thresholds(settings: Settings, threshold: float | None = None, fast_threshold: float | None = None) -> dict:
     """The thresholds every worker uses; with values, set them first (validated as over HTTP)."""
-    from .web import check_thresholds
-    from .bootstrap import build_store
+    from stream.worker.web import check_thresholds
+    from stream.bootstrap import build_store
 
     store = build_store(settings)
     current = {"threshold": settings.threshold, "fast_threshold": settings.fast_threshold, **store.config()}
@@ -183,7 +183,7 @@ def thresholds(settings: Settings, threshold: float | None = None, fast_threshol
 
 
 def ab_report(settings: Settings) -> dict:
-    from .web import ab_results
-    from .bootstrap import build_store
+    from stream.worker.web import ab_results
+    from stream.bootstrap import build_store
 
     return ab_results(build_store(settings))

@@ -17,7 +17,7 @@
 - *sensors*: told only about committed batches (Prometheus metrics, latency).
 
 The live worker runs it with Kafka sinks and the Redis store; tests and ``replay_in_memory``
-(``stream/worker_replay.py``) with list sinks and the memory store. Modelled on quix-streams'
+(``stream/worker/in_memory.py``) with list sinks and the memory store. Modelled on quix-streams'
 ``checkpointing/checkpoint.py``."""
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import orjson
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .partition_runtime import BatchOutput, PartitionRuntime
-from .sinks import Sink
+from stream.worker.stages.partition import BatchOutput, PartitionRuntime
+from stream.sinks import Sink
 
 Sensor = Callable[[BatchOutput, float], None]
 """Told of every committed batch, with the seconds from the start of the checkpoint."""
