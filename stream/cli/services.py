@@ -191,7 +191,7 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     full_env = {**os.environ, **env}
     return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=full_env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            cwd=str(Path(__file__).resolve().parents[1]))
+                            cwd=str(Path(__file__).resolve().parents[2]))
 
 
 def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> dict:

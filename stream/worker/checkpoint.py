@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -32,6 +32,10 @@ from redis.backoff import ExponentialWithJitterBackoff
 from stream.worker.stages.partition import BatchOutput, PartitionRuntime
 from stream.sinks import Sink
 
+Offload = Callable[[Callable[[], object]], Awaitable[object]]
+"""Runs a blocking step (process: it reads Redis; commit: it writes Redis) and awaits its result:
+the worker runs it in a thread so the event loop (heartbeats, fetches, /healthz) never waits on
+Redis; tests and the in-memory replay run it inline."""
 Sensor = Callable[[BatchOutput, float], None]
 """Told of every committed batch, with the seconds from the start of the checkpoint."""
 FLUSH_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
@@ -53,7 +57,7 @@ class CheckpointResult:
 class Checkpoint:
     def __init__(self, sinks: dict[str, Sink], sensors: Sequence[Sensor] = (),
                  on_flush_error: Callable[[BaseException], None] | None = None,
-                 on_flushed: Callable[[], None] | None = None):
+                 on_flushed: Callable[[], None] | None = None, offload: Offload | None = None):
         """``sinks``: by the name a ``BatchOutput.publish`` record gives (``entries``,
         ``commands``), and ``dead_letters``. ``on_flush_error`` / ``on_flushed``: the broker
         went away / answers again (health and metrics)."""
@@ -61,11 +65,12 @@ class Checkpoint:
         self.sensors = list(sensors)
         self.on_flush_error = on_flush_error
         self.on_flushed = on_flushed
+        self.offload = offload or inline
 
     async def run(self, work: Sequence[tuple[PartitionRuntime, list[tuple]]]) -> CheckpointResult:
         """``work``: each partition's runtime and its unbroken run of records."""
         started = time.perf_counter()
-        outputs = [(rt, rt.process(run)) for rt, run in work]  # inline: a thread here costs GIL contention
+        outputs = await self.offload(lambda: [(rt, rt.process(run)) for rt, run in work])
         sinks = self.sinks
         for _, out in outputs:
             for offset, reason, raw in out.dead_letters:
@@ -74,8 +79,9 @@ class Checkpoint:
                 sinks[name].add(key, value, partition)
         await self.flush()
         result = CheckpointResult()
-        for rt, out in outputs:
-            if rt.commit(out):
+        applied = await self.offload(lambda: [rt.commit(out) for rt, out in outputs])
+        for (rt, out), ok in zip(outputs, applied):
+            if ok:
                 result.committed.append(out)
                 elapsed = time.perf_counter() - started
                 for sensor in self.sensors:
@@ -103,3 +109,7 @@ class Checkpoint:
             if attempt and self.on_flushed is not None:
                 self.on_flushed()
             return
+
+
+async def inline(step: Callable[[], object]) -> object:
+    return step()

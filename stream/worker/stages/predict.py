@@ -58,43 +58,60 @@ class PredictRuntime(PartitionRuntime):
         self.sent: dict[int, int] = {}
         """Warm partition -> the offset of the last event whose entries went there: the warm
         stage has all of this partition's committed entries once it applied that far."""
+        self.clock = -math.inf
+        """The event time of the newest event applied: how far this partition has come."""
         if blob:
             state = orjson.loads(blob)
             ledger.load_state(state["ledger"])
             self.sent = {int(q): seq for q, seq in state["sent"].items()}
+            self.clock = state.get("clock", -math.inf)
         self.predictor = Predictor(self.engine, self.scorers, [self.column], variant_of=self.variant_of,
                                    ledger=ledger)
 
-    def apply(self, records: list[tuple], out: BatchOutput) -> None:
-        events: list[Event] = []
-        offsets: list[int] = []
-        kinds = out.kinds
+    def decode(self, records: list[tuple]) -> list[tuple]:
+        """``(offset, value, Kafka timestamp, Event or Rejected)`` of each record: the worker
+        decodes a run when it arrives, to apply partitions in event-time order (``scheduler.py``)."""
+        out = []
         check, wall = self.window.check, time.time()
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
         for offset, value, *kafka_ts in records:
+            ts = kafka_ts[0] if kafka_ts else None
             try:
                 if value is None:
                     raise Rejected("empty_message")
                 if len(value) > MAX_EVENT_BYTES:
                     raise Rejected("too_large", f"{len(value)} bytes")
                 try:
-                    obj = orjson.loads(value)
-                except orjson.JSONDecodeError:
+                    obj = loads(value)
+                except decode_error:
                     raise Rejected("bad_json") from None
-                e = check(parse_event(obj), kafka_ts[0] if kafka_ts and kafka_ts[0] else wall)
+                item = check(parse_event(obj), ts or wall)
             except Rejected as r:
-                out.dead_letters.append((offset, r.reason, value or b""))
-                continue
-            events.append(e)
-            offsets.append(offset)
-            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+                item = r
+            out.append((offset, value, ts, item))
+        return out
+
+    def apply(self, records: list[tuple], out: BatchOutput) -> None:
+        events: list[Event] = []
+        offsets: list[int] = []
+        kinds = out.kinds
+        for offset, value, _, item in (records if len(records[0]) > 3 else self.decode(records)):
+            if type(item) is Event:
+                events.append(item)
+                offsets.append(offset)
+                kinds[item.kind] = kinds.get(item.kind, 0) + 1
+            else:
+                out.dead_letters.append((offset, item.reason, value or b""))
         out.events = len(events)
         self._prefetch(events)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
         predicted = self.predictor.process(events, offsets)
         out.outcomes = predicted.outcomes
         self._sending = sent = dict(self.sent)
+        self._clock = self.clock
         if events:  # every warm partition hears of every batch: its entries, or at least its clock
             clock = max(e.ts for e in events)
+            self._clock = max(clock, self.clock)
             for q, entries in enumerate(route(predicted.entries, self.track_partition, self.warm_partitions)):
                 out.publish.append(("entries", None, encode(self.partition, clock, entries), q))
                 if entries:
@@ -117,7 +134,8 @@ class PredictRuntime(PartitionRuntime):
             sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
             deleted_sessions=set(st.deleted_sessions),
             tracks=dict(st.track_delta),
-            blob=orjson.dumps({"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()}}),
+            blob=orjson.dumps({"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()},
+                              **({"clock": self._clock} if math.isfinite(self._clock) else {})}),
             counters=counters)
 
     def committed(self, ok: bool) -> None:
@@ -125,6 +143,7 @@ class PredictRuntime(PartitionRuntime):
         st.clear_changes()
         if ok:
             self.sent = self._sending
+            self.clock = max(self.clock, self._clock)
         if ok and len(st.users) > MAX_USERS_IN_MEMORY:  # bound memory: everything is in the store
             self.load()
 

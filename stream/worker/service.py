@@ -1,0 +1,475 @@
+"""The worker's loop and its recovery, as one object whose methods the Faust wiring (``app.py``)
+calls: the agents hand it runs (``consume``), faust's recovery asks it where partitions resume
+(``positions``), its timers cut overdue batches, release held entries, refresh thresholds and
+check Kafka; ``/healthz`` reads ``readiness``.
+
+Per stage, the runs received wait in a ``RunScheduler`` (``scheduler.py``) until the stage applies
+them: as soon as no more runs are waiting in faust's buffer, when a batch is full, or when the
+oldest has waited ``SKIPCACHE_BATCH_WITHIN``. A batch goes through the stage's ``Checkpoint``
+(process -> sinks -> flush -> commit -> sensors), whose Redis steps run in a thread: no Redis
+call runs on the event loop, so heartbeats, fetches and ``/healthz`` never wait on Redis.
+
+Faults: a Redis call that fails (connection lost, timeout) makes the worker unready, wait with
+jittered exponential backoff, and, once Redis answers, re-read the stage's partitions from Redis
+and seek to where Redis says; a fence or a Redis that came back empty or older goes the same way.
+A partition whose records the topic no longer holds stops the worker with an error saying so."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+import redis
+from faust.types import TP
+from redis.backoff import ExponentialWithJitterBackoff
+
+from models.events import Event
+from stream.bootstrap import Stage, Worker
+from stream.settings import Settings
+from stream.worker.health import Dependency, Health
+from stream.worker.metrics import WorkerMetrics
+from stream.worker.positions import StateLost, resume_offset
+from stream.worker.scheduler import RunScheduler
+
+log = logging.getLogger("skipcache.worker")
+BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+GC_THRESHOLDS = (50_000, 20, 10)
+RESEEK_SECONDS = 1.0
+"""Records fetched before a seek can still arrive after it and move the consumer past the
+position sought; while the awaited offset does not come, the worker seeks again this often."""
+
+
+def contiguous_run(records: list[tuple], start: int) -> list[tuple]:
+    """The records at offsets start, start+1, ... wherever they sit in ``records``: a batch can mix
+    records fetched before a seek with those fetched after it, and only an unbroken run from the
+    partition's next offset may be applied."""
+    if records and records[0][0] == start and records[-1][0] == start + len(records) - 1:
+        return records  # the usual batch: already that run
+    at = {r[0]: r for r in records}
+    run = []
+    while start in at:
+        run.append(at[start])
+        start += 1
+    return run
+
+
+def event_time(record: tuple) -> float | None:
+    """A decoded sessions record's event time (None for a rejected one: it orders nothing)."""
+    item = record[3]
+    return item.ts if type(item) is Event else None
+
+
+class WorkerService:
+    def __init__(self, app: faust.App, settings: Settings, build: Callable[[Settings], Worker]):
+        self.app = app
+        self.settings = settings
+        self.build = build
+        self.built: Worker | None = None
+        self.health = Health(settings.stall_seconds)
+        self.metrics = WorkerMetrics()
+        self.locks = {"predict": asyncio.Lock(), "warm": asyncio.Lock()}
+        """One checkpoint at a time per stage (the agent, the batch-deadline timer, the idle timer)."""
+        self.schedulers = {
+            "predict": RunScheduler(settings.batch_size, settings.batch_within, event_time),
+            "warm": RunScheduler(settings.batch_size, settings.batch_within)}
+        self.sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last sought
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
+
+    # ---- dependencies ---------------------------------------------------------------------------
+    async def call(self, fn, *args):
+        """A blocking step (a Redis call, a batch's processing) in a thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def offload(self, step: Callable[[], object]) -> object:
+        return await self.call(step)
+
+    def dependency_failed(self, dep: Dependency, exc: BaseException, then: str) -> None:
+        """Count the failure; log once when the dependency goes, saying what the worker does."""
+        self.metrics.dependency_errors.labels(dep.name).inc()
+        if dep.failed(exc):
+            log.error("%s is unreachable (%r): %s", dep.name.title(), exc, then)
+        self.metrics.dependency_up.labels(dep.name).set(0)
+
+    def dependency_ok(self, dep: Dependency) -> None:
+        if dep.ok():
+            log.warning("%s answers", dep.name.title())
+        self.metrics.dependency_up.labels(dep.name).set(1)
+
+    def redis_failed(self, exc: BaseException) -> None:
+        self.dependency_failed(self.health.redis, exc, "pausing, retrying with backoff")
+
+    def redis_ok(self) -> None:
+        self.dependency_ok(self.health.redis)
+
+    def kafka_failed(self, exc: BaseException) -> None:
+        self.dependency_failed(self.health.kafka, exc, "holding the batch, retrying its commands with backoff")
+
+    async def wait_for_redis(self) -> None:
+        """Back off (with jitter) until Redis answers a PING. Returns as soon as it does."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(BACKOFF.compute(attempt))
+            try:
+                if self.built is None:
+                    return
+                await self.call(self.built.store.ping)
+                self.redis_ok()
+                return
+            except redis.RedisError as exc:
+                self.redis_failed(exc)
+
+    async def worker(self) -> Worker:
+        """The worker's parts, built once; waits for Redis (and retries) rather than failing."""
+        attempt = 0
+        while self.built is None:
+            try:
+                w = await self.call(self.build, self.settings)
+            except redis.RedisError as exc:
+                self.redis_failed(exc)
+                attempt += 1
+                await asyncio.sleep(BACKOFF.compute(attempt))
+                continue
+            self.redis_ok()
+            self.built = w
+            self.metrics.set_models(w.variants)
+            for stage in w.stages.values():
+                ck = stage.checkpoint
+                ck.sensors.append(self.metrics.sensor(w.models))
+                ck.on_flush_error = self.kafka_failed
+                ck.on_flushed = lambda: self.dependency_ok(self.health.kafka)
+                ck.offload = self.offload
+            # the catalogue, the model and faust live as long as the process: keep the cyclic
+            # collector from rescanning them on every full collection; and collect the young
+            # generation less often (a batch allocates ~100 objects per event, and the state it
+            # keeps holds no cycles): a quarter of the worker's time went to the collector
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
+        return self.built
+
+    async def stop_fatally(self, exc: StateLost) -> None:
+        self.health.fatal = str(exc)
+        log.critical("%s", exc)
+        await self.app.crash(exc)
+
+    # ---- positions ------------------------------------------------------------------------------
+    async def position(self, stage: Stage, partition: int, earliest: int, committed: int | None = None,
+                       applied: int | None = None) -> int:
+        """(Re)load a partition from Redis and decide where it resumes; waits out Redis outages."""
+        while True:
+            try:
+                rt = await self.call(stage.reload, partition)
+                resume = resume_offset(partition, rt.stored, earliest, committed, applied)
+                if rt.stored is None or resume.reason == "rolled_back":
+                    await self.call(rt.start_at, resume.offset)
+                self.redis_ok()
+                break
+            except redis.RedisError as exc:
+                self.redis_failed(exc)
+                await self.wait_for_redis()
+        if resume.loud:
+            self.health.state_losses += 1
+            self.metrics.state_losses.inc()
+            log.error("%s (%s stage)", resume.detail, stage.name)
+        log.info("%s partition %d resumes at offset %d (%s)", stage.name, partition, rt.next_offset, resume.reason)
+        self.sought[(stage.topic, partition)] = time.monotonic()
+        return rt.next_offset
+
+    async def positions(self, committed, earliest) -> dict[TP, int]:
+        """Called by faust's recovery after every rebalance (see transport.py): every assigned
+        partition of the positioned topics is re-read from Redis and resumes where it says."""
+        w = await self.worker()
+        out = {}
+        try:
+            for stage in w.stages.values():
+                mine = {tp.partition for tp in committed if tp.topic == stage.topic}
+                self.release(stage.name)
+                for p in list(stage.runtimes):
+                    if p not in mine:
+                        del stage.runtimes[p]
+                for tp in sorted(tp for tp in committed if tp.topic == stage.topic):
+                    old = stage.runtimes.get(tp.partition)
+                    out[tp] = await self.position(stage, tp.partition, earliest.get(tp, 0), committed[tp],
+                                                  old.next_offset if old is not None else None)
+        except StateLost as exc:
+            await self.stop_fatally(exc)
+            raise
+        return out
+
+    async def seek(self, stage: Stage, partition: int, offset: int) -> None:
+        self.sought[(stage.topic, partition)] = time.monotonic()
+        await self.app.consumer.seek_wait({TP(stage.topic, partition): offset})  # in the consumer's thread
+
+    async def relocate(self, stage: Stage, partitions: list[int], applied: dict[int, int]) -> None:
+        """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
+        fence, or a Redis that came back empty or older). What was received for them is dropped:
+        the seek brings it again."""
+        self.release(stage.name, set(partitions))
+        for p in partitions:
+            self.metrics.relocations.inc()
+            tp = TP(stage.topic, p)
+            try:
+                earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+            except Exception as exc:  # the broker is away too: the next batch brings us back here
+                log.warning("%s partition %d: earliest offset unknown (%s); assuming 0", stage.name, p, exc)
+                earliest = 0
+            try:
+                offset = await self.position(stage, p, earliest, None, applied.get(p))
+            except StateLost as exc:
+                await self.stop_fatally(exc)
+                return
+            if p in stage.runtimes:
+                await self.seek(stage, p, offset)
+
+    def release(self, name: str, partitions: set[int] | None = None) -> None:
+        """Drop what a stage received and has not applied (acknowledged to faust unapplied)."""
+        for run in self.schedulers[name].release(partitions):
+            run.ack()
+        self.hold_ahead()
+
+    def release_all(self) -> None:
+        """Before faust waits for in-flight messages at a rebalance (transport.py)."""
+        for name in self.schedulers:
+            self.release(name)
+
+    def on_revoked(self, revoked: Iterable[TP]) -> None:
+        w = self.built
+        if w is None:
+            return
+        for stage in w.stages.values():
+            gone = {tp.partition for tp in revoked if tp.topic == stage.topic}
+            self.release(stage.name, gone)
+            for p in gone:
+                stage.runtimes.pop(p, None)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    async def consume(self, name: str, stream) -> None:
+        """An agent's body: each item is one fetched run of one partition (transport.py)."""
+        scheduler = self.schedulers[name]
+        runs = stream.noack()
+        async for event in runs.events():
+            w = await self.worker()
+            stage = w.stages[name]
+            message = event.message
+            rt = stage.runtimes.get(message.partition)
+            if rt is None:  # not positioned yet, or revoked meanwhile: its owner replays from Redis
+                event.ack()
+                continue
+            records = event.value
+            if name == "predict":
+                records = await self.call(rt.decode, records)
+            scheduler.add(message.partition, event, records)
+            if scheduler.full() or runs.channel.empty():
+                await self.drain(name)
+
+    async def drain(self, name: str, force: bool = False) -> None:
+        """Apply what the stage's scheduler lets through now (all of it, batch by batch, while a
+        full batch is waiting)."""
+        w = await self.worker()
+        stage = w.stages[name]
+        scheduler = self.schedulers[name]
+        async with self.locks[name]:
+            while True:
+                clocks = {p: getattr(rt, "clock", 0.0) for p, rt in stage.runtimes.items()}
+                work, done = scheduler.take(clocks, self.lagging(stage), force)
+                self.hold_ahead()
+                if not work:
+                    return
+                try:
+                    await self.apply(stage, work)
+                except redis.RedisError as exc:
+                    # the batch may or may not have been committed: Redis's offset will tell
+                    self.redis_failed(exc)
+                    applied = {p: rt.next_offset for p, rt in stage.runtimes.items()}
+                    await self.wait_for_redis()
+                    await self.relocate(stage, sorted(stage.runtimes), applied)
+                for run in done:
+                    run.ack()
+                if not scheduler.full():
+                    return
+
+    async def apply(self, stage: Stage, work: list[tuple[int, list]]) -> None:
+        batch = []
+        for p, records in work:
+            rt = stage.runtimes.get(p)
+            if rt is None:
+                continue  # revoked meanwhile: its owner replays from Redis
+            run = contiguous_run(records, rt.next_offset)
+            if not run:
+                ahead = [r[0] for r in records if r[0] > rt.next_offset]
+                if ahead and time.monotonic() - self.sought.get((stage.topic, p), 0.0) > RESEEK_SECONDS:
+                    log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name,
+                             p, rt.next_offset, min(ahead), max(ahead))
+                    self.release(stage.name, {p})
+                    await self.seek(stage, p, rt.next_offset)
+                continue  # only records already applied, or ones fetched before a seek
+            batch.append((rt, run))
+        if not batch:
+            return
+        result = await stage.checkpoint.run(batch)
+        for out in result.fenced:
+            log.warning("%s partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
+                        stage.name, out.partition, out.start_offset)
+            await self.relocate(stage, [out.partition], {out.partition: out.start_offset})
+        self.redis_ok()
+        self.update_gauges(self.built)
+
+    def lagging(self, stage: Stage) -> set[int]:
+        """The stage's partitions with records on the broker it has not received (or whose end
+        it does not know yet)."""
+        scheduler = self.schedulers[stage.name]
+        out = set()
+        for p, rt in stage.runtimes.items():
+            pending = scheduler.pending.get(p)
+            received = pending.records[-1][0] + 1 if pending is not None and pending.records else rt.next_offset
+            high = self.highwater(stage.topic, p)
+            if high is None or high > received:
+                out.add(p)
+        return out
+
+    def hold_ahead(self) -> None:
+        """Stop fetching the partitions whose received records fill a batch (far ahead)."""
+        consumer = getattr(self.app, "_consumer", None)
+        w = self.built
+        if consumer is None or w is None or not hasattr(consumer, "hold"):
+            return
+        consumer.hold({TP(w.stages[n].topic, q) for n, s in self.schedulers.items() if n in w.stages for q in s.held})
+
+    async def cut_overdue_batches(self) -> None:
+        """Timer: a batch whose oldest record waited ``SKIPCACHE_BATCH_WITHIN`` is cut now (not
+        waiting for a partition that sends nothing)."""
+        if self.built is None:
+            return
+        now = time.monotonic()
+        for name, scheduler in self.schedulers.items():
+            if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
+                await self.drain(name, force=True)
+
+    # ---- timers ---------------------------------------------------------------------------------
+    def highwater(self, topic: str, partition: int) -> int | None:
+        try:
+            return self.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not fetched yet
+            return None
+
+    def lag(self, topic: str, partition: int, next_offset: int) -> int | None:
+        """Records behind the fetch high-watermark; None before the first fetch."""
+        high = self.highwater(topic, partition)
+        return None if high is None else max(0, high - next_offset)
+
+    def lags(self, w: Worker) -> dict[str, int]:
+        """``stage/partition`` -> records behind the fetch high-watermark."""
+        out = {}
+        for stage in w.stages.values():
+            for part, rt in stage.runtimes.items():
+                behind = self.lag(stage.topic, part, rt.next_offset)
+                if behind is not None:
+                    out[f"{stage.name}/{part}"] = behind
+        return out
+
+    def update_gauges(self, w: Worker) -> None:
+        m = self.metrics
+        p = w.policy
+        m.threshold.labels("medium").set(p.threshold)
+        m.threshold.labels("fast").set(p.fast_threshold)
+        warm = w.stages.get("warm")
+        if warm is not None:
+            m.cost.set(sum(rt.warmer.tiers.cost_per_day for rt in warm.runtimes.values()))
+        for key, lag in self.lags(w).items():
+            stage, part = key.split("/")
+            m.lag.labels(stage, part).set(lag)
+
+    def readiness(self) -> tuple[bool, dict]:
+        w = self.built
+        current = self.lags(w) if w is not None else {}
+        if w is not None:
+            self.health.observe({f"{s.name}/{p}": rt.next_offset for s in w.stages.values()
+                                 for p, rt in s.runtimes.items()})
+        ready, body = self.health.report(current)
+        self.metrics.ready.set(1 if ready else 0)
+        for key in current:
+            stage, part = key.split("/")
+            self.metrics.stalled.labels(stage, part).set(1 if key in body["stalled_partitions"] else 0)
+        if w is not None:
+            body.update(stages={s.name: sorted(s.runtimes) for s in w.stages.values()},
+                        model=w.artifact.model, model_version=w.artifact.version)
+            warm = w.stages.get("warm")
+            if warm is not None:
+                body["thresholds_in_use"] = {str(p): [rt.policy.threshold, rt.policy.fast_threshold]
+                                             for p, rt in warm.runtimes.items()}
+        return ready, body
+
+    async def sources_behind(self, w: Worker) -> set[int] | None:
+        """Sessions partitions holding records their predict stage has not committed (None: not
+        known now). A silent source among them is slow, not idle (``stages/warm.py``)."""
+        s = self.settings
+        tps = [TP(s.topic_sessions, p) for p in range(s.partitions)]
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
+            done = await self.call(lambda: [w.store.offset(p) for p in range(s.partitions)])
+        except Exception:  # the broker or Redis away: their own checks report it
+            return None
+        return {tp.partition for tp in tps if done[tp.partition] < ends.get(tp, 0)}
+
+    async def release_idle_entries(self) -> None:
+        """The warm stage holds entries back until every predict partition's clock has passed
+        them; once a source goes quiet (idle), what it held back is released here."""
+        w = self.built
+        warm = w.stages.get("warm") if w is not None else None
+        if warm is None:
+            return
+        now = time.time()
+        waiting = {q: rt for q, rt in list(warm.runtimes.items()) if rt.waits_on_quiet_source(now)}
+        if not waiting:  # a steady flow: the batches themselves move the watermark
+            return
+        behind = await self.sources_behind(w)
+        if behind is not None:
+            for rt in warm.runtimes.values():
+                rt.behind = behind
+        # only a partition that has read all there is can tell a silent source from its own lag
+        done = [rt for q, rt in waiting.items() if self.lag(warm.topic, q, rt.next_offset) == 0]
+        if not done:
+            return
+        async with self.locks["warm"]:
+            try:
+                result = await warm.checkpoint.run([(rt, []) for rt in done])
+            except redis.RedisError as exc:
+                self.redis_failed(exc)  # the batch loop does the waiting and re-reading
+                return
+        for out in result.fenced:
+            await self.relocate(warm, [out.partition], {out.partition: out.start_offset})
+
+    async def refresh_thresholds(self) -> None:
+        w = self.built
+        if w is None:
+            return
+        try:
+            await self.call(w.refresh_thresholds)
+            self.redis_ok()
+        except redis.RedisError as exc:
+            self.redis_failed(exc)  # keep the thresholds in force; the batch loop does the waiting
+        self.update_gauges(w)
+
+    async def check_kafka(self, topics: dict[str, tuple[str, int]]) -> None:
+        """Kafka is up when the topics' earliest offsets can be read, within two seconds."""
+        try:
+            await asyncio.wait_for(self.app.consumer.earliest_offsets(
+                *(TP(topic, p) for topic, n in topics.values() for p in range(n))), 2.0)
+        except Exception as exc:  # TimeoutError after 2 s, or the broker's own error
+            self.dependency_failed(self.health.kafka, exc, "the consumer keeps retrying")
+        else:
+            self.dependency_ok(self.health.kafka)
+        self.readiness()
+
+    async def close_sinks(self) -> None:
+        w = self.built
+        if w is not None:
+            for stage in w.stages.values():
+                for sink in stage.checkpoint.sinks.values():
+                    await sink.close()
+        self.executor.shutdown(wait=False)
