@@ -45,15 +45,16 @@ def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
     return asyncio.run(run())
 
 
-def faust_floor_rate(bootstrap: str, topic: str, partitions: int, total: int, work: Path) -> float:
-    """What faust itself costs: ``faust_floor.py`` in its own process, as the worker runs."""
+def faust_floor_rate(bootstrap: str, topic: str, partitions: int, total: int, work: Path, mode: str) -> float:
+    """What faust itself costs: ``faust_floor.py`` in its own process, as the worker runs;
+    ``mode``: ``events`` (faust's own delivery) or ``runs`` (the worker's batch delivery)."""
     import subprocess
     import sys
 
-    out = work / "faust-floor.json"
-    with open(work / "faust-floor.log", "ab") as log:
+    out = work / f"faust-floor-{mode}.json"
+    with open(work / f"faust-floor-{mode}.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("faust_floor.py")), bootstrap, topic,
-                                 str(partitions), str(total), str(out)], stdout=log, stderr=subprocess.STDOUT)
+                                 str(partitions), str(total), str(out), mode], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 600
         while not out.exists():
@@ -132,8 +133,10 @@ def throughput(args, events, settings_for, work: Path) -> None:
     raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
     print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
     if args.faust_floor:
-        floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work)
+        floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work, "events")
         print(f"a do-nothing faust agent, take_events(1000, 0.2): {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
+        floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work, "runs")
+        print(f"a do-nothing faust agent, batch delivery (runs):  {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
     store = build_store(st)
     workers = []
     for i in range(args.workers):

@@ -29,6 +29,10 @@ class Changes:
     blob: bytes | None = None
     """The partition's whole-value state (pending predictions; or the cache shard)."""
     counters: dict[str, dict[str, float]] = field(default_factory=dict)  # hash -> field -> increment
+    queue_push: dict[int, list] = field(default_factory=dict)
+    """Warm: entries appended to the partition's held-back queue of each source..."""
+    queue_drop: dict[int, int] = field(default_factory=dict)
+    """...then how many leave the head of each (applied): a commit writes what changed, not the queue."""
 
 
 class PartitionStore(Protocol):
@@ -45,6 +49,9 @@ class PartitionStore(Protocol):
 
     def blob(self, partition: int) -> bytes | None:
         """The partition's serialized whole-value state (``Changes.blob``)."""
+
+    def queue(self, partition: int, source: int) -> list:
+        """The entries a warm partition holds back for ``source`` (``Changes.queue_push``)."""
 
     def fetch(self, partition: int, users: list[int], sessions: list[tuple[int, int]],
               tracks: list[str]) -> tuple[dict[int, list], dict[tuple[int, int], list], dict[str, list]]:

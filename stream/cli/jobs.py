@@ -146,7 +146,8 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
             state = orjson.loads(blob)
             load_warmer_state(w, state)
             received[q] = state["received"]
-            queued += sum(len(entries) for entries in state["queues"].values())
+            queued += sum(len(entries) for entries in state.get("queues", {}).values())  # the older layout
+            queued += sum(len(warm_store.queue(q, int(src))) for src in state.get("queued", ()))
             late += state.get("late", 0)
         warmers.append(w)
     accuracy = []

@@ -15,6 +15,7 @@ class MemoryStore:
         self.blobs: dict[int, bytes] = {}
         self.users: dict[tuple[int, int], list] = {}
         self.sessions: dict[tuple[int, int, int], list] = {}
+        self.queues: dict[tuple[int, int], list] = {}
         self.tracks: dict[str, list] = root.tracks if root is not None else {}
         self._config: dict[str, float] = root._config if root is not None else {}
         self._counters: dict[str, dict[str, float]] = root._counters if root is not None else {}
@@ -48,6 +49,10 @@ class MemoryStore:
     def blob(self, partition: int) -> bytes | None:
         return self.blobs.get(partition)
 
+    def queue(self, partition: int, source: int) -> list:
+        with self._lock:
+            return copy.deepcopy(self.queues.get((partition, source), []))
+
     def fetch(self, partition, users, sessions, tracks):
         with self._lock:
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
@@ -70,6 +75,10 @@ class MemoryStore:
                     rec[i] += v
             if changes.blob is not None:
                 self.blobs[partition] = changes.blob
+            for src, entries in changes.queue_push.items():
+                self.queues.setdefault((partition, src), []).extend(copy.deepcopy(entries))
+            for src, n in changes.queue_drop.items():
+                del self.queues.setdefault((partition, src), [])[:n]
             for name, fields in changes.counters.items():
                 target = self._counters.setdefault(name, {})
                 for f, v in fields.items():

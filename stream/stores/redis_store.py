@@ -3,7 +3,8 @@
 Keys (prefix ``sc`` by default): predict partition p: ``sc:{p}:u:{user}``,
 ``sc:{p}:s:{user}:{session}`` (orjson lists, with a TTL so idle users expire), ``sc:{p}:blob``
 (pending predictions), ``sc:{p}:offset`` (next offset to apply); warm partition q:
-``sc:warm:{q}:blob`` (its cache shard) and ``sc:warm:{q}:offset``; shared: ``sc:tracks`` (the
+``sc:warm:{q}:blob`` (its cache shard), ``sc:warm:{q}:queue:{p}`` (entries of sessions partition p
+held back, a list appended to and trimmed by the commits) and ``sc:warm:{q}:offset``; shared: ``sc:tracks`` (the
 global track counts, a hash with fields ``n:{track}``, ``k:{track}`` and ``l:{track}`` that
 every predict partition increments in its commit), ``sc:config`` (thresholds, a hash) and
 ``sc:counters:{name}`` (hashes of counts)."""
@@ -51,6 +52,9 @@ class RedisStore:
 
     def blob(self, partition: int) -> bytes | None:
         return self.r.get(self._k(partition, "blob"))
+
+    def queue(self, partition: int, source: int) -> list:
+        return [orjson.loads(v) for v in self.r.lrange(self._k(partition, "queue", source), 0, -1)]
 
     def fetch(self, partition, users, sessions, tracks):
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
@@ -104,6 +108,12 @@ class RedisStore:
                         pipe.hincrby(tracks_key, f"l:{t}", int(likes))
                 if changes.blob is not None:
                     pipe.set(self._k(partition, "blob"), changes.blob)
+                for src, entries in changes.queue_push.items():
+                    if entries:
+                        pipe.rpush(self._k(partition, "queue", src), *map(dumps, entries))
+                for src, n in changes.queue_drop.items():
+                    if n:
+                        pipe.ltrim(self._k(partition, "queue", src), n, -1)
                 for name, fields in changes.counters.items():
                     key = f"{self.root}:counters:{name}"
                     for f, v in fields.items():

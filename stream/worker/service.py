@@ -295,10 +295,16 @@ class WorkerService:
 
     async def apply(self, stage: Stage, work: list[tuple[int, list]]) -> None:
         batch = []
+        if stage.name == "predict":  # partitions with work this batch takes nothing of: their clocks
+            waiting = (self.lagging(stage) | {q for q, p in self.schedulers["predict"].pending.items() if p.records})
+            work = work + [(q, []) for q in sorted(waiting - {p for p, _ in work})]
         for p, records in work:
             rt = stage.runtimes.get(p)
             if rt is None:
                 continue  # revoked meanwhile: its owner replays from Redis
+            if not records:
+                batch.append((rt, []))
+                continue
             run = contiguous_run(records, rt.next_offset)
             if not run:
                 ahead = [r[0] for r in records if r[0] > rt.next_offset]
@@ -309,7 +315,7 @@ class WorkerService:
                     await self.seek(stage, p, rt.next_offset)
                 continue  # only records already applied, or ones fetched before a seek
             batch.append((rt, run))
-        if not batch:
+        if not any(run for _, run in batch):
             return
         result = await stage.checkpoint.run(batch)
         for out in result.fenced:

@@ -84,6 +84,33 @@ def test_two_workers_one_stopped_mid_replay(live, live_data):
                 w.wait(20)
 
 
+def test_a_worker_joining_and_the_first_leaving_while_runs_are_in_flight(live, live_data):
+    """Two rebalances mid-replay, each while the first worker holds fetched runs not yet applied
+    (at a rebalance they are released and re-read from Redis): nothing is lost or doubled."""
+    _, ds, events, _ = live_data
+    a, _ = live.start_worker("a")
+    b = None
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, speed=None, progress=False)
+        deadline = time.monotonic() + 60
+        while live.applied() < len(events) // 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert live.applied() < len(events), "the worker finished before the rebalance"
+        b, _ = live.start_worker("b", ready=False)  # joins: a rebalance while a is mid-replay
+        deadline = time.monotonic() + 60
+        while live.applied() < len(events) // 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        a.terminate()  # leaves: b takes every partition over from the offsets in Redis
+        a.wait(30)
+        live.wait_applied(len(events), workers=[b], timeout=180)
+        _assert_equal(_figures(live), expected_figures(live_data, live.settings))
+    finally:
+        for w in (a, b):
+            if w is not None and w.poll() is None:
+                w.terminate()
+                w.wait(20)
+
+
 HOSTILE = 14  # kinds of bad event below
 
 

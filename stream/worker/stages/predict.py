@@ -68,6 +68,17 @@ class PredictRuntime(PartitionRuntime):
         self.predictor = Predictor(self.engine, self.scorers, [self.column], variant_of=self.variant_of,
                                    ledger=ledger)
 
+    def process(self, records: list[tuple]) -> BatchOutput:
+        """With no records: the partition is waiting for the others to come level in event time
+        (``scheduler.py``), not idle; it tells every warm partition its clock, so the warm stage
+        keeps waiting for it rather than taking its silence for idleness."""
+        if records or not math.isfinite(self.clock):
+            return super().process(records)
+        out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
+        for q in range(self.warm_partitions):
+            out.publish.append(("entries", None, encode(self.partition, self.clock, []), q))
+        return out
+
     def decode(self, records: list[tuple]) -> list[tuple]:
         """``(offset, value, Kafka timestamp, Event or Rejected)`` of each record: the worker
         decodes a run when it arrives, to apply partitions in event-time order (``scheduler.py``)."""

@@ -94,7 +94,11 @@ class WarmRuntime(PartitionRuntime):
         self.clocks: dict[int, float] = {}
         """Source partition -> the event time it has reached."""
         self.queues: dict[int, list] = {}
-        """Source partition -> its entries taken in but not applied yet (ahead of the watermark)."""
+        """Source partition -> its entries taken in but not applied yet (ahead of the watermark).
+        Stored apart from the blob, as lists the commits append to and trim: a source that lags
+        does not make every commit rewrite all that is held back."""
+        self._pushed: dict[int, list] = {}  # this batch's additions to the queues, by source
+        self._dropped: dict[int, int] = {}  # this batch's entries taken off the queues' heads
         self.applied_until = -math.inf
         """The newest event time applied: an entry older than it is applied late (out of order)."""
         self.late = 0
@@ -104,7 +108,11 @@ class WarmRuntime(PartitionRuntime):
             load_warmer_state(self.warmer, state)
             self.received = {int(p): o for p, o in state["received"].items()}
             self.clocks = {int(p): t for p, t in state["clocks"].items()}
-            self.queues = {int(p): q for p, q in state["queues"].items()}
+            if "queues" in state:  # the layout before the queues had keys of their own: move them there
+                self.queues = {int(p): q for p, q in state["queues"].items()}
+                self._pushed = {p: list(q) for p, q in self.queues.items()}
+            else:
+                self.queues = {int(p): self.store.queue(self.partition, int(p)) for p in state.get("queued", ())}
             self.applied_until = state.get("applied_until", -math.inf)
             self.late = state.get("late", 0)
         self.heard: dict[int, float] = {}
@@ -174,6 +182,7 @@ class WarmRuntime(PartitionRuntime):
             out.skipped_duplicates += len(got) - len(fresh)
             if fresh:
                 queues.setdefault(src, []).extend(fresh)
+                self._pushed.setdefault(src, []).extend(fresh)
                 received[src] = fresh[-1][0]
             if clock > clocks.get(src, -math.inf):
                 clocks[src] = clock
@@ -201,6 +210,7 @@ class WarmRuntime(PartitionRuntime):
             if n:
                 ready.append(queue[:n])
                 del queue[:n]
+                self._dropped[src] = self._dropped.get(src, 0) + n
         if ready:
             entries = ready[0] if len(ready) == 1 else list(heapq.merge(*ready, key=_event_time))
             if entries[0][2] < self.applied_until:
@@ -218,14 +228,18 @@ class WarmRuntime(PartitionRuntime):
         state = warmer_state(self.warmer)
         state["received"] = {str(p): o for p, o in self.received.items()}
         state["clocks"] = {str(p): t for p, t in self.clocks.items()}
-        state["queues"] = {str(p): q for p, q in self.queues.items() if q}
+        state["queued"] = sorted(p for p, q in self.queues.items() if q or p in self._pushed)
         state["late"] = self.late
         if math.isfinite(self.applied_until):
             state["applied_until"] = self.applied_until
         rejected: dict[str, float] = {}
         for _, reason, _ in out.dead_letters:
             rejected[f"entries_{reason}"] = rejected.get(f"entries_{reason}", 0) + 1
-        out.changes = Changes(blob=orjson.dumps(state), counters={"rejected": rejected} if rejected else {})
+        out.changes = Changes(blob=orjson.dumps(state), counters={"rejected": rejected} if rejected else {},
+                              queue_push=self._pushed, queue_drop=self._dropped)
+
+    def committed(self, ok: bool) -> None:
+        self._pushed, self._dropped = {}, {}
 
 
 def _event_time(entry) -> float:

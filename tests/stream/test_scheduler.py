@@ -1,0 +1,94 @@
+"""Partitions progress together in event time: the predict stage applies a batch only up to the
+event time every partition with work has reached, waits for a partition behind for at most the
+batch deadline, holds back one whose received records fill a batch, and acknowledges a run only
+once all of it has been applied."""
+import math
+
+from stream.worker.scheduler import RunScheduler
+
+
+class FakeRun:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+def _records(start, times):
+    """(offset, value, kafka ts, item) with the event time at index 3 (as event_time reads it)."""
+    return [(start + i, b"", None, t) for i, t in enumerate(times)]
+
+
+def _scheduler(max_records=100, within=0.1):
+    return RunScheduler(max_records, within, time_of=lambda r: r[3])
+
+
+def test_a_batch_stops_at_the_event_time_every_partition_has_reached():
+    s = _scheduler()
+    a, b = FakeRun("a"), FakeRun("b")
+    s.add(0, a, _records(0, [10, 20, 30, 40]))
+    s.add(1, b, _records(0, [15, 25]))
+    work, done = s.take(clocks={0: -math.inf, 1: -math.inf}, lagging=set())
+    assert dict(work) == {0: _records(0, [10, 20]), 1: _records(0, [15, 25])}
+    assert done == [b]  # a still has records 30 and 40 waiting: acknowledged once applied
+    work, done = s.take(clocks={0: 20, 1: 25}, lagging=set())  # nothing else has work: all of it
+    assert dict(work) == {0: _records(2, [30, 40])} and done == [a]
+
+
+def test_the_partition_behind_goes_first():
+    s = _scheduler()
+    s.add(0, FakeRun("a"), _records(0, [50]))
+    s.add(1, FakeRun("b"), _records(0, [50]))
+    work, _ = s.take(clocks={0: 40, 1: 10}, lagging=set())
+    assert [p for p, _ in work] == [1, 0]
+
+
+def test_a_partition_with_records_on_the_broker_holds_the_others_at_its_clock_until_the_deadline():
+    s = _scheduler()
+    s.add(0, FakeRun("a"), _records(0, [10, 20, 30]))
+    work, done = s.take(clocks={0: 5, 1: 15}, lagging={1})
+    assert dict(work) == {0: _records(0, [10])} and done == []
+    assert s.take(clocks={0: 10, 1: 15}, lagging={1}) == ([], [])  # waits for partition 1
+    work, done = s.take(clocks={0: 10, 1: 15}, lagging={1}, force=True)  # the deadline passed
+    assert dict(work) == {0: _records(1, [20, 30])} and len(done) == 1
+
+
+def test_rejected_records_go_with_their_neighbours():
+    s = _scheduler()
+    s.add(0, FakeRun("a"), _records(0, [10, None, 30]))
+    s.add(1, FakeRun("b"), _records(0, [20]))
+    work, _ = s.take(clocks={}, lagging=set())
+    assert dict(work)[0] == _records(0, [10, None])
+
+
+def test_a_partition_whose_records_fill_a_batch_is_held_back_and_a_batch_is_capped():
+    s = _scheduler(max_records=3)
+    s.add(0, FakeRun("a"), _records(0, [1, 2, 3, 4, 5]))
+    s.add(1, FakeRun("b"), _records(0, [100]))
+    assert s.full()
+    work, _ = s.take(clocks={}, lagging=set())
+    assert sum(len(r) for _, r in work) == 3
+    s2 = _scheduler(max_records=3)
+    s2.add(0, FakeRun("a"), _records(0, [1, 2, 3, 4, 5, 6, 7]))
+    s2.add(1, FakeRun("b"), _records(0, [2]))
+    s2.take(clocks={}, lagging={1})
+    assert s2.held == {0}  # far ahead: not fetched until the others come level
+
+
+def test_without_event_times_everything_pending_is_applied_and_the_deadline_is_per_record():
+    s = RunScheduler(100, within=0.0)
+    s.add(0, FakeRun("a"), [(0, b""), (1, b"")])
+    s.add(1, FakeRun("b"), [(0, b"")])
+    assert s.overdue()
+    work, done = s.take(clocks={}, lagging={0, 1})
+    assert sorted(p for p, _ in work) == [0, 1] and len(done) == 2 and s.size == 0
+
+
+def test_release_hands_back_the_runs_of_the_partitions_given():
+    s = _scheduler()
+    a, b = FakeRun("a"), FakeRun("b")
+    s.add(0, a, _records(0, [1]))
+    s.add(1, b, _records(0, [2]))
+    assert s.release({1}) == [b] and set(s.pending) == {0}
+    assert s.release() == [a] and s.size == 0
