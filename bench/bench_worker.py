@@ -74,8 +74,13 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--batch-size", type=int, default=None, help="SKIPCACHE_BATCH_SIZE for the throughput run")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--latency-within", default="0.05", help="SKIPCACHE_BATCH_WITHIN for the latency run")
+    ap.add_argument("--latency-fetch-wait", default=None, help="SKIPCACHE_FETCH_MAX_WAIT_MS for the latency run")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (2 partitions)")
+    ap.add_argument("--partitions", type=int, default=2, help="sessions and entries partitions")
+    ap.add_argument("--clean-runs", type=int, default=0,
+                    help="instead: replay the same events this many times through one worker and compare the figures")
     ap.add_argument("--faust-floor", action="store_true", help="also time a do-nothing faust agent on the topic")
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy the (first) worker process during the throughput run; collapsed stacks to this file")
@@ -100,7 +105,7 @@ def main() -> None:
             env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
                    "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
                    "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
-                   "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_WARM_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
+                   "SKIPCACHE_PARTITIONS": str(args.partitions), "SKIPCACHE_WARM_PARTITIONS": str(args.partitions), "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
                    "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
                    "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
                    "SKIPCACHE_WEB_PORT": str(free_port()), **extra}
@@ -108,6 +113,9 @@ def main() -> None:
             create_topics(st.kafka_bootstrap, st.topics)
             return st, env
 
+        if args.clean_runs:
+            clean_runs(args, events, settings_for, work)
+            return
         if not args.skip_throughput:
             throughput(args, events, settings_for, work)
         if args.skip_latency:
@@ -177,6 +185,40 @@ def throughput(args, events, settings_for, work: Path) -> None:
         w.wait(20)
 
 
+def clean_runs(args, events, settings_for, work: Path) -> None:
+    """The same replay, produced before the worker starts, through a fresh worker (new group, new
+    state) several times: how much do two clean runs differ?"""
+    from models.events import Catalogue
+    from stream.bootstrap import build_store
+    from stream.cli.jobs import live_figures
+    from stream.cli.services import free_port, start_worker, wait_http
+    from stream.producer import replay
+
+    rows = []
+    for i in range(args.clean_runs):
+        st, env = settings_for(uuid.uuid4().hex[:6])
+        replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False)
+        store = build_store(st)
+        w = start_worker(env, work / f"worker-clean-{i}.log")
+        wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=w)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            applied = sum(store.offset(p) for p in range(st.partitions))
+            if applied >= len(events) and live_figures(st, store, Catalogue())["warm_caught_up"]:
+                break
+            time.sleep(0.2)
+        fig = live_figures(st, store, Catalogue())
+        w.terminate()
+        w.wait(20)
+        rows.append(fig)
+        print(f"  run {i + 1}: predictions {fig['predictions']:,}  accuracy {fig['accuracy']:.4f}  full-play hit ratio "
+              f"{fig['full_play_hit_ratio']:.4f}  promotions {fig['promotions']:,}  late entries {fig['warm_late_entries']}")
+    for key in ("accuracy", "full_play_hit_ratio"):
+        values = [r[key] for r in rows]
+        print(f"{key}: {min(values):.4f} .. {max(values):.4f} (spread {100 * (max(values) - min(values)):.3f} points)")
+    print(f"late entries: {[r['warm_late_entries'] for r in rows]}")
+
+
 def start_profile(pid: int, out: Path):
     import subprocess
 
@@ -221,7 +263,8 @@ def latency(args, events, settings_for, work: Path) -> None:
     from stream.producer import make_producer
     from stream.cli.services import start_worker, wait_http
 
-    st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN="0.05")
+    extra = {"SKIPCACHE_FETCH_MAX_WAIT_MS": args.latency_fetch_wait} if args.latency_fetch_wait else {}
+    st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN=args.latency_within, **extra)
     worker = start_worker(env, work / "worker-latency.log")
     wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=worker)
     time.sleep(3)
@@ -261,11 +304,38 @@ def latency(args, events, settings_for, work: Path) -> None:
     time.sleep(3)
     stop.set()
     thread.join()
+    stages = stage_latencies(f"http://127.0.0.1:{st.web_port}/metrics")
     worker.terminate()
     worker.wait(20)
     q = statistics.quantiles(latencies, n=100)
     print(f"end-to-end latency, produce -> cache command consumed, at {achieved:,.0f} events/s "
-          f"({len(latencies):,} decisions, batch within 0.05 s): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+          f"({len(latencies):,} decisions, batch within {st.batch_within} s, fetch wait {st.fetch_max_wait_ms} ms): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+    for stage, (p50, p99) in stages.items():
+        print(f"  of which {stage} stage, a record's Kafka timestamp -> its batch committed (worker's histogram): "
+              f"p50 <= {p50 * 1000:.0f} ms, p99 <= {p99 * 1000:.0f} ms")
+
+
+def stage_latencies(url: str) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (bucket upper bounds) of skipcache_event_latency_seconds, by stage."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "skipcache_event_latency_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sample.labels["stage"], []).append((float(sample.labels["le"]), sample.value))
+    out = {}
+    for stage, rows in buckets.items():
+        rows.sort()
+        total = rows[-1][1]
+        pick = lambda q: next(le for le, n in rows if n >= q * total)  # noqa: E731
+        out[stage] = (pick(0.5), pick(0.99))
+    return out
 
 
 if __name__ == "__main__":
