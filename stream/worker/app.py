@@ -24,7 +24,7 @@ import faust
 
 from stream.bootstrap import Worker, build_worker
 from stream.settings import Settings
-from stream.worker.service import WorkerService, contiguous_run  # noqa: F401  (contiguous_run: tests)
+from stream.worker.service import WorkerService
 from stream.worker.transport import Transport
 
 log = logging.getLogger("skipcache.worker")
