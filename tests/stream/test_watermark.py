@@ -130,3 +130,28 @@ def test_the_watermark_and_the_late_count_survive_a_restart():
     assert again.clocks == rt.clocks and again.applied_until == 5.0 and again.late == rt.late
     assert {p: q for p, q in again.queues.items() if q} == {p: q for p, q in rt.queues.items() if q} != {}
     assert again.watermark() == 5.0  # each source waited for, as before the restart
+
+
+def test_the_store_holds_exactly_the_queues_and_entries_applied_in_their_batch_never_reach_it():
+    store = MemoryStore()
+    rt = _runtime(store=store)
+    topic = Topic(rt)
+    topic.send(1, [5.0])
+    topic.send(0, [10.0, 20.0], 1)  # held: source 1 is at 5
+    topic.send(1, [15.0], 2)  # releases 10, holds 15 (source 0 at 20)
+    topic.send(0, [30.0, 40.0], 3)  # releases 15 and 20
+    for src, queue in rt.queues.items():
+        assert rt.store.queue(rt.partition, src) == queue, src
+    pushed = []
+    real_commit = rt.store.commit
+
+    def spy(partition, expected, new, changes):
+        pushed.append({s: len(e) for s, e in changes.queue_push.items()})
+        return real_commit(partition, expected, new, changes)
+
+    topic.send(1, [50.0, 60.0], 4)  # releases 30 and 40 of source 0; 50 and 60 wait for source 0
+    rt.store.commit = spy
+    topic.send(0, [45.0, 80.0], 5)  # releases 45 (taken in and applied at once), 50 and 60; holds 80
+    assert rt.store.queue(rt.partition, 1) == rt.queues.get(1, []) == []
+    assert rt.store.queue(rt.partition, 0) == rt.queues[0] != []
+    assert pushed == [{0: 1}]  # only 80 was written to the store

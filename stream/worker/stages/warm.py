@@ -99,6 +99,7 @@ class WarmRuntime(PartitionRuntime):
         does not make every commit rewrite all that is held back."""
         self._pushed: dict[int, list] = {}  # this batch's additions to the queues, by source
         self._dropped: dict[int, int] = {}  # this batch's entries taken off the queues' heads
+        self._stored: dict[int, int] = {}  # source -> the length of its queue in the store
         self.applied_until = -math.inf
         """The newest event time applied: an entry older than it is applied late (out of order)."""
         self.late = 0
@@ -113,6 +114,7 @@ class WarmRuntime(PartitionRuntime):
                 self._pushed = {p: list(q) for p, q in self.queues.items()}
             else:
                 self.queues = {int(p): self.store.queue(self.partition, int(p)) for p in state.get("queued", ())}
+                self._stored = {p: len(q) for p, q in self.queues.items()}
             self.applied_until = state.get("applied_until", -math.inf)
             self.late = state.get("late", 0)
         self.heard: dict[int, float] = {}
@@ -235,10 +237,27 @@ class WarmRuntime(PartitionRuntime):
         rejected: dict[str, float] = {}
         for _, reason, _ in out.dead_letters:
             rejected[f"entries_{reason}"] = rejected.get(f"entries_{reason}", 0) + 1
+        push, drop = self._queue_changes()
         out.changes = Changes(blob=orjson.dumps(state), counters={"rejected": rejected} if rejected else {},
-                              queue_push=self._pushed, queue_drop=self._dropped)
+                              queue_push=push, queue_drop=drop)
+
+    def _queue_changes(self) -> tuple[dict[int, list], dict[int, int]]:
+        """What the commit does to each stored queue: entries taken in and applied in the same
+        batch never reach the store; the stored head is trimmed by what was applied of it."""
+        push, drop = {}, {}
+        for src in self._pushed.keys() | self._dropped.keys():
+            n, stored = self._dropped.get(src, 0), self._stored.get(src, 0)
+            trimmed = min(n, stored)
+            rest = self._pushed.get(src, [])[n - trimmed:]
+            if trimmed:
+                drop[src] = trimmed
+            if rest:
+                push[src] = rest
+        return push, drop
 
     def committed(self, ok: bool) -> None:
+        if ok:
+            self._stored = {p: len(q) for p, q in self.queues.items() if q}
         self._pushed, self._dropped = {}, {}
 
 
