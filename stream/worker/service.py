@@ -63,6 +63,11 @@ def event_time(record: tuple) -> float | None:
     return item.ts if type(item) is Event else None
 
 
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cutting an overdue batch failed: %r", task.exception(), exc_info=task.exception())
+
+
 class WorkerService:
     def __init__(self, app: faust.App, settings: Settings, build: Callable[[Settings], Worker]):
         self.app = app
@@ -77,6 +82,7 @@ class WorkerService:
             "predict": RunScheduler(settings.batch_size, settings.batch_within, event_time),
             "warm": RunScheduler(settings.batch_size, settings.batch_within)}
         self.sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last sought
+        self._cutting: dict[str, asyncio.Future] = {}  # stage -> the overdue batch being cut
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
 
     # ---- dependencies ---------------------------------------------------------------------------
@@ -348,13 +354,17 @@ class WorkerService:
 
     async def cut_overdue_batches(self) -> None:
         """Timer: a batch whose oldest record waited ``SKIPCACHE_BATCH_WITHIN`` is cut now (not
-        waiting for a partition that sends nothing)."""
+        waiting for a partition that sends nothing). The batch runs as its own task, so the
+        timer itself returns at once (faust warns about a timer that overlaps its interval)."""
         if self.built is None:
             return
         now = time.monotonic()
         for name, scheduler in self.schedulers.items():
-            if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
-                await self.drain(name, force=True)
+            running = self._cutting.get(name)
+            if (name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked()
+                    and (running is None or running.done())):
+                task = self._cutting[name] = asyncio.ensure_future(self.drain(name, force=True))
+                task.add_done_callback(_log_failure)
 
     # ---- timers ---------------------------------------------------------------------------------
     def highwater(self, topic: str, partition: int) -> int | None:
