@@ -4,6 +4,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import joblib
@@ -39,10 +40,13 @@ class Artifact:
         product, see ``fast_scoring.py``; any other estimator through scikit-learn)."""
         if len(X) == 0:
             return np.empty(0)
-        fast = self.__dict__.get("_fast", False)
-        if fast is False:
-            fast = self.__dict__["_fast"] = compile_scorer(self.estimator, len(self.feature_names))
+        fast = self._fast_scorer
         return fast(X) if fast is not None else self.estimator.predict_proba(X)[:, 1]
+
+    @cached_property
+    def _fast_scorer(self):
+        """Compiled once per loaded artifact (never saved: ``save`` skips private names)."""
+        return compile_scorer(self.estimator, len(self.feature_names))
 
     def check_features(self, feature_names: tuple[str, ...]) -> None:
         if tuple(feature_names) != tuple(self.feature_names):

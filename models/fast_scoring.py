@@ -65,7 +65,7 @@ def _folds(estimator) -> tuple[np.ndarray, np.ndarray]:
         mean = scaler.mean_ if scaler.with_mean else 0.0
         scale = scaler.scale_ if scaler.with_std else 1.0
         w = svc.coef_.ravel() / scale
-        c = float(svc.intercept_[0]) - float(np.dot(mean * np.ones_like(w), w))
+        c = float(svc.intercept_[0]) - float(np.sum(mean * w))
         columns.append(a * w)
         offsets.append(a * c + b)
     return np.column_stack(columns), np.array(offsets)

@@ -113,5 +113,4 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
     from stream.worker.web import register_views
 
     register_views(app, settings, lambda: service.built, service.metrics, service.readiness, service.call)
-    app.skipcache = service  # for tests and introspection
     return app

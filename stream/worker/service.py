@@ -90,9 +90,6 @@ class WorkerService:
         """A blocking step (a Redis call, a batch's processing) in a thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def offload(self, step: Callable[[], object]) -> object:
-        return await self.call(step)
-
     def dependency_failed(self, dep: Dependency, exc: BaseException, then: str) -> None:
         """Count the failure; log once when the dependency goes, saying what the worker does."""
         self.metrics.dependency_errors.labels(dep.name).inc()
@@ -148,7 +145,7 @@ class WorkerService:
                 ck.sensors.append(self.metrics.sensor(w.models))
                 ck.on_flush_error = self.kafka_failed
                 ck.on_flushed = lambda: self.dependency_ok(self.health.kafka)
-                ck.offload = self.offload
+                ck.offload = self.call
             # the catalogue, the model and faust live as long as the process: keep the cyclic
             # collector from rescanning them on every full collection; and collect the young
             # generation less often (a batch allocates ~100 objects per event, and the state it
@@ -282,12 +279,13 @@ class WorkerService:
         async with self.locks[name]:
             while True:
                 clocks = {p: getattr(rt, "clock", 0.0) for p, rt in stage.runtimes.items()}
-                work, done = scheduler.take(clocks, self.lagging(stage), force)
+                lagging = self.lagging(stage)
+                work, done = scheduler.take(clocks, lagging, force)
                 self.hold_ahead()
                 if not work:
                     return
                 try:
-                    await self.apply(stage, work)
+                    await self.apply(stage, work, lagging)
                 except redis.RedisError as exc:
                     # the batch may or may not have been committed: Redis's offset will tell
                     self.redis_failed(exc)
@@ -299,10 +297,11 @@ class WorkerService:
                 if not scheduler.full():
                     return
 
-    async def apply(self, stage: Stage, work: list[tuple[int, list]]) -> None:
+    async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
+        """``lagging``: the stage's partitions with records on the broker not received yet."""
         batch = []
         if stage.name == "predict":  # partitions with work this batch takes nothing of: their clocks
-            waiting = (self.lagging(stage) | {q for q, p in self.schedulers["predict"].pending.items() if p.records})
+            waiting = lagging | {q for q, p in self.schedulers["predict"].pending.items() if p.records}
             work = work + [(q, []) for q in sorted(waiting - {p for p, _ in work})]
         for p, records in work:
             rt = stage.runtimes.get(p)

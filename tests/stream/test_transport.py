@@ -2,6 +2,7 @@
 an upgrade changes them (their source is pinned by hash: read the new version, port what changed
 into stream/worker/transport.py, then update the hashes), and check that a run is acknowledged
 as every one of its offsets."""
+import asyncio
 import hashlib
 import inspect
 from types import SimpleNamespace
@@ -85,11 +86,20 @@ def test_a_run_overlapping_acked_offsets_is_not_counted_twice():
 def test_held_partitions_are_not_fetched():
     consumer = _consumer()
     a, b = TP("sessions", 0), TP("sessions", 1)
+    asked = []
+
+    async def getmany(active_partitions, timeout):
+        asked.append(set(active_partitions))
+        return {}
+
+    consumer._getmany = getmany
+    consumer._active_partitions = {a, b}
     consumer.hold([b])
-    assert consumer.held == {b}
+    _, active = asyncio.run(consumer._wait_next_records(0.01))
     consumer.hold([])
-    assert consumer.held == set()
-    del a
+    asyncio.run(consumer._wait_next_records(0.01))
+    assert asked == [{a}, {a, b}]
+    assert active == {a, b}  # faust's own active set is left as it was
 
 
 def test_topics_take_turns():

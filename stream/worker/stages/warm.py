@@ -54,7 +54,7 @@ BEHIND_WALL_SECONDS = 60.0
 CAUGHT_UP_SECONDS = 2.0
 """Above a batch's wait and the time from an event's produce to its predict batch's commit."""
 MAX_QUEUED_ENTRIES = 200_000
-"""About 30 MB held back (and written with every commit) while one source lags the others."""
+"""About 30 MB held back (in the store's per-source lists) while one source lags the others."""
 
 
 def command_record(decision, models: dict[str, str]) -> tuple[bytes, bytes]:
@@ -230,7 +230,7 @@ class WarmRuntime(PartitionRuntime):
         state = warmer_state(self.warmer)
         state["received"] = {str(p): o for p, o in self.received.items()}
         state["clocks"] = {str(p): t for p, t in self.clocks.items()}
-        state["queued"] = sorted(p for p, q in self.queues.items() if q or p in self._pushed)
+        state["queued"] = sorted(p for p, q in self.queues.items() if q)
         state["late"] = self.late
         if math.isfinite(self.applied_until):
             state["applied_until"] = self.applied_until
