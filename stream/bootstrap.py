@@ -27,9 +27,9 @@ from stream.worker.checkpoint import Checkpoint, Sensor
 from stream.kafka_io import partition_of, track_partition_of
 from stream.worker.stages.partition import PartitionRuntime
 from stream.worker.stages.predict import PredictRuntime
-from stream.worker.stages.warm import WarmRuntime
+from stream.worker.stages.warm import SourceEnds, WarmRuntime
 from stream.settings import Settings
-from stream.store import StateStore
+from stream.store import PartitionStore, StateStore
 from stream.sinks import KafkaSink, SharedProducer, Sink
 from stream.stores import store_from_url
 
@@ -71,6 +71,8 @@ class Stage:
     partitions: int
     checkpoint: Checkpoint
     make: Callable[[int], PartitionRuntime]
+    store: PartitionStore | None = None
+    """Where its partitions' state and offsets live (read for partitions other workers own)."""
     runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
 
     def runtime(self, partition: int) -> PartitionRuntime:
@@ -98,6 +100,8 @@ class Worker:
     """The stages this process runs (``SKIPCACHE_STAGE``), by name."""
     thresholds: tuple[float, float] | None = None
     """(medium, fast) in force: read from Redis by refresh_thresholds, not on every access."""
+    source_ends: SourceEnds | None = None
+    """Where the warm stage reads the sessions partitions' end offsets (set by the live worker)."""
 
     @property
     def variants(self) -> dict[str, Artifact]:
@@ -127,12 +131,18 @@ class Worker:
         return PredictRuntime(partition, self.store, self.catalogue, scorers, self.policy.scorer, self.engine_config,
                               s.warm_partitions, self.track_partition,
                               variant_of=self.variant if self.artifact_b is not None else None,
-                              window=TimeWindow.from_date(s.earliest_event, s.max_ahead_seconds))
+                              window=self.window)
+
+    @property
+    def window(self) -> TimeWindow:
+        """The event times both stages believe (SKIPCACHE_EARLIEST_EVENT, SKIPCACHE_MAX_AHEAD_SECONDS)."""
+        return TimeWindow.from_date(self.settings.earliest_event, self.settings.max_ahead_seconds)
 
     def warm_runtime(self, partition: int) -> WarmRuntime:
         owner = self.track_partition
         return WarmRuntime(partition, self.store.stage("warm"), self.catalogue, self.policy, self.tier_config,
-                           lambda track: owner(track) == partition, self.models, sources=self.settings.partitions)
+                           lambda track: owner(track) == partition, self.models, sources=self.settings.partitions,
+                           window=self.window, source_ends=self.source_ends)
 
     def refresh_thresholds(self) -> None:
         """Read the thresholds operators set in Redis and hand them to every partition."""
@@ -195,10 +205,10 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
                     EngineConfig(**artifact.engine_config), artifact_b)
     sinks = build_sinks(settings) if sinks is None else sinks
-    topics = {"predict": (settings.topic_sessions, settings.partitions, worker.predict_runtime),
-              "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime)}
+    topics = {"predict": (settings.topic_sessions, settings.partitions, worker.predict_runtime, store),
+              "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime, store.stage("warm"))}
     for name in settings.stages:
-        topic, partitions, make = topics[name]
-        worker.stages[name] = Stage(name, topic, partitions, Checkpoint(sinks[name], sensors or []), make)
+        topic, partitions, make, stage_store = topics[name]
+        worker.stages[name] = Stage(name, topic, partitions, Checkpoint(sinks[name], sensors or []), make, stage_store)
     worker.refresh_thresholds()
     return worker

@@ -65,6 +65,10 @@ class Settings:
     cold_after_hours: float = _env("SKIPCACHE_COLD_AFTER_HOURS", 1.0, "a promoted track unused this long (event time) is demoted to slow")
     stall_seconds: float = _env("SKIPCACHE_STALL_SECONDS", 30.0, "a partition with lag that has not advanced this "
                                 "long makes /healthz unhealthy")
+    unowned_seconds: float = _env("SKIPCACHE_UNOWNED_SECONDS", 3.0, "a partition this worker does not own, with lag "
+                                  "and its offset in Redis unmoved this long, is reported unowned by /healthz")
+    late_entries_alert: int = _env("SKIPCACHE_LATE_ENTRIES_ALERT", 100, "entries applied behind event time in a "
+                                   "minute above which /healthz says degraded and the worker warns")
     earliest_event: str = _env("SKIPCACHE_EARLIEST_EVENT", "2000-01-01", "events stamped before this date (UTC) are "
                                "dead letters: before the export family's era")
     max_ahead_seconds: float = _env("SKIPCACHE_MAX_AHEAD_SECONDS", 300.0, "events stamped more than this ahead of "

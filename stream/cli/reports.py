@@ -88,7 +88,9 @@ def render_status(fig: dict) -> str:
     return (f"events {sum(fig['events_by_type'].values()):,}  predictions {fig.get('predictions', 0):,}  "
             f"accuracy {acc} (majority {maj})  full-play hit ratio {fig['full_play_hit_ratio']:.3f}  "
             f"promotions {fig['promotions']:,} (wasted {fig['wasted_promotions']:,})  "
-            f"rejected {sum(fig['rejected'].values()):,}")
+            f"rejected {sum(fig['rejected'].values()):,}"
+            + (f"  LATE ENTRIES {fig['warm_late_entries']:,} (applied behind event time: the cache figures are "
+               f"approximate)" if fig.get("warm_late_entries") else ""))
 
 
 def render_ab(result: dict) -> str:

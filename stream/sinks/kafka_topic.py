@@ -23,16 +23,24 @@ class SharedProducer:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._round_robin = itertools.count()
+        self._starting: asyncio.Lock | None = None  # made in the loop that first needs it
 
     async def get(self) -> AIOKafkaProducer:
+        """The producer, started once: sinks flushing together (both stages, or one checkpoint's
+        sinks gathered) wait for the same start rather than each starting one (and leaking all
+        but the last: "Unclosed AIOKafkaProducer")."""
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.config)
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
+            if self._starting is None:
+                self._starting = asyncio.Lock()
+            async with self._starting:
+                if self._producer is None:
+                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.config)
+                    try:
+                        await producer.start()
+                    except BaseException:
+                        await producer.stop()
+                        raise
+                    self._producer = producer
         return self._producer
 
     async def partitions(self, topic: str) -> list[int]:

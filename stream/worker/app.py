@@ -24,6 +24,7 @@ import faust
 
 from stream.bootstrap import Worker, build_worker
 from stream.settings import Settings
+from stream.worker.log_noise import install
 from stream.worker.service import WorkerService
 from stream.worker.transport import Transport
 
@@ -67,6 +68,8 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         table_cleanup_interval=3600,
     )
     service = WorkerService(app, settings, build)
+    install(service.noise["kafka"], ("aiokafka", "kafka"))
+    install(service.noise["redis"], ("redis",))
     built = settings.stages  # checks SKIPCACHE_STAGE before anything starts
     topics = {"predict": (settings.topic_sessions, settings.partitions),
               "warm": (settings.topic_entries, settings.warm_partitions)}
@@ -95,6 +98,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
     app.timer(min(0.05, settings.batch_within / 2))(service.cut_overdue_batches)
     app.timer(1.0)(service.release_idle_entries)
     app.timer(0.5)(service.refresh_thresholds)
+    app.timer(1.0)(service.check_group)
     relevant = {n: topics[n] for n in built}
 
     @app.timer(1.0)
@@ -112,5 +116,6 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
 
     from stream.worker.web import register_views
 
-    register_views(app, settings, lambda: service.built, service.metrics, service.readiness, service.call)
+    register_views(app, settings, lambda: service.built, service.metrics, service.readiness, service.call,
+                   service.health.liveness)
     return app

@@ -22,15 +22,20 @@ The live worker runs it with Kafka sinks and the Redis store; tests and ``replay
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
+import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
 from stream.worker.stages.partition import BatchOutput, PartitionRuntime
 from stream.sinks import Sink
+from stream.store import Changes
+
+log = logging.getLogger(__name__)
 
 Offload = Callable[[Callable[[], object]], Awaitable[object]]
 """Runs a blocking step (process: it reads Redis; commit: it writes Redis) and awaits its result:
@@ -42,8 +47,26 @@ FLUSH_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
 
 def dead_letter_record(out: BatchOutput, offset: int, reason: str, raw: bytes) -> tuple[None, bytes]:
+    error = out.errors.get(offset)
     return None, orjson.dumps({"reason": reason, "stage": out.stage, "partition": out.partition, "offset": offset,
-                               "raw": raw[:4096].decode("utf-8", "replace")})
+                               **({"error": error} if error else {}), "raw": raw[:4096].decode("utf-8", "replace")})
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (redis.RedisError,)
+"""Errors of a dependency, not of the records: they go to the worker's recovery (wait, re-read,
+seek), never to the dead letters."""
+MAX_POISONED_IN_A_ROW = 3
+"""Records that fail one by one in a row before the partition is stopped: then the fault is in
+its stored state, not in the records, and dead-lettering on would empty the partition."""
+
+
+class PartitionStopped(Exception):
+    """A partition's records fail whatever is done with them (or its state cannot be loaded): it
+    is stopped, loudly (``/livez`` 503 names it), rather than dead-lettered away."""
+
+    def __init__(self, stage: str, partition: int, offset: int, error: BaseException):
+        super().__init__(f"{stage} partition {partition} stopped at offset {offset}: {error!r}")
+        self.stage, self.partition, self.offset, self.error = stage, partition, offset, error
 
 
 @dataclass
@@ -52,6 +75,15 @@ class CheckpointResult:
     fenced: list[BatchOutput] = field(default_factory=list)
     """Batches the store refused (another worker, or a fault, moved the partition): the caller
     re-reads those partitions from the store."""
+    stopped: list[PartitionStopped] = field(default_factory=list)
+    """Partitions whose records fail one by one (their state is at fault): not committed further."""
+
+
+@dataclass
+class _Failed:
+    """A partition's batch whose processing raised: isolated record by record after the others."""
+
+    error: BaseException
 
 
 class Checkpoint:
@@ -68,9 +100,26 @@ class Checkpoint:
         self.offload = offload or inline
 
     async def run(self, work: Sequence[tuple[PartitionRuntime, list[tuple]]]) -> CheckpointResult:
-        """``work``: each partition's runtime and its unbroken run of records."""
+        """``work``: each partition's runtime and its unbroken run of records. A batch whose
+        processing raises (a record no check foresaw) is caught here: its partition is re-read
+        from the store and its records applied one at a time, the failing ones dead-lettered with
+        the error named; the other partitions' batches are not held back by it."""
         started = time.perf_counter()
-        outputs = await self.offload(lambda: [(rt, rt.process(run)) for rt, run in work])
+        outputs = await self.offload(lambda: [(rt, _process(rt, run)) for rt, run in work])
+        result = CheckpointResult()
+        await self._settle([(rt, out) for rt, out in outputs if not isinstance(out, _Failed)], result, started)
+        for (rt, out), (_, run) in zip(outputs, work):
+            if isinstance(out, _Failed):
+                log.error("%s partition %d: a batch of %d records at offset %d failed (%r); applying them one by one",
+                          rt.stage, rt.partition, len(run), rt.next_offset, out.error, exc_info=out.error)
+                await self._isolate(rt, run, result, started)
+        return result
+
+    async def _settle(self, outputs: list[tuple[PartitionRuntime, BatchOutput]], result: CheckpointResult,
+                      started: float) -> None:
+        """sinks -> flush -> commit -> sensors for processed batches."""
+        if not outputs:
+            return
         sinks = self.sinks
         for _, out in outputs:
             for offset, reason, raw in out.dead_letters:
@@ -78,7 +127,6 @@ class Checkpoint:
             for name, key, value, partition in out.publish:
                 sinks[name].add(key, value, partition)
         await self.flush()
-        result = CheckpointResult()
         applied = await self.offload(lambda: [rt.commit(out) for rt, out in outputs])
         for (rt, out), ok in zip(outputs, applied):
             if ok:
@@ -88,7 +136,35 @@ class Checkpoint:
                     sensor(out, elapsed)
             else:
                 result.fenced.append(out)
-        return result
+
+    async def _isolate(self, rt: PartitionRuntime, run: list[tuple], result: CheckpointResult,
+                       started: float) -> None:
+        """Re-read the partition, then apply and commit ``run`` one record at a time; a record
+        that fails alone is dead-lettered (``apply_failed``, the error named) and the partition
+        moves past it. Records that keep failing in a row stop the partition."""
+        await self.offload(rt.load)
+        in_a_row = 0
+        for record in run:
+            if record[0] < rt.next_offset:
+                continue
+            if record[0] > rt.next_offset:
+                return  # the partition moved (fenced meanwhile): the worker re-reads it
+            out = await self.offload(lambda: _process(rt, [record]))
+            if isinstance(out, _Failed):
+                in_a_row += 1
+                if in_a_row >= MAX_POISONED_IN_A_ROW:
+                    result.stopped.append(PartitionStopped(rt.stage, rt.partition, record[0], out.error))
+                    return
+                await self.offload(rt.load)
+                out = poisoned(rt, record, out.error)
+                log.error("%s partition %d: record at offset %d dead-lettered: %r", rt.stage, rt.partition,
+                          record[0], out.errors[record[0]])
+            else:
+                in_a_row = 0
+            before = len(result.fenced)
+            await self._settle([(rt, out)], result, started)
+            if len(result.fenced) > before:
+                return
 
     async def flush(self) -> None:
         """Flush every sink; retry with backoff until they all have succeeded."""
@@ -113,3 +189,22 @@ class Checkpoint:
 
 async def inline(step: Callable[[], object]) -> object:
     return step()
+
+
+def _process(rt: PartitionRuntime, run: list[tuple]) -> BatchOutput | _Failed:
+    try:
+        return rt.process(run)
+    except TRANSIENT:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a record no check foresaw; isolated by the caller
+        return _Failed(exc)
+
+
+def poisoned(rt: PartitionRuntime, record: tuple, error: BaseException) -> BatchOutput:
+    """The batch of one record that fails alone: dead-lettered and counted, the offset moved past it."""
+    offset, value = record[0], record[1]
+    reason = "apply_failed"
+    out = BatchOutput(rt.stage, rt.partition, offset, offset + 1, errors={offset: f"{type(error).__name__}: {error}"[:500]})
+    out.dead_letters.append((offset, reason, value or b""))
+    out.changes = Changes(counters={"rejected": {rt.rejected_prefix + reason: 1}})
+    return out

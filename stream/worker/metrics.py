@@ -33,7 +33,8 @@ class WorkerMetrics:
         self.cost = Gauge("skipcache_storage_cost_per_day", "Storage cost per day of the partitions this worker owns", registry=r)
         self.threshold = Gauge("skipcache_threshold", "Promotion threshold on P(played in full)", ["tier"], registry=r)
         self.events = Counter("skipcache_events", "Events applied, by type", ["type"], registry=r)
-        self.rejected = Counter("skipcache_rejected_events", "Events rejected, by reason", ["reason"], registry=r)
+        self.rejected = Counter("skipcache_rejected_events", "Records rejected (dead-lettered) and orphan skips, by the "
+                                "reason `skipcache status` names (entries_* for the entries topic)", ["reason"], registry=r)
         self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
                                        ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                                            2.5, 5), registry=r)
@@ -57,6 +58,11 @@ class WorkerMetrics:
                            registry=r)
         self.stalled = Gauge("skipcache_partition_stalled", "1 while a partition has lag and has not advanced",
                              ["stage", "partition"], registry=r)
+        self.unowned = Gauge("skipcache_partition_unowned", "1 while a partition this worker does not own has lag and "
+                             "nobody moves its offset in Redis", ["stage", "partition"], registry=r)
+        self.stopped_partitions = Gauge("skipcache_partition_stopped", "1 while a partition is stopped: its records fail "
+                                        "whatever is done with them, or its state cannot be loaded (see /livez)",
+                                        ["stage", "partition"], registry=r)
         self.state_losses = Counter("skipcache_state_losses", "Partitions found with their Redis state lost or "
                                     "rolled back (rebuilt or replayed)", registry=r)
         self.relocations = Counter("skipcache_relocations", "Partitions re-read from Redis and re-positioned "
@@ -95,8 +101,9 @@ class WorkerMetrics:
         got right), cache figures from the warm stage (what the storage held)."""
         for kind, n in out.kinds.items():
             self.events.labels(kind).inc(n)
-        for _, reason, _ in out.dead_letters:
-            self.rejected.labels(reason if out.stage == "predict" else f"entries_{reason}").inc()
+        rejected = out.changes.counters.get("rejected") if out.changes is not None else None
+        for reason, n in (rejected or {}).items():  # the names `skipcache status` gives (orphan skips too)
+            self.rejected.labels(reason).inc(n)
         for outcome in out.outcomes:
             variant = outcome.variant
             model = models.get(variant, variant)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +31,13 @@ from redis.backoff import ExponentialWithJitterBackoff
 from models.events import Event
 from stream.bootstrap import Stage, Worker
 from stream.settings import Settings
+from stream.worker.checkpoint import TRANSIENT, PartitionStopped
 from stream.worker.health import Dependency, Health
+from stream.worker.log_noise import ClientNoise
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.positions import StateLost, resume_offset
 from stream.worker.scheduler import RunScheduler
+from stream.worker.stages.warm import SourceEnds
 
 log = logging.getLogger("skipcache.worker")
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
@@ -63,9 +67,16 @@ def event_time(record: tuple) -> float | None:
     return item.ts if type(item) is Event else None
 
 
+def _cause(exc: BaseException) -> str:
+    """What failed, in words: the exception's type and message, and the cause's if it has one."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    inner = exc.__cause__ or exc.__context__
+    return f"{text} <- {type(inner).__name__}: {inner}" if inner is not None and str(inner) not in text else text
+
+
 def _log_failure(task: asyncio.Future) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("cutting an overdue batch failed: %r", task.exception(), exc_info=task.exception())
+        log.error("a timer's task failed: %r", task.exception(), exc_info=task.exception())
 
 
 class WorkerService:
@@ -74,15 +85,20 @@ class WorkerService:
         self.settings = settings
         self.build = build
         self.built: Worker | None = None
-        self.health = Health(settings.stall_seconds)
+        self.health = Health(settings.stall_seconds, settings.late_entries_alert)
         self.metrics = WorkerMetrics()
+        self.noise = {"kafka": ClientNoise(self.health.kafka), "redis": ClientNoise(self.health.redis)}
+        """The clients' own warnings and errors, counted while their dependency is away (``log_noise.py``)."""
+        self.health_away: dict[str, float] = {}  # dependency -> when it went
+        self._noise_said = time.monotonic()
         self.locks = {"predict": asyncio.Lock(), "warm": asyncio.Lock()}
         """One checkpoint at a time per stage (the agent, the batch-deadline timer, the idle timer)."""
         self.schedulers = {
             "predict": RunScheduler(settings.batch_size, settings.batch_within, event_time),
             "warm": RunScheduler(settings.batch_size, settings.batch_within)}
         self.sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last sought
-        self._cutting: dict[str, asyncio.Future] = {}  # stage -> the overdue batch being cut
+        self._others: dict[str, tuple[int, float]] = {}  # partitions of other workers -> (offset, since)
+        self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
 
     # ---- dependencies ---------------------------------------------------------------------------
@@ -94,13 +110,33 @@ class WorkerService:
         """Count the failure; log once when the dependency goes, saying what the worker does."""
         self.metrics.dependency_errors.labels(dep.name).inc()
         if dep.failed(exc):
-            log.error("%s is unreachable (%r): %s", dep.name.title(), exc, then)
+            self.health_away[dep.name] = time.monotonic()
+            log.error("%s is unreachable (%s): %s; its client's errors are counted, not printed, until it "
+                      "answers", dep.name.title(), _cause(exc), then)
         self.metrics.dependency_up.labels(dep.name).set(0)
 
     def dependency_ok(self, dep: Dependency) -> None:
         if dep.ok():
-            log.warning("%s answers", dep.name.title())
+            away = self.health_away.pop(dep.name, None)
+            summary = self.noise[dep.name].take()
+            if away is None:
+                log.info("%s answers%s", dep.name.title(), f" (before: {summary})" if summary else "")
+            else:
+                log.warning("%s answers again after %.1f s%s", dep.name.title(), time.monotonic() - away,
+                            f"; meanwhile {summary}" if summary else "")
         self.metrics.dependency_up.labels(dep.name).set(1)
+
+    def summarise_noise(self) -> None:
+        """Once a minute: client warnings and errors suppressed while their dependency was up."""
+        now = time.monotonic()
+        if now - self._noise_said < 60.0:
+            return
+        self._noise_said = now
+        for name, noise in self.noise.items():
+            if getattr(self.health, name).up:
+                summary = noise.take()
+                if summary:
+                    log.warning("%s client, last minute: %s", name.title(), summary)
 
     def redis_failed(self, exc: BaseException) -> None:
         self.dependency_failed(self.health.redis, exc, "pausing, retrying with backoff")
@@ -139,6 +175,7 @@ class WorkerService:
                 continue
             self.redis_ok()
             self.built = w
+            w.source_ends = self.source_ends()
             self.metrics.set_models(w.variants)
             for stage in w.stages.values():
                 ck = stage.checkpoint
@@ -154,6 +191,41 @@ class WorkerService:
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
         return self.built
+
+    def source_ends(self) -> SourceEnds:
+        """The sessions partitions' end offsets for the warm stage's check of entries' sequences,
+        asked from a worker thread: the fetch high-watermark this consumer knows, else the broker
+        (through the event loop, within two seconds; unknown if it does not answer)."""
+        topic = self.settings.topic_sessions
+        loop = asyncio.get_running_loop()
+
+        def remote(src: int) -> int | None:
+            tp = TP(topic, src)
+            if threading.get_ident() == loop_thread:  # never block the loop on itself
+                return None
+            try:
+                return asyncio.run_coroutine_threadsafe(self.app.consumer.highwaters(tp), loop).result(2.0).get(tp)
+            except Exception:  # the broker away: the entries are taken unchecked, as before
+                return None
+
+        loop_thread = threading.get_ident()
+        return SourceEnds(lambda src: self.highwater(topic, src), remote)
+
+    def stop_partition(self, stop: PartitionStopped) -> None:
+        """A partition whose records fail whatever is done with them, or whose state cannot be
+        loaded: nothing more of it is applied or fetched until it is assigned again (a restart or
+        a rebalance), and /livez says so; its state and offset in Redis stay as they were."""
+        key = f"{stop.stage}/{stop.partition}"
+        self.health.stopped[key] = f"at offset {stop.offset}: {type(stop.error).__name__}: {stop.error}"[:500]
+        self.metrics.stopped_partitions.labels(stop.stage, str(stop.partition)).set(1)
+        log.critical("%s partition %d stopped at offset %d: %r; its state in Redis is kept. /livez reports it; fix "
+                     "the cause and restart the worker", stop.stage, stop.partition, stop.offset, stop.error,
+                     exc_info=stop.error)
+        w = self.built
+        stage = next((st for st in w.stages.values() if st.name == stop.stage), None) if w is not None else None
+        if stage is not None:
+            stage.runtimes.pop(stop.partition, None)
+        self.release(stop.stage, {stop.partition})
 
     async def stop_fatally(self, exc: StateLost) -> None:
         self.health.fatal = str(exc)
@@ -172,9 +244,17 @@ class WorkerService:
                     await self.call(rt.start_at, resume.offset)
                 self.redis_ok()
                 break
-            except redis.RedisError as exc:
+            except TRANSIENT as exc:
                 self.redis_failed(exc)
                 await self.wait_for_redis()
+            except StateLost:
+                raise
+            except Exception as exc:  # its stored state cannot be loaded: stop it, loudly
+                self.stop_partition(PartitionStopped(stage.name, partition, committed if committed is not None
+                                                     else earliest, exc))
+                return committed if committed is not None else earliest
+        if self.health.stopped.pop(f"{stage.name}/{partition}", None) is not None:
+            self.metrics.stopped_partitions.labels(stage.name, str(partition)).set(0)
         if resume.loud:
             self.health.state_losses += 1
             self.metrics.state_losses.inc()
@@ -253,6 +333,16 @@ class WorkerService:
     # ---- the loop -------------------------------------------------------------------------------
     async def consume(self, name: str, stream) -> None:
         """An agent's body: each item is one fetched run of one partition (transport.py)."""
+        try:
+            await self._consume(name, stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # faust restarts the agent; /livez tells once it keeps crashing
+            self.health.agent_crashed(name, exc)
+            log.error("%s agent crashed (%r); faust restarts it", name, exc, exc_info=exc)
+            raise
+
+    async def _consume(self, name: str, stream) -> None:
         scheduler = self.schedulers[name]
         runs = stream.noack()
         async for event in runs.events():
@@ -286,7 +376,7 @@ class WorkerService:
                     return
                 try:
                     await self.apply(stage, work, lagging)
-                except redis.RedisError as exc:
+                except TRANSIENT as exc:
                     # the batch may or may not have been committed: Redis's offset will tell
                     self.redis_failed(exc)
                     applied = {p: rt.next_offset for p, rt in stage.runtimes.items()}
@@ -323,12 +413,27 @@ class WorkerService:
         if not any(run for _, run in batch):
             return
         result = await stage.checkpoint.run(batch)
-        for out in result.fenced:
-            log.warning("%s partition %d: fenced at offset %d (Redis holds another offset); re-reading it",
-                        stage.name, out.partition, out.start_offset)
+        self.settled(stage.name, result)
+        for out in result.fenced:  # the runtime said why (partition.py)
             await self.relocate(stage, [out.partition], {out.partition: out.start_offset})
         self.redis_ok()
         self.update_gauges(self.built)
+
+    def settled(self, name: str, result) -> None:
+        """After a checkpoint: partitions it stopped, the stage's progress, entries applied late."""
+        for stop in result.stopped:
+            self.stop_partition(stop)
+        if result.committed:
+            self.health.progressed(name)
+        late = sum(out.late_entries for out in result.committed)
+        if late:
+            health = self.health
+            before = health.late_recently()
+            health.entries_late(late)
+            if before <= health.late_alert < before + late:
+                log.warning("the warm stage applied %d entries behind event time in the last minute (a source "
+                            "taken for idle was not: a predict partition paused or far behind); the cache figures "
+                            "are approximate meanwhile. /healthz says degraded", before + late)
 
     def lagging(self, stage: Stage) -> set[int]:
         """The stage's partitions with records on the broker it has not received (or whose end
@@ -349,7 +454,12 @@ class WorkerService:
         w = self.built
         if consumer is None or w is None or not hasattr(consumer, "hold"):
             return
-        consumer.hold({TP(w.stages[n].topic, q) for n, s in self.schedulers.items() if n in w.stages for q in s.held})
+        held = {TP(w.stages[n].topic, q) for n, s in self.schedulers.items() if n in w.stages for q in s.held}
+        for key in self.health.stopped:  # nothing of a stopped partition is applied: fetch none of it
+            name, q = key.split("/")
+            if name in w.stages:
+                held.add(TP(w.stages[name].topic, int(q)))
+        consumer.hold(held)
 
     async def cut_overdue_batches(self) -> None:
         """Timer: a batch whose oldest record waited ``SKIPCACHE_BATCH_WITHIN`` is cut now (not
@@ -453,9 +563,10 @@ class WorkerService:
         async with self.locks["warm"]:
             try:
                 result = await warm.checkpoint.run([(rt, []) for rt in done])
-            except redis.RedisError as exc:
+            except TRANSIENT as exc:
                 self.redis_failed(exc)  # the batch loop does the waiting and re-reading
                 return
+        self.settled("warm", result)
         for out in result.fenced:
             await self.relocate(warm, [out.partition], {out.partition: out.start_offset})
 
@@ -471,7 +582,19 @@ class WorkerService:
         self.update_gauges(w)
 
     async def check_kafka(self, topics: dict[str, tuple[str, int]]) -> None:
-        """Kafka is up when the topics' earliest offsets can be read, within two seconds."""
+        """Kafka is up when the topics' earliest offsets can be read, within two seconds. The
+        check runs as its own task (the timer returns at once: faust warns of a timer that
+        overlaps its interval, as a check waiting on a broker that is away would)."""
+        self.spawn("check_kafka", lambda: self._check_kafka(topics))
+
+    def spawn(self, name: str, coroutine: Callable) -> None:
+        """Run ``coroutine()`` as a task named ``name`` unless the last one is still running."""
+        running = self._cutting.get(name)
+        if running is None or running.done():
+            task = self._cutting[name] = asyncio.ensure_future(coroutine())
+            task.add_done_callback(_log_failure)
+
+    async def _check_kafka(self, topics: dict[str, tuple[str, int]]) -> None:
         try:
             await asyncio.wait_for(self.app.consumer.earliest_offsets(
                 *(TP(topic, p) for topic, n in topics.values() for p in range(n))), 2.0)
@@ -479,7 +602,52 @@ class WorkerService:
             self.dependency_failed(self.health.kafka, exc, "the consumer keeps retrying")
         else:
             self.dependency_ok(self.health.kafka)
+        self.summarise_noise()
         self.readiness()
+
+    async def check_group(self) -> None:
+        self.spawn("check_group", self._check_group)
+
+    async def _check_group(self) -> None:
+        """Timer: partitions of this worker's stages that it does not own, with lag, whose offset
+        in Redis has not moved for ``SKIPCACHE_UNOWNED_SECONDS``: no consumer in the group works
+        on them (a worker died and the group has not noticed yet, or one is stuck)."""
+        w = self.built
+        if w is None:
+            return
+        if not any(stage.runtimes for stage in w.stages.values()):
+            self.health.unowned = {}  # not in the group yet (or between assignments): nothing to compare
+            return
+        now, limit = time.monotonic(), self.settings.unowned_seconds
+        unowned, seen = {}, {}
+        for stage in w.stages.values():
+            others = [p for p in range(stage.partitions) if p not in stage.runtimes]
+            if not others:
+                continue
+            tps = [TP(stage.topic, p) for p in others]
+            try:
+                ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
+                offsets = await self.call(lambda: [stage.store.offset(p) for p in others])
+            except Exception:  # the broker or Redis away: their own checks report it
+                return
+            for p, offset in zip(others, offsets):
+                key = f"{stage.name}/{p}"
+                lag = ends.get(TP(stage.topic, p), 0) - offset
+                last = self._others.get(key)
+                seen[key] = last if last is not None and last[0] == offset else (offset, now)
+                if lag > 0 and now - seen[key][1] >= limit:
+                    unowned[key] = lag
+        self._others = seen
+        gone = self.health.unowned.keys() - unowned.keys()
+        for key in sorted(unowned.keys() - self.health.unowned.keys()):
+            log.warning("%s partition %s has %d records to do and no consumer in the group moves it (a worker "
+                        "gone and the group not rebalanced yet, or one stuck)", *key.split("/"), unowned[key])
+        for key in sorted(gone):
+            log.info("%s partition %s moves again", *key.split("/"))
+            self.metrics.unowned.labels(*key.split("/")).set(0)
+        for key in unowned:
+            self.metrics.unowned.labels(*key.split("/")).set(1)
+        self.health.unowned = unowned
 
     async def close_sinks(self) -> None:
         w = self.built

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -27,15 +28,58 @@ NO_TOKEN = ("no API token is configured, so changes are refused: start the worke
             "`Authorization: Bearer TOKEN`")
 
 
-def refusal(request, settings: Settings) -> tuple[dict, int] | None:
+class AuthThrottle:
+    """Failed token attempts per client address: each logged (never the token), at most once a
+    minute per client with the count; past ``limit`` in a minute the client gets 429 without its
+    token being compared, until the minute is over."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0):
+        self.limit, self.window = limit, window
+        self.failures: dict[str, list[float]] = {}
+        self._logged: dict[str, float] = {}
+
+    def recent(self, client: str, now: float) -> list[float]:
+        times = self.failures.get(client)
+        if times is None:
+            return []
+        times[:] = [t for t in times if now - t < self.window]
+        if not times:
+            del self.failures[client]
+        return times
+
+    def blocked(self, client: str, now: float | None = None) -> bool:
+        return len(self.recent(client, time.monotonic() if now is None else now)) >= self.limit
+
+    def failed(self, client: str, what: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self.recent(client, now)
+        times.append(now)
+        self.failures[client] = times
+        if now - self._logged.get(client, -math.inf) >= self.window:
+            self._logged[client] = now
+            log.warning("refused %s from %s: no valid token (%d failed attempts from it in the last %.0f s%s)",
+                        what, client, len(times), self.window,
+                        "; further attempts get 429 for now" if len(times) >= self.limit else "")
+        if len(self._logged) > 10_000:  # many clients: keep memory bounded
+            self._logged.clear()
+        if len(self.failures) > 10_000:
+            self.failures.clear()
+
+
+def refusal(request, settings: Settings, throttle: AuthThrottle | None = None) -> tuple[dict, int] | None:
     """None if the request may change things; else the error body and status: 403 when the
-    worker has no token (nobody may), 401 when the caller's does not match. The comparison takes
-    constant time and the token is never logged."""
+    worker has no token (nobody may), 401 when the caller's does not match, 429 for a client
+    with too many failed attempts. The comparison takes constant time and the token is never logged."""
     if not settings.api_token:
         return {"error": NO_TOKEN}, 403
+    client = getattr(request, "remote", None) or "unknown"
+    if throttle is not None and throttle.blocked(client):
+        return {"error": "too many failed token attempts from this address; try again in a minute"}, 429
     header = request.headers.get("Authorization", "")
     token = header[7:] if header.startswith("Bearer ") else request.headers.get("X-Skipcache-Token", "")
     if not (token and hmac.compare_digest(token.encode(), settings.api_token.encode())):
+        if throttle is not None:
+            throttle.failed(client, f"{request.method} {request.path}")
         return {"error": "a valid token is needed (Authorization: Bearer TOKEN)"}, 401
     return None
 
@@ -103,9 +147,12 @@ async def read_body(request, limit: int = MAX_BODY) -> bytes:
 
 
 def register_views(app: faust.App, settings: Settings, worker: Callable, metrics, readiness: Callable,
-                   redis_call: Callable) -> None:
+                   redis_call: Callable, liveness: Callable) -> None:
     """``worker()``: the built Worker or None (still starting); ``readiness()``: (ready, body);
+    ``liveness()``: the /livez body;
     ``redis_call(fn, *args)``: a blocking store call off the event loop."""
+
+    throttle = AuthThrottle()
 
     class JSONView(faust.web.View):
         def fail(self, status: int, message: str):
@@ -144,7 +191,7 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             return self.bytes(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
 
         async def delete(self, request):
-            refused = refusal(request, settings)
+            refused = refusal(request, settings, throttle)
             if refused is not None:
                 return self.json(refused[0], status=refused[1])
             w = self.ready_worker()
@@ -171,12 +218,12 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
 
     @app.page("/livez")
     class Live(faust.web.View):
-        """Alive unless stopping on a fatal error: a dependency away is waited for, not fatal."""
+        """Alive unless stopping on a fatal error, a partition stopped or an agent crashing again
+        and again (each named, with its offset and error): a dependency away is waited for, not fatal."""
 
         async def get(self, request):
-            _, body = readiness()
-            return self.json({"live": body["live"], **({"fatal": body["fatal"]} if "fatal" in body else {})},
-                             status=200 if body["live"] else 503)
+            body = liveness()
+            return self.json(body, status=200 if body["live"] else 503)
 
     @app.page("/threshold")
     class Threshold(JSONView):
@@ -185,7 +232,7 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
 
         async def put(self, request):
-            refused = refusal(request, settings)
+            refused = refusal(request, settings, throttle)
             if refused is not None:
                 return self.json(refused[0], status=refused[1])
             w = self.ready_worker()

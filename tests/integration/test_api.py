@@ -74,6 +74,14 @@ def test_http_api_and_runtime_threshold(live, live_data):
         out = subprocess.run([sys.executable, "-m", "stream.cli", "threshold", "set", "2"], env=env,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "within [0, 1]" in out.stderr
+
+        # failed token attempts are logged (never the token) and throttled per client
+        statuses = [_call("PUT", f"{base}/threshold", {"threshold": 0.7}, token="guess-Zq81")[0] for _ in range(12)]
+        assert statuses[:8] == [401] * 8 and statuses[-1] == 429
+        assert _call("PUT", f"{base}/threshold", {"threshold": 0.7}, token="s3cret")[0] == 429  # until the minute ends
+        log = (live.workdir / "w.log").read_text()
+        assert "refused PUT /threshold from 127.0.0.1: no valid token" in log and "guess-Zq81" not in log
+        assert log.count("refused PUT /threshold") <= 2  # once a minute per client, with the count
         assert worker.poll() is None
     finally:
         worker.terminate()

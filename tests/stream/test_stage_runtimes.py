@@ -130,6 +130,9 @@ def test_bad_events_become_dead_letters_and_the_offset_moves(setup):
     assert bus.store.counters("rejected")["bad_json"] == 1
 
 
+T, TRACK = 1.7e9, "x" * 22
+
+
 def test_bad_entries_messages_become_dead_letters_in_the_warm_stage(setup):
     ds, art, _, records = setup
     bus = Bus(ds, art)
@@ -137,8 +140,109 @@ def test_bad_entries_messages_become_dead_letters_in_the_warm_stage(setup):
     good = len(bus.topic)
     bus.topic += [(good, b"{oops"), (good + 1, orjson.dumps({"v": 9, "src": 0, "e": []})),
                   (good + 2, orjson.dumps({"v": 1, "src": 0, "e": [[5, 0, 1.0]]})),
-                  (good + 3, encode(0, 1.0, [(3, 2, 1.0, 1, 1, 0, "t", 1), (2, 2, 1.0, 1, 1, 0, "t", 1)]))]
+                  (good + 3, encode(0, T, [(3, 2, T, 1, 1, 0, TRACK, 1), (2, 2, T, 1, 1, 0, TRACK, 1)]))]
     out = bus.drain()
     assert [r for _, r, _ in out.dead_letters] == ["bad_json", "unknown_entries_version", "bad_entries", "bad_entries"]
     assert bus.warm.next_offset == good + 4
     assert bus.store.counters("rejected")["entries_bad_entries"] == 2
+
+
+def _hostile_entries(value: bytes) -> list[tuple[str, bytes]]:
+    """Messages a hostile or broken producer could put on the entries topic, each shaped like
+    ``value`` (a real one) but with one field wrong: (the reason expected, the message)."""
+    msg = orjson.loads(value)
+    play = next(e for e in msg["e"] if e[1] == 0)
+
+    def variant(**change):
+        return orjson.dumps({**msg, **change})
+
+    return [
+        ("bad_entries", variant(e=[[play[0], 0, "2023-01-01", *play[3:]]])),  # time as a string
+        ("bad_entries", variant(e=[[play[0], 0, play[2], str(play[3]), *play[4:]]])),  # user as a string
+        ("bad_entries", variant(e=[[play[0], 1, play[2], play[6], "A", [7.5]]])),  # score outside [0, 1]
+        ("bad_entries", variant(t=True)),
+        ("unknown_source", variant(src=99)),
+        ("clock_in_future", variant(t=4.1e9)),
+        ("sequence_beyond_source", variant(e=[[10**12, *play[1:]]])),
+    ]
+
+
+def test_hostile_entries_messages_are_dead_lettered_and_change_no_figure(setup):
+    """Each passes the envelope's shape; believed, it would move the watermark (a phantom source,
+    a clock in 2100) or the duplicate filter (a sequence of 10**12) for good, or crash the warmer."""
+    from stream.worker.stages.warm import SourceEnds
+
+    ds, art, sim, records = setup
+    clean, hostile = Bus(ds, art), Bus(ds, art)
+    ends = SourceEnds(lambda src: None, lambda src: len(records))  # nothing fetched locally: the broker's
+    clean.warm.source_ends = hostile.warm.source_ends = ends
+    half = len(records) // 2
+    clean.run(records[:half])
+    hostile.run(records[:half])
+    sample = next(v for _, v in hostile.topic if b'"e":[[' in v and b",0," in v)
+    bad = _hostile_entries(sample)
+    hostile.topic += [(len(hostile.topic) + i, value) for i, (_, value) in enumerate(bad)]
+    out = hostile.drain()
+    assert [r for _, r, _ in out.dead_letters] == [reason for reason, _ in bad]
+    assert all(out.errors.values()) and len(out.errors) == len(bad)  # each dead letter says what is wrong
+    clean.run(records[half:])
+    hostile.run(records[half:])
+    assert hostile.figures(ds)["promotions"] == clean.figures(ds)["promotions"] > 0
+    _assert_same(hostile.figures(ds), sim)
+    rejected = hostile.store.counters("rejected")
+    assert {r: rejected[f"entries_{r}"] for r, _ in bad} == {"bad_entries": 4, "unknown_source": 1,
+                                                            "clock_in_future": 1, "sequence_beyond_source": 1}
+
+
+def test_a_record_that_makes_the_apply_step_raise_is_dead_lettered_and_the_stage_carries_on(setup, monkeypatch):
+    """A value no check foresaw: the batch is caught at its boundary, the partition re-read and
+    its records applied one by one; only the one that fails is dead-lettered, with the error."""
+    import asyncio
+
+    from cache_warmer.warmer import CacheWarmer
+    from stream.worker.checkpoint import Checkpoint
+
+    ds, art, sim, records = setup
+    bus = Bus(ds, art)
+    bus.send(records[:300])
+    on_play = CacheWarmer.on_play
+
+    def fragile(self, user_id, *args, **kwargs):
+        if user_id == 424242:
+            raise KeyError("a value nobody checked for")
+        return on_play(self, user_id, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWarmer, "on_play", fragile)
+    poison = encode(0, T, [(1, 0, T, 424242, 1, 0, TRACK, "A")])
+    at = len(bus.topic) // 2
+    bus.topic.insert(at, (at, poison))
+    bus.topic = [(i, v) for i, (_, v) in enumerate(bus.topic)]
+    sinks = list_sinks()["warm"]
+    result = asyncio.run(Checkpoint(sinks).run([(bus.warm, bus.topic)]))
+    assert not result.stopped and not result.fenced
+    dead = [orjson.loads(v) for _, v, _ in sinks["dead_letters"].records]
+    assert [(d["offset"], d["reason"]) for d in dead] == [(at, "apply_failed")]
+    assert "KeyError" in dead[0]["error"]
+    assert bus.warm.next_offset == len(bus.topic)  # the stage moved past it and on
+    assert bus.store.counters("rejected")["entries_apply_failed"] == 1
+    assert bus.store.counters("rejected").get("entries_bad_entries") is None
+
+
+def test_records_that_fail_one_by_one_in_a_row_stop_the_partition_loudly(setup, monkeypatch):
+    """When every record fails alone, the fault is in the partition's state: it is stopped (the
+    worker's /livez names it), not emptied into the dead letters."""
+    import asyncio
+
+    from cache_warmer.warmer import CacheWarmer
+    from stream.worker.checkpoint import MAX_POISONED_IN_A_ROW, Checkpoint
+
+    ds, art, _, records = setup
+    bus = Bus(ds, art)
+    for i in range(0, 500, 100):
+        bus.send(records[i:i + 100])
+    start = bus.warm.next_offset
+    monkeypatch.setattr(CacheWarmer, "apply", lambda self, entries: (_ for _ in ()).throw(RuntimeError("broken state")))
+    sinks = list_sinks()["warm"]
+    result = asyncio.run(Checkpoint(sinks).run([(bus.warm, bus.topic)]))
+    assert [(s.partition, s.offset) for s in result.stopped] == [(0, start + MAX_POISONED_IN_A_ROW - 1)]
+    assert len(sinks["dead_letters"].records) == MAX_POISONED_IN_A_ROW - 1

@@ -8,6 +8,7 @@ from cache_warmer.entries import PLAY
 from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.tiers import TierConfig
 from models.events import Catalogue
+from models.parsing import TimeWindow
 from stream.worker.stages.entry_codec import encode
 from stream.stores.memory import MemoryStore
 from stream.worker.stages.warm import BEHIND_WALL_SECONDS, CAUGHT_UP_SECONDS, IDLE_WALL_SECONDS, WarmRuntime
@@ -17,7 +18,8 @@ from stream.worker.stages.warm import BEHIND_WALL_SECONDS, CAUGHT_UP_SECONDS, ID
 def _runtime(sources=2, store=None):
     store = store or MemoryStore()
     return WarmRuntime(0, store.stage("warm"), Catalogue(), ThresholdPolicy("model", "model"),
-                       TierConfig.for_catalogue(Catalogue()), lambda track: True, {"A": "m"}, sources=sources)
+                       TierConfig.for_catalogue(Catalogue()), lambda track: True, {"A": "m"}, sources=sources,
+                       window=TimeWindow(earliest=0.0))  # event times of a few seconds
 
 
 class Topic:
@@ -33,7 +35,7 @@ class Topic:
         """``after``: seconds after the first message it was sent (its Kafka timestamp)."""
         first = self.seq.get(src, 0)
         self.seq[src] = first + len(times)
-        entries = [[first + i, PLAY, t, src * 1000 + i, 1, i, f"t{src}-{i}", "A"] for i, t in enumerate(times)]
+        entries = [[first + i, PLAY, t, src * 1000 + i, 1, i, f"t{src}-{i}".ljust(22, "x"), "A"] for i, t in enumerate(times)]
         record = (self.offset, encode(src, max(times), entries), self.t0 + after)
         self.offset += 1
         out = self.rt.process([record])

@@ -35,6 +35,8 @@ class BatchOutput:
     kinds: dict[str, int] = field(default_factory=dict)
     timestamps: list[float] = field(default_factory=list)  # Kafka timestamps (s) of the input records
     changes: Changes | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+    """Offset -> what was wrong with a dead-lettered record, for its dead letter."""
 
 
 class OffsetGap(Exception):
@@ -45,8 +47,19 @@ class OffsetGap(Exception):
         self.partition, self.expected, self.got = partition, expected, got
 
 
+def fence_cause(stored: int | None, expected: int) -> str:
+    """Why a commit was fenced, from the offset the store holds now."""
+    if stored is None:
+        return "no offset (Redis lost this partition's state: restarted empty, or the keys were deleted)"
+    if stored > expected:
+        return f"offset {stored} (another worker applied past this batch)"
+    return f"offset {stored}, behind the batch (Redis rolled back: restarted from an older snapshot)"
+
+
 class PartitionRuntime:
     stage = ""
+    rejected_prefix = ""
+    """Before a rejection reason in the ``rejected`` counters (``entries_`` for the warm stage)."""
 
     def __init__(self, partition: int, store: PartitionStore):
         self.partition = partition
@@ -95,9 +108,9 @@ class PartitionRuntime:
         if ok:
             self.next_offset = out.next_offset
         else:
-            log.warning("%s partition %d: fenced at offset %d (another worker moved on); reloading",
-                        self.stage, self.partition, out.start_offset)
             self.load()
+            log.warning("%s partition %d: not committed: the batch began at offset %d and Redis holds %s; "
+                        "re-reading the partition", self.stage, self.partition, out.start_offset, fence_cause(self.stored, out.start_offset))
         return ok
 
     def committed(self, ok: bool) -> None:

@@ -113,6 +113,8 @@ class PredictRuntime(PartitionRuntime):
                 kinds[item.kind] = kinds.get(item.kind, 0) + 1
             else:
                 out.dead_letters.append((offset, item.reason, value or b""))
+                if item.detail:
+                    out.errors[offset] = item.detail
         out.events = len(events)
         self._prefetch(events)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)

@@ -31,6 +31,8 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
@@ -38,6 +40,7 @@ from cache_warmer.policies import CachePolicy
 from cache_warmer.tiers import TierConfig, TierState
 from cache_warmer.warmer import CacheWarmer, load_warmer_state, warmer_state
 from models.events import Catalogue
+from models.parsing import TimeWindow
 from models.rejections import Rejected
 
 from stream.worker.stages.entry_codec import decode
@@ -57,6 +60,16 @@ MAX_QUEUED_ENTRIES = 200_000
 """About 30 MB held back (in the store's per-source lists) while one source lags the others."""
 
 
+@dataclass(frozen=True)
+class SourceEnds:
+    """Where a warm partition reads a sessions partition's end offset (None: not known now):
+    ``local`` from what this process's consumer fetched (free), ``remote`` from the broker
+    (blocking, a round trip)."""
+
+    local: Callable[[int], int | None]
+    remote: Callable[[int], int | None]
+
+
 def command_record(decision, models: dict[str, str]) -> tuple[bytes, bytes]:
     payload = decision.to_json()
     payload["model"] = models.get(decision.variant) if decision.variant else None
@@ -65,12 +78,18 @@ def command_record(decision, models: dict[str, str]) -> tuple[bytes, bytes]:
 
 class WarmRuntime(PartitionRuntime):
     stage = "warm"
+    rejected_prefix = "entries_"
 
     def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, policy: CachePolicy,
                  tier_config: TierConfig, owns, models: dict[str, str], sources: int = 1,
-                 count_from: float = -math.inf):
+                 count_from: float = -math.inf, window: TimeWindow = TimeWindow(),
+                 source_ends: SourceEnds | None = None):
         """``owns``: whether a track is this partition's; ``models``: variant -> model name,
-        written into every command; ``sources``: the sessions topic's partitions."""
+        written into every command; ``sources``: the sessions topic's partitions; ``window``:
+        the times the sessions topic believes (entries' clocks are checked against it);
+        ``source_ends``: where the sessions partitions' end offsets are read (none in the
+        in-memory replay, where nobody produces): an entry's sequence is an offset
+        there, so one at or past the end was never sent by that source."""
         self.catalogue = catalogue
         self.policy = policy
         self.tier_config = tier_config
@@ -78,6 +97,10 @@ class WarmRuntime(PartitionRuntime):
         self.models = models
         self.count_from = count_from
         self.sources = sources
+        self.window = window
+        self.source_ends = source_ends
+        self.ends: dict[int, int] = {}
+        """The sessions partitions' end offsets as last read (read again only for an entry past them)."""
         self.idle_wall_seconds = IDLE_WALL_SECONDS
         self.max_queued = MAX_QUEUED_ENTRIES
         self.idle: set[int] = set()  # sources not waited for now (logged as they go and come back)
@@ -173,11 +196,17 @@ class WarmRuntime(PartitionRuntime):
     def apply(self, records: list[tuple], out: BatchOutput) -> None:
         received, clocks, queues, heard = self.received, self.clocks, self.queues, self.heard
         wall = time.time()
+        sources, window, asked = self.sources, self.window, {}
         for offset, value, *kafka_ts in records:
+            sent = kafka_ts[0] if kafka_ts and kafka_ts[0] else wall
             try:
-                src, clock, got = decode(value)
+                src, clock, got = decode(value, sources, sent, window)
+                if got and got[-1][0] >= self.ends.get(src, -1) and self.source_ends is not None:
+                    self._check_sequence(src, got[-1][0], asked)
             except Rejected as r:
                 out.dead_letters.append((offset, r.reason, value or b""))
+                if r.detail:
+                    out.errors[offset] = r.detail
                 continue
             high = received.get(src, -1)
             fresh = [e for e in got if e[0] > high] if got and got[0][0] <= high else got
@@ -188,7 +217,6 @@ class WarmRuntime(PartitionRuntime):
                 received[src] = fresh[-1][0]
             if clock > clocks.get(src, -math.inf):
                 clocks[src] = clock
-            sent = kafka_ts[0] if kafka_ts and kafka_ts[0] else wall
             if self.stream_time == -math.inf:  # the first message read since loading
                 self.since = sent
             if sent > heard.get(src, -math.inf):
@@ -196,6 +224,22 @@ class WarmRuntime(PartitionRuntime):
             if sent > self.stream_time:
                 self.stream_time = sent
         self._release(out)
+
+    def _check_sequence(self, src: int, seq: int, asked: dict[int, int | None]) -> None:
+        """Rejected unless ``seq`` is below sessions partition ``src``'s end offset: the one this
+        process's consumer knows, else the broker's, read once per batch and source (a reading
+        taken now is past every entry of the batch its source really sent: each was produced
+        after its sessions record was). Unknown (the broker away): taken unchecked."""
+        end = self.source_ends.local(src)
+        if end is None or seq >= end:
+            if src not in asked:
+                asked[src] = self.source_ends.remote(src)
+            end = asked[src]
+            if end is not None and seq >= end:
+                raise Rejected("sequence_beyond_source", f"entry sequence {seq:,} is past the end of sessions "
+                               f"partition {src} ({end:,} records)")
+        if end is not None and end > self.ends.get(src, -1):
+            self.ends[src] = end
 
     def _release(self, out: BatchOutput, now: float | None = None, drained: bool = False) -> None:
         """Apply, in event-time order, every queued entry the watermark has passed."""
