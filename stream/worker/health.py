@@ -76,9 +76,11 @@ class Health:
             late.popleft()
         return sum(n for _, n in late)
 
-    def agent_crashed(self, stage: str, error: BaseException) -> None:
+    def agent_crashed(self, stage: str, error: BaseException, where: tuple[int, int] | None = None) -> None:
+        """``where``: (partition, offset) the agent was working on."""
         n = self.crashes.get(stage, (0, ""))[0] + 1
-        self.crashes[stage] = (n, f"{type(error).__name__}: {error}"[:300])
+        at = f"partition {where[0]} offset {where[1]}: " if where else ""
+        self.crashes[stage] = (n, f"{at}{type(error).__name__}: {error}"[:300])
 
     def progressed(self, stage: str) -> None:
         if stage in self.crashes:

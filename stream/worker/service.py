@@ -97,7 +97,8 @@ class WorkerService:
             "predict": RunScheduler(settings.batch_size, settings.batch_within, event_time),
             "warm": RunScheduler(settings.batch_size, settings.batch_within)}
         self.sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last sought
-        self._others: dict[str, tuple[int, float]] = {}  # partitions of other workers -> (offset, since)
+        self._at: dict[str, tuple[int, int]] = {}  # stage -> (partition, offset) its agent works on
+        self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
 
@@ -338,8 +339,14 @@ class WorkerService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # faust restarts the agent; /livez tells once it keeps crashing
-            self.health.agent_crashed(name, exc)
-            log.error("%s agent crashed (%r); faust restarts it", name, exc, exc_info=exc)
+            where = self._at.get(name)
+            self.health.agent_crashed(name, exc, where)
+            log.error("%s agent crashed%s (%r); faust restarts it, and its partitions are re-read from Redis so "
+                      "what it had received comes again", name,
+                      f" at partition {where[0]} offset {where[1]}" if where else "", exc, exc_info=exc)
+            if self.built is not None and name in self.built.stages:  # what faust handed the dead agent is gone
+                stage = self.built.stages[name]
+                self.spawn(f"recover_{name}", lambda: self.relocate(stage, sorted(stage.runtimes), {}))
             raise
 
     async def _consume(self, name: str, stream) -> None:
@@ -353,6 +360,7 @@ class WorkerService:
             if rt is None:  # not positioned yet, or revoked meanwhile: its owner replays from Redis
                 event.ack()
                 continue
+            self._at[name] = (message.partition, rt.next_offset)
             records = event.value
             if name == "predict":
                 records = await self.call(rt.decode, records)
@@ -633,9 +641,11 @@ class WorkerService:
             for p, offset in zip(others, offsets):
                 key = f"{stage.name}/{p}"
                 lag = ends.get(TP(stage.topic, p), 0) - offset
-                last = self._others.get(key)
+                if lag <= 0:
+                    continue  # nothing to do there: whether anybody owns it does not show, nor matter
+                last = self._others.get(key)  # since when it has had lag at this offset
                 seen[key] = last if last is not None and last[0] == offset else (offset, now)
-                if lag > 0 and now - seen[key][1] >= limit:
+                if now - seen[key][1] >= limit:
                     unowned[key] = lag
         self._others = seen
         gone = self.health.unowned.keys() - unowned.keys()

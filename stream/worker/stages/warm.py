@@ -56,6 +56,11 @@ BEHIND_WALL_SECONDS = 60.0
 """How long a silent source with records not predicted yet is waited for (a predict stage down)."""
 CAUGHT_UP_SECONDS = 2.0
 """Above a batch's wait and the time from an event's produce to its predict batch's commit."""
+SEQUENCE_SLACK = 10_000
+"""Offsets past a sessions partition's reported end an entry's sequence may have: Tansu reports
+the end as the start of its last record batch + 1 (INFRA.md), so the true end can be a producer
+batch further. A forged sequence within it could still make the warm stage drop up to this many
+of that source's entries as duplicates; one of 10**12 cannot."""
 MAX_QUEUED_ENTRIES = 200_000
 """About 30 MB held back (in the store's per-source lists) while one source lags the others."""
 
@@ -226,16 +231,17 @@ class WarmRuntime(PartitionRuntime):
         self._release(out)
 
     def _check_sequence(self, src: int, seq: int, asked: dict[int, int | None]) -> None:
-        """Rejected unless ``seq`` is below sessions partition ``src``'s end offset: the one this
+        """Rejected unless ``seq`` is below sessions partition ``src``'s end offset (give or take
+        ``SEQUENCE_SLACK``): the one this
         process's consumer knows, else the broker's, read once per batch and source (a reading
         taken now is past every entry of the batch its source really sent: each was produced
         after its sessions record was). Unknown (the broker away): taken unchecked."""
         end = self.source_ends.local(src)
-        if end is None or seq >= end:
+        if end is None or seq >= end + SEQUENCE_SLACK:
             if src not in asked:
                 asked[src] = self.source_ends.remote(src)
             end = asked[src]
-            if end is not None and seq >= end:
+            if end is not None and seq >= end + SEQUENCE_SLACK:
                 raise Rejected("sequence_beyond_source", f"entry sequence {seq:,} is past the end of sessions "
                                f"partition {src} ({end:,} records)")
         if end is not None and end > self.ends.get(src, -1):
