@@ -6,6 +6,7 @@ when the worker has none). Malformed requests get a
 4xx with a message; nothing here can crash the worker."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -19,6 +20,7 @@ import redis
 from models.parsing import TRACK_ID_LEN
 
 from stream.settings import Settings
+from stream.worker.predictions import PredictBatcher
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,10 @@ class BodyTooLarge(Exception):
 async def read_body(request, limit: int = MAX_BODY) -> bytes:
     """The body, refused by its Content-Length before reading, or as soon as it passes ``limit``
     (chunked uploads): memory does not grow with what a client sends."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise BodyTooLarge
+        return await request.content.readexactly(request.content_length) if request.content_length else b""
     chunks, size = [], 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
@@ -153,6 +157,7 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
     ``redis_call(fn, *args)``: a blocking store call off the event loop."""
 
     throttle = AuthThrottle()
+    predictions = PredictBatcher(lambda requests: worker().predict_many(requests))
 
     class JSONView(faust.web.View):
         def fail(self, status: int, message: str):
@@ -166,6 +171,8 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
                 return await super().dispatch(request)
             except BodyTooLarge:
                 return self.fail(413, f"request bodies are limited to {MAX_BODY:,} bytes")
+            except asyncio.IncompleteReadError:
+                return self.fail(400, "the body ended before its Content-Length")
             except redis.RedisError as exc:
                 return self.fail(503, f"Redis is unreachable ({exc}); the worker retries by itself")
 
@@ -266,4 +273,5 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
                 return self.fail(400, "user_id must be a non-negative integer")
             if not isinstance(track, str) or len(track) != TRACK_ID_LEN or not track.isalnum():
                 return self.fail(400, f"track_id must be a {TRACK_ID_LEN}-character id")
-            return self.json(await redis_call(self.ready_worker().predict, user, track))
+            self.ready_worker()
+            return self.bytes(orjson.dumps(await predictions.predict(user, track)), content_type="application/json")

@@ -85,3 +85,76 @@ def test_only_the_unbroken_run_from_the_next_offset_is_applied():
     assert [r[0] for r in contiguous_run(mixed, 10)] == [10, 11, 12, 13]
     assert contiguous_run([(o, b"") for o in (40, 41)], 10) == []
     assert contiguous_run([(o, b"") for o in (8, 9)], 10) == []  # duplicates only
+
+
+def test_livez_names_a_stopped_partition_and_an_agent_that_keeps_crashing():
+    h = Health()
+    assert h.live
+    h.agent_crashed("warm", TypeError("bad"), (3, 120))
+    assert h.live  # once: faust restarts it, the partitions are re-read
+    h.progressed("warm")
+    h.agent_crashed("warm", TypeError("bad"), (3, 120))
+    h.agent_crashed("warm", TypeError("bad"), (3, 120))
+    body = h.liveness()
+    assert body["live"] is False and body["agent_crashes"]["warm"]["crashes"] == 2
+    assert "partition 3 offset 120: TypeError: bad" in body["agent_crashes"]["warm"]["error"]
+    h.progressed("warm")
+    assert h.live
+    h.stopped["predict/1"] = "at offset 7: JSONDecodeError"
+    ready, report = h.report({})
+    assert not ready and report["live"] is False and report["stopped_partitions"] == {"predict/1": "at offset 7: JSONDecodeError"}
+
+
+def test_late_entries_above_the_alert_make_health_degraded_not_unready():
+    h = Health(late_alert=100)
+    h.redis.ok(), h.kafka.ok()
+    h.entries_late(60, now=0.0)
+    h.entries_late(60, now=30.0)
+    assert h.late_recently(now=31.0) == 120
+    assert h.late_recently(now=75.0) == 60  # the first went out of the minute
+    h.late_entries.clear()
+    h.entries_late(60)
+    ready, body = h.report({})
+    assert ready and body["status"] == "ok" and body["late_entries_last_minute"] == 60
+    h.entries_late(60)
+    ready, body = h.report({})
+    assert ready and body["status"] == "degraded" and body["late_entries_last_minute"] == 120
+    h.unowned = {"warm/2": 40}
+    ready, body = h.report({})
+    assert not ready and body["unowned_partitions"] == {"warm/2": 40}
+
+
+def test_a_dependency_away_from_the_start_is_said_once():
+    h = Health()
+    assert h.kafka.failed(ConnectionError("refused")) is True  # never answered: said
+    assert h.kafka.failed(ConnectionError("refused")) is False  # still away: not again
+    assert h.kafka.ok() is True and h.kafka.failed("gone") is True
+
+
+def test_client_noise_is_counted_while_its_dependency_is_away_and_a_few_lines_pass_while_up():
+    import logging
+
+    from stream.worker.log_noise import ClientNoise
+
+    h = Health()
+    noise = ClientNoise(h.kafka, budget=2, window=60.0)
+    record = logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, "Unable connect to node %s", (1,), None)
+    h.kafka.ok()
+    assert [noise.filter(record) for _ in range(3)] == [True, True, False]  # the budget, then counted
+    h.kafka.failed("away")
+    assert not any(noise.filter(record) for _ in range(100))
+    info = logging.LogRecord("aiokafka.conn", logging.INFO, __file__, 1, "connected", (), None)
+    assert noise.filter(info)  # below WARNING: left alone
+    assert noise.take() == "101 client warnings and errors suppressed (most often 101x 'Unable connect to node %s')"
+    assert noise.take() == ""
+
+
+def test_failed_token_attempts_are_throttled_per_client():
+    from stream.worker.web import AuthThrottle
+
+    t = AuthThrottle(limit=3, window=60.0)
+    for i in range(3):
+        assert not t.blocked("10.0.0.1", now=float(i))
+        t.failed("10.0.0.1", "PUT /threshold", now=float(i))
+    assert t.blocked("10.0.0.1", now=3.0) and not t.blocked("10.0.0.2", now=3.0)
+    assert not t.blocked("10.0.0.1", now=61.0)  # the minute is over

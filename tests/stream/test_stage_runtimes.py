@@ -246,3 +246,31 @@ def test_records_that_fail_one_by_one_in_a_row_stop_the_partition_loudly(setup, 
     result = asyncio.run(Checkpoint(sinks).run([(bus.warm, bus.topic)]))
     assert [(s.partition, s.offset) for s in result.stopped] == [(0, start + MAX_POISONED_IN_A_ROW - 1)]
     assert len(sinks["dead_letters"].records) == MAX_POISONED_IN_A_ROW - 1
+
+
+def test_predictions_asked_together_equal_each_asked_alone(setup):
+    """POST /predict scores the requests that wait together in one batch (one Redis round trip,
+    one matrix product): each answer is the one it would get alone."""
+    import asyncio
+
+    from stream.worker.predictions import PredictBatcher
+
+    ds, art, _, records = setup
+    bus = Bus(ds, art)
+    bus.run(records[:1500])
+    events = [orjson.loads(v) for _, v in records[:1500]]
+    asks = list({(e["user_id"], e["track_id"]) for e in events if e.get("track_id")})[:60]
+    asks.append((987_654, asks[0][1]))  # a user nobody has seen
+    together = bus.worker.predict_many(asks)
+    alone = [bus.worker.predict(u, t) for u, t in asks]
+    assert together == alone
+    assert together[-1]["known_user"] is False and all(a["known_user"] for a in together[:-1])
+
+    batcher = PredictBatcher(bus.worker.predict_many)
+
+    async def ask_all():
+        return await asyncio.gather(*(batcher.predict(u, t) for u, t in asks))
+
+    assert asyncio.run(ask_all()) == alone
+    assert batcher.batches == 1  # all waited together
+    batcher.close()

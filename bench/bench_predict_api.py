@@ -1,0 +1,185 @@
+"""POST /predict under load (issue 17): 200 concurrent callers against one worker (Tansu and
+Redis of its own), p50/p99 and requests/s, with the stream idle and while it drains a backlog;
+and the worker's events/s draining equal backlogs with and without that load, in the same run.
+The raw baseline, same run: one caller alone (sequential requests), and the drain with no callers.
+
+Target: p99 under 200 ms for 200 concurrent callers; the stream slowed by no more than the
+requests' own cost.
+Run: python bench/bench_predict_api.py [--users 600] [--callers 200] [--seconds 10]"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def callers(url: str, pairs: list[tuple[int, str]], n: int, seconds: float) -> tuple[list[float], int]:
+    """``n`` callers, each posting one request after another for ``seconds``: latencies (s), errors."""
+    import aiohttp
+    import orjson
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    rng = random.Random(3)
+
+    async def caller(session) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            user, track = rng.choice(pairs)
+            started = time.perf_counter()
+            async with session.post(url, data=orjson.dumps({"user_id": user, "track_id": track})) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - started)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n)) as session:
+        await asyncio.gather(*(caller(session) for _ in range(n)))
+    return latencies, errors
+
+
+def load(url: str, pairs, n: int, seconds: float) -> dict:
+    started = time.perf_counter()
+    lat, errors = asyncio.run(callers(url, pairs, n, seconds))
+    took = time.perf_counter() - started
+    return {"p50": percentile(lat, 0.5) * 1000, "p99": percentile(lat, 0.99) * 1000, "rate": len(lat) / took,
+            "n": len(lat), "errors": errors}
+
+
+def paced(events, st, rate: float) -> None:
+    """Produce ``events`` at a steady ``rate`` per second, as live traffic comes."""
+    import orjson
+
+    from stream.kafka_io import user_key
+    from stream.producer import make_producer
+
+    producer = make_producer(st.kafka_bootstrap)
+    start = time.perf_counter()
+    for i, e in enumerate(events):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(st.topic_sessions, key=user_key(e.user_id), value=orjson.dumps(e.to_json()))
+    producer.flush()
+    producer.close()
+
+
+def drain(store, partitions: int, target: int) -> float:
+    """Seconds until the predict stage has applied ``target`` events (polling Redis)."""
+    started = time.perf_counter()
+    while sum(store.offset(p) for p in range(partitions)) < target:
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--callers", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy the worker while 200 callers load the idle stream")
+    args = ap.parse_args()
+    from bench_worker import print_profile, start_profile
+    from models.replay import replay_order
+    from stream.bootstrap import build_store
+    from stream.cli import main as cli
+    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+    from stream.files import read_dataset
+    from stream.producer import replay
+    from stream.settings import Settings
+    from stream.synthetic import generate
+
+    work = Path(tempfile.mkdtemp(prefix="skipcache-bench-predict-"))
+    generate(work / "data", users=args.users, seed=9, profile="long", progress=False)
+    cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
+    ds = read_dataset(work / "data", progress=False)
+    events = replay_order(ds.events)
+    third = len(events) // 4  # warm-up, a drain without callers, one with, then a steady stream
+    stack = Stack()
+    kafka = stack.add(start_tansu(workdir=work / "tansu"))
+    redis = stack.add(start_redis(workdir=work / "redis"))
+    worker = None
+    try:
+        tag = uuid.uuid4().hex[:6]
+        port = free_port()
+        env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
+               "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
+               "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
+               "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_WARM_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"s-{tag}",
+               "SKIPCACHE_TOPIC_ENTRIES": f"e-{tag}", "SKIPCACHE_TOPIC_COMMANDS": f"c-{tag}",
+               "SKIPCACHE_TOPIC_DEAD_LETTER": f"d-{tag}", "SKIPCACHE_WEB_PORT": str(port)}
+        st = Settings.from_env(env)
+        create_topics(st.kafka_bootstrap, st.topics)
+        store = build_store(st)
+        worker = start_worker(env, work / "worker.log")
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=worker)
+        replay(events[:third], st.kafka_bootstrap, st.topic_sessions, progress=False)
+        drain(store, 2, third)
+        pairs = [(e.user_id, e.track_id) for e in events[:third] if e.track_id][::7]
+        url = f"http://127.0.0.1:{port}/predict"
+        print(f"{len(events):,} events ({args.users} users); a quarter applied before the load; "
+              f"{len(pairs):,} (user, track) pairs asked about")
+
+        alone = load(url, pairs, 1, 3.0)
+        print(f"one caller alone (raw):             p50 {alone['p50']:6.1f} ms  p99 {alone['p99']:6.1f} ms  "
+              f"{alone['rate']:7,.0f} req/s")
+        spy = start_profile(worker.pid, args.profile) if args.profile else None
+        idle = load(url, pairs, args.callers, args.seconds)
+        if spy is not None:
+            print_profile(spy, args.profile, top=30)
+        print(f"{args.callers} callers, stream idle:        p50 {idle['p50']:6.1f} ms  p99 {idle['p99']:6.1f} ms  "
+              f"{idle['rate']:7,.0f} req/s  ({idle['n']:,} requests, {idle['errors']} errors)")
+
+        started = time.perf_counter()  # the worker reads as the backlog is produced, far slower than it
+        replay(events[third:2 * third], st.kafka_bootstrap, st.topic_sessions, progress=False)
+        drain(store, 2, 2 * third)
+        quiet = third / (time.perf_counter() - started)
+        print(f"worker draining {third:,} events, no callers (raw): {quiet:8,.0f} events/s")
+
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(load(url, pairs, args.callers, args.seconds)))
+        t.start()
+        started = time.perf_counter()
+        replay(events[2 * third:3 * third], st.kafka_bootstrap, st.topic_sessions, progress=False)
+        drain(store, 2, 3 * third)
+        busy = third / (time.perf_counter() - started)
+        t.join()
+        print(f"worker draining {third:,} events, {args.callers} callers:  {busy:8,.0f} events/s  "
+              f"({busy / quiet:.2f}x the rate without callers)")
+        print(f"{args.callers} callers, stream draining:    p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
+              f"{result['rate']:7,.0f} req/s  ({result['n']:,} requests, {result['errors']} errors)")
+
+        steady = events[3 * third:]
+        n = min(len(steady), int(2000 * args.seconds))
+        result = {}
+        t = threading.Thread(target=lambda: result.update(load(url, pairs, args.callers, args.seconds)))
+        t.start()
+        paced(steady[:n], st, 2000.0)
+        t.join()
+        behind = 3 * third + n - sum(store.offset(p) for p in range(2))
+        print(f"{args.callers} callers, stream at 2,000 ev/s: p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
+              f"{result['rate']:7,.0f} req/s  ({result['n']:,} requests, {result['errors']} errors); "
+              f"{behind:,} events not applied when the paced stream ended")
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(20)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
