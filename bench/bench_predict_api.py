@@ -60,6 +60,36 @@ def load(url: str, pairs, n: int, seconds: float) -> dict:
             "n": len(lat), "errors": errors}
 
 
+def wrk_load(url: str, pairs, n: int, seconds: float, work: Path) -> dict | None:
+    """The same load from wrk (a C load generator, `apt-get install wrk`), when it is installed:
+    the Python callers above cost about as much CPU as the worker serving them, on the same two
+    cores, so wrk's figures are closer to the server's own."""
+    import re
+    import shutil
+    import subprocess
+
+    import orjson
+
+    if shutil.which("wrk") is None:
+        return None
+    bodies = [orjson.dumps({"user_id": u, "track_id": t}).decode() for u, t in pairs[:2000]]
+    script = work / "predict.lua"
+    script.write_text("bodies = {" + ",".join("[[" + b + "]]" for b in bodies) + "}\n"
+                      "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                      "request = function() return wrk.format(nil, nil, nil, bodies[math.random(#bodies)]) end\n")
+    out = subprocess.run(["wrk", "-t1", f"-c{n}", f"-d{seconds:.0f}s", "--latency", "--timeout", "10s", "-s", str(script),
+                          url], capture_output=True, text=True, timeout=seconds + 60).stdout
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"p50": ms("50%"), "p99": ms("99%"), "rate": rate, "n": int(rate * seconds),
+            "errors": int(errors.group(1)) if errors else 0}
+
+
 def paced(events, st, rate: float) -> None:
     """Produce ``events`` at a steady ``rate`` per second, as live traffic comes."""
     import orjson
@@ -108,7 +138,7 @@ def main() -> None:
     cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
     ds = read_dataset(work / "data", progress=False)
     events = replay_order(ds.events)
-    third = len(events) // 4  # warm-up, a drain without callers, one with, then a steady stream
+    third = len(events) // 5  # warm-up, a drain without callers, one with, then steady streams
     stack = Stack()
     kafka = stack.add(start_tansu(workdir=work / "tansu"))
     redis = stack.add(start_redis(workdir=work / "redis"))
@@ -131,12 +161,16 @@ def main() -> None:
         drain(store, 2, third)
         pairs = [(e.user_id, e.track_id) for e in events[:third] if e.track_id][::7]
         url = f"http://127.0.0.1:{port}/predict"
-        print(f"{len(events):,} events ({args.users} users); a quarter applied before the load; "
+        print(f"{len(events):,} events ({args.users} users); a fifth applied before the load; "
               f"{len(pairs):,} (user, track) pairs asked about")
 
         alone = load(url, pairs, 1, 3.0)
         print(f"one caller alone (raw):             p50 {alone['p50']:6.1f} ms  p99 {alone['p99']:6.1f} ms  "
               f"{alone['rate']:7,.0f} req/s")
+        by_wrk = wrk_load(url, pairs, args.callers, args.seconds, work)
+        if by_wrk is not None:
+            print(f"{args.callers} connections from wrk, idle: p50 {by_wrk['p50']:6.1f} ms  p99 {by_wrk['p99']:6.1f} ms  "
+                  f"{by_wrk['rate']:7,.0f} req/s  ({by_wrk['errors']} errors)")
         spy = start_profile(worker.pid, args.profile) if args.profile else None
         idle = load(url, pairs, args.callers, args.seconds)
         if spy is not None:
@@ -163,17 +197,25 @@ def main() -> None:
         print(f"{args.callers} callers, stream draining:    p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
               f"{result['rate']:7,.0f} req/s  ({result['n']:,} requests, {result['errors']} errors)")
 
-        steady = events[3 * third:]
-        n = min(len(steady), int(2000 * args.seconds))
-        result = {}
-        t = threading.Thread(target=lambda: result.update(load(url, pairs, args.callers, args.seconds)))
-        t.start()
-        paced(steady[:n], st, 2000.0)
-        t.join()
-        behind = 3 * third + n - sum(store.offset(p) for p in range(2))
-        print(f"{args.callers} callers, stream at 2,000 ev/s: p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
-              f"{result['rate']:7,.0f} req/s  ({result['n']:,} requests, {result['errors']} errors); "
-              f"{behind:,} events not applied when the paced stream ended")
+        sent = 3 * third
+        for name, rate in (("callers", 2000.0), ("wrk", 2000.0)):
+            if name == "wrk" and by_wrk is None:
+                continue
+            n = min(len(events) - sent, int(rate * args.seconds))
+            result = {}
+            run = (lambda: load(url, pairs, args.callers, args.seconds)) if name == "callers" else (
+                lambda: wrk_load(url, pairs, args.callers, args.seconds, work))
+            t = threading.Thread(target=lambda: result.update(run()))
+            t.start()
+            paced(events[sent:sent + n], st, rate)
+            t.join()
+            sent += n
+            behind = sent - sum(store.offset(p) for p in range(2))
+            who = f"{args.callers} callers" if name == "callers" else f"{args.callers} connections from wrk"
+            print(f"{who}, stream at {rate:,.0f} ev/s: p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
+                  f"{result['rate']:7,.0f} req/s  ({result['errors']} errors); "
+                  f"{behind:,} events not applied when the paced stream ended")
+            drain(store, 2, sent)
     finally:
         if worker is not None:
             worker.terminate()

@@ -158,3 +158,51 @@ def test_failed_token_attempts_are_throttled_per_client():
         t.failed("10.0.0.1", "PUT /threshold", now=float(i))
     assert t.blocked("10.0.0.1", now=3.0) and not t.blocked("10.0.0.2", now=3.0)
     assert not t.blocked("10.0.0.1", now=61.0)  # the minute is over
+
+
+def test_every_rejection_reason_reaches_prometheus_with_its_status_name():
+    """Orphan skips were counted in `skipcache status` and missing from the metric."""
+    from stream.store import Changes
+    from stream.worker.metrics import WorkerMetrics
+    from stream.worker.stages.partition import BatchOutput
+
+    m = WorkerMetrics()
+    out = BatchOutput("predict", 0, 0, 10, dead_letters=[(3, "bad_json", b"{")])
+    out.changes = Changes(counters={"rejected": {"bad_json": 1, "orphan_skip": 4}})
+    m.record_batch(out, {})
+    warm = BatchOutput("warm", 0, 0, 2, dead_letters=[(1, "unknown_source", b"{}")])
+    warm.changes = Changes(counters={"rejected": {"entries_unknown_source": 1}})
+    m.record_batch(warm, {})
+    text = m.render().decode()
+    for reason, n in (("bad_json", 1), ("orphan_skip", 4), ("entries_unknown_source", 1)):
+        assert f'skipcache_rejected_events_total{{reason="{reason}"}} {n}.0' in text
+
+
+def test_sinks_flushing_together_start_one_shared_producer(monkeypatch):
+    """Both stages' sinks flushing at once (a restart with a backlog) each started a producer and
+    leaked all but one ("Unclosed AIOKafkaProducer")."""
+    import asyncio
+
+    import stream.sinks.kafka_topic as kafka_topic
+
+    started = []
+
+    class SlowToStart:
+        def __init__(self, **config):
+            self.config = config
+
+        async def start(self):
+            await asyncio.sleep(0.01)  # connecting to the broker
+            started.append(self)
+
+        async def stop(self):
+            pass
+
+    monkeypatch.setattr(kafka_topic, "AIOKafkaProducer", SlowToStart)
+    shared = kafka_topic.SharedProducer("127.0.0.1:9")
+
+    async def flush_together():
+        return await asyncio.gather(*(shared.get() for _ in range(4)))
+
+    got = asyncio.run(flush_together())
+    assert len(started) == 1 and all(p is started[0] for p in got)
