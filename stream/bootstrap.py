@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 def build_store(settings: Settings):
     """The state store named by SKIPCACHE_REDIS's scheme (see stream/stores)."""
-    return store_from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400))
+    return store_from_url(settings.redis_url, settings.redis_prefix, int(settings.state_ttl_days * 86400),
+                          partitions=settings.partitions, warm_partitions=settings.warm_partitions)
 
 
 def build_sinks(settings: Settings) -> dict[str, dict[str, Sink]]:
@@ -225,6 +226,8 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
         artifact_b = load(settings.model_b_path, feature_names=engine_features)
     store = build_store(settings) if store is None else store
     store.ping()
+    if hasattr(store, "check_layout"):
+        store.check_layout()
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
                     EngineConfig(**artifact.engine_config), artifact_b)
     sinks = build_sinks(settings) if sinks is None else sinks

@@ -189,6 +189,15 @@ def cmd_ab_report(args) -> int:
     return 0
 
 
+def cmd_state(args) -> int:
+    from stream.bootstrap import build_store
+
+    store = build_store(args.settings)
+    moved = store.migrate_layout()
+    print(f"moved {moved:,} keys under their partitions' hash tags (prefix {args.settings.redis_prefix!r})")
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     from stream.cli.dashboard import write
 
@@ -306,6 +315,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.add_argument("--json")
     s.set_defaults(func=cmd_ab_report)
 
+    s = sub.add_parser("state", help="maintain the live state in Redis")
+    s.add_argument("action", choices=["migrate"], help="migrate: move the layout before hash tags under them "
+                   "(once, with every worker stopped)")
+    s.set_defaults(func=cmd_state)
+
     s = sub.add_parser("dashboard", help="write the Grafana dashboard JSON (generated from code)")
     s.add_argument("--out", default="grafana/dashboards/skipcache.json")
     s.set_defaults(func=cmd_dashboard)
@@ -339,16 +353,18 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("kafka", "aiokafka", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     import redis
+    from redis.exceptions import RedisClusterException
 
     from models.artifacts import ArtifactError
+    from stream.stores.redis_store import OldLayout
     from stream.files import DataError
 
     try:
         return args.func(args) or 0
-    except (DataError, ArtifactError, ValueError) as exc:
+    except (DataError, ArtifactError, ValueError, OldLayout) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         print(f"error: Redis is unreachable ({exc}); is the worker's Redis running, and is SKIPCACHE_REDIS "
               "its URL?", file=sys.stderr)
         return 3

@@ -29,7 +29,7 @@ class MemoryStore:
             return self._stages[name]
 
     @classmethod
-    def from_url(cls, url: str = "memory://", prefix: str = "sc", ttl_seconds: int = 0) -> "MemoryStore":
+    def from_url(cls, url: str = "memory://", prefix: str = "sc", ttl_seconds: int = 0, **partitions) -> "MemoryStore":
         """One process's store (tests, tools): ``memory://``; prefix and TTL do not apply."""
         return cls()
 

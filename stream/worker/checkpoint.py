@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import redis
+from redis.exceptions import RedisClusterException
 from redis.backoff import ExponentialWithJitterBackoff
 
 from stream.worker.stages.partition import BatchOutput, PartitionRuntime
@@ -52,9 +53,10 @@ def dead_letter_record(out: BatchOutput, offset: int, reason: str, raw: bytes) -
                                **({"error": error} if error else {}), "raw": raw[:4096].decode("utf-8", "replace")})
 
 
-TRANSIENT: tuple[type[BaseException], ...] = (redis.RedisError,)
+TRANSIENT: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException)
 """Errors of a dependency, not of the records: they go to the worker's recovery (wait, re-read,
-seek), never to the dead letters."""
+seek), never to the dead letters. A cluster's ``SlotNotCoveredError`` (a primary gone, its
+replica not promoted yet) is not a ``RedisError``."""
 MAX_POISONED_IN_A_ROW = 3
 """Records that fail one by one in a row before the partition is stopped: then the fault is in
 its stored state, not in the records, and dead-lettering on would empty the partition."""

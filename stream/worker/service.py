@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
-import redis
 from faust.types import TP
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -36,6 +35,7 @@ from stream.worker.health import Dependency, Health
 from stream.worker.log_noise import ClientNoise
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.positions import StateLost, resume_offset
+from stream.stores.redis_store import OldLayout
 from stream.worker.scheduler import RunScheduler
 from stream.worker.stages.warm import SourceEnds
 
@@ -160,8 +160,16 @@ class WorkerService:
                 await self.call(self.built.store.ping)
                 self.redis_ok()
                 return
-            except redis.RedisError as exc:
+            except TRANSIENT as exc:
                 self.redis_failed(exc)
+                unreachable = getattr(self.built.store, "unreachable", None)
+                if unreachable is not None:  # a cluster: say which node (/healthz shows the error)
+                    try:
+                        nodes = await self.call(unreachable)
+                    except Exception:  # noqa: BLE001 - the topology itself unknown now
+                        nodes = []
+                    if nodes:
+                        self.health.redis.error = f"{self.health.redis.error} (unreachable: {', '.join(nodes)})"[:300]
 
     async def worker(self) -> Worker:
         """The worker's parts, built once; waits for Redis (and retries) rather than failing."""
@@ -169,7 +177,10 @@ class WorkerService:
         while self.built is None:
             try:
                 w = await self.call(self.build, self.settings)
-            except redis.RedisError as exc:
+            except OldLayout as exc:  # nothing a retry can cure: say what to do, and stop
+                await self.stop_fatally(exc)
+                raise
+            except TRANSIENT as exc:
                 self.redis_failed(exc)
                 attempt += 1
                 await asyncio.sleep(BACKOFF.compute(attempt))
@@ -228,7 +239,7 @@ class WorkerService:
             stage.runtimes.pop(stop.partition, None)
         self.release(stop.stage, {stop.partition})
 
-    async def stop_fatally(self, exc: StateLost) -> None:
+    async def stop_fatally(self, exc: Exception) -> None:
         self.health.fatal = str(exc)
         log.critical("%s", exc)
         await self.app.crash(exc)
@@ -585,7 +596,7 @@ class WorkerService:
         try:
             await self.call(w.refresh_thresholds)
             self.redis_ok()
-        except redis.RedisError as exc:
+        except TRANSIENT as exc:
             self.redis_failed(exc)  # keep the thresholds in force; the batch loop does the waiting
         self.update_gauges(w)
 

@@ -20,6 +20,7 @@ import redis
 from models.parsing import TRACK_ID_LEN
 
 from stream.settings import Settings
+from stream.worker.checkpoint import TRANSIENT
 from stream.worker.predictions import PredictBatcher
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
                 return self.fail(413, f"request bodies are limited to {MAX_BODY:,} bytes")
             except asyncio.IncompleteReadError:
                 return self.fail(400, "the body ended before its Content-Length")
-            except redis.RedisError as exc:
+            except TRANSIENT as exc:
                 return self.fail(503, f"Redis is unreachable ({exc}); the worker retries by itself")
 
         def ready_worker(self):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
+from redis.exceptions import RedisClusterException
 
 from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
@@ -83,8 +85,11 @@ class Live:
         """Both stages: every event applied by predict, every entry of it by warm."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.applied() >= total and self.caught_up():
-                return
+            try:
+                if self.applied() >= total and self.caught_up():
+                    return
+            except (redis.RedisError, RedisClusterException):  # Redis (or a cluster's node) away for now
+                pass
             for w in workers:
                 assert w.poll() is None, f"worker died: see {self.workdir}"
             time.sleep(0.3)

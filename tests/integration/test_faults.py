@@ -87,7 +87,7 @@ def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
     try:
         replay(events[:cut], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
         live.wait_applied(cut, workers=[worker])
-        snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"{live.settings.redis_prefix}:*")}
+        snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"*{live.settings.redis_prefix}:*")}
         replay(events[cut:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
         live.wait_applied(len(events), workers=[worker])
     finally:
@@ -96,7 +96,7 @@ def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
     committed = {tp.partition: meta.offset for tp, meta in admin.list_group_offsets(
         live.settings.app_id)[live.settings.app_id].items() if tp.topic == live.settings.topic_sessions}
     admin.close()
-    store.r.delete(*store.r.scan_iter(f"{live.settings.redis_prefix}:*"))
+    store.r.delete(*store.r.scan_iter(f"*{live.settings.redis_prefix}:*"))
     for key, value in snapshot.items():
         store.r.restore(key, 0, value)
     behind = {p: store.offset(p) for p in range(live.settings.partitions)}

@@ -1,0 +1,122 @@
+"""The live state on a Redis/Valkey Cluster (3 primaries, each with a replica, from the same
+server binary the other tests use): a replay gives the one-server figures; a primary killed -9
+mid-replay (its replica promoted) or failed over by hand changes no figure."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+from redis.cluster import ClusterNode
+
+from stream.cli.jobs import live_figures
+from stream.cli.services import start_redis_cluster
+from stream.producer import replay
+from stream.settings import Settings
+
+from tests.integration.conftest import COMPARED, expected_figures, make_live
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = start_redis_cluster(3, 1, workdir=tmp_path / "cluster")
+    yield c
+    c.stop()
+
+
+def _on_cluster(servers, cluster, live_data, tmp_path, **extra):
+    kafka, _ = servers
+    live = make_live(kafka.port, 0, live_data, tmp_path, **extra)
+    live.env["SKIPCACHE_REDIS"] = cluster.url
+    live.settings = Settings.from_env(live.env)
+    return live
+
+
+def _owner(cluster, key: str):
+    """The node serving ``key``'s slot now."""
+    alive = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes if n.proc.poll() is None]
+    client = redis.RedisCluster(startup_nodes=alive)
+    try:
+        return cluster.node(client.get_node_from_key(key).port)
+    finally:
+        client.close()
+
+
+def _assert_equal(live, live_data) -> None:
+    fig, expected = live_figures(live.settings), expected_figures(live_data, live.settings)
+    for key in COMPARED:
+        assert fig[key] == expected[key], key
+    assert fig["predictions"] > 5000
+
+
+def _longest_pause(live, until: threading.Event) -> list[float]:
+    """Watch the applied offsets; the longest time they stood still while work was left."""
+    longest = [0.0]
+
+    def watch() -> None:
+        last, since = -1, time.monotonic()
+        while not until.is_set():
+            try:
+                now = live.applied()
+            except Exception:  # noqa: BLE001 - the slot's primary is away: that is the pause
+                now = last
+            if now != last:
+                longest[0] = max(longest[0], time.monotonic() - since)
+                last, since = now, time.monotonic()
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return longest
+
+
+def test_a_replay_on_a_three_primary_cluster_gives_the_one_server_figures(servers, cluster, live_data, tmp_path):
+    live = _on_cluster(servers, cluster, live_data, tmp_path)
+    _, _, events, _ = live_data
+    worker, _ = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+        _assert_equal(live, live_data)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
+@pytest.mark.parametrize("stage,how", [("predict", "kill"), ("warm", "kill"), ("predict", "failover")])
+def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data, tmp_path, stage, how):
+    live = _on_cluster(servers, cluster, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="100")  # slow enough to hit
+    _, _, events, _ = live_data
+    key = f"{{{live.settings.redis_prefix}:{stage}:0}}:offset"
+    victim = _owner(cluster, key)
+    worker, _ = live.start_worker()
+    done = threading.Event()
+    pause = _longest_pause(live, done)
+    feeder = threading.Thread(target=replay, args=(events, live.settings.kafka_bootstrap, live.settings.topic_sessions),
+                              kwargs={"progress": False})
+    try:
+        feeder.start()
+        deadline = time.monotonic() + 60
+        while live.applied() < len(events) // 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.applied() < len(events), "the worker finished before the fault"
+        if how == "kill":
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            victim.proc.wait()
+        else:  # a manual failover, as an operator does before maintenance: its replica takes over
+            replica = next(n for n in cluster.nodes[cluster.primaries:]
+                           if redis.Redis(port=n.port).info("replication").get("master_port") == victim.port)
+            redis.Redis(port=replica.port).execute_command("CLUSTER", "FAILOVER")
+        feeder.join()
+        live.wait_applied(len(events), workers=[worker], timeout=120)
+        assert _owner(cluster, key).port != victim.port  # the replica serves the slot now
+        _assert_equal(live, live_data)
+        print(f"{how} of the primary of {key}: processing paused at most {pause[0]:.1f} s")
+    finally:
+        done.set()
+        worker.terminate()
+        worker.wait(20)
