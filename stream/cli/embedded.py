@@ -14,7 +14,8 @@ from pathlib import Path
 from stream.cli.jobs import generate_export, live_figures, load_replay, train_model
 from stream.producer import replay
 from stream.cli.reports import render_generated, render_status, render_training
-from stream.cli.services import ServiceError, Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+from stream.cli.services import (ServiceError, Stack, create_topics, free_port, start_redis, start_redis_cluster,
+                                 start_tansu, start_worker, wait_http)
 from stream.settings import Settings
 from stream.bootstrap import build_store, load_catalogue
 
@@ -28,6 +29,7 @@ class UpOptions:
     speed: str = "max"  # or X times event time
     partitions: int | None = None
     keep: bool = False  # keep running after the replay
+    redis_cluster: int = 0  # N > 0: a local cluster of N primaries, each with a replica, instead of one server
 
 
 def run_up(args: UpOptions) -> int:
@@ -50,18 +52,24 @@ def run_up(args: UpOptions) -> int:
     try:
         try:
             kafka = stack.add(start_tansu(workdir=out / "tansu"))
-            redis = stack.add(start_redis(workdir=out / "redis", binary=base.redis_server))
+            if args.redis_cluster:
+                redis = stack.add(start_redis_cluster(args.redis_cluster, 1, workdir=out / "redis-cluster",
+                                                      binary=base.redis_server))
+            else:
+                redis = stack.add(start_redis(workdir=out / "redis", binary=base.redis_server))
         except ServiceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         web_port = free_port()
         token = base.api_token or secrets.token_urlsafe(24)  # this run's: no default secret opens the API
-        env = {"SKIPCACHE_API_TOKEN": token, "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}", "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0",
+        env = {"SKIPCACHE_API_TOKEN": token, "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}", "SKIPCACHE_REDIS": redis.url if args.redis_cluster else f"redis://127.0.0.1:{redis.port}/0",
                "SKIPCACHE_MODEL": str(Path(model).resolve()), "SKIPCACHE_DATA": str(Path(data).resolve()),
                "SKIPCACHE_WEB_PORT": str(web_port), "SKIPCACHE_PARTITIONS": str(partitions)}
         settings = Settings.from_env(env)
         create_topics(settings.kafka_bootstrap, settings.topics)
-        print(f"Tansu on 127.0.0.1:{kafka.port}, {Path(redis.proc.args[0]).name} on 127.0.0.1:{redis.port}; "
+        where = (f"a cluster of {args.redis_cluster} primaries + {args.redis_cluster} replicas at {redis.url}"
+                 if args.redis_cluster else f"{Path(redis.proc.args[0]).name} on 127.0.0.1:{redis.port}")
+        print(f"Tansu on 127.0.0.1:{kafka.port}, {where}; "
               f"starting the worker (web on 127.0.0.1:{web_port}, log {out / 'worker.log'})")
         print(f"API token of this run{'' if base.api_token else ' (generated)'}: change the threshold with\n"
               f"  curl -X PUT -H 'Authorization: Bearer {token}' -d '{{\"threshold\": 0.6}}' "

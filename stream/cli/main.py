@@ -209,7 +209,7 @@ def cmd_up(args) -> int:
     from stream.cli.embedded import UpOptions, run_up
 
     return run_up(UpOptions(data=args.data, model=args.model, out=args.out, users=args.users, speed=args.speed,
-                            partitions=args.partitions, keep=args.keep))
+                            partitions=args.partitions, keep=args.keep, redis_cluster=args.redis_cluster))
 
 
 def cmd_settings(args) -> int:
@@ -332,6 +332,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.add_argument("--speed", default="max")
     s.add_argument("--partitions", type=int, default=None)
     s.add_argument("--keep", action="store_true", help="keep running after the replay (Ctrl-C stops)")
+    s.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                   help="the state on a local Redis/Valkey Cluster of N primaries, each with a replica")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("settings", help="print the environment variables skipcache reads")
