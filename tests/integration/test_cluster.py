@@ -163,3 +163,38 @@ def test_acknowledged_writes_lost_in_a_failover_still_end_equal(servers, cluster
         worker.wait(20)
         if replica.proc.poll() is None:
             os.kill(replica.proc.pid, signal.SIGCONT)
+
+
+def test_state_in_the_layout_before_hash_tags_is_refused_then_migrated(servers, tmp_path):
+    """A Redis holding the old layout: the worker's store refuses it, saying what to do;
+    `skipcache state migrate` moves every key under its partition's tag, sums unchanged."""
+    import subprocess
+    import sys
+    import uuid
+
+    from stream.bootstrap import build_store
+    from stream.stores.redis_store import OldLayout
+
+    _, server = servers
+    prefix = f"old{uuid.uuid4().hex[:6]}"
+    env = {"SKIPCACHE_REDIS": f"redis://127.0.0.1:{server.port}/0", "SKIPCACHE_REDIS_PREFIX": prefix,
+           "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_WARM_PARTITIONS": "1"}
+    store = build_store(Settings.from_env(env))
+    r = store.r
+    r.set(f"{prefix}:0:offset", 120)
+    r.set(f"{prefix}:1:offset", 80)
+    r.set(f"{prefix}:1:u:7", b"[1]")
+    r.hset(f"{prefix}:tracks", mapping={"n:" + "t" * 22: 5, "l:" + "t" * 22: 1})
+    r.hset(f"{prefix}:counters:events", mapping={"play": 200})
+    r.set(f"{prefix}:warm:0:offset", 33)
+    r.rpush(f"{prefix}:warm:0:queue:1", b"[1,0,2.0]")
+    with pytest.raises(OldLayout, match="skipcache state migrate"):
+        store.check_layout()
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "state", "migrate"], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "moved 7 keys" in out.stdout, out.stdout + out.stderr
+    store.check_layout()
+    assert (store.offset(0), store.offset(1), store.stage("warm").offset(0)) == (120, 80, 33)
+    assert store.fetch(1, [7], [], ["t" * 22]) == ({7: [1]}, {}, {"t" * 22: [5.0, 0.0, 1.0]})
+    assert store.counters("events") == {"play": 200}
+    assert store.stage("warm").queue(0, 1) == [[1, 0, 2.0]]
