@@ -55,6 +55,12 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
     ("Rejected events", "ops", [
         ("{{reason}}", f"sum by (reason) (rate(skipcache_rejected_events_total[{W}]))"),
     ], "timeseries"),
+    ("Partitions needing an operator (see /livez, /healthz)", "none", [
+        ("stopped {{stage}} {{partition}}", "max by (stage, partition) (skipcache_partition_stopped)"),
+        ("unowned {{stage}} {{partition}}", "max by (stage, partition) (skipcache_partition_unowned)"),
+        ("stalled {{stage}} {{partition}}", "max by (stage, partition) (skipcache_partition_stalled)"),
+        ("late entries/s", f"sum(rate(skipcache_late_entries_total[{W}]))"),
+    ], "timeseries"),
     ("Models", "none", [
         ("{{variant}}: {{model}} {{version}}", "skipcache_model_info"),
     ], "stat"),

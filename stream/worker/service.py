@@ -229,7 +229,6 @@ class WorkerService:
         a rebalance), and /livez says so; its state and offset in Redis stay as they were."""
         key = f"{stop.stage}/{stop.partition}"
         self.health.stopped[key] = f"at offset {stop.offset}: {type(stop.error).__name__}: {stop.error}"[:500]
-        self.metrics.stopped_partitions.labels(stop.stage, str(stop.partition)).set(1)
         log.critical("%s partition %d stopped at offset %d: %r; its state in Redis is kept. /livez reports it; fix "
                      "the cause and restart the worker", stop.stage, stop.partition, stop.offset, stop.error,
                      exc_info=stop.error)
@@ -265,8 +264,7 @@ class WorkerService:
                 self.stop_partition(PartitionStopped(stage.name, partition, committed if committed is not None
                                                      else earliest, exc))
                 return committed if committed is not None else earliest
-        if self.health.stopped.pop(f"{stage.name}/{partition}", None) is not None:
-            self.metrics.stopped_partitions.labels(stage.name, str(partition)).set(0)
+        self.health.stopped.pop(f"{stage.name}/{partition}", None)
         if resume.loud:
             self.health.state_losses += 1
             self.metrics.state_losses.inc()
@@ -540,6 +538,11 @@ class WorkerService:
             stage, part = key.split("/")
             self.metrics.stalled.labels(stage, part).set(1 if key in body["stalled_partitions"] else 0)
         if w is not None:
+            for stage in w.stages.values():  # every partition's series, zero while all is well
+                for p in range(stage.partitions):
+                    key = f"{stage.name}/{p}"
+                    self.metrics.stopped_partitions.labels(stage.name, str(p)).set(1 if key in self.health.stopped else 0)
+                    self.metrics.unowned.labels(stage.name, str(p)).set(1 if key in self.health.unowned else 0)
             body.update(stages={s.name: sorted(s.runtimes) for s in w.stages.values()},
                         model=w.artifact.model, model_version=w.artifact.version)
             warm = w.stages.get("warm")
@@ -665,10 +668,8 @@ class WorkerService:
                         "gone and the group not rebalanced yet, or one stuck)", *key.split("/"), unowned[key])
         for key in sorted(gone):
             log.info("%s partition %s moves again", *key.split("/"))
-            self.metrics.unowned.labels(*key.split("/")).set(0)
-        for key in unowned:
-            self.metrics.unowned.labels(*key.split("/")).set(1)
         self.health.unowned = unowned
+        self.readiness()  # the gauges
 
     async def close_sinks(self) -> None:
         w = self.built

@@ -200,10 +200,12 @@ def test_a_killed_workers_partitions_are_reported_unowned_until_the_group_rebala
 
         _wait_until(reported, timeout=30, what="the survivor to report unowned partitions")
         said = time.monotonic() - killed
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            flagged = [line for line in resp.read().decode().splitlines()
+                       if line.startswith("skipcache_partition_unowned{") and line.endswith(" 1.0")]
+        assert flagged, "the metric did not flag the unowned partitions"
         feeder.join()
         assert set(seen) <= theirs and f"predict/{theirs_of(theirs, 'predict')}" in seen, (seen, theirs)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            assert 'skipcache_partition_unowned{partition="' in resp.read().decode()
         live.wait_applied(len(events), workers=[first], timeout=120)
         _wait_until(lambda: not _get(port, "/healthz")[1]["unowned_partitions"], timeout=30,
                     what="the unowned partitions taken over")
