@@ -18,6 +18,7 @@ from stream.producer import replay
 from stream.settings import Settings
 
 from tests.integration.conftest import COMPARED, expected_figures, make_live
+from tests.integration.test_faults import _health, _wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,7 @@ def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data
     _, _, events, _ = live_data
     key = f"{{{live.settings.redis_prefix}:{stage}:0}}:offset"
     victim = _owner(cluster, key)
-    worker, _ = live.start_worker()
+    worker, port = live.start_worker()
     done = threading.Event()
     pause = _longest_pause(live, done)
     feeder = threading.Thread(target=replay, args=(events, live.settings.kafka_bootstrap, live.settings.topic_sessions),
@@ -107,6 +108,14 @@ def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data
         if how == "kill":
             os.kill(victim.proc.pid, signal.SIGKILL)
             victim.proc.wait()
+            said: list = []
+
+            def names_the_node() -> bool:
+                status, body = _health(port)
+                said.append(body.get("dependencies", {}).get("redis", {}).get("error", ""))
+                return status == 503 and f"127.0.0.1:{victim.port}" in said[-1]
+
+            _wait_until(names_the_node, timeout=20, what="/healthz to name the unreachable node")
         else:  # a manual failover, as an operator does before maintenance: its replica takes over
             replica = next(n for n in cluster.nodes[cluster.primaries:]
                            if redis.Redis(port=n.port).info("replication").get("master_port") == victim.port)
