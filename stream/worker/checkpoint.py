@@ -204,9 +204,8 @@ def _process(rt: PartitionRuntime, run: list[tuple]) -> BatchOutput | _Failed:
 
 def poisoned(rt: PartitionRuntime, record: tuple, error: BaseException) -> BatchOutput:
     """The batch of one record that fails alone: dead-lettered and counted, the offset moved past it."""
-    offset, value = record[0], record[1]
-    reason = "apply_failed"
-    out = BatchOutput(rt.stage, rt.partition, offset, offset + 1, errors={offset: f"{type(error).__name__}: {error}"[:500]})
-    out.dead_letters.append((offset, reason, value or b""))
-    out.changes = Changes(counters={"rejected": {rt.rejected_prefix + reason: 1}})
+    offset = record[0]
+    out = BatchOutput(rt.stage, rt.partition, offset, offset + 1)
+    out.reject(offset, "apply_failed", record[1], f"{type(error).__name__}: {error}"[:500])
+    out.changes = Changes(counters={"rejected": rt.rejected_counts(out)})
     return out

@@ -29,7 +29,7 @@ class Dependency:
 
     def failed(self, exc: BaseException | str) -> bool:
         """Record a failure; True if it had been up (or was never checked: away from the start)."""
-        was_up = self.up or self.failures == 0 and self.error == "not checked yet"
+        was_up = self.up or self.failures == 0  # no failure yet and not up: never answered
         if self.up:
             self.up, self.since = False, time.monotonic()
         self.error = str(exc)[:300] or type(exc).__name__
@@ -63,7 +63,7 @@ class Health:
         self.late_entries: deque[tuple[float, int]] = deque()
         """(when, how many) of entries the warm stage applied late in the last ``LATE_WINDOW`` s."""
         self.late_alert = late_alert
-        self._progress: dict[str, tuple[int, float]] = {}  # partition -> (offset, when it last moved)
+        self._progress: dict[str, tuple[int, float]] = {}  # stage/partition -> (offset, when it last moved)
 
     def entries_late(self, n: int, now: float | None = None) -> None:
         self.late_entries.append((time.monotonic() if now is None else now, n))
@@ -83,8 +83,7 @@ class Health:
         self.crashes[stage] = (n, f"{at}{type(error).__name__}: {error}"[:300])
 
     def progressed(self, stage: str) -> None:
-        if stage in self.crashes:
-            del self.crashes[stage]
+        self.crashes.pop(stage, None)
 
     @property
     def live(self) -> bool:

@@ -232,8 +232,7 @@ class WorkerService:
         log.critical("%s partition %d stopped at offset %d: %r; its state in Redis is kept. /livez reports it; fix "
                      "the cause and restart the worker", stop.stage, stop.partition, stop.offset, stop.error,
                      exc_info=stop.error)
-        w = self.built
-        stage = next((st for st in w.stages.values() if st.name == stop.stage), None) if w is not None else None
+        stage = self.built.stages.get(stop.stage) if self.built is not None else None
         if stage is not None:
             stage.runtimes.pop(stop.partition, None)
         self.release(stop.stage, {stop.partition})
@@ -486,11 +485,8 @@ class WorkerService:
             return
         now = time.monotonic()
         for name, scheduler in self.schedulers.items():
-            running = self._cutting.get(name)
-            if (name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked()
-                    and (running is None or running.done())):
-                task = self._cutting[name] = asyncio.ensure_future(self.drain(name, force=True))
-                task.add_done_callback(_log_failure)
+            if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
+                self.spawn(name, lambda name=name: self.drain(name, force=True))
 
     # ---- timers ---------------------------------------------------------------------------------
     def highwater(self, topic: str, partition: int) -> int | None:
@@ -551,17 +547,23 @@ class WorkerService:
                                              for p, rt in warm.runtimes.items()}
         return ready, body
 
+    async def backlog(self, topic: str, store, partitions: list[int]) -> dict[int, tuple[int, int]] | None:
+        """Partition -> (its offset in Redis, records on the broker past it), for any worker's
+        partitions (None: the broker or Redis away now; their own checks report it)."""
+        tps = [TP(topic, p) for p in partitions]
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
+            offsets = await self.call(lambda: [store.offset(p) for p in partitions])
+        except Exception:  # noqa: BLE001 - a timeout, the broker's or Redis's error
+            return None
+        return {p: (offset, ends.get(tp, 0) - offset) for p, tp, offset in zip(partitions, tps, offsets)}
+
     async def sources_behind(self, w: Worker) -> set[int] | None:
         """Sessions partitions holding records their predict stage has not committed (None: not
         known now). A silent source among them is slow, not idle (``stages/warm.py``)."""
         s = self.settings
-        tps = [TP(s.topic_sessions, p) for p in range(s.partitions)]
-        try:
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
-            done = await self.call(lambda: [w.store.offset(p) for p in range(s.partitions)])
-        except Exception:  # the broker or Redis away: their own checks report it
-            return None
-        return {tp.partition for tp in tps if done[tp.partition] < ends.get(tp, 0)}
+        behind = await self.backlog(s.topic_sessions, w.store, list(range(s.partitions)))
+        return None if behind is None else {p for p, (_, lag) in behind.items() if lag > 0}
 
     async def release_idle_entries(self) -> None:
         """The warm stage holds entries back until every predict partition's clock has passed
@@ -646,15 +648,11 @@ class WorkerService:
             others = [p for p in range(stage.partitions) if p not in stage.runtimes]
             if not others:
                 continue
-            tps = [TP(stage.topic, p) for p in others]
-            try:
-                ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
-                offsets = await self.call(lambda: [stage.store.offset(p) for p in others])
-            except Exception:  # the broker or Redis away: their own checks report it
+            behind = await self.backlog(stage.topic, stage.store, others)
+            if behind is None:
                 return
-            for p, offset in zip(others, offsets):
+            for p, (offset, lag) in behind.items():
                 key = f"{stage.name}/{p}"
-                lag = ends.get(TP(stage.topic, p), 0) - offset
                 if lag <= 0:
                     continue  # nothing to do there: whether anybody owns it does not show, nor matter
                 last = self._others.get(key)  # since when it has had lag at this offset
@@ -668,8 +666,7 @@ class WorkerService:
                         "gone and the group not rebalanced yet, or one stuck)", *key.split("/"), unowned[key])
         for key in sorted(gone):
             log.info("%s partition %s moves again", *key.split("/"))
-        self.health.unowned = unowned
-        self.readiness()  # the gauges
+        self.health.unowned = unowned  # its gauges: at the next readiness (every second, and each scrape)
 
     async def close_sinks(self) -> None:
         w = self.built

@@ -7,6 +7,7 @@ commits state and offset together: at-least-once records, exactly-once state."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from cache_warmer.effects import BatchEffects, Outcome
@@ -38,6 +39,12 @@ class BatchOutput:
     errors: dict[int, str] = field(default_factory=dict)
     """Offset -> what was wrong with a dead-lettered record, for its dead letter."""
 
+    def reject(self, offset: int, reason: str, raw: bytes | None, detail: str = "") -> None:
+        """Dead-letter the record at ``offset``, saying why (``detail``: what exactly is wrong)."""
+        self.dead_letters.append((offset, reason, raw or b""))
+        if detail:
+            self.errors[offset] = detail
+
 
 class OffsetGap(Exception):
     """The consumer delivered records after a hole: seek back to ``expected``."""
@@ -65,6 +72,10 @@ class PartitionRuntime:
         self.partition = partition
         self.store = store
         self.load()
+
+    def rejected_counts(self, out: BatchOutput) -> dict[str, int]:
+        """The batch's dead letters by reason, as the ``rejected`` counters (and metrics) name them."""
+        return dict(Counter(self.rejected_prefix + reason for _, reason, _ in out.dead_letters))
 
     def load(self) -> None:
         """(Re)build everything from the store: on assignment, and after being fenced."""

@@ -112,9 +112,7 @@ class PredictRuntime(PartitionRuntime):
                 offsets.append(offset)
                 kinds[item.kind] = kinds.get(item.kind, 0) + 1
             else:
-                out.dead_letters.append((offset, item.reason, value or b""))
-                if item.detail:
-                    out.errors[offset] = item.detail
+                out.reject(offset, item.reason, value, item.detail)
         out.events = len(events)
         self._prefetch(events)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
@@ -131,9 +129,7 @@ class PredictRuntime(PartitionRuntime):
                     sent[q] = entries[-1][0]
         st = self.engine.state
         counters: dict[str, dict[str, float]] = {"events": dict(kinds)}
-        rejected: dict[str, float] = {}
-        for _, reason, _ in out.dead_letters:
-            rejected[reason] = rejected.get(reason, 0) + 1
+        rejected = self.rejected_counts(out)
         orphans = self.rejections.counts.get("orphan_skip", 0) - orphans_before
         if orphans:
             rejected["orphan_skip"] = orphans

@@ -209,9 +209,7 @@ class WarmRuntime(PartitionRuntime):
                 if got and got[-1][0] >= self.ends.get(src, -1) and self.source_ends is not None:
                     self._check_sequence(src, got[-1][0], asked)
             except Rejected as r:
-                out.dead_letters.append((offset, r.reason, value or b""))
-                if r.detail:
-                    out.errors[offset] = r.detail
+                out.reject(offset, r.reason, value, r.detail)
                 continue
             high = received.get(src, -1)
             fresh = [e for e in got if e[0] > high] if got and got[0][0] <= high else got
@@ -232,10 +230,10 @@ class WarmRuntime(PartitionRuntime):
 
     def _check_sequence(self, src: int, seq: int, asked: dict[int, int | None]) -> None:
         """Rejected unless ``seq`` is below sessions partition ``src``'s end offset (give or take
-        ``SEQUENCE_SLACK``): the one this
-        process's consumer knows, else the broker's, read once per batch and source (a reading
-        taken now is past every entry of the batch its source really sent: each was produced
-        after its sessions record was). Unknown (the broker away): taken unchecked."""
+        ``SEQUENCE_SLACK``): the one this process's consumer knows, else the broker's, read once
+        per batch and source (a reading taken now is past every entry of the batch its source
+        really sent: each was produced after its sessions record was). Unknown (the broker
+        away): taken unchecked."""
         end = self.source_ends.local(src)
         if end is None or seq >= end + SEQUENCE_SLACK:
             if src not in asked:
@@ -284,9 +282,7 @@ class WarmRuntime(PartitionRuntime):
         state["late"] = self.late
         if math.isfinite(self.applied_until):
             state["applied_until"] = self.applied_until
-        rejected: dict[str, float] = {}
-        for _, reason, _ in out.dead_letters:
-            rejected[f"entries_{reason}"] = rejected.get(f"entries_{reason}", 0) + 1
+        rejected = self.rejected_counts(out)
         push, drop = self._queue_changes()
         out.changes = Changes(blob=orjson.dumps(state), counters={"rejected": rejected} if rejected else {},
                               queue_push=push, queue_drop=drop)
