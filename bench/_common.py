@@ -22,3 +22,37 @@ def bench_data(users: int = 8000, seed: int = 42) -> Path:
         marker.write_text(str(users))
         print(f"generated {DATA} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return DATA
+
+
+def trained_replay(prefix: str, users: int):
+    """A fresh work folder with a generated long-profile export of ``users`` users (seed 9) and a
+    linear_svc trained on its first half: (folder, the events in replay order)."""
+    import tempfile
+
+    from models.replay import replay_order
+    from stream.cli import main as cli
+    from stream.files import read_dataset
+    from stream.synthetic import generate
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    generate(work / "data", users=users, seed=9, profile="long", progress=False)
+    cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
+    return work, replay_order(read_dataset(work / "data", progress=False).events)
+
+
+def worker_env(tag: str, kafka_port: int, redis_port: int, work: Path, partitions: int, **extra: str):
+    """(Settings, environment) of a worker on the benchmark's servers, with topics and a key
+    prefix of its own (created here): ``extra`` overrides any variable."""
+    from stream.cli.services import create_topics, free_port
+    from stream.settings import Settings
+
+    env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka_port}",
+           "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis_port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
+           "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
+           "SKIPCACHE_PARTITIONS": str(partitions), "SKIPCACHE_WARM_PARTITIONS": str(partitions),
+           "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}", "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
+           "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
+           "SKIPCACHE_WEB_PORT": str(free_port()), **extra}
+    st = Settings.from_env(env)
+    create_topics(st.kafka_bootstrap, st.topics)
+    return st, env

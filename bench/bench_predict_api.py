@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+from _common import ROOT, trained_replay, worker_env  # noqa: F401  (ROOT puts the project on sys.path)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -124,36 +122,19 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None, help="py-spy the worker while 200 callers load the idle stream")
     args = ap.parse_args()
     from bench_worker import print_profile, start_profile
-    from models.replay import replay_order
     from stream.bootstrap import build_store
-    from stream.cli import main as cli
-    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
-    from stream.files import read_dataset
+    from stream.cli.services import Stack, start_redis, start_tansu, start_worker, wait_http
     from stream.producer import replay
-    from stream.settings import Settings
-    from stream.synthetic import generate
 
-    work = Path(tempfile.mkdtemp(prefix="skipcache-bench-predict-"))
-    generate(work / "data", users=args.users, seed=9, profile="long", progress=False)
-    cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
-    ds = read_dataset(work / "data", progress=False)
-    events = replay_order(ds.events)
+    work, events = trained_replay("skipcache-bench-predict-", args.users)
     third = len(events) // 5  # warm-up, a drain without callers, one with, then steady streams
     stack = Stack()
     kafka = stack.add(start_tansu(workdir=work / "tansu"))
     redis = stack.add(start_redis(workdir=work / "redis"))
     worker = None
     try:
-        tag = uuid.uuid4().hex[:6]
-        port = free_port()
-        env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
-               "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
-               "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
-               "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_WARM_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"s-{tag}",
-               "SKIPCACHE_TOPIC_ENTRIES": f"e-{tag}", "SKIPCACHE_TOPIC_COMMANDS": f"c-{tag}",
-               "SKIPCACHE_TOPIC_DEAD_LETTER": f"d-{tag}", "SKIPCACHE_WEB_PORT": str(port)}
-        st = Settings.from_env(env)
-        create_topics(st.kafka_bootstrap, st.topics)
+        st, env = worker_env(uuid.uuid4().hex[:6], kafka.port, redis.port, work, 2)
+        port = st.web_port
         store = build_store(st)
         worker = start_worker(env, work / "worker.log")
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=worker)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+from _common import ROOT, trained_replay, worker_env  # noqa: F401  (ROOT puts the project on sys.path)
 
 
 def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
@@ -87,33 +86,15 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy the (first) worker process during the throughput run; collapsed stacks to this file")
     args = ap.parse_args()
-    from models.replay import replay_order
-    from stream.cli import main as cli
-    from stream.files import read_dataset
-    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu
-    from stream.settings import Settings
-    from stream.synthetic import generate
+    from stream.cli.services import Stack, start_redis, start_tansu
 
-    work = Path(tempfile.mkdtemp(prefix="skipcache-bench-worker-"))
-    generate(work / "data", users=args.users, seed=9, profile="long", progress=False)
-    cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
-    ds = read_dataset(work / "data", progress=False)
-    events = replay_order(ds.events)
+    work, events = trained_replay("skipcache-bench-worker-", args.users)
     stack = Stack()
     kafka = stack.add(start_tansu(workdir=work / "tansu"))
     redis = stack.add(start_redis(workdir=work / "redis"))
     try:
-        def settings_for(tag: str, **extra) -> tuple[Settings, dict]:
-            env = {"SKIPCACHE_APP_ID": f"bench-{tag}", "SKIPCACHE_KAFKA": f"127.0.0.1:{kafka.port}",
-                   "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
-                   "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
-                   "SKIPCACHE_PARTITIONS": str(args.partitions), "SKIPCACHE_WARM_PARTITIONS": str(args.partitions), "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
-                   "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
-                   "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
-                   "SKIPCACHE_WEB_PORT": str(free_port()), **extra}
-            st = Settings.from_env(env)
-            create_topics(st.kafka_bootstrap, st.topics)
-            return st, env
+        def settings_for(tag: str, **extra):
+            return worker_env(tag, kafka.port, redis.port, work, args.partitions, **extra)
 
         if args.clean_runs:
             clean_runs(args, events, settings_for, work)
@@ -204,7 +185,7 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
     from models.events import Catalogue
     from stream.bootstrap import build_store
     from stream.cli.jobs import live_figures
-    from stream.cli.services import free_port, start_worker, wait_http
+    from stream.cli.services import start_worker, wait_http
     from stream.producer import replay
 
     rows = []

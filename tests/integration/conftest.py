@@ -5,6 +5,7 @@ among them fails the run (tests/conftest.py). Only tests that need the `promethe
 may skip, with the reason."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from models.artifacts import load
 from models.replay import replay_order
 from stream.cli import main
 from stream.files import read_dataset
+from stream.producer import replay
 from stream.kafka_io import partition_of, track_partition_of
 from models.events import Catalogue
 from stream.cli.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
@@ -63,6 +65,23 @@ class Live:
         proc = start_worker(env, self.workdir / f"{name}.log")
         wait_http(f"http://127.0.0.1:{port}/{'healthz' if ready else 'livez'}", proc=proc)
         return proc, port
+
+    def send(self, events) -> None:
+        """Produce ``events`` to the sessions topic (keyed by user), returning once all are sent."""
+        replay(events, self.settings.kafka_bootstrap, self.settings.topic_sessions, progress=False)
+
+    def feed(self, events) -> threading.Thread:
+        """``send`` in a thread of its own, started: the worker reads while they are produced."""
+        feeder = threading.Thread(target=self.send, args=(events,))
+        feeder.start()
+        return feeder
+
+    def wait_partly(self, n: int, timeout: float = 60.0) -> int:
+        """Until the predict stage has applied ``n`` events (or ``timeout``); what it has applied."""
+        deadline = time.monotonic() + timeout
+        while self.applied() < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.applied()
 
     def create_topics(self) -> None:
         st = self.settings

@@ -14,7 +14,6 @@ from redis.cluster import ClusterNode
 
 from stream.cli.jobs import live_figures
 from stream.cli.services import start_redis_cluster
-from stream.producer import replay
 from stream.settings import Settings
 
 from tests.integration.conftest import COMPARED, expected_figures, make_live
@@ -80,7 +79,7 @@ def test_a_replay_on_a_three_primary_cluster_gives_the_one_server_figures(server
     _, _, events, _ = live_data
     worker, _ = live.start_worker()
     try:
-        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events)
         live.wait_applied(len(events), workers=[worker])
         _assert_equal(live, live_data)
     finally:
@@ -97,14 +96,9 @@ def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data
     worker, port = live.start_worker()
     done = threading.Event()
     pause = _longest_pause(live, done)
-    feeder = threading.Thread(target=replay, args=(events, live.settings.kafka_bootstrap, live.settings.topic_sessions),
-                              kwargs={"progress": False})
+    feeder = live.feed(events)
     try:
-        feeder.start()
-        deadline = time.monotonic() + 60
-        while live.applied() < len(events) // 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert live.applied() < len(events), "the worker finished before the fault"
+        assert live.wait_partly(len(events) // 3) < len(events), "the worker finished before the fault"
         if how == "kill":
             os.kill(victim.proc.pid, signal.SIGKILL)
             victim.proc.wait()
@@ -144,13 +138,9 @@ def test_acknowledged_writes_lost_in_a_failover_still_end_equal(servers, cluster
     replica = next(n for n in cluster.nodes[cluster.primaries:]
                    if redis.Redis(port=n.port).info("replication").get("master_port") == victim.port)
     worker, _ = live.start_worker()
-    feeder = threading.Thread(target=replay, args=(events, live.settings.kafka_bootstrap, live.settings.topic_sessions),
-                              kwargs={"progress": False})
+    feeder = live.feed(events)
     try:
-        feeder.start()
-        deadline = time.monotonic() + 60
-        while live.applied() < len(events) // 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        live.wait_partly(len(events) // 4)
         os.kill(replica.proc.pid, signal.SIGSTOP)
         redis.Redis(port=victim.port).execute_command("CLIENT", "KILL", "TYPE", "replica")
         cut = live.applied()

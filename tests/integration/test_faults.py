@@ -185,7 +185,7 @@ def test_broker_killed_and_restarted(own_live, own_servers, live_data):
     half = len(events) // 2
     worker, port = live.start_worker()
     try:
-        replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[:half])
         live.wait_applied(half, workers=[worker])
         entries = _read_topic(live.settings.kafka_bootstrap, live.settings.topic_entries, live.settings.warm_partitions)
         _kill(kafka)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,6 @@ from kafka import KafkaProducer
 
 from stream.cli.jobs import live_figures
 from stream.cli.services import free_port, wait_http
-from stream.producer import replay
 
 from tests.integration.conftest import COMPARED, expected_figures, make_live
 from tests.integration.test_faults import _read_topic, _wait_until
@@ -85,14 +83,14 @@ def test_hostile_entries_messages_are_dead_lettered_and_change_no_figure(live, l
     half = len(events) // 2
     worker, port = live.start_worker()
     try:
-        replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[:half])
         live.wait_applied(half, workers=[worker])
         entries = _read_topic(live.settings.kafka_bootstrap, live.settings.topic_entries, 1)[0]
         sample = next(v for v in entries if b'"e":[[' in v and b",0," in v)
         hostile = _hostile_entries(sample)
         _produce(live.settings.kafka_bootstrap, live.settings.topic_entries, [v for _, v in hostile])
         _wait_until(lambda: len(_dead_letters(live)) >= len(hostile), what="the hostile messages dead-lettered")
-        replay(events[half:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[half:])
         live.wait_applied(len(events), workers=[worker])
         dead = _dead_letters(live)
         assert [(d["stage"], d["reason"]) for d in dead] == [("warm", r) for r, _ in hostile]
@@ -118,7 +116,7 @@ def test_a_record_that_makes_the_apply_step_raise_is_dead_lettered_and_the_stage
     half = len(events) // 2
     worker, port = _start_faulty(live, "play_user=424242", "faulty")
     try:
-        replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[:half])
         live.wait_applied(half, workers=[worker])
         entries = _read_topic(live.settings.kafka_bootstrap, live.settings.topic_entries, 1)[0]
         msg = orjson.loads(next(v for v in entries if b'"e":[[' in v and b",0," in v))
@@ -132,7 +130,7 @@ def test_a_record_that_makes_the_apply_step_raise_is_dead_lettered_and_the_stage
         poison = orjson.dumps({**msg, "t": ad_time(ad), "e": [[half, 0, play[2], 424242, *play[4:]]]})
         _produce(live.settings.kafka_bootstrap, live.settings.topic_entries, [poison])
         _wait_until(lambda: _dead_letters(live), what="the poisoned message dead-lettered")
-        replay(events[half:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[half:])
         live.wait_applied(len(events) + 1, workers=[worker])
         dead = _dead_letters(live)
         assert [(d["stage"], d["reason"]) for d in dead] == [("warm", "apply_failed")]
@@ -155,7 +153,7 @@ def test_an_agent_that_keeps_crashing_makes_livez_503_naming_it(live, live_data)
     worker, port = _start_faulty(live, "decode", "crashing")
     try:
         assert _get(port, "/livez")[0] == 200
-        replay(events[:2000], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[:2000])
         sent = time.monotonic()
         _wait_until(lambda: _get(port, "/livez")[0] == 503, timeout=30, what="/livez 503")
         took = time.monotonic() - sent
@@ -181,16 +179,14 @@ def test_a_killed_workers_partitions_are_reported_unowned_until_the_group_rebala
         second, _ = live.start_worker("second")
         _wait_until(lambda: all(len(v) == 1 for v in _get(port, "/healthz")[1].get("stages", {"": []}).values()),
                     timeout=60, what="the two workers to share the partitions")
-        replay(events[:half], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.send(events[:half])
         live.wait_applied(half, workers=[first, second])
         mine = _get(port, "/healthz")[1]["stages"]
         theirs = {f"{stage}/{p}" for stage, parts in mine.items() for p in range(2) if p not in parts}
         os.kill(second.pid, signal.SIGKILL)
         second.wait()
         killed = time.monotonic()
-        feeder = threading.Thread(target=replay, args=(events[half:], live.settings.kafka_bootstrap,
-                                                        live.settings.topic_sessions), kwargs={"progress": False})
-        feeder.start()
+        feeder = live.feed(events[half:])
         seen: dict = {}
 
         def reported() -> bool:
