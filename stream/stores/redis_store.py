@@ -328,20 +328,38 @@ class RedisStore:
         return moved
 
     def ping(self) -> bool:
-        if self.cluster:  # a cluster client's ping asks one node: ask every primary
-            return bool(self.r.ping(target_nodes=RedisCluster.PRIMARIES))
+        if self.cluster:
+            # a cluster client's ping asks one node, and its primaries are those of its last view,
+            # which leaves out a dead primary no replica has replaced yet: the state is there when
+            # the slot of every partition (and of the config) answers
+            self._shared.setdefault("nodes", set()).update(node.name for node in self.r.get_nodes())
+            with self.r.pipeline(transaction=False) as pipe:
+                for stage, n in self.partitions.items():
+                    for p in range(n):
+                        pipe.exists(f"{self.slot(p, stage)}:offset")
+                pipe.exists(f"{self.root}:config")
+                pipe.execute()
+            return True
         return bool(self.r.ping())
 
     def unreachable(self) -> list[str]:
-        """The cluster's nodes that do not answer now (empty for one server, or when all do)."""
+        """The cluster's nodes that do not answer now (empty for one server, or when all do).
+        Every node ever seen is asked, not only those the client lists now: once the client has
+        refreshed its view, a dead primary without a replica is in no slot map any more."""
         if not self.cluster:
             return []
+        seen = self._shared.setdefault("nodes", set())  # also noted by every ping, while all answer
+        seen.update(node.name for node in self.r.get_nodes())
         out = []
-        for node in self.r.get_nodes():
+        for name in sorted(seen):
+            host, port = _host_port(name)
+            client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
             try:
-                node.redis_connection.ping()
+                client.ping()
             except redis.RedisError:
-                out.append(node.name)
+                out.append(name)
+            finally:
+                client.close()
         return out
 
 

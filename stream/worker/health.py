@@ -19,12 +19,14 @@ class Dependency:
     since: float = field(default_factory=time.monotonic)
     error: str = "not checked yet"
     failures: int = 0
+    unreachable: list[str] = field(default_factory=list)
+    """Its nodes that do not answer (a cluster's), as last found while it was away."""
 
     def ok(self) -> bool:
         """Record a success; True if it had been down."""
         was_down = not self.up
         if was_down:
-            self.up, self.since, self.error, self.failures = True, time.monotonic(), "", 0
+            self.up, self.since, self.error, self.failures, self.unreachable = True, time.monotonic(), "", 0, []
         return was_down
 
     def failed(self, exc: BaseException | str) -> bool:
@@ -38,7 +40,8 @@ class Dependency:
 
     def as_dict(self) -> dict:
         return {"up": self.up, "for_seconds": round(time.monotonic() - self.since, 1),
-                **({} if self.up else {"error": self.error})}
+                **({} if self.up else {"error": self.error}),
+                **({"unreachable": self.unreachable} if self.unreachable and not self.up else {})}
 
 
 LATE_WINDOW = 60.0

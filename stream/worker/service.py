@@ -163,13 +163,12 @@ class WorkerService:
             except TRANSIENT as exc:
                 self.redis_failed(exc)
                 unreachable = getattr(self.built.store, "unreachable", None)
-                if unreachable is not None:  # a cluster: say which node (/healthz shows the error)
+                if unreachable is not None:  # a cluster: which nodes (/healthz names them)
                     try:
                         nodes = await self.call(unreachable)
                     except Exception:  # noqa: BLE001 - the topology itself unknown now
                         nodes = []
-                    if nodes:
-                        self.health.redis.error = f"{self.health.redis.error} (unreachable: {', '.join(nodes)})"[:300]
+                    self.health.redis.unreachable = nodes
 
     async def worker(self) -> Worker:
         """The worker's parts, built once; waits for Redis (and retries) rather than failing."""

@@ -93,7 +93,7 @@ def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data
     _, _, events, _ = live_data
     key = f"{{{live.settings.redis_prefix}:{stage}:0}}:offset"
     victim = _owner(cluster, key)
-    worker, port = live.start_worker()
+    worker, _ = live.start_worker()
     done = threading.Event()
     pause = _longest_pause(live, done)
     feeder = live.feed(events)
@@ -102,14 +102,6 @@ def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data
         if how == "kill":
             os.kill(victim.proc.pid, signal.SIGKILL)
             victim.proc.wait()
-            said: list = []
-
-            def names_the_node() -> bool:
-                status, body = _health(port)
-                said.append(body.get("dependencies", {}).get("redis", {}).get("error", ""))
-                return status == 503 and f"127.0.0.1:{victim.port}" in said[-1]
-
-            _wait_until(names_the_node, timeout=20, what="/healthz to name the unreachable node")
         else:  # a manual failover, as an operator does before maintenance: its replica takes over
             replica = next(n for n in cluster.nodes[cluster.primaries:]
                            if redis.Redis(port=n.port).info("replication").get("master_port") == victim.port)
@@ -197,3 +189,34 @@ def test_state_in_the_layout_before_hash_tags_is_refused_then_migrated(servers, 
     assert store.fetch(1, [7], [], ["t" * 22]) == ({7: [1]}, {}, {"t" * 22: [5.0, 0.0, 1.0]})
     assert store.counters("events") == {"play": 200}
     assert store.stage("warm").queue(0, 1) == [[1, 0, 2.0]]
+
+
+def test_a_slot_without_a_primary_makes_healthz_name_the_node(servers, live_data, tmp_path):
+    """No replica to take over: the worker waits (never crashes) and /healthz names the node it
+    cannot reach. (With a replica, the client may ride the failover out with its own retries, and
+    the moment of naming it is too short to assert on.)"""
+    cluster = start_redis_cluster(3, 0, workdir=tmp_path / "cluster")
+    worker = None
+    try:
+        live = _on_cluster(servers, cluster, live_data, tmp_path, SKIPCACHE_SHUTDOWN_GRACE_SECONDS="3")
+        events = live_data[2][:2000]
+        victim = _owner(cluster, f"{{{live.settings.redis_prefix}:predict:0}}:offset")
+        worker, port = live.start_worker()
+        live.send(events)
+        live.wait_applied(len(events), workers=[worker])
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        live.send(live_data[2][2000:2100])  # a batch whose commit cannot be made
+
+        def names_the_node() -> bool:
+            status, body = _health(port)
+            return status == 503 and f"127.0.0.1:{victim.port}" in body["dependencies"]["redis"].get("unreachable", [])
+
+        _wait_until(names_the_node, timeout=30, what="/healthz to name the unreachable node")
+        time.sleep(2)
+        assert worker.poll() is None  # still waiting
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
+        cluster.stop()
