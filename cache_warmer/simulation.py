@@ -7,6 +7,7 @@ on the earlier ones), so a model is never scored on plays it was trained on."""
 from __future__ import annotations
 
 import math
+import os
 import time
 import zlib
 from functools import cache, partial
@@ -20,11 +21,11 @@ from models.artifacts import Artifact
 from models.estimators import NaiveRule
 from models.events import Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
-from models.labels import label_session
+from models.columns import PLAY_CODE, EventColumns, session_labels
 from models.gc_pause import paused_gc
 
 from .experiment import AB, variant_of
-from .entries import by_seq, route
+from .warm_pool import WarmStage
 from .predictor import PredictionLedger, Predictor
 from .policies import ORACLE, CachePolicy, ThresholdPolicy, StaticPolicy, standard_policies
 from .storage_audit import StorageAudit
@@ -46,17 +47,24 @@ class Objective:
         return self.hit_value * fig["full_play_hits"] - fig["transfer_cost"] - extra_storage
 
 
-def oracle_labels(events: Sequence[Event]) -> Callable[[int, int, int], float]:
+def oracle_labels(events: "Sequence[Event] | EventColumns") -> Callable[[int, int, int], float]:
     """1.0 for a play (by user, session, play number) that will be played in full, else 0.0:
-    the oracle's (and only its) peek at the future."""
-    sessions: dict[tuple[int, int], list[Event]] = {}
-    for e in events:
-        sessions.setdefault((e.user_id, e.session_id), []).append(e)
-    labels = {key: label_session(evs)[0] for key, evs in sessions.items()}
+    the oracle's (and only its) peek at the future. Each session's events, gathered in replay
+    order by one stable sort, are labelled as ``label_session`` labels them."""
+    cols = EventColumns.of(events)
+    by_session = cols.take(np.lexsort((cols.session, cols.user)))  # stable: replay order within
+    labels, run, _ = session_labels(by_session)
+    plays = by_session.kind == PLAY_CODE
+    users, sessions = by_session.user[plays], by_session.session[plays]
+    starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if len(run) else np.empty(0, np.int64)
+    ends = np.r_[starts[1:], len(run)]
+    where = {(u, s): (a, b) for u, s, a, b in zip(users[starts].tolist(), sessions[starts].tolist(),
+                                                   starts.tolist(), ends.tolist())}
+    full = labels.astype(np.float64).tolist()
 
     def lookup(user_id: int, session_id: int, play_no: int) -> float:
-        ls = labels.get((user_id, session_id))
-        return float(ls[play_no]) if ls is not None and play_no < len(ls) else 0.0
+        span = where.get((user_id, session_id))
+        return full[span[0] + play_no] if span is not None and span[0] + play_no < span[1] else 0.0
 
     return lookup
 
@@ -65,13 +73,13 @@ def model_policy_names(artifacts: Sequence[Artifact]) -> list[str]:
     return ["model"] + [f"model_{i + 2}" for i in range(len(artifacts) - 1)]
 
 
-def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[Artifact],
+def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, artifacts: Sequence[Artifact],
              tier_config: TierConfig | None = None, policies: Sequence[CachePolicy] | None = None,
              threshold: float = 0.5, fast_threshold: float = 0.95, count_from: float | None = None,
              partitions: int = 1, user_partition: Callable[[int], int] | None = None,
              track_partition: Callable[[str], int] | None = None, batch_size: int = 20_000,
              objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None,
-             audit_storage: bool = False) -> dict:
+             audit_storage: bool = False, processes: int | None = None) -> dict:
     """Replay ``events`` (in replay order) through the worker's topology and return the figures
     of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
     entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
@@ -80,7 +88,8 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
     events of the replay). With ``ab_share`` and two artifacts, an ``ab`` policy serves the
     first (A) or the second (B) by user, as an A/B-testing worker does. With ``audit_storage``,
     each policy's figures add a ``storage_audit``: its shards' commands applied to one placement
-    (``storage_audit.py``)."""
+    (``storage_audit.py``). ``processes``: 2 splits the policies' warming with a forked helper
+    (``warm_pool.py``; the figures are the same); default: 2 where there are two cores."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     config = EngineConfig(**artifacts[0].engine_config)
@@ -103,7 +112,7 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
             policies.insert(-1, ThresholdPolicy("ab", AB, threshold, fast_threshold))
     if count_from is None:
         count_from = max(art.train_window["end"] for art in artifacts)
-    tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=len({e.track_id for e in events if e.track_id}))
+    tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=EventColumns.of(events).distinct_tracks())
     lookahead = {ORACLE: oracle_labels(events)} if any(p.scorer == ORACLE for p in policies) else None
     n = max(1, partitions)
     # once per id: partitioners hash in Python
@@ -118,55 +127,51 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
         [CacheWarmer(p, TierState(shard_tiers, catalogue, None if n == 1 else (lambda t, q=q: track_partition(t) == q)),
                      count_from, trace=audit_storage, columns=columns) for p in policies]
         for q in range(n)]
-    traces: dict[str, list[list]] = {p.name: [[] for _ in range(n)] for p in policies}  # policy -> each shard's
     shared: dict[str, list] | None = {} if n > 1 else None  # every shard's committed track counts
-
-    def warm_up(entries: list[tuple]) -> None:
-        for q, mine in enumerate(route(entries, track_partition, n)):
-            if n > 1:
-                mine.sort(key=by_seq)  # the replay's order; stable: one event's entries keep theirs
-            for w in warm[q]:
-                w.apply(mine)
-                effects = w.end()
-                if audit_storage:
-                    traces[w.policy.name][q] += effects.trace
+    stage = WarmStage(warm, track_partition, audit_storage,
+                      processes if processes is not None else min(2, os.cpu_count() or 1))
+    warm_up = stage.apply
 
     started = time.perf_counter()
     with paused_gc(), tqdm(total=len(events), desc="simulate", unit=" events", unit_scale=True,
                            disable=None if progress else True, leave=False) as bar:
-        for start in range(0, len(events), batch_size):
-            batch = events[start:start + batch_size]
-            if n == 1:
-                work = [(batch, range(start, start + len(batch)))]
-            else:
-                work = [([], []) for _ in range(n)]
-                for seq, e in enumerate(batch, start):
-                    evs, seqs = work[user_partition(e.user_id)]
-                    evs.append(e)
-                    seqs.append(seq)
-            entries: list[tuple] = []
-            for predictor, (evs, seqs) in zip(predictors, work):
+        try:
+            for start in range(0, len(events), batch_size):
+                batch = events[start:start + batch_size]
+                if n == 1:
+                    work = [(batch, range(start, start + len(batch)))]
+                else:
+                    work = [([], []) for _ in range(n)]
+                    for seq, e in enumerate(batch, start):
+                        evs, seqs = work[user_partition(e.user_id)]
+                        evs.append(e)
+                        seqs.append(seq)
+                entries: list[tuple] = []
+                for predictor, (evs, seqs) in zip(predictors, work):
+                    if shared is not None:
+                        predictor.engine.state.begin_round(shared)
+                    entries += predictor.process(evs, seqs).entries
                 if shared is not None:
-                    predictor.engine.state.begin_round(shared)
-                entries += predictor.process(evs, seqs).entries
-            if shared is not None:
-                for predictor in predictors:
-                    for track, d in predictor.engine.state.track_delta.items():
-                        rec = shared.get(track)
-                        if rec is None:
-                            shared[track] = d
-                        else:
-                            rec[0] += d[0]
-                            rec[1] += d[1]
-                            rec[2] += d[2]
-            warm_up(entries)
-            bar.update(len(batch))
-        if events:
-            last = events[-1].ts
-            warm_up([e for p in predictors for e in p.finish(last, len(events)).entries])
-            for ws in warm:
-                for w in ws:
-                    w.advance(last)  # every shard's storage cost runs to the end
+                    for predictor in predictors:
+                        for track, d in predictor.engine.state.track_delta.items():
+                            rec = shared.get(track)
+                            if rec is None:
+                                shared[track] = d
+                            else:
+                                rec[0] += d[0]
+                                rec[1] += d[1]
+                                rec[2] += d[2]
+                warm_up(entries)
+                bar.update(len(batch))
+            if len(events):
+                last = float(events[-1].ts)
+                # every shard's storage cost runs to the end
+                stage.finish(last, [e for p in predictors for e in p.finish(last, len(events)).entries])
+            else:
+                stage.finish(None, [])
+        finally:
+            stage.close()
+    traces = stage.traces
     seconds = time.perf_counter() - started
     figures = {}
     for i, p in enumerate(policies):
@@ -181,12 +186,12 @@ def simulate(events: Sequence[Event], catalogue: Catalogue, artifacts: Sequence[
     for name, art in zip(names, artifacts):
         if name in figures:
             figures[name].update(model=art.model, model_version=art.version)
-    plays = sum(1 for e in events if e.kind == "play")
+    plays = events.plays if isinstance(events, EventColumns) else sum(1 for e in events if e.kind == "play")
     return {
         "events": len(events),
         "plays": plays,
         "counted_window": {"from_exclusive": count_from if math.isfinite(count_from) else None,
-                           "to": events[-1].ts if events else None,
+                           "to": float(events[-1].ts) if len(events) else None,
                            "rule": "events strictly after the model's training window"
                            if math.isfinite(count_from) else "all events"},
         "tiers": {"fast_capacity": tier_config.fast_capacity, "medium_capacity": tier_config.medium_capacity,

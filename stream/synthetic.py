@@ -44,6 +44,18 @@ PROFILES = {
 }
 
 
+EVENTS_PER_USER = {"long": 393.0, "short": 1600.0}
+"""Measured means (seed 0, 1,000 users): what ``--events`` divides by."""
+
+
+def users_for_events(events: int, profile: str) -> int:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
+    if events < 1:
+        raise ValueError("events must be at least 1")
+    return max(1, round(events / EVENTS_PER_USER[profile]))
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
@@ -127,7 +139,10 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
     noisy_users = set(rnd.sample(range(users), int(users * noise * 0.5))) if noise else set()
     with open(out / "sessions.jsonl", "wb") as fh:
         write = fh.write
-        for u in tqdm(range(users), desc="generate", unit=" users", disable=None if progress else True, leave=False):
+        bar = tqdm(total=round(users * EVENTS_PER_USER[profile]), desc="generate", unit=" events", unit_scale=True,
+                   disable=None if progress else True, leave=False, mininterval=0.5)
+        for u in range(users):
+            bar.update(written["events"] - bar.n)
             uid = 100 + u
             n_sessions = rnd.randint(prof.sessions_min, prof.sessions_max)
             sids = sorted(next(session_counter) for _ in range(n_sessions))
@@ -195,6 +210,8 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                                 written["events"] += 1
                         write(orjson.dumps(record) + b"\n")
                         written["events"] += 1
+
+        bar.close()
 
     # ---- catalogue files --------------------------------------------------------------------
     with open(out / "users.jsonl", "wb") as fh:

@@ -20,9 +20,9 @@ from cache_warmer.warmer import CacheWarmer, load_warmer_state, policy_figures
 from models.artifacts import Artifact, load, save
 from models.estimators import MODEL_NAMES
 from models.evaluation import build_table, evaluate, train_artifact
+from models.columns import EventColumns, replay_columns
 from models.events import Catalogue, Event
 from models.features import EngineConfig
-from models.replay import replay_order
 
 from stream.export_summary import summarize_export
 from stream.files import Dataset, DataError, read_dataset
@@ -30,22 +30,44 @@ from stream.kafka_io import partition_of, track_partition_of
 from stream.settings import Settings
 
 
-def load_replay(data: str | Path, progress: bool = True) -> tuple[Dataset, list[Event]]:
-    """Read an export and put its events in replay order (see models.replay)."""
+def load_replay(data: str | Path, progress: bool = True) -> tuple[Dataset, EventColumns]:
+    """Read an export and put its events in replay order (``models.columns.replay_columns``,
+    the columnar ``models.replay``). The events move to the replay: the dataset keeps none, so
+    an export is held once."""
     ds = read_dataset(data, progress=progress)
-    if not ds.events:
+    if not len(ds.columns):
         raise DataError(f"{data} holds no readable events ({ds.rejections.total} lines rejected)")
-    return ds, replay_order(ds.events)
+    columns, ds.columns = ds.columns, EventColumns.empty(ds.columns.tracks)
+    return ds, replay_columns(columns)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def inspect_export(data: str | Path) -> dict:
-    return summarize_export(read_dataset(data))
+    started = time.perf_counter()
+    ds = read_dataset(data)
+    seconds = time.perf_counter() - started
+    summary = summarize_export(ds)
+    peak, events = peak_rss_bytes(), len(ds.columns)
+    summary["reading"] = {"seconds": round(seconds, 3),
+                          "lines_per_second": round(ds.lines.get("sessions", 0) / seconds) if seconds else None,
+                          "events_per_second": round(events / seconds) if seconds else None,
+                          "peak_rss_bytes": peak, "peak_bytes_per_event": round(peak / events, 1) if events else None,
+                          "event_column_bytes": ds.columns.nbytes}
+    return summary
 
 
 def generate_export(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long", noise: float = 0.0,
-                    tracks: int | None = None) -> dict:
-    from stream.synthetic import generate
+                    tracks: int | None = None, events: int | None = None) -> dict:
+    from stream.synthetic import generate, users_for_events
 
+    if events is not None:
+        users = users_for_events(events, profile)
     started = time.perf_counter()
     counts = generate(out, users=users, seed=seed, profile=profile, noise=noise, tracks=tracks)
     return {**counts, "out": str(out), "seconds": time.perf_counter() - started}
@@ -56,8 +78,9 @@ def train_model(data: str | Path, out: str | Path, model: str = "linear_svc", tr
     """Fit on the earliest ``train_fraction`` of the plays and save the artifact to ``out``."""
     ds, events = load_replay(data)
     config = EngineConfig()
-    artifact = train_artifact(build_table(events, ds.catalogue, config), model, train_fraction, ds.fingerprint,
-                              config, seed)
+    table = build_table(events, ds.catalogue, config)
+    del events
+    artifact = train_artifact(table, model, train_fraction, ds.fingerprint, config, seed)
     save(artifact, out)
     return artifact
 
@@ -68,8 +91,11 @@ def evaluate_models(data: str | Path, models: list[str], train_fraction: float =
         raise ValueError(f"unknown model(s) {unknown}: choose from {', '.join(MODEL_NAMES)}")
     started = time.perf_counter()
     ds, events = load_replay(data)
-    result = evaluate(build_table(events, ds.catalogue), models, train_fraction, seed)
+    table = build_table(events, ds.catalogue)
+    del events  # the table is all the models need: the events' memory goes before the fits
+    result = evaluate(table, models, train_fraction, seed)
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
 
@@ -90,9 +116,9 @@ class CacheOptions:
         return cls(settings.fast_capacity, settings.medium_capacity, settings.transfer_cost,
                    settings.cold_after_hours, settings.fast_threshold, **overrides)
 
-    def tiers(self, catalogue: Catalogue, events: list[Event]) -> TierConfig:
+    def tiers(self, catalogue: Catalogue, events: "EventColumns | list[Event]") -> TierConfig:
         return TierConfig.for_catalogue(catalogue, self.fast_capacity, self.medium_capacity, self.transfer_cost,
-                                        self.cold_after_hours, n_tracks=len({e.track_id for e in events if e.track_id}))
+                                        self.cold_after_hours, n_tracks=EventColumns.of(events).distinct_tracks())
 
     @property
     def count_from(self) -> float | None:
@@ -113,6 +139,7 @@ def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOp
                       track_partition=lambda track: track_partition_of(track, n), ab_share=ab_share,
                       audit_storage=audit_storage)
     result["rejected"] = ds.rejections.as_dict()
+    result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
 

@@ -45,7 +45,8 @@ def cmd_generate(args) -> int:
     from stream.cli.jobs import generate_export
     from stream.cli.reports import render_generated
 
-    print(render_generated(generate_export(args.out, args.users, args.seed, args.profile, args.noise, args.tracks)))
+    print(render_generated(generate_export(args.out, args.users, args.seed, args.profile, args.noise, args.tracks,
+                                           events=args.events)))
     return 0
 
 
@@ -238,6 +239,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=("long", "short"), default="long")
     s.add_argument("--noise", type=float, default=0.0, help="fraction of events given v1 noise")
     s.add_argument("--tracks", type=int, default=None, help="catalogue size (default: from --users)")
+    s.add_argument("--events", type=int, default=None,
+                   help="about this many events: sets --users from the profile's events per user "
+                        "(e.g. --events 18000000 for the size of the largest releases)")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("train", help="train one model on the earliest plays and save it")
