@@ -29,15 +29,14 @@ def trained_replay(prefix: str, users: int):
     linear_svc trained on its first half: (folder, the events in replay order)."""
     import tempfile
 
-    from models.replay import replay_order
     from stream.cli import main as cli
-    from stream.files import read_dataset
+    from stream.cli.jobs import load_replay
     from stream.synthetic import generate
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
     generate(work / "data", users=users, seed=9, profile="long", progress=False)
     cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
-    return work, replay_order(read_dataset(work / "data", progress=False).events)
+    return work, load_replay(work / "data", progress=False)[1]
 
 
 def worker_env(tag: str, kafka_port: int, redis_port: int, work: Path, partitions: int, **extra: str):

@@ -29,9 +29,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=400)
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    from models.replay import replay_order
     from stream.cli import main as cli
-    from stream.files import read_dataset
+    from stream.cli.jobs import load_replay
     from stream.producer import replay
     from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
     from stream.settings import Settings
@@ -42,7 +41,7 @@ def main() -> None:
 
     generate(work / "data", users=args.users, seed=5, profile="long", progress=False)
     cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
-    events = replay_order(read_dataset(work / "data", progress=False).events)
+    events = load_replay(work / "data", progress=False)[1]
     stack = Stack()
     kafka = stack.add(start_tansu(workdir=work / "tansu"))
     redis = stack.add(start_redis(workdir=work / "redis"))

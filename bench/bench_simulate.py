@@ -14,14 +14,14 @@ def main() -> None:
     from cache_warmer.simulation import simulate
     from models.evaluation import build_table, train_artifact
     from models.features import EngineConfig, FeatureEngine
-    from models.replay import replay_order
+    from models.columns import replay_columns
     from models.gc_pause import paused_gc
     from stream.files import read_dataset
 
     data = bench_data()
     ds = read_dataset(data, progress=False)
     started = time.perf_counter()
-    events = replay_order(ds.events)
+    events = replay_columns(ds.columns)
     order_s = time.perf_counter() - started
     n = len(events)
     print(f"{n:,} events in replay order ({order_s:.1f} s to order)")

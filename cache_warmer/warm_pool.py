@@ -34,8 +34,9 @@ class WarmStage:
         self._conn = None
         self._proc = None
         if processes > 1 and n_policies > 1 and _can_fork():
-            # the helper takes every other policy but the first (the parent also predicts)
-            self.remote = list(range(1, n_policies, 2)) if n_policies > 2 else [1]
+            # the helper warms every policy but the first (the static one, the cheapest): this
+            # process predicts, which costs about what warming all the others does
+            self.remote = list(range(1, n_policies))
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
             self._proc = ctx.Process(target=self._serve, args=(child,), name="skipcache-warm", daemon=True)

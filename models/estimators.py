@@ -17,13 +17,15 @@ from sklearn.svm import LinearSVC
 
 MODEL_NAMES = ("naive", "linear_svc", "logistic", "random_forest", "mlp", "hist_gb")
 DEFAULT_MODELS = ("naive", "linear_svc", "random_forest", "mlp", "hist_gb")
-MAX_TRAIN_ROWS = {"random_forest": 250_000, "mlp": 250_000, "linear_svc": 1_000_000, "logistic": 1_000_000,
+MAX_TRAIN_ROWS = {"random_forest": 250_000, "mlp": 250_000, "linear_svc": 500_000, "logistic": 500_000,
                   "hist_gb": 1_000_000}
 """Beyond these, a model trains on a seeded random sample of the (time-earlier) training rows;
 the sample is reported (``rows_used``, ``train_rows``). Nothing from after the split can enter
-it. The slow learners are sampled for time; the others only past a million rows (a 3M-event
-export has about 1M training plays), where every fold's copies of the rows (scaled, and
-liblinear's own at 16 bytes a cell) would otherwise outgrow a 4 GB machine."""
+it. The slow learners are sampled for time; the others only past half a million rows (the
+linear models: each of the calibration's three folds copies its rows twice, scaled and as
+liblinear's 16 bytes a cell) or a million (the boosting), where those copies would otherwise
+outgrow a 4 GB machine beside an 18M-event play table. A 32-feature linear model gains nothing
+measurable past ~100k rows."""
 
 
 class NaiveRule(ClassifierMixin, BaseEstimator):

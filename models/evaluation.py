@@ -117,6 +117,21 @@ def classification_metrics(y: np.ndarray, p_full: np.ndarray, threshold: float =
     }
 
 
+PREDICT_ROWS = 262_144
+
+
+def predict_full(est, X: np.ndarray) -> np.ndarray:
+    """P(full) of every row, a slice at a time: scikit-learn's pipelines copy what they score
+    (scaled, binned), and 2.5M rows of 32 features are 650 MB a copy. Rows are independent, and
+    a table up to this size is scored in one call, as before."""
+    if len(X) <= PREDICT_ROWS:
+        return est.predict_proba(X)[:, 1]
+    out = np.empty(len(X))
+    for start in range(0, len(X), PREDICT_ROWS):
+        out[start:start + PREDICT_ROWS] = est.predict_proba(X[start:start + PREDICT_ROWS])[:, 1]
+    return out
+
+
 def train_artifact(table: PlayTable, model: str, fraction: float, fingerprint: str,
                    config: EngineConfig, seed: int = 0) -> Artifact:
     """Fit on the earliest ``fraction`` of plays; score the rest (if any) into the metadata."""
@@ -125,10 +140,10 @@ def train_artifact(table: PlayTable, model: str, fraction: float, fingerprint: s
     est, used = fit_estimator(model, table.feature_names, table.X[:k], table.y[:k], seed)
     fit_seconds = time.perf_counter() - started
     metrics: dict = {"fit_seconds": round(fit_seconds, 3), "train": classification_metrics(
-        table.y[:k], est.predict_proba(table.X[:k])[:, 1])}
+        table.y[:k], predict_full(est, table.X[:k]))}
     if k < len(table.y):
         y_test = table.y[k:]
-        metrics["test"] = classification_metrics(y_test, est.predict_proba(table.X[k:])[:, 1])
+        metrics["test"] = classification_metrics(y_test, predict_full(est, table.X[k:]))
         metrics["test"]["majority_accuracy"] = majority_accuracy(y_test)
         metrics["test"]["plays"] = int(len(y_test))
     return Artifact(estimator=est, model=model, feature_names=table.feature_names,
@@ -154,7 +169,7 @@ def evaluate(table: PlayTable, models: list[str], fraction: float = 0.7, seed: i
         started = time.perf_counter()
         est, used = fit_estimator(name, table.feature_names, X_train, y_train, seed)
         fit_s = time.perf_counter() - started
-        p = est.predict_proba(X_test)[:, 1]
+        p = predict_full(est, X_test)
         m = classification_metrics(y_test, p)
         m.update(fit_seconds=round(fit_s, 3), train_rows=used)
         out["models"][name] = m

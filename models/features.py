@@ -28,6 +28,9 @@ TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit"
 _AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
 _AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
 MAX_OPEN_SESSIONS = 4
+GENRE_CACHE = 250_000
+"""(user, track) pairs whose genre match is remembered: a hit saves a set intersection, and a
+pair is ~150 bytes, so two million of them (as before) held 300 MB of an 18M-event replay."""
 _HOUR_SIN = tuple(math.sin(2 * math.pi * h / 24) for h in range(24))
 _HOUR_COS = tuple(math.cos(2 * math.pi * h / 24) for h in range(24))
 
@@ -162,7 +165,7 @@ class FeatureEngine:
             value = -1
         else:
             value = 1 if user.favourite_genres & genres else 0
-        if len(self._genre_cache) > 2_000_000:
+        if len(self._genre_cache) >= GENRE_CACHE:
             self._genre_cache.clear()
         self._genre_cache[key] = value
         return value

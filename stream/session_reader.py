@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from models.columns import DTYPES, FIELDS, KIND_CODE, EventColumns
+from models.columns import DTYPES, KIND_CODE, EventColumns
 from models.events import TRACK_EVENTS
 from models.parsing import _EXACT, MAX_ID, TRACK_ID_LEN, TimeWindow, event_kind, parse_event
 from models.rejections import Rejected, Rejections

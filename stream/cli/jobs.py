@@ -30,15 +30,21 @@ from stream.kafka_io import partition_of, track_partition_of
 from stream.settings import Settings
 
 
-def load_replay(data: str | Path, progress: bool = True) -> tuple[Dataset, EventColumns]:
+def load_replay(data: str | Path, progress: bool = True, timings: dict | None = None) -> tuple[Dataset, EventColumns]:
     """Read an export and put its events in replay order (``models.columns.replay_columns``,
     the columnar ``models.replay``). The events move to the replay: the dataset keeps none, so
-    an export is held once."""
+    an export is held once. ``timings`` gets the seconds of each phase."""
+    started = time.perf_counter()
     ds = read_dataset(data, progress=progress)
     if not len(ds.columns):
         raise DataError(f"{data} holds no readable events ({ds.rejections.total} lines rejected)")
+    read = time.perf_counter()
     columns, ds.columns = ds.columns, EventColumns.empty(ds.columns.tracks)
-    return ds, replay_columns(columns)
+    events = replay_columns(columns)
+    del columns
+    if timings is not None:
+        timings.update(read_s=round(read - started, 2), replay_order_s=round(time.perf_counter() - read, 2))
+    return ds, events
 
 
 def peak_rss_bytes() -> int:
@@ -90,11 +96,18 @@ def evaluate_models(data: str | Path, models: list[str], train_fraction: float =
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}: choose from {', '.join(MODEL_NAMES)}")
     started = time.perf_counter()
-    ds, events = load_replay(data)
+    timings: dict = {}
+    ds, events = load_replay(data, timings=timings)
+    features = time.perf_counter()
     table = build_table(events, ds.catalogue)
+    timings["features_s"] = round(time.perf_counter() - features, 2)
+    timings["table_bytes"] = int(table.X.nbytes)
+    result = {"events": len(events)}
     del events  # the table is all the models need: the events' memory goes before the fits
-    result = evaluate(table, models, train_fraction, seed)
+    result.update(evaluate(table, models, train_fraction, seed))
+    timings.update({f"fit_{m}_s": fig["fit_seconds"] for m, fig in result["models"].items()})
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    result["timings"] = timings
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
@@ -130,7 +143,8 @@ def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOp
                       partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None,
                       audit_storage: bool = False) -> dict:
     artifacts = [load(m) for m in models]
-    ds, events = load_replay(data)
+    timings: dict = {}
+    ds, events = load_replay(data, timings=timings)
     n = max(1, partitions)
     result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
                       fast_threshold=cache.fast_threshold, count_from=cache.count_from,
@@ -140,6 +154,7 @@ def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOp
                       audit_storage=audit_storage)
     result["rejected"] = ds.rejections.as_dict()
     result["peak_rss_bytes"] = peak_rss_bytes()
+    result["timings"] = {**timings, "replay_loop_s": round(result["seconds"], 2)}
     return result
 
 
