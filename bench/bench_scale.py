@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -21,19 +22,53 @@ from pathlib import Path
 from _common import ROOT
 
 
+def _tree_pss(pid: int) -> int:
+    """Proportional set size of a process and its children, in bytes: shared pages (a forked
+    helper's copy-on-write view of its parent) counted once, where summing RSS counts them twice."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
 def run_job(args: list[str], env: dict) -> dict:
-    """One `skipcache` command in a fresh process: wall seconds and the child's peak RSS."""
+    """One `skipcache` command in a fresh process: wall seconds, the process's own peak RSS
+    (wait4), and the peak PSS of it with its helpers (sampled twice a second)."""
+    import threading
+
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_pss = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            peak_pss[0] = max(peak_pss[0], _tree_pss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"`skipcache {' '.join(args)}` failed ({proc.returncode}):\n{err[-3000:]}")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"seconds": time.perf_counter() - started, "peak_rss": usage.ru_maxrss * 1024,
-            "cpu_seconds": usage.ru_utime + usage.ru_stime}
+            "peak_pss": peak_pss[0], "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "children_cpu": children.ru_utime + children.ru_stime}
 
 
 def reader_vs_orjson(path: Path) -> dict:
@@ -93,8 +128,8 @@ def main() -> None:
         result = json.loads(out.read_text()) if out.exists() else {}
         events = result.get("events", events)
         per_event = f"{job['peak_rss'] / events:,.0f} B/event" if events else ""
-        print(f"{name:<9} {job['seconds']:6.0f} s wall, {job['cpu_seconds']:6.0f} s cpu, peak {job['peak_rss'] / 2**30:5.2f} GiB "
-              f"{per_event}", flush=True)
+        print(f"{name:<9} {job['seconds']:6.0f} s wall, {job['cpu_seconds']:6.0f} s cpu, peak RSS {job['peak_rss'] / 2**30:5.2f} GiB "
+              f"{per_event}; peak PSS with helpers {job['peak_pss'] / 2**30:5.2f} GiB", flush=True)
         timings = result.get("timings") or result.get("reading")
         if timings:
             print("          " + ", ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v:,}"

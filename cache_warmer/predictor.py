@@ -205,26 +205,37 @@ class Predictor:
         up_s = {name: np.round(scorer(X_up), 9).tolist() for name, scorer in self.scorers.items()}
         variant_of = self.variant_of
         columns = self.columns
+        # each column's scores (None: a look-ahead's, or the variant's, filled per play)
+        cur_cols = [cur.get(c) for c in columns]
+        up_cols = [up_s.get(c) for c in columns]
+        ab_at = columns.index(AB) if AB in columns else -1
         out = Predicted(len(events), len(rows))
         entries = out.entries
+        append = entries.append
         ledger, ledger_at = self.ledger, self._ledger_at
+        resolve, open_ = ledger.resolve, ledger.open
+        ahead_at = self._ahead_at
         for seq, e, resolved, i, j, play_no in steps:
             for r in resolved:
-                entries.append((seq, RESOLVED, r.ts, r.user_id, r.session_id, r.play_no, r.track_id, r.label))
-                ledger.resolve(r)
+                append((seq, RESOLVED, r.ts, r.user_id, r.session_id, r.play_no, r.track_id, r.label))
+                resolve(r)
             if i < 0:
                 continue
             variant = variant_of(e.user_id) if variant_of is not None else "A"
             # a column's score: a scorer's, the variant's (ab), or a look-ahead's (upcoming only)
-            now = [cur[c][i] if c in cur else cur[variant][i] if c == AB else None for c in columns]
-            entries.append((seq, PLAY, e.ts, e.user_id, e.session_id, play_no, e.track_id, variant))
-            ledger.open(e.user_id, e.session_id, tuple(now[k] for k in ledger_at), variant, e.ts)
+            now = [col[i] if col is not None else None for col in cur_cols]
+            if ab_at >= 0:
+                now[ab_at] = cur[variant][i]
+            append((seq, PLAY, e.ts, e.user_id, e.session_id, play_no, e.track_id, variant))
+            open_(e.user_id, e.session_id, tuple([now[k] for k in ledger_at]), variant, e.ts)
             if j >= 0:
-                nxt = [up_s[c][j] if c in up_s else up_s[variant][j] if c == AB else None for c in columns]
+                nxt = [col[j] if col is not None else None for col in up_cols]
+                if ab_at >= 0:
+                    nxt[ab_at] = up_s[variant][j]
                 if lookahead:
-                    for k, value in zip(self._ahead_at, ahead[j]):
+                    for k, value in zip(ahead_at, ahead[j]):
                         nxt[k] = value
-                entries.append((seq, UPCOMING, e.ts, e.next_track_id, variant, tuple(nxt)))
+                append((seq, UPCOMING, e.ts, e.next_track_id, variant, tuple(nxt)))
         out.outcomes = ledger.take_outcomes()
         return out
 

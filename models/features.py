@@ -28,9 +28,7 @@ TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit"
 _AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
 _AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
 MAX_OPEN_SESSIONS = 4
-GENRE_CACHE = 250_000
-"""(user, track) pairs whose genre match is remembered: a hit saves a set intersection, and a
-pair is ~150 bytes, so two million of them (as before) held 300 MB of an 18M-event replay."""
+_UNSEEN = object()
 _HOUR_SIN = tuple(math.sin(2 * math.pi * h / 24) for h in range(24))
 _HOUR_COS = tuple(math.cos(2 * math.pi * h / 24) for h in range(24))
 
@@ -94,14 +92,15 @@ class FeatureEngine:
                 "(was a catalogue file such as tracks.jsonl delivered for one and not the other?)")
         self._decay_rate = math.log(2) / (self.config.user_half_life_days * 86400.0)
         self._track_cache: dict[str, tuple] = {}
-        self._genre_cache: dict[tuple[int, str], int] = {}
+        self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
 
     # ---- reading features -------------------------------------------------------------------
-    def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int) -> list[float]:
+    def user_part(self, user_id: int, ts: float) -> tuple:
+        """What a play's features take from its user at ``ts``: computed once for the playing
+        and the upcoming track of one play (the user's state is the same for both)."""
         cfg = self.config
         p = cfg.prior_skip_rate
-        st = self.state
-        u = st.users.get(user_id)
+        u = self.state.users.get(user_id)
         if u is not None:
             f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
             un = u[U_N] * f
@@ -112,6 +111,18 @@ class FeatureEngine:
         else:
             f = 1.0
             user_rate, user_plays, user_like = p, 0.0, 0.0
+        premium = None
+        if self.use_users:
+            user = self.catalogue.users.get(user_id)
+            premium = (0.5, 0.0) if user is None or user.premium is None else ((1.0 if user.premium else 0.0), 1.0)
+        return u, f, user_rate, user_plays, user_like, premium
+
+    def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
+                 user_part: tuple | None = None) -> list[float]:
+        cfg = self.config
+        p = cfg.prior_skip_rate
+        st = self.state
+        u, f, user_rate, user_plays, user_like, premium = user_part or self.user_part(user_id, ts)
         t = st.tracks.get(track_id)
         if t is None and st.shared_tracks is not None:
             t = st.shared_tracks.get(track_id)
@@ -133,10 +144,8 @@ class FeatureEngine:
         else:
             row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
                    0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
-        if self.use_users:
-            user = self.catalogue.users.get(user_id)
-            premium = None if user is None else user.premium
-            row += (0.5, 0.0) if premium is None else ((1.0 if premium else 0.0), 1.0)
+        if premium is not None:
+            row += premium
         if self.use_genres:
             bucket = self._bucket(user_id, track_id)
             if u is not None:
@@ -154,21 +163,17 @@ class FeatureEngine:
         return row
 
     def _bucket(self, user_id: int, track_id: str) -> int:
-        """1 if the track's genres meet the user's favourites, 0 if not, -1 if unknown."""
-        key = (user_id, track_id)
-        cached = self._genre_cache.get(key)
-        if cached is not None:
-            return cached
+        """1 if the track's genres meet the user's favourites, 0 if not, -1 if unknown. The
+        track's genres are remembered per track (a catalogue's worth); the meeting of two small
+        sets is cheaper than remembering every (user, track) pair, which an 18M-event replay
+        has millions of."""
+        genres = self._genre_cache.get(track_id, _UNSEEN)
+        if genres is _UNSEEN:
+            genres = self._genre_cache[track_id] = self.catalogue.track_genres(track_id)
         user = self.catalogue.users.get(user_id)
-        genres = self.catalogue.track_genres(track_id)
         if user is None or not user.favourite_genres or genres is None:
-            value = -1
-        else:
-            value = 1 if user.favourite_genres & genres else 0
-        if len(self._genre_cache) >= GENRE_CACHE:
-            self._genre_cache.clear()
-        self._genre_cache[key] = value
-        return value
+            return -1
+        return 0 if user.favourite_genres.isdisjoint(genres) else 1
 
     def _track_row(self, track_id: str) -> tuple:
         row = self._track_cache.get(track_id)
@@ -220,7 +225,8 @@ class FeatureEngine:
             elif sess[S_PENDING_TRACK] is not None:
                 self._resolve(key, sess, FULL, e.ts, resolved)
             track = e.track_id
-            row = self.features(uid, track, sess, e.ts, e.hour)
+            who = self.user_part(uid, e.ts)
+            row = self.features(uid, track, sess, e.ts, e.hour, who)
             play_no = sess[S_PLAYS]
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
@@ -229,7 +235,7 @@ class FeatureEngine:
             st.dirty_sessions.add(key)
             upcoming = None
             if e.next_track_id is not None:
-                upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour)
+                upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour, who)
             return resolved, row, upcoming, play_no
         if kind == SKIP:
             sess = st.sessions.get(key)
