@@ -47,6 +47,9 @@ class Objective:
         return self.hit_value * fig["full_play_hits"] - fig["transfer_cost"] - extra_storage
 
 
+HELPER_FROM_EVENTS = 100_000
+
+
 def oracle_labels(events: "Sequence[Event] | EventColumns") -> Callable[[int, int, int], float]:
     """1.0 for a play (by user, session, play number) that will be played in full, else 0.0:
     the oracle's (and only its) peek at the future. Each session's events, gathered in replay
@@ -89,7 +92,8 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     first (A) or the second (B) by user, as an A/B-testing worker does. With ``audit_storage``,
     each policy's figures add a ``storage_audit``: its shards' commands applied to one placement
     (``storage_audit.py``). ``processes``: 2 splits the policies' warming with a forked helper
-    (``warm_pool.py``; the figures are the same); default: 2 where there are two cores."""
+    (``warm_pool.py``; the figures are the same); default: 2 where there are two cores and at
+    least ``HELPER_FROM_EVENTS`` events."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     config = EngineConfig(**artifacts[0].engine_config)
@@ -128,8 +132,9 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
                      count_from, trace=audit_storage, columns=columns) for p in policies]
         for q in range(n)]
     shared: dict[str, list] | None = {} if n > 1 else None  # every shard's committed track counts
-    stage = WarmStage(warm, track_partition, audit_storage,
-                      processes if processes is not None else min(2, os.cpu_count() or 1))
+    if processes is None:  # a helper pays off past its fork and the warmers' trip back
+        processes = min(2, os.cpu_count() or 1) if len(events) >= HELPER_FROM_EVENTS else 1
+    stage = WarmStage(warm, track_partition, audit_storage, processes)
     warm_up = stage.apply
 
     started = time.perf_counter()

@@ -153,3 +153,24 @@ def test_predictions_of_sessions_that_never_end_are_dropped_after_a_week():
     assert list(w.pending) == [(2, 5, 0)] and w.figures.abandoned_plays == 1
     w.apply([(2, RESOLVED, 8 * 86400.0 + 1, 2, 5, 0, "b" * 22, 1)])
     assert w.pending == {} and w.end().figures.full_plays == 1 and w.figures.full_plays == 1
+
+
+def test_a_forked_helper_changes_no_figure(small_long_data, tmp_path):
+    """The policies warmed by a forked helper (cache_warmer/warm_pool.py) give the figures one
+    process gives, storage audit included, with one track shard and with three."""
+    from models.columns import replay_columns
+
+    model = tmp_path / "m.joblib"
+    assert main(["train", "--data", str(small_long_data), "--out", str(model), "--train-fraction", "0.5"]) == 0
+    ds = read_dataset(small_long_data, progress=False)
+    art = load(model)
+    events = replay_columns(ds.columns)
+    for partitions in (1, 3):
+        one = simulate(events, ds.catalogue, [art], partitions=partitions, batch_size=997, processes=1,
+                       audit_storage=True, progress=False)
+        two = simulate(events, ds.catalogue, [art], partitions=partitions, batch_size=997, processes=2,
+                       audit_storage=True, progress=False)
+        for result in (one, two):
+            result.pop("seconds"), result.pop("events_per_second")
+        assert json.dumps(two, sort_keys=True, default=str) == json.dumps(one, sort_keys=True, default=str)  # NaN too
+        assert one["policies"]["model"]["promotions"] > 0
