@@ -96,6 +96,7 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     least ``HELPER_FROM_EVENTS`` events."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
+    events = EventColumns.of(events)
     config = EngineConfig(**artifacts[0].engine_config)
     feature_names = FeatureEngine(catalogue, config).feature_names
     for art in artifacts:
@@ -116,7 +117,7 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
             policies.insert(-1, ThresholdPolicy("ab", AB, threshold, fast_threshold))
     if count_from is None:
         count_from = max(art.train_window["end"] for art in artifacts)
-    tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=EventColumns.of(events).distinct_tracks())
+    tier_config = tier_config or TierConfig.for_catalogue(catalogue, n_tracks=events.distinct_tracks())
     lookahead = {ORACLE: oracle_labels(events)} if any(p.scorer == ORACLE for p in policies) else None
     n = max(1, partitions)
     # once per id: partitioners hash in Python
@@ -191,7 +192,7 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     for name, art in zip(names, artifacts):
         if name in figures:
             figures[name].update(model=art.model, model_version=art.version)
-    plays = events.plays if isinstance(events, EventColumns) else sum(1 for e in events if e.kind == "play")
+    plays = events.plays
     return {
         "events": len(events),
         "plays": plays,

@@ -167,8 +167,7 @@ def replay_columns(cols: EventColumns, mark_session_end: bool = True) -> EventCo
         slot = np.arange(n) + group  # each earlier session put one marker before this event
         mark = ends + np.arange(1, k + 1)
         merged = []
-        for f, dtype in zip(("ts", "hour", "user", "session", "kind", "track", "next_track"),
-                            (np.float64, np.int8, np.int64, np.int64, np.int8, np.int32, np.int32)):
+        for f, dtype in zip(FIELDS, DTYPES):
             out = np.empty(total, dtype)
             col = getattr(s, f)
             out[slot] = col
@@ -194,14 +193,14 @@ def session_labels(cols: EventColumns) -> tuple[np.ndarray, np.ndarray, int]:
     n = len(cols)
     if n == 0:
         return np.empty(0, np.int8), np.empty(0, np.int64), 0
-    group = session_ids(cols.session_starts(), n)
+    starts = cols.session_starts()
+    group = session_ids(starts, n)
     kind = cols.kind
     is_play = kind == PLAY_CODE
     idx = np.where(is_play | (kind == END_CODE), np.arange(n), -1)
     np.maximum.accumulate(idx, out=idx)  # each row's latest play (or session end) so far
-    starts_at = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     # ... within its own session, and not closed by an end marker
-    last_play = np.where((idx >= starts_at[group]) & is_play[np.maximum(idx, 0)], idx, -1)
+    last_play = np.where((idx >= starts[group]) & is_play[np.maximum(idx, 0)], idx, -1)
     skips = np.flatnonzero(kind == SKIP_CODE)
     target = last_play[skips]
     hit = target >= 0

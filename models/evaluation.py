@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .artifacts import Artifact, library_versions
 from .estimators import fit_estimator
 from .columns import EventColumns
-from .events import PLAY, Catalogue, Event
+from .events import Catalogue, Event
 from .features import EngineConfig, FeatureEngine
 from .rejections import Rejections
 from .gc_pause import paused_gc
@@ -49,9 +49,10 @@ def build_table(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, 
 
 
 def _build_table(events, catalogue: Catalogue, config: EngineConfig | None, progress: bool) -> PlayTable:
+    events = EventColumns.of(events)
     engine = FeatureEngine(catalogue, config)
     names = engine.feature_names
-    n_plays = events.plays if isinstance(events, EventColumns) else sum(1 for e in events if e.kind == PLAY)
+    n_plays = events.plays
     X = np.empty((n_plays, len(names)), FEATURE_DTYPE)
     ts = np.empty(n_plays, np.float64)
     labels = np.full(n_plays, -1, np.int8)

@@ -130,7 +130,7 @@ def read_sessions(path: Path, rejections: Rejections, progress: bool = True) -> 
     session are rejected as ``sessions/duplicate_line`` (sessions are contiguous, so only the
     current one is remembered)."""
     digest = digest_of_bytes()
-    columns, n, _ = read_session_file(path, iter_blocks(path, "sessions", progress, digest), rejections)
+    columns, n = read_session_file(iter_blocks(path, "sessions", progress, digest), rejections)
     return columns, n, digest.hexdigest()
 
 
