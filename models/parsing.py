@@ -5,26 +5,24 @@ line means the same thing everywhere."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import date
 
-from .events import (AD, AUDIO_FIELDS, BUY_PREMIUM, LIKE, PLAY, SESSION_END, SKIP, TRACK_EVENTS,
-                     Event, Storage, Track, User, iso_utc)
+from .events import (AD, AUDIO_FIELDS, BUY_PREMIUM, EVENT_TYPES, LIKE, PLAY, SKIP, TRACK_EVENTS, Event, Storage,
+                     Track, User, iso_utc)
+from .contract import (EVENT_TYPE_WHITESPACE, ISO_TIMESTAMP_RE, KIND_ALIASES, MAX_EPOCH_MS, MAX_EVENT_TYPE_LEN,
+                       MAX_ID, MAX_TIMESTAMP_LEN, TRACK_ID_LEN, is_track_id)
 from .rejections import Rejected
 
-EVENT_ALIASES = {
-    "play": PLAY, "skip": SKIP, "like": LIKE,
-    "advertisment": AD, "advertisement": AD, "ad": AD,
-    "buy_premium": BUY_PREMIUM, "buypremium": BUY_PREMIUM,
-    "session_end": SESSION_END, "sessionend": SESSION_END,
-}
+EVENT_ALIASES = {alias: kind for kind, spellings in KIND_ALIASES.items() for alias in spellings}
+"""Every spelling of every event type (``session_event.schema.json``), lower case."""
 _EXACT = {k: v for k, v in EVENT_ALIASES.items()}
 _EXACT.update({k.upper(): v for k, v in EVENT_ALIASES.items()})
 _EXACT.update({"Play": PLAY, "Skip": SKIP, "Like": LIKE, "Advertisement": AD, "Advertisment": AD,
                "BuyPremium": BUY_PREMIUM, "Buy_Premium": BUY_PREMIUM})
+assert set(EVENT_ALIASES.values()) == set(EVENT_TYPES), "the contract's event types are the domain's"
 
-TRACK_ID_LEN = 22
-MAX_ID = 2**63 - 1
 _midnights: dict[str, float] = {}
 
 
@@ -36,7 +34,8 @@ def event_kind(raw: object) -> str:
         raise Rejected("bad_event_type", repr(raw)[:40])
     kind = _EXACT.get(raw)
     if kind is None:
-        kind = EVENT_ALIASES.get(raw.strip().lower().replace(" ", "_")) if len(raw) < 40 else None
+        kind = (EVENT_ALIASES.get(raw.strip(EVENT_TYPE_WHITESPACE).lower().replace(" ", "_"))
+                if len(raw) <= MAX_EVENT_TYPE_LEN and raw.isascii() else None)
         if kind is None:
             raise Rejected("unknown_event_type", raw[:40])
     return kind
@@ -58,7 +57,7 @@ def parse_timestamp(raw: object) -> tuple[float, int]:
     (``2024-02-08 09:50:00.0 +02:00:00``) and integer epoch milliseconds."""
     if isinstance(raw, str):
         try:
-            if len(raw) < 19 or len(raw) > 40 or raw[10] not in "T " or raw[13] != ":" or raw[16] != ":":
+            if len(raw) > MAX_TIMESTAMP_LEN or not ISO_TIMESTAMP_RE.fullmatch(raw):
                 raise ValueError
             offset = 0.0
             rest = raw[17:]
@@ -80,8 +79,10 @@ def parse_timestamp(raw: object) -> tuple[float, int]:
             return _midnight(raw[:10]) + hour * 3600 + minute * 60 + sec - offset, hour
         except (ValueError, IndexError):
             raise Rejected("bad_timestamp", raw[:40]) from None
+    if type(raw) is float and raw.is_integer():
+        raw = int(raw)  # a JSON number with no fraction is an integer (JSON Schema agrees)
     if isinstance(raw, int) and not isinstance(raw, bool):
-        if not 0 <= raw < 10**14:
+        if not 0 <= raw <= MAX_EPOCH_MS:
             raise Rejected("bad_timestamp", str(raw))
         ts = raw / 1000.0
         return ts, int(ts // 3600) % 24
@@ -94,6 +95,8 @@ def _int_id(raw: object, name: str) -> int:
     """Ids are JSON integers in every release; a numeric string is another producer's bug."""
     if raw is None:
         raise Rejected(f"missing_{name}")
+    if type(raw) is float and raw.is_integer():
+        raw = int(raw)  # a JSON number with no fraction is an integer (JSON Schema agrees)
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise Rejected(f"bad_{name}", repr(raw)[:40])
     if not 0 <= raw <= MAX_ID:
@@ -106,7 +109,7 @@ def _track_id(raw: object, required: bool, name: str = "track_id") -> str | None
         if required:
             raise Rejected(f"missing_{name}")
         return None
-    if not isinstance(raw, str) or len(raw) != TRACK_ID_LEN or not raw.isalnum():
+    if not is_track_id(raw):
         raise Rejected(f"bad_{name}", repr(raw)[:40])
     return raw
 
@@ -163,21 +166,18 @@ def parse_event(obj: object) -> Event:
     if type(session_id) is not int or not 0 <= session_id <= MAX_ID:
         session_id = _int_id(session_id, "session_id")
     # fast path for the naive ISO stamps of most releases: one cache hit per minute of data
-    if type(ts_raw) is str and 19 <= len(ts_raw) <= 26 and ts_raw[10] == "T":
+    if type(ts_raw) is str and 19 <= len(ts_raw) <= 26 and ts_raw[10] == "T" and _plain_seconds(ts_raw):
         minute = _minutes.get(ts_raw[:16])
         if minute is None:
             minute = _minute(ts_raw)
-        try:
-            sec = float(ts_raw[17:])
-        except ValueError:
-            raise Rejected("bad_timestamp", ts_raw) from None
-        if not 0.0 <= sec < 61.0 or ts_raw[16] != ":":
+        sec = float(ts_raw[17:])
+        if not sec < 61.0:
             raise Rejected("bad_timestamp", ts_raw)
         ts, hour = minute[0] + sec, minute[1]
     else:
         ts, hour = parse_timestamp(ts_raw)
     if kind in TRACK_EVENTS:
-        if type(track) is not str or len(track) != TRACK_ID_LEN or not track.isalnum():
+        if type(track) is not str or len(track) != TRACK_ID_LEN or not track.isalnum() or not track.isascii():
             track = _track_id(track, True)
     elif track is not None:
         track = _track_id(track, False)
@@ -189,10 +189,20 @@ def parse_event(obj: object) -> Event:
 _minutes: dict[str, tuple[float, int]] = {}
 
 
+def _plain_seconds(raw: str) -> bool:
+    """``:SS`` or ``:SS.f...`` from the 17th character to the end, ASCII digits only."""
+    s = raw[17:]
+    return (raw[16] == ":" and s.isascii() and s[:2].isdigit()
+            and (len(s) == 2 or (s[2] == "." and len(s) > 3 and s[3:].isdigit())))
+
+
+_MINUTE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}")
+
+
 def _minute(raw: str) -> tuple[float, int]:
     """Epoch seconds and hour of ``YYYY-MM-DDTHH:MM``, validated once and cached."""
     try:
-        if raw[13] != ":":
+        if not _MINUTE_RE.fullmatch(raw, 0, 16):
             raise ValueError
         hour, minute = int(raw[11:13]), int(raw[14:16])
         if not (0 <= hour < 24 and 0 <= minute < 60):

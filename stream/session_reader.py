@@ -231,7 +231,7 @@ class SessionReader:
     def _track_code(self, value: str) -> int:
         if value == "":
             return _EMPTY  # None where a track may be absent, missing where it may not
-        if len(value) != TRACK_ID_LEN or not value.isalnum():
+        if len(value) != TRACK_ID_LEN or not value.isalnum() or not value.isascii():
             return _BAD
         return self._intern(value)
 

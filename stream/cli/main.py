@@ -158,6 +158,34 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from models.contract import SCHEMA_TEXT, markdown_table
+
+    print(markdown_table() if args.markdown else SCHEMA_TEXT, end="" if not args.markdown else "\n")
+    return 0
+
+
+def cmd_produce(args) -> int:
+    import contextlib
+
+    from models.parsing import TimeWindow
+    from stream.files import open_binary
+    from stream.producer import make_producer, produce
+
+    st = args.settings
+    bootstrap = args.bootstrap or st.kafka_bootstrap
+    with contextlib.ExitStack() as stack:
+        fh = sys.stdin.buffer if args.file == "-" else stack.enter_context(open_binary(Path(args.file)))
+        producer = make_producer(bootstrap)
+        stack.callback(producer.close)
+        window = TimeWindow.from_date(st.earliest_event, st.max_ahead_seconds)
+        summary = produce(fh, producer, args.topic or st.topic_sessions, args.key, window,
+                          progress=args.file != "-")
+    print(summary.render())
+    _write_json(args.json, summary.to_json())
+    return 0 if summary.sent or not summary.rejections.total else 1
+
+
 def cmd_threshold(args) -> int:
     from stream.cli.jobs import thresholds
     from stream.cli.reports import render_thresholds
@@ -304,6 +332,19 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.add_argument("--speed", default="max", help="'max' or X times event time")
     s.add_argument("--limit", type=int)
     s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("produce", help="check JSON lines against the event contract and send them, keyed by user")
+    s.add_argument("file", nargs="?", default="-", help="a JSON-lines file (.xz, .gz too), or - for stdin")
+    s.add_argument("--bootstrap", help="HOST:PORT (default: SKIPCACHE_KAFKA)")
+    s.add_argument("--topic", help="default: SKIPCACHE_TOPIC")
+    s.add_argument("--key", choices=("user", "session", "none"), default="user",
+                   help="the message key: the user id (the contract), or the wrong ones, to try them")
+    s.add_argument("--json", help="write the summary here")
+    s.set_defaults(func=cmd_produce)
+
+    s = sub.add_parser("schema", help="print the session event contract (JSON Schema)")
+    s.add_argument("--markdown", action="store_true", help="the field table instead")
+    s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("threshold", help="show or set the promotion thresholds of every worker")
     s.add_argument("action", choices=("show", "set"))
