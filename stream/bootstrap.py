@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, cached_property, partial
+from functools import cache, cached_property, lru_cache, partial
 
 import numpy as np
 
@@ -132,7 +132,13 @@ class Worker:
         return PredictRuntime(partition, self.store, self.catalogue, scorers, self.policy.scorer, self.engine_config,
                               s.warm_partitions, self.track_partition,
                               variant_of=self.variant if self.artifact_b is not None else None,
-                              window=self.window)
+                              window=self.window, user_partition=self.user_partition)
+
+    @cached_property
+    def user_partition(self):
+        """A user's sessions partition, as Kafka's default partitioner places a message keyed by
+        the user id (the contract)."""
+        return lru_cache(maxsize=1 << 18)(partial(partition_of, partitions=self.settings.partitions))
 
     @property
     def window(self) -> TimeWindow:

@@ -62,8 +62,9 @@ def make_producer(bootstrap: str):
 
 
 def replay(events: list[Event], bootstrap: str, topic: str, speed: float | None = None, limit: int | None = None,
-           rejected: int = 0, progress: bool = True, producer=None) -> ReplaySummary:
-    """``speed``: None sends as fast as possible; X sends at X times the pace of event time."""
+           rejected: int = 0, progress: bool = True, producer=None, key: str = "user") -> ReplaySummary:
+    """``speed``: None sends as fast as possible; X sends at X times the pace of event time.
+    ``key``: as ``produce`` keys (the user; or, to try them, the session or none)."""
     if limit is not None:
         events = events[:limit]
     own = producer is None
@@ -78,7 +79,7 @@ def replay(events: list[Event], bootstrap: str, topic: str, speed: float | None 
                 ahead = (e.ts - t0) / speed - (time.perf_counter() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-            producer.send(topic, key=user_key(e.user_id), value=dumps(e.to_json()))
+            producer.send(topic, key=message_key(e, key), value=dumps(e.to_json()))
         producer.flush()
     finally:
         if own:

@@ -208,6 +208,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
                       "warm": {q: warm_store.offset(q) for q in range(settings.warm_partitions)}}
     fig["events_by_type"] = store.counters("events")
     fig["rejected"] = store.counters("rejected")
+    fig["contract"] = store.counters("contract")  # plays_without_upcoming, misrouted:<reason>
     return fig
 
 

@@ -90,7 +90,20 @@ def render_status(fig: dict) -> str:
             f"promotions {fig['promotions']:,} (wasted {fig['wasted_promotions']:,})  "
             f"rejected {sum(fig['rejected'].values()):,}"
             + (f"  LATE ENTRIES {fig['warm_late_entries']:,} (applied behind event time: the cache figures are "
-               f"approximate)" if fig.get("warm_late_entries") else ""))
+               f"approximate)" if fig.get("warm_late_entries") else "")
+            + _contract_line(fig.get("contract") or {}))
+
+
+def _contract_line(contract: dict) -> str:
+    """What producers send otherwise than the contract asks (README: Producing session events)."""
+    misrouted = sum(n for k, n in contract.items() if k.startswith("misrouted:"))
+    out = ""
+    if contract.get("plays_without_upcoming"):
+        out += f"  plays without upcoming {int(contract['plays_without_upcoming']):,}"
+    if misrouted:
+        out += (f"  MISROUTED {int(misrouted):,} (events on another user's partition: key them by user id; "
+                f"their users' history is split)")
+    return out
 
 
 def render_ab(result: dict) -> str:

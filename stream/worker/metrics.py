@@ -35,6 +35,14 @@ class WorkerMetrics:
         self.events = Counter("skipcache_events", "Events applied, by type", ["type"], registry=r)
         self.rejected = Counter("skipcache_rejected_events", "Records rejected (dead-lettered) and orphan skips, by the "
                                 "reason `skipcache status` names (entries_* for the entries topic)", ["reason"], registry=r)
+        self.plays_without_upcoming = Counter(
+            "skipcache_plays_without_upcoming", "Plays sent with no next_track_id: only the playing track was scored "
+            "(README: Producing session events)", registry=r)
+        self.misrouted = Counter("skipcache_misrouted_events", "Events that arrived on a sessions partition other than "
+                                 "their user's (the producer keys them otherwise than by user id)", ["reason"], registry=r)
+        self.misrouted.labels("wrong_partition")
+        self.contract_totals: dict[str, int] = {}
+        """This process's plays_without_upcoming and misrouted:<reason>, for /healthz."""
         self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
                                        ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                                            2.5, 5), registry=r)
@@ -104,6 +112,13 @@ class WorkerMetrics:
         rejected = out.changes.counters.get("rejected") if out.changes is not None else None
         for reason, n in (rejected or {}).items():  # the names `skipcache status` gives (orphan skips too)
             self.rejected.labels(reason).inc(n)
+        contract = out.changes.counters.get("contract") if out.changes is not None else None
+        for name, n in (contract or {}).items():
+            self.contract_totals[name] = self.contract_totals.get(name, 0) + int(n)
+            if name == "plays_without_upcoming":
+                self.plays_without_upcoming.inc(n)
+            elif name.startswith("misrouted:"):
+                self.misrouted.labels(name.split(":", 1)[1]).inc(n)
         for outcome in out.outcomes:
             variant = outcome.variant
             model = models.get(variant, variant)

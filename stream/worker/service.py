@@ -540,6 +540,8 @@ class WorkerService:
                     self.metrics.unowned.labels(stage.name, str(p)).set(1 if key in self.health.unowned else 0)
             body.update(stages={s.name: sorted(s.runtimes) for s in w.stages.values()},
                         model=w.artifact.model, model_version=w.artifact.version)
+            if self.metrics.contract_totals:  # what producers send otherwise than the contract asks
+                body["producers"] = dict(self.metrics.contract_totals)
             warm = w.stages.get("warm")
             if warm is not None:
                 body["thresholds_in_use"] = {str(p): [rt.policy.threshold, rt.policy.fast_threshold]

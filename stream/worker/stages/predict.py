@@ -9,6 +9,7 @@ most one batch each, i.e. ``SKIPCACHE_BATCH_WITHIN`` seconds of traffic at low r
 simulation follows the same rule (``cache_warmer/simulation.py``)."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import orjson
 
 from cache_warmer.entries import route
 from cache_warmer.predictor import PredictionLedger, Predictor
-from models.events import Catalogue, Event
+from models.events import PLAY, Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
 from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected, Rejections
@@ -29,6 +30,9 @@ from stream.store import Changes, PartitionStore
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
+MISROUTED_LOG_EVERY = 60.0
+"""Seconds between a partition's log lines about events of users that belong elsewhere."""
+log = logging.getLogger("skipcache.predict")
 
 
 class PredictRuntime(PartitionRuntime):
@@ -37,9 +41,11 @@ class PredictRuntime(PartitionRuntime):
     def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, scorers: dict,
                  column: str, engine_config: EngineConfig, warm_partitions: int,
                  track_partition: Callable[[str], int], count_from: float = -math.inf, variant_of=None,
-                 window: TimeWindow = TimeWindow()):
+                 window: TimeWindow = TimeWindow(), user_partition: Callable[[int], int] | None = None):
         """``column``: the score the warm stage's policy reads (``A``, or ``ab`` for an A/B
-        test); ``track_partition``: a track's warm partition."""
+        test); ``track_partition``: a track's warm partition; ``user_partition``: the sessions
+        partition a user's events are keyed to (the contract), to find producers that key
+        otherwise."""
         self.catalogue = catalogue
         self.scorers = scorers
         self.column = column
@@ -49,7 +55,9 @@ class PredictRuntime(PartitionRuntime):
         self.count_from = count_from
         self.variant_of = variant_of
         self.window = window
+        self.user_partition = user_partition
         self.rejections = Rejections()
+        self._misrouted_logged = -math.inf
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
@@ -114,6 +122,7 @@ class PredictRuntime(PartitionRuntime):
             else:
                 out.reject(offset, item.reason, value, item.detail)
         out.events = len(events)
+        contract = self._contract(events)
         self._prefetch(events)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
         predicted = self.predictor.process(events, offsets)
@@ -135,6 +144,8 @@ class PredictRuntime(PartitionRuntime):
             rejected["orphan_skip"] = orphans
         if rejected:
             counters["rejected"] = rejected
+        if contract:
+            counters["contract"] = contract
         for outcome in predicted.outcomes:  # the A/B experiment's counters, exactly-once with the state
             ab = counters.setdefault(f"ab:{outcome.variant}", {})
             ab[outcome.cell] = ab.get(outcome.cell, 0) + 1
@@ -146,6 +157,27 @@ class PredictRuntime(PartitionRuntime):
             blob=orjson.dumps({"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()},
                               **({"clock": self._clock} if math.isfinite(self._clock) else {})}),
             counters=counters)
+
+    def _contract(self, events: list[Event]) -> dict[str, int]:
+        """What the producers did not send as the contract asks (README, Producing session
+        events): plays with no upcoming track, events keyed to another user's partition."""
+        out: dict[str, int] = {}
+        missing = sum(1 for e in events if e.kind == PLAY and e.next_track_id is None)
+        if missing:
+            out["plays_without_upcoming"] = missing
+        if self.user_partition is not None:
+            mine, where = self.partition, self.user_partition
+            elsewhere = [e.user_id for e in events if where(e.user_id) != mine]
+            if elsewhere:
+                out["misrouted:wrong_partition"] = len(elsewhere)
+                now = time.monotonic()
+                if now - self._misrouted_logged >= MISROUTED_LOG_EVERY:
+                    self._misrouted_logged = now
+                    log.warning("sessions partition %d got %d events of users whose partition is another (user %d "
+                                "belongs to %d): the producer must key each event by its user id as a decimal string "
+                                "(README: Producing session events); their users' history is split across partitions",
+                                mine, len(elsewhere), elsewhere[0], where(elsewhere[0]))
+        return out
 
     def committed(self, ok: bool) -> None:
         st = self.engine.state

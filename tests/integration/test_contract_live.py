@@ -1,0 +1,58 @@
+"""A live worker tells producers what they send otherwise than the contract asks: events keyed
+to another user's partition (counted by reason, in `status` and /healthz, with a log line that
+names the fix) and plays without an upcoming track."""
+from __future__ import annotations
+
+import orjson
+import pytest
+import urllib.request
+from kafka import KafkaConsumer, TopicPartition
+
+from models.events import PLAY
+from stream.cli.jobs import live_figures
+from stream.kafka_io import partition_of
+from stream.producer import replay
+
+from tests.integration.conftest import make_live
+
+pytestmark = pytest.mark.integration
+
+
+def _landed(settings) -> list[tuple[int, int]]:
+    """(partition, user) of every record on the sessions topic."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, consumer_timeout_ms=3000,
+                             enable_auto_commit=False)
+    consumer.assign([TopicPartition(settings.topic_sessions, p) for p in range(settings.partitions)])
+    consumer.seek_to_beginning()
+    out = [(m.partition, orjson.loads(m.value)["user_id"]) for m in consumer]
+    consumer.close()
+    return out
+
+
+@pytest.mark.parametrize("key", ["user", "none"])
+def test_misrouted_events_and_plays_without_upcoming_are_counted(servers, live_data, tmp_path, key):
+    kafka, redis = servers
+    live = make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_PARTITIONS="2")
+    _, _, events, _ = live_data
+    events = events[:20_000]
+    worker, port = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False, key=key)
+        live.wait_applied(len(events), workers=[worker])
+        landed = _landed(live.settings)
+        assert len(landed) == len(events)
+        wrong = sum(1 for p, user in landed if partition_of(user, 2) != p)
+        fig = live_figures(live.settings)
+        contract = fig["contract"]
+        assert contract.get("misrouted:wrong_partition", 0) == wrong
+        assert (wrong == 0) == (key == "user")
+        without = sum(1 for e in events if e.kind == PLAY and e.next_track_id is None)
+        assert 0 < without < sum(1 for e in events if e.kind == PLAY)
+        assert contract["plays_without_upcoming"] == without
+        health = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
+        assert health["producers"].get("misrouted:wrong_partition", 0) == wrong
+        log = (live.workdir / "w.log").read_text()
+        assert ("key each event by its user id" in log) == (key != "user")
+    finally:
+        worker.terminate()
+        worker.wait(20)
