@@ -216,7 +216,11 @@ class Predictor:
         resolve, open_ = ledger.resolve, ledger.open
         ahead_at = self._ahead_at
         for seq, e, resolved, i, j, play_no in steps:
+            own = None  # the play itself, resolved at once by a skip that came before it
             for r in resolved:
+                if i >= 0 and r.play_no == play_no and r.session_id == e.session_id and r.user_id == e.user_id:
+                    own = r
+                    continue
                 append((seq, RESOLVED, r.ts, r.user_id, r.session_id, r.play_no, r.track_id, r.label))
                 resolve(r)
             if i < 0:
@@ -236,6 +240,9 @@ class Predictor:
                     for k, value in zip(ahead_at, ahead[j]):
                         nxt[k] = value
                 append((seq, UPCOMING, e.ts, e.next_track_id, variant, tuple(nxt)))
+            if own is not None:
+                append((seq, RESOLVED, own.ts, own.user_id, own.session_id, own.play_no, own.track_id, own.label))
+                resolve(own)
         out.outcomes = ledger.take_outcomes()
         return out
 

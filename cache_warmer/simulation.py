@@ -12,7 +12,7 @@ import time
 import zlib
 from functools import cache, partial
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -82,7 +82,7 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
              partitions: int = 1, user_partition: Callable[[int], int] | None = None,
              track_partition: Callable[[str], int] | None = None, batch_size: int = 20_000,
              objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None,
-             audit_storage: bool = False, processes: int | None = None) -> dict:
+             audit_storage: bool = False, processes: int | None = None, session_gap: float | None = None) -> dict:
     """Replay ``events`` (in replay order) through the worker's topology and return the figures
     of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
     entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
@@ -93,11 +93,14 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     each policy's figures add a ``storage_audit``: its shards' commands applied to one placement
     (``storage_audit.py``). ``processes``: 2 splits the policies' warming with a forked helper
     (``warm_pool.py``; the figures are the same); default: 2 where there are two cores and at
-    least ``HELPER_FROM_EVENTS`` events."""
+    least ``HELPER_FROM_EVENTS`` events. ``session_gap``: the engine's session-gap rule in
+    seconds, as the worker's ``SKIPCACHE_SESSION_GAP`` (default: the model's)."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     events = EventColumns.of(events)
     config = EngineConfig(**artifacts[0].engine_config)
+    if session_gap:
+        config = replace(config, session_gap_seconds=session_gap)
     feature_names = FeatureEngine(catalogue, config).feature_names
     for art in artifacts:
         art.check_features(feature_names)

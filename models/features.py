@@ -9,6 +9,7 @@ worker all call this class; the state behind it is in memory or loaded from Redi
 from __future__ import annotations
 
 import math
+from heapq import heapify, heappop, heappush
 from dataclasses import asdict, dataclass
 
 from .events import AUDIO_FIELDS, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
@@ -46,6 +47,14 @@ class EngineConfig:
     session_idle_seconds: float = 7200.0
     """A session whose last play started this long before the user's event in another session
     has ended: no track is that long, so no skip of it can still come."""
+    early_skip_seconds: float = 60.0
+    """A skip that comes before its play (a client that buffered the play) is held this long,
+    event time, for the play; a play of its track in its session stamped at or before it is then
+    resolved as skipped. Past it, the skip is an orphan."""
+    session_gap_seconds: float = 1800.0
+    """A play with no event of its session after it for this long (event time, as far as its
+    partition has come) was played in full, and its session has ended. Live traffic carries no
+    session ends; in the exports no session pauses this long (longest: 1,412 s in 23Z v2)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +100,15 @@ class FeatureEngine:
                 f"missing here {missing or 'none'}, extra here {extra or 'none'} "
                 "(was a catalogue file such as tracks.jsonl delivered for one and not the other?)")
         self._decay_rate = math.log(2) / (self.config.user_half_life_days * 86400.0)
+        self._gap = self.config.session_gap_seconds
+        self._gap_heap: list[tuple[float, int, int]] = []
+        self._held: dict[tuple[int, int, str], tuple[float, dict]] = {}
+        """(user, session, track) -> (time, event) of skips waiting for their play."""
+        self._held_heap: list[tuple[float, int, int, str]] = []
+        self.repaired: dict[str, int] = {}
+        """Events taken though they came out of order, by how (``skip_before_play``)."""
+        """(start, user, session) of every play that was pending when it started: the plays the
+        session-gap rule may end (stale entries are skipped when they come up)."""
         self._track_cache: dict[str, tuple] = {}
         self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
 
@@ -198,6 +216,11 @@ class FeatureEngine:
         upcoming track, play number in session); the feature rows are None unless it is a play."""
         st = self.state
         resolved: list[Resolution] = []
+        heap = self._gap_heap
+        if heap and heap[0][0] < e.ts - self._gap:
+            self._end_gapped(e.ts, resolved)
+        if self._held_heap and self._held_heap[0][0] < e.ts - self.config.early_skip_seconds:
+            self._expire_held(e.ts)
         kind = e.kind
         uid = e.user_id
         key = (uid, e.session_id)
@@ -233,15 +256,31 @@ class FeatureEngine:
             sess[S_PENDING_BUCKET] = self._bucket(uid, track) if self.use_genres else -1
             sess[S_PENDING_TS] = e.ts
             st.dirty_sessions.add(key)
+            heappush(heap, (e.ts, uid, e.session_id))
             upcoming = None
             if e.next_track_id is not None:
                 upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour, who)
+            if self._held:
+                held = self._held.pop((uid, e.session_id, track), None)
+                if held is not None:
+                    if held[0] >= e.ts:  # its skip came first: the play resolves right after its scoring
+                        self._resolve(key, sess, SKIPPED, held[0], resolved)
+                        self.repaired["skip_before_play"] = self.repaired.get("skip_before_play", 0) + 1
+                    else:
+                        self.rejections.add("orphan_skip", held[1])
             return resolved, row, upcoming, play_no
         if kind == SKIP:
             sess = st.sessions.get(key)
             if sess is not None and sess[S_PENDING_TRACK] == e.track_id:
                 self._resolve(key, sess, SKIPPED, e.ts, resolved)
                 st.dirty_sessions.add(key)
+            elif self.config.early_skip_seconds > 0:  # its play may still come (out of order)
+                held_key = (uid, e.session_id, e.track_id)
+                old = self._held.get(held_key)
+                if old is not None:
+                    self.rejections.add("orphan_skip", old[1])
+                self._held[held_key] = (e.ts, e.to_json())
+                heappush(self._held_heap, (e.ts, *held_key))
             else:
                 self.rejections.add("orphan_skip", e.to_json())
         elif kind == LIKE:
@@ -255,8 +294,62 @@ class FeatureEngine:
                 u[U_SESSION].remove(e.session_id)
         return resolved, None, None, -1
 
+    # ---- the session-gap rule -------------------------------------------------------------
+    def _end_gapped(self, now: float, resolved: list[Resolution]) -> None:
+        """End the sessions whose pending play started more than the gap before ``now``: the
+        play resolves as played in full at its start plus the gap (the same moment whichever
+        event, of whichever partition, comes first past it)."""
+        st, heap, gap = self.state, self._gap_heap, self._gap
+        while heap and heap[0][0] < now - gap:
+            ts, uid, sid = heappop(heap)
+            key = (uid, sid)
+            sess = st.sessions.get(key)
+            if sess is None or sess[S_PENDING_TRACK] is None or sess[S_PENDING_TS] != ts:
+                continue  # resolved since, or a later play of the session is pending
+            self._end_session(key, ts + gap, resolved)
+            u = st.users.get(uid)
+            if u is not None and sid in u[U_SESSION]:
+                u[U_SESSION].remove(sid)
+                st.dirty_users.add(uid)
+
+    def _expire_held(self, now: float) -> None:
+        """Skips held past the window: their play did not come; orphans."""
+        heap, limit = self._held_heap, now - self.config.early_skip_seconds
+        while heap and heap[0][0] < limit:
+            ts, uid, sid, track = heappop(heap)
+            held = self._held.get((uid, sid, track))
+            if held is not None and held[0] == ts:
+                del self._held[(uid, sid, track)]
+                self.rejections.add("orphan_skip", held[1])
+
+    def held_state(self) -> list:
+        """The skips waiting for their play, to store with the partition's state."""
+        return [[uid, sid, track, ts, event] for (uid, sid, track), (ts, event) in self._held.items()]
+
+    def load_held(self, held: list) -> None:
+        self._held = {(uid, sid, track): (ts, event) for uid, sid, track, ts, event in held}
+        self._held_heap = [(ts, uid, sid, track) for uid, sid, track, ts, _ in held]
+        heapify(self._held_heap)
+
+    def due(self, until: float) -> list[tuple[int, int]]:
+        """(user, session) of the pending plays an event at ``until`` would end by the gap rule:
+        the sessions a store-backed caller must have loaded before such an event."""
+        limit = until - self._gap
+        return [(uid, sid) for ts, uid, sid in self._gap_heap if ts < limit]
+
+    def watch(self, pending: dict[tuple[int, int], tuple]) -> None:
+        """After a restart: the plays still pending (``(user, session) -> (..., start)``, the
+        prediction ledger's) come under the gap rule again."""
+        self._gap_heap = [(entry[-1], uid, sid) for (uid, sid), entry in pending.items()]
+        heapify(self._gap_heap)
+
     def flush(self, ts: float) -> list[Resolution]:
         """End every open session (the data ended): their pending plays were played in full."""
+        self._gap_heap.clear()
+        for _, event in self._held.values():
+            self.rejections.add("orphan_skip", event)
+        self._held.clear()
+        self._held_heap.clear()
         resolved: list[Resolution] = []
         for key in list(self.state.sessions):
             self._end_session(key, ts, resolved)

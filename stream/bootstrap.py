@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property, lru_cache, partial
 
 import numpy as np
@@ -234,8 +234,10 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     store.ping()
     if hasattr(store, "check_layout"):
         store.check_layout()
-    worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue),
-                    EngineConfig(**artifact.engine_config), artifact_b)
+    engine_config = EngineConfig(**artifact.engine_config)
+    if settings.session_gap_seconds > 0:
+        engine_config = replace(engine_config, session_gap_seconds=settings.session_gap_seconds)
+    worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue), engine_config, artifact_b)
     sinks = build_sinks(settings) if sinks is None else sinks
     topics = {"predict": (settings.topic_sessions, settings.partitions, worker.predict_runtime, store),
               "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime, store.stage("warm"))}

@@ -74,6 +74,9 @@ class Settings:
                                "dead letters: before the export family's era")
     max_ahead_seconds: float = _env("SKIPCACHE_MAX_AHEAD_SECONDS", 300.0, "events stamped more than this ahead of "
                                     "their Kafka timestamp (else the wall clock) are dead letters")
+    session_gap_seconds: float = _env("SKIPCACHE_SESSION_GAP", 0.0, "a play with no later event of its session for "
+                                      "this long (event-time seconds) was played in full, and its session has ended "
+                                      "(0: the model's, 1800 unless trained otherwise; `simulate --session-gap` alike)")
     shutdown_grace_seconds: float = _env("SKIPCACHE_SHUTDOWN_GRACE_SECONDS", 20.0, "a stopping worker exits after this "
                                          "long even if a dependency it waits on is away (frees its web port)")
     session_timeout: float = _env("SKIPCACHE_SESSION_TIMEOUT", 6.0, "Kafka consumer session timeout, seconds")

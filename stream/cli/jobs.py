@@ -141,7 +141,7 @@ class CacheOptions:
 
 def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOptions, threshold: float = 0.5,
                       partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None,
-                      audit_storage: bool = False) -> dict:
+                      audit_storage: bool = False, session_gap: float | None = None) -> dict:
     artifacts = [load(m) for m in models]
     timings: dict = {}
     ds, events = load_replay(data, timings=timings)
@@ -151,7 +151,7 @@ def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOp
                       objective=Objective(cache.hit_value), batch_size=batch_size, partitions=n,
                       user_partition=lambda user_id: partition_of(user_id, n),
                       track_partition=lambda track: track_partition_of(track, n), ab_share=ab_share,
-                      audit_storage=audit_storage)
+                      audit_storage=audit_storage, session_gap=session_gap)
     result["rejected"] = ds.rejections.as_dict()
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["timings"] = {**timings, "replay_loop_s": round(result["seconds"], 2)}

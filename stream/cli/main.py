@@ -100,7 +100,7 @@ def cmd_simulate(args) -> int:
     from stream.cli.reports import render_simulation
 
     result = simulate_policies(args.data, args.model, _cache(args), args.threshold, args.partitions,
-                               args.batch_size, args.ab_share, args.audit_storage)
+                               args.batch_size, args.ab_share, args.audit_storage, args.session_gap or None)
     print(render_simulation(result))
     _write_json(args.json, result)
     if args.plot:
@@ -308,6 +308,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                    help="shard state and cache like a worker on a topic with this many partitions")
     s.add_argument("--audit-storage", action="store_true",
                    help="apply every shard's commands to one placement and report where shards were wrong")
+    s.add_argument("--session-gap", type=float, default=settings.session_gap_seconds,
+                   help="seconds without an event that end a session (default: SKIPCACHE_SESSION_GAP, else the model's)")
     _cache_options(s, settings)
     s.set_defaults(func=cmd_simulate)
 
@@ -336,7 +338,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s = sub.add_parser("produce", help="check JSON lines against the event contract and send them, keyed by user")
     s.add_argument("file", nargs="?", default="-", help="a JSON-lines file (.xz, .gz too), or - for stdin")
     s.add_argument("--bootstrap", help="HOST:PORT (default: SKIPCACHE_KAFKA)")
-    s.add_argument("--topic", help="default: SKIPCACHE_TOPIC")
+    s.add_argument("--topic", help="default: SKIPCACHE_TOPIC_SESSIONS")
     s.add_argument("--key", choices=("user", "session", "none"), default="user",
                    help="the message key: the user id (the contract), or the wrong ones, to try them")
     s.add_argument("--json", help="write the summary here")

@@ -56,3 +56,45 @@ def test_misrouted_events_and_plays_without_upcoming_are_counted(servers, live_d
     finally:
         worker.terminate()
         worker.wait(20)
+
+
+def test_without_session_ends_or_upcoming_tracks_the_gap_rule_resolves_what_simulate_resolves(live, live_data):
+    """A producer that sends neither `session_end` events nor `next_track_id`: the live figures
+    are `simulate`'s on the same events, every play is counted as without upcoming, and every
+    play is resolved but those still within the session gap when the stream ends."""
+    from dataclasses import replace as with_
+
+    from models.events import SESSION_END
+    from tests.integration.conftest import COMPARED, expected_figures
+
+    out, ds, events, art = live_data
+    bare = [with_(e, next_track_id=None) for e in events if e.kind != SESSION_END]
+    worker, _ = live.start_worker()
+    try:
+        replay(bare, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(bare), workers=[worker])
+        fig = live_figures(live.settings)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    expected = expected_figures((out, ds, bare, art), live.settings)
+    for key in COMPARED:
+        assert fig[key] == expected[key], key
+    plays = [e for e in bare if e.kind == PLAY]
+    assert fig["contract"]["plays_without_upcoming"] == len(plays)
+    last = bare[-1].ts
+    tail = {(e.user_id, e.session_id) for e in plays if e.ts >= last - 1800}  # sessions the stream ended inside the gap
+
+    def pending_at_end(gap: float) -> int:
+        from models.features import EngineConfig, FeatureEngine
+        from models.state import S_PENDING_TRACK
+
+        engine = FeatureEngine(ds.catalogue, EngineConfig(**{**art.engine_config, "session_gap_seconds": gap}))
+        for e in bare:
+            engine.observe(e)
+        return sum(1 for s in engine.state.sessions.values() if s[S_PENDING_TRACK] is not None)
+
+    # every play resolved but those the stream ended within the gap of; without the rule, every
+    # user's last session would wait for a next one that never comes
+    assert fig["predictions"] == len(plays) - pending_at_end(1800)
+    assert pending_at_end(1800) <= len(tail) and pending_at_end(1e12) >= 30  # 45 of the 80 users here

@@ -73,6 +73,9 @@ class PredictRuntime(PartitionRuntime):
             ledger.load_state(state["ledger"])
             self.sent = {int(q): seq for q, seq in state["sent"].items()}
             self.clock = state.get("clock", -math.inf)
+        self.engine.watch(ledger.pending)  # the pending plays come under the session-gap rule again
+        if blob:
+            self.engine.load_held(state.get("held", []))
         self.predictor = Predictor(self.engine, self.scorers, [self.column], variant_of=self.variant_of,
                                    ledger=ledger)
 
@@ -125,6 +128,7 @@ class PredictRuntime(PartitionRuntime):
         contract = self._contract(events)
         self._prefetch(events)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
+        repaired_before = dict(self.engine.repaired)
         predicted = self.predictor.process(events, offsets)
         out.outcomes = predicted.outcomes
         self._sending = sent = dict(self.sent)
@@ -144,6 +148,9 @@ class PredictRuntime(PartitionRuntime):
             rejected["orphan_skip"] = orphans
         if rejected:
             counters["rejected"] = rejected
+        for how, n in self.engine.repaired.items():
+            if n > repaired_before.get(how, 0):
+                contract[how] = n - repaired_before.get(how, 0)
         if contract:
             counters["contract"] = contract
         for outcome in predicted.outcomes:  # the A/B experiment's counters, exactly-once with the state
@@ -155,6 +162,7 @@ class PredictRuntime(PartitionRuntime):
             deleted_sessions=set(st.deleted_sessions),
             tracks=dict(st.track_delta),
             blob=orjson.dumps({"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()},
+                               **({"held": held} if (held := self.engine.held_state()) else {}),
                               **({"clock": self._clock} if math.isfinite(self._clock) else {})}),
             counters=counters)
 
@@ -193,9 +201,11 @@ class PredictRuntime(PartitionRuntime):
         track the batch can read or update (they move with other partitions' commits)."""
         st = self.engine.state
         st.tracks.clear()
-        batch_users = {e.user_id for e in events}
+        # sessions the session-gap rule ends during this batch: their users may not be in it
+        gapped = self.engine.due(max(e.ts for e in events)) if events else []
+        batch_users = {e.user_id for e in events} | {u for u, _ in gapped}
         users = list(batch_users - st.users.keys())
-        sessions = list({(e.user_id, e.session_id) for e in events} - st.sessions.keys())
+        sessions = list(({(e.user_id, e.session_id) for e in events} | set(gapped)) - st.sessions.keys())
         got_u, got_s, _ = self.store.fetch(self.partition, users, sessions, []) if users or sessions else ({}, {}, {})
         st.users.update(got_u)
         st.sessions.update(got_s)
