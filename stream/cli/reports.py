@@ -100,6 +100,8 @@ def _contract_line(contract: dict) -> str:
     out = ""
     if contract.get("plays_without_upcoming"):
         out += f"  plays without upcoming {int(contract['plays_without_upcoming']):,}"
+    if contract.get("skip_before_play"):
+        out += f"  skips before their play {int(contract['skip_before_play']):,} (matched)"
     if misrouted:
         out += (f"  MISROUTED {int(misrouted):,} (events on another user's partition: key them by user id; "
                 f"their users' history is split)")

@@ -41,6 +41,9 @@ class WorkerMetrics:
         self.misrouted = Counter("skipcache_misrouted_events", "Events that arrived on a sessions partition other than "
                                  "their user's (the producer keys them otherwise than by user id)", ["reason"], registry=r)
         self.misrouted.labels("wrong_partition")
+        self.repaired = Counter("skipcache_repaired_events", "Events taken though they came out of order, by how "
+                                "(skip_before_play: a skip held until its late play came)", ["how"], registry=r)
+        self.repaired.labels("skip_before_play")
         self.contract_totals: dict[str, int] = {}
         """This process's plays_without_upcoming and misrouted:<reason>, for /healthz."""
         self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
@@ -119,6 +122,8 @@ class WorkerMetrics:
                 self.plays_without_upcoming.inc(n)
             elif name.startswith("misrouted:"):
                 self.misrouted.labels(name.split(":", 1)[1]).inc(n)
+            else:
+                self.repaired.labels(name).inc(n)
         for outcome in out.outcomes:
             variant = outcome.variant
             model = models.get(variant, variant)

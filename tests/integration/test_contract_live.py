@@ -98,3 +98,46 @@ def test_without_session_ends_or_upcoming_tracks_the_gap_rule_resolves_what_simu
     # user's last session would wait for a next one that never comes
     assert fig["predictions"] == len(plays) - pending_at_end(1800)
     assert pending_at_end(1800) <= len(tail) and pending_at_end(1e12) >= 30  # 45 of the 80 users here
+
+
+def test_skips_sent_before_their_plays_are_matched_as_simulate_matches_them(live, live_data):
+    """A client that buffered plays: 300 skips sent just before their play (held until the
+    partition's clock passes them by a minute: the play comes next, whenever it was stamped). Each is matched when
+    the play comes (counted as skip_before_play), and the figures are `simulate`'s on the same
+    order of events."""
+    from models.events import SKIP
+    from tests.integration.conftest import COMPARED, expected_figures
+
+    out, ds, events, art = live_data
+    events = list(events)
+    moved = 0
+    i = 1
+    while i < len(events) and moved < 300:
+        e = events[i]
+        if e.kind == SKIP:  # its play is the user's latest play of the session: move the skip before it
+            j = max(k for k in range(max(0, i - 200), i) if events[k].kind == PLAY
+                    and (events[k].user_id, events[k].session_id) == (e.user_id, e.session_id))
+            if events[j].track_id == e.track_id:
+                events.insert(j, events.pop(i))
+                moved += 1
+                i += 40
+        i += 1
+    worker, _ = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+        fig = live_figures(live.settings)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    from models.features import EngineConfig, FeatureEngine
+
+    engine = FeatureEngine(ds.catalogue, EngineConfig(**art.engine_config))
+    for e in events:
+        engine.observe(e)
+    matched = engine.repaired["skip_before_play"]  # a few skip the same track the session played just before
+    assert moved == 300 and matched >= 290
+    assert fig["contract"]["skip_before_play"] == matched
+    expected = expected_figures((out, ds, events, art), live.settings)
+    for key in COMPARED:
+        assert fig[key] == expected[key], key
