@@ -28,7 +28,7 @@ def small_long_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def short_data(tmp_path_factory) -> Path:
-    return _generated(tmp_path_factory, "short", users=100, seed=11, profile="short")
+    return _generated(tmp_path_factory, "short", users=60, seed=11, profile="short")
 
 
 @pytest.fixture(scope="session")

@@ -38,11 +38,16 @@ def test_policies_order_on_long_sessions(long_run):
 
 
 def test_simulation_accuracy_equals_evaluate(long_run, long_data):
-    """Same events, same model, same engine: the live accuracy is evaluate's test accuracy."""
+    """Same events, same model, same engine: the live accuracy is evaluate's test accuracy. And
+    long sessions are learnable (the foundation's acceptance, on the same table)."""
     result, model, _ = long_run
     ds = read_dataset(long_data, progress=False)
     table = build_table(replay_order(ds.events), ds.catalogue, progress=False)
     ev = evaluate(table, ["linear_svc"], 0.7, progress=False)
+    svc = ev["models"]["linear_svc"]
+    assert svc["roc_auc"] >= 0.75
+    assert svc["accuracy"] >= ev["majority_accuracy"] + 0.05
+    assert 0.0 <= svc["brier"] < 0.25
     sim = result["policies"]["model"]
     assert sim["predictions"] == ev["split"]["test_plays"]
     assert sim["accuracy"] == pytest.approx(ev["models"]["linear_svc"]["accuracy"], abs=1e-9)

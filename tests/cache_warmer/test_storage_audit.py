@@ -2,6 +2,8 @@
 are keyed by track, so each track has one owner: the shards' beliefs and the storage agree at
 every play, whatever the number of partitions (user-keyed shards drifted 4-7% of plays apart:
 the measurement issue 11 started from)."""
+import functools
+
 import pytest
 
 from cache_warmer.policies import ThresholdPolicy
@@ -20,6 +22,7 @@ def run(long_data, tmp_path_factory):
     art = load(path)
     tiers = TierConfig.for_catalogue(ds.catalogue)
 
+    @functools.cache  # run(1) serves both tests
     def audit(n):
         return simulate(events, ds.catalogue, [art], tiers, [ThresholdPolicy("model", "model")], partitions=n,
                         user_partition=lambda u: partition_of(u, n), track_partition=lambda t: track_partition_of(t, n),

@@ -21,14 +21,6 @@ def _table(path):
     return build_table(replay_order(ds.events), ds.catalogue, progress=False)
 
 
-def test_long_sessions_are_learnable(long_data):
-    result = evaluate(_table(long_data), ["naive", "linear_svc"], 0.7, progress=False)
-    svc = result["models"]["linear_svc"]
-    assert svc["roc_auc"] >= 0.75
-    assert svc["accuracy"] >= result["majority_accuracy"] + 0.05
-    assert 0.0 <= svc["brier"] < 0.25
-
-
 def test_short_sessions_have_no_signal_and_no_model_invents_one(short_data):
     result = evaluate(_table(short_data), ["naive", "linear_svc", "random_forest", "mlp", "hist_gb"], 0.7, progress=False)
     for name, m in result["models"].items():
