@@ -15,12 +15,13 @@ from stream.files import read_dataset
 
 
 @pytest.fixture(scope="module")
-def long_run(long_data, tmp_path_factory):
+def long_run(small_long_data, tmp_path_factory):
+    """train and simulate as a user runs them, on 120 users of long sessions (~47k events)."""
     out = tmp_path_factory.mktemp("sim_long")
     model = out / "svc.joblib"
-    assert main(["train", "--data", str(long_data), "--model", "linear_svc", "--out", str(model),
+    assert main(["train", "--data", str(small_long_data), "--model", "linear_svc", "--out", str(model),
                  "--train-fraction", "0.7"]) == 0
-    assert main(["simulate", "--data", str(long_data), "--model", str(model), "--json", str(out / "s.json"),
+    assert main(["simulate", "--data", str(small_long_data), "--model", str(model), "--json", str(out / "s.json"),
                  "--plot", str(out / "s.png")]) == 0
     return json.loads((out / "s.json").read_text()), model, out
 
@@ -37,11 +38,11 @@ def test_policies_order_on_long_sessions(long_run):
     assert (out / "s.png").stat().st_size > 10_000
 
 
-def test_simulation_accuracy_equals_evaluate(long_run, long_data):
+def test_simulation_accuracy_equals_evaluate(long_run, small_long_data):
     """Same events, same model, same engine: the live accuracy is evaluate's test accuracy. And
     long sessions are learnable (the foundation's acceptance, on the same table)."""
     result, model, _ = long_run
-    ds = read_dataset(long_data, progress=False)
+    ds = read_dataset(small_long_data, progress=False)
     table = build_table(replay_order(ds.events), ds.catalogue, progress=False)
     ev = evaluate(table, ["linear_svc"], 0.7, progress=False)
     svc = ev["models"]["linear_svc"]

@@ -51,6 +51,10 @@ def test_skipcache_up_from_an_empty_folder(tmp_path):
     assert predictions > 30_000 and accuracy > majority + 0.05
     assert (tmp_path / "out" / "up" / "model.joblib").is_file()
     assert (tmp_path / "out" / "up" / "redis" / "redis.log").is_file()
+    # the replay keys by user, as the contract asks: nothing lands on another user's partition (of 4)
+    assert "MISROUTED" not in run.stdout and "plays without upcoming" in run.stdout
+    # kafka-python 3's slow-step check no longer calls the replay's busy loop a blocked one
+    assert "blocking the event loop" not in run.stdout + run.stderr
 
 
 def test_skipcache_up_on_a_given_export(tmp_path):

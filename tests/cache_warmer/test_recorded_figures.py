@@ -15,7 +15,7 @@ from stream.cli.jobs import CacheOptions, load_replay
 from stream.kafka_io import partition_of, track_partition_of
 from stream.synthetic import generate
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "recorded_figures.json").read_text())
+RECORDED = json.loads((Path(__file__).parents[1] / "data" / "recorded_figures.json").read_text())
 
 
 def _close(a, b):
