@@ -6,6 +6,7 @@ it started when the replay has been processed or on Ctrl-C."""
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ def run_up(args: UpOptions) -> int:
     partitions = args.partitions or base.partitions
     stack = Stack()
     worker = None
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         try:
             kafka = stack.add(start_tansu(workdir=out / "tansu"))
@@ -108,3 +110,11 @@ def run_up(args: UpOptions) -> int:
             except Exception:
                 worker.kill()
         stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM or SIGHUP (a service manager, a closed terminal) stops the stack as Ctrl-C does:
+    without it the servers this command started would outlive it."""
+    raise KeyboardInterrupt

@@ -64,3 +64,52 @@ def test_skipcache_up_on_a_given_export(tmp_path):
     # every play of the export was predicted and resolved exactly once
     assert int(found[1].replace(",", "")) == plays
     assert (tmp_path / "run" / "model.joblib").is_file()
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out.update(kids)
+                todo += kids
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def test_skipcache_up_stopped_by_sigterm_stops_what_it_started(tmp_path):
+    """A service manager (or `kill`) stops `skipcache up --keep` as Ctrl-C does: broker, Redis and
+    worker go with it."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([shutil.which("skipcache"), "up", "--keep", "--users", "20"], cwd=tmp_path,
+                            env=_user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started: set[int] = set()
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("[") and "applied" in line:
+                break
+        started = _descendants(proc.pid)
+        assert len(started) >= 3, "".join(seen)  # Tansu, the Redis-protocol server, the worker
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{p}").exists() for p in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in started if Path(f"/proc/{p}").exists()
+                and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+        assert not left, left
+    finally:
+        for p in started | ({proc.pid} if proc.poll() is None else set()):
+            try:
+                os.kill(p, signal.SIGKILL)  # only if the test failed: nothing of ours outlives it
+            except ProcessLookupError:
+                pass
+        proc.wait(10)
+        proc.stdout.close()
