@@ -55,6 +55,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
     ("Rejected events", "ops", [
         ("{{reason}}", f"sum by (reason) (rate(skipcache_rejected_events_total[{W}]))"),
     ], "timeseries"),
+    ("What producers send otherwise than the contract asks (README: Producing session events)", "ops", [
+        ("misrouted ({{reason}}): key by user id", f"sum by (reason) (rate(skipcache_misrouted_events_total[{W}]))"),
+        ("plays without next_track_id", f"sum(rate(skipcache_plays_without_upcoming_total[{W}]))"),
+        ("repaired ({{how}})", f"sum by (how) (rate(skipcache_repaired_events_total[{W}]))"),
+    ], "timeseries"),
     ("Partitions needing an operator (see /livez, /healthz)", "none", [
         ("stopped {{stage}} {{partition}}", "max by (stage, partition) (skipcache_partition_stopped)"),
         ("unowned {{stage}} {{partition}}", "max by (stage, partition) (skipcache_partition_unowned)"),

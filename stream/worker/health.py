@@ -66,10 +66,24 @@ class Health:
         self.late_entries: deque[tuple[float, int]] = deque()
         """(when, how many) of entries the warm stage applied late in the last ``LATE_WINDOW`` s."""
         self.late_alert = late_alert
+        self.misrouted: deque[tuple[float, int]] = deque()
+        """(when, how many) of events that arrived on another user's partition, last ``LATE_WINDOW`` s."""
         self._progress: dict[str, tuple[int, float]] = {}  # stage/partition -> (offset, when it last moved)
 
     def entries_late(self, n: int, now: float | None = None) -> None:
         self.late_entries.append((time.monotonic() if now is None else now, n))
+
+    def events_misrouted(self, n: int, now: float | None = None) -> None:
+        self.misrouted.append((time.monotonic() if now is None else now, n))
+
+    def misrouted_recently(self, now: float | None = None) -> int:
+        """Events of users whose partition is another, in the last ``LATE_WINDOW`` seconds: their
+        users' history is split, so the figures are wrong while it lasts."""
+        now = time.monotonic() if now is None else now
+        seen = self.misrouted
+        while seen and now - seen[0][0] > LATE_WINDOW:
+            seen.popleft()
+        return sum(n for _, n in seen)
 
     def late_recently(self, now: float | None = None) -> int:
         """Entries applied late in the last ``LATE_WINDOW`` seconds."""
@@ -128,12 +142,14 @@ class Health:
         stalled = self.stalled(lags)
         ready = self.live and self.redis.up and self.kafka.up and not stalled and not self.unowned
         late = self.late_recently()
-        status = "unhealthy" if not ready else "degraded" if late > self.late_alert else "ok"
+        misrouted = self.misrouted_recently()
+        status = "unhealthy" if not ready else "degraded" if late > self.late_alert or misrouted else "ok"
         body = {"status": status, **self.liveness(),
                 "dependencies": {"redis": self.redis.as_dict(), "kafka": self.kafka.as_dict()},
                 "lag": {str(p): n for p, n in sorted(lags.items())},
                 "stalled_partitions": {str(p): round(s, 1) for p, s in sorted(stalled.items())},
                 "unowned_partitions": dict(sorted(self.unowned.items())),
                 "late_entries_last_minute": late,
+                "misrouted_events_last_minute": misrouted,
                 "state_losses": self.state_losses}
         return ready, body

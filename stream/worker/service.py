@@ -440,6 +440,10 @@ class WorkerService:
             self.stop_partition(stop)
         if result.committed:
             self.health.progressed(name)
+        misrouted = sum(n for out in result.committed if out.changes is not None
+                        for k, n in out.changes.counters.get("contract", {}).items() if k.startswith("misrouted:"))
+        if misrouted:
+            self.health.events_misrouted(int(misrouted))
         late = sum(out.late_entries for out in result.committed)
         if late:
             health = self.health

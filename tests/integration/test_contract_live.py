@@ -51,6 +51,7 @@ def test_misrouted_events_and_plays_without_upcoming_are_counted(servers, live_d
         assert contract["plays_without_upcoming"] == without
         health = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
         assert health["producers"].get("misrouted:wrong_partition", 0) == wrong
+        assert health["status"] == "degraded" and health["misrouted_events_last_minute"] == wrong
         log = (live.workdir / "w.log").read_text()
         assert ("key each event by its user id" in log) == (key != "user")
     finally:

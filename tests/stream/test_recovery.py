@@ -206,3 +206,14 @@ def test_sinks_flushing_together_start_one_shared_producer(monkeypatch):
 
     got = asyncio.run(flush_together())
     assert len(started) == 1 and all(p is started[0] for p in got)
+
+
+def test_misrouted_events_make_health_degraded_for_a_minute_not_unready():
+    h = Health()
+    h.redis.ok(), h.kafka.ok()
+    ready, body = h.report({})
+    assert body["status"] == "ok" and body["misrouted_events_last_minute"] == 0
+    h.events_misrouted(3)
+    ready, body = h.report({})
+    assert ready and body["status"] == "degraded" and body["misrouted_events_last_minute"] == 3
+    assert h.misrouted_recently(now=__import__("time").monotonic() + 61) == 0
