@@ -1,0 +1,256 @@
+"""The predict stage of one user shard (one sessions partition): features, scores, the A/B
+variant, and the accuracy of every prediction once its outcome is known. Its output is the
+entries the warm stage needs (``entries.py``); it never reads cache state, so predicting and
+warming can run in separate partitions, processes or machines.
+
+A batch is handled in passes: the engine observes every event in order and collects feature
+rows; each scorer predicts all rows at once (one numpy call instead of one per play); then the
+entries and the ledger follow event by event. The result does not depend on the batch size.
+
+Score columns come from ``scorers`` (features -> P(full)), from the A/B split of ``A`` and ``B``
+(column ``ab``), or from ``lookahead`` (the simulation's oracle, which knows an upcoming play's
+label and scores upcoming tracks only)."""
+from __future__ import annotations
+
+import math
+from itertools import chain
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.events import Event
+from models.features import FeatureEngine, Resolution
+from models.labels import FULL
+
+from .effects import Outcome
+from .entries import PLAY, RESOLVED, UPCOMING
+from .experiment import AB
+from .figures import Figures, confusion_cell
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+"""Feature rows -> P(played in full)."""
+Lookahead = Callable[[int, int, int], float]
+"""(user, session, play number) -> the score of that upcoming play, known from the future."""
+SWEEP_EVERY = 3600.0  # seconds of event time between sweeps for abandoned predictions
+PENDING_HORIZON = 7 * 86400.0
+"""A prediction whose session shows no outcome for this long (event time) is dropped as
+abandoned: live traffic without session_end markers would otherwise keep it forever."""
+
+
+def drop_abandoned(pending: dict, horizon: float) -> int:
+    """Drop from ``pending`` what has waited since before ``horizon``; return how many. Both
+    stages keep their pending plays in play order (a play first resolves its predecessor) with
+    the play's time at index 3, so the abandoned are at the front."""
+    dropped = 0
+    while pending:
+        key, entry = next(iter(pending.items()))
+        if entry[3] >= horizon:
+            break
+        del pending[key]
+        dropped += 1
+    return dropped
+
+
+_OUTCOMES: dict[tuple[str, str], Outcome] = {}
+"""Outcomes are (variant, cell): a handful of distinct values, made once each."""
+
+
+class PredictionLedger:
+    """Predictions waiting for their outcome, and the accuracy of those resolved, per column."""
+
+    def __init__(self, columns: Sequence[str], count_from: float = -math.inf, keep_scores: bool = False,
+                 outcomes_of: str | None = None):
+        """``outcomes_of``: the column whose resolved predictions are handed back as ``Outcome``s
+        (the live worker's served model: its A/B counters and accuracy metrics)."""
+        self.columns = tuple(columns)
+        self.count_from = count_from
+        self.keep_scores = keep_scores
+        self.figures = {c: Figures() for c in self.columns}
+        self.pending: dict[tuple[int, int], tuple] = {}  # (user, session) -> scores, variant, counted, ts
+        self.outcome_at = self.columns.index(outcomes_of) if outcomes_of in self.columns else -1
+        self.outcomes: list[Outcome] = []
+        self._next_sweep = -math.inf
+
+    def open(self, user: int, session: int, scores: tuple, variant: str, ts: float) -> None:
+        if ts >= self._next_sweep:
+            self._sweep(ts)
+        self.pending[(user, session)] = (scores, variant, ts > self.count_from, ts)
+
+    def resolve(self, r: Resolution) -> None:
+        entry = self.pending.pop((r.user_id, r.session_id), None)
+        if entry is None:
+            return
+        scores, variant, counted, _ = entry
+        if not counted:
+            return
+        full = r.label == FULL
+        for i, (column, score) in enumerate(zip(self.columns, scores)):
+            f = self.figures[column]
+            cell = confusion_cell(score >= 0.5, full)
+            setattr(f, cell, getattr(f, cell) + 1)
+            by = f.by_variant.get(variant)
+            if by is None:
+                by = f.by_variant[variant] = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+            by[cell] += 1
+            if i == self.outcome_at:
+                outcome = _OUTCOMES.get((variant, cell))
+                if outcome is None:
+                    outcome = _OUTCOMES[(variant, cell)] = Outcome(variant, cell)
+                self.outcomes.append(outcome)
+            if self.keep_scores:
+                f.scores.append(score)
+                f.labels.append(1 if full else 0)
+
+    def _sweep(self, ts: float) -> None:
+        """Hourly (event time): drop what waited longer than the horizon."""
+        boundary = (ts // SWEEP_EVERY) * SWEEP_EVERY
+        if self._next_sweep > -math.inf:
+            dropped = drop_abandoned(self.pending, boundary - PENDING_HORIZON)
+            for f in self.figures.values():
+                f.abandoned_predictions += dropped
+        self._next_sweep = boundary + SWEEP_EVERY
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PredictionLedger":
+        """A ledger as stored (its columns are those it stored)."""
+        ledger = cls(list(state["figures"]))
+        ledger.load_state(state)
+        return ledger
+
+    def take_outcomes(self) -> list[Outcome]:
+        out, self.outcomes = self.outcomes, []
+        return out
+
+    def to_state(self) -> dict:
+        """Pending predictions and counters as plain JSON-able data (no score lists)."""
+        return {"pending": [[u, s, list(sc), v, c, ts] for (u, s), (sc, v, c, ts) in self.pending.items()],
+                "figures": {col: {n: getattr(f, n) for n in Figures.ACCURACY} | {"by_variant": f.by_variant}
+                            for col, f in self.figures.items()},
+                "next_sweep": None if math.isinf(self._next_sweep) else self._next_sweep}
+
+    def load_state(self, state: dict) -> None:
+        self.pending = {(u, s): (tuple(sc), v, c, ts) for u, s, sc, v, c, ts in state["pending"]}
+        for col, values in state["figures"].items():
+            if col in self.figures:
+                f = self.figures[col]
+                for n in Figures.ACCURACY:
+                    setattr(f, n, values[n])
+                f.by_variant = values["by_variant"]
+        self._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]
+
+
+def matrix(rows: list[list[float]], width: int) -> np.ndarray:
+    """The feature rows as one float64 matrix (``fromiter`` over the chained rows: a quarter
+    faster than ``np.array`` on a list of lists)."""
+    return np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width).reshape(len(rows), width)
+
+
+@dataclass
+class Predicted:
+    """One batch of the predict stage."""
+
+    events: int
+    plays: int
+    entries: list[tuple] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    """Resolved predictions of the ledger's ``outcomes_of`` column, with their confusion cell."""
+
+
+class Predictor:
+    def __init__(self, engine: FeatureEngine, scorers: dict[str, Scorer], columns: Sequence[str] | None = None,
+                 lookahead: dict[str, Lookahead] | None = None, variant_of: Callable[[int], str] | None = None,
+                 ledger: PredictionLedger | None = None):
+        """``columns``: the score columns an upcoming entry carries, in order (default: every
+        scorer, ``ab`` when ``variant_of`` is given, then the look-ahead ones). ``variant_of``:
+        which of the scorers ``A`` and ``B`` serves a user (see experiment.variant_of)."""
+        self.engine = engine
+        self.scorers = scorers
+        self.lookahead = lookahead or {}
+        self.variant_of = variant_of if "A" in scorers and "B" in scorers else None
+        if columns is None:
+            columns = [*scorers, *([AB] if self.variant_of else []), *self.lookahead]
+        self.columns = tuple(columns)
+        self.ledger = ledger if ledger is not None else PredictionLedger(
+            [c for c in self.columns if c not in self.lookahead])
+        self._ledger_at = [self.columns.index(c) for c in self.ledger.columns]
+        self._ahead_at = [self.columns.index(name) for name in self.lookahead]
+
+    def process(self, events: Sequence[Event], seqs: Sequence[int]) -> Predicted:
+        """``seqs``: each event's sequence number (its offset, or its index in the replay)."""
+        observe = self.engine.observe
+        steps: list[tuple] = []
+        rows: list[list[float]] = []
+        up_rows: list[list[float]] = []
+        lookahead = list(self.lookahead.values())
+        ahead: list[list[float]] = []
+        for e, seq in zip(events, seqs):
+            resolved, row, up, play_no = observe(e)
+            if row is not None:
+                j = -1
+                if up is not None:
+                    j = len(up_rows)
+                    up_rows.append(up)
+                    if lookahead:
+                        ahead.append([future(e.user_id, e.session_id, play_no + 1) for future in lookahead])
+                steps.append((seq, e, resolved, len(rows), j, play_no))
+                rows.append(row)
+            elif resolved:
+                steps.append((seq, e, resolved, -1, -1, -1))
+        width = len(self.engine.feature_names)
+        X, X_up = matrix(rows, width), matrix(up_rows, width)
+        # rounded: BLAS may give a row's score a different last bit depending on the batch's
+        # shape, which must not flip a decision sitting on a threshold
+        cur = {name: np.round(scorer(X), 9).tolist() for name, scorer in self.scorers.items()}
+        up_s = {name: np.round(scorer(X_up), 9).tolist() for name, scorer in self.scorers.items()}
+        variant_of = self.variant_of
+        columns = self.columns
+        # each column's scores (None: a look-ahead's, or the variant's, filled per play)
+        cur_cols = [cur.get(c) for c in columns]
+        up_cols = [up_s.get(c) for c in columns]
+        ab_at = columns.index(AB) if AB in columns else -1
+        out = Predicted(len(events), len(rows))
+        entries = out.entries
+        append = entries.append
+        ledger, ledger_at = self.ledger, self._ledger_at
+        resolve, open_ = ledger.resolve, ledger.open
+        ahead_at = self._ahead_at
+        for seq, e, resolved, i, j, play_no in steps:
+            own = None  # the play itself, resolved at once by a skip that came before it
+            for r in resolved:
+                if i >= 0 and r.play_no == play_no and r.session_id == e.session_id and r.user_id == e.user_id:
+                    own = r
+                    continue
+                append((seq, RESOLVED, r.ts, r.user_id, r.session_id, r.play_no, r.track_id, r.label))
+                resolve(r)
+            if i < 0:
+                continue
+            variant = variant_of(e.user_id) if variant_of is not None else "A"
+            # a column's score: a scorer's, the variant's (ab), or a look-ahead's (upcoming only)
+            now = [col[i] if col is not None else None for col in cur_cols]
+            if ab_at >= 0:
+                now[ab_at] = cur[variant][i]
+            append((seq, PLAY, e.ts, e.user_id, e.session_id, play_no, e.track_id, variant))
+            open_(e.user_id, e.session_id, tuple([now[k] for k in ledger_at]), variant, e.ts)
+            if j >= 0:
+                nxt = [col[j] if col is not None else None for col in up_cols]
+                if ab_at >= 0:
+                    nxt[ab_at] = up_s[variant][j]
+                if lookahead:
+                    for k, value in zip(ahead_at, ahead[j]):
+                        nxt[k] = value
+                append((seq, UPCOMING, e.ts, e.next_track_id, variant, tuple(nxt)))
+            if own is not None:
+                append((seq, RESOLVED, own.ts, own.user_id, own.session_id, own.play_no, own.track_id, own.label))
+                resolve(own)
+        out.outcomes = ledger.take_outcomes()
+        return out
+
+    def finish(self, ts: float, seq: int) -> Predicted:
+        """The data ended: every open session ended with it."""
+        out = Predicted(0, 0)
+        for r in self.engine.flush(ts):
+            out.entries.append((seq, RESOLVED, r.ts, r.user_id, r.session_id, r.play_no, r.track_id, r.label))
+            self.ledger.resolve(r)
+        out.outcomes = self.ledger.take_outcomes()
+        return out

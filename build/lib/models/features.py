@@ -1,0 +1,403 @@
+"""The one point-in-time feature engine.
+
+Incremental: ``observe(event)`` updates the state with one event and returns what a scorer needs
+at that instant. A play's features are read *before* the play is registered and use only outcomes
+already resolved (a play's outcome is known when a skip of it, the next play, or the session's end
+arrives), so nothing here can see the future. Training, evaluation, the simulation and the live
+worker all call this class; the state behind it is in memory or loaded from Redis per batch.
+"""
+from __future__ import annotations
+
+import math
+from heapq import heapify, heappop, heappush
+from dataclasses import asdict, dataclass
+
+from .events import AUDIO_FIELDS, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
+from .labels import FULL, SKIPPED
+from .rejections import Rejections
+from .state import (S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
+                    T_K, T_LIKES, T_N, U_K, U_KM, U_KO, U_LIKES, U_N, U_NM, U_NO, U_SESSION, U_TS,
+                    State)
+
+BASE_FEATURES = ("user_skip_rate", "user_log_plays", "user_like_rate", "track_skip_rate",
+                 "track_log_plays", "track_like_rate", "sess_log_plays", "sess_skip_rate",
+                 "sess_last_skipped", "sess_first_play", "hour_sin", "hour_cos")
+USER_FEATURES = ("premium", "premium_known")
+GENRE_FEATURES = ("genre_match", "genre_known", "user_bucket_skip_rate")
+TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit", "release_age") + AUDIO_FIELDS
+
+_AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
+_AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
+MAX_OPEN_SESSIONS = 4
+_UNSEEN = object()
+_HOUR_SIN = tuple(math.sin(2 * math.pi * h / 24) for h in range(24))
+_HOUR_COS = tuple(math.cos(2 * math.pi * h / 24) for h in range(24))
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Smoothing and decay. Rates are (skips + m * prior) / (plays + m), so a new user or track
+    starts at the prior and earns its own rate with evidence."""
+
+    prior_skip_rate: float = 0.3
+    user_smoothing: float = 5.0
+    track_smoothing: float = 10.0
+    session_smoothing: float = 2.0
+    user_half_life_days: float = 14.0
+    session_idle_seconds: float = 7200.0
+    """A session whose last play started this long before the user's event in another session
+    has ended: no track is that long, so no skip of it can still come."""
+    early_skip_seconds: float = 60.0
+    """A skip that comes before its play (a client that buffered the play) is held this long,
+    event time, for the play; a play of its track in its session stamped at or before it is then
+    resolved as skipped. Past it, the skip is an orphan."""
+    session_gap_seconds: float = 1800.0
+    """A play with no event of its session after it for this long (event time, as far as its
+    partition has come) was played in full, and its session has ended. Live traffic carries no
+    session ends; in the exports no session pauses this long (longest: 1,412 s in 23Z v2)."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Resolution:
+    """A play whose outcome just became known."""
+
+    user_id: int
+    session_id: int
+    play_no: int
+    track_id: str
+    label: int  # FULL or SKIPPED
+    ts: float
+
+
+class FeatureEngine:
+    def __init__(self, catalogue: Catalogue | None = None, config: EngineConfig | None = None,
+                 state: State | None = None, rejections: Rejections | None = None,
+                 feature_names: tuple[str, ...] | None = None):
+        self.catalogue = catalogue or Catalogue()
+        self.config = config or EngineConfig()
+        self.state = state if state is not None else State()
+        self.rejections = rejections if rejections is not None else Rejections()
+        cat = self.catalogue
+        self.use_users = bool(cat.users)
+        self.use_genres = cat.has_genres
+        self.use_tracks = cat.has_tracks
+        names = list(BASE_FEATURES)
+        if self.use_users:
+            names += USER_FEATURES
+        if self.use_genres:
+            names += GENRE_FEATURES
+        if self.use_tracks:
+            names += TRACK_FEATURES
+        self.feature_names: tuple[str, ...] = tuple(names)
+        if feature_names is not None and tuple(feature_names) != self.feature_names:
+            missing = sorted(set(feature_names) - set(self.feature_names))
+            extra = sorted(set(self.feature_names) - set(feature_names))
+            raise FeatureMismatch(
+                "the model was trained on other features than this data gives: "
+                f"missing here {missing or 'none'}, extra here {extra or 'none'} "
+                "(was a catalogue file such as tracks.jsonl delivered for one and not the other?)")
+        self._decay_rate = math.log(2) / (self.config.user_half_life_days * 86400.0)
+        self._gap = self.config.session_gap_seconds
+        self._gap_heap: list[tuple[float, int, int]] = []
+        self._held: dict[tuple[int, int, str], tuple[float, dict]] = {}
+        """(user, session, track) -> (time, event) of skips waiting for their play."""
+        self._held_heap: list[tuple[float, int, int, str]] = []
+        self.repaired: dict[str, int] = {}
+        """Events taken though they came out of order, by how (``skip_before_play``)."""
+        """(start, user, session) of every play that was pending when it started: the plays the
+        session-gap rule may end (stale entries are skipped when they come up)."""
+        self._track_cache: dict[str, tuple] = {}
+        self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
+
+    # ---- reading features -------------------------------------------------------------------
+    def user_part(self, user_id: int, ts: float) -> tuple:
+        """What a play's features take from its user at ``ts``: computed once for the playing
+        and the upcoming track of one play (the user's state is the same for both)."""
+        cfg = self.config
+        p = cfg.prior_skip_rate
+        u = self.state.users.get(user_id)
+        if u is not None:
+            f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
+            un = u[U_N] * f
+            m = cfg.user_smoothing
+            user_rate = (u[U_K] * f + m * p) / (un + m)
+            user_plays = math.log1p(un)
+            user_like = u[U_LIKES] * f / (un + 1.0)
+        else:
+            f = 1.0
+            user_rate, user_plays, user_like = p, 0.0, 0.0
+        premium = None
+        if self.use_users:
+            user = self.catalogue.users.get(user_id)
+            premium = (0.5, 0.0) if user is None or user.premium is None else ((1.0 if user.premium else 0.0), 1.0)
+        return u, f, user_rate, user_plays, user_like, premium
+
+    def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
+                 user_part: tuple | None = None) -> list[float]:
+        cfg = self.config
+        p = cfg.prior_skip_rate
+        st = self.state
+        u, f, user_rate, user_plays, user_like, premium = user_part or self.user_part(user_id, ts)
+        t = st.tracks.get(track_id)
+        if t is None and st.shared_tracks is not None:
+            t = st.shared_tracks.get(track_id)
+        if t is not None:
+            m = cfg.track_smoothing
+            track_rate = (t[T_K] + m * p) / (t[T_N] + m)
+            track_plays = math.log1p(t[T_N])
+            track_like = t[T_LIKES] / (t[T_N] + 1.0)
+        else:
+            track_rate, track_plays, track_like = p, 0.0, 0.0
+        if session is not None:
+            plays = session[S_PLAYS]
+            m = cfg.session_smoothing
+            sess_rate = (session[S_SKIPS] + m * p) / (plays + m)
+            last = session[S_LAST]
+            row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
+                   math.log1p(plays), sess_rate, 1.0 if last == SKIPPED else 0.0,
+                   1.0 if plays == 0 else 0.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
+        else:
+            row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
+                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
+        if premium is not None:
+            row += premium
+        if self.use_genres:
+            bucket = self._bucket(user_id, track_id)
+            if u is not None:
+                m = cfg.user_smoothing
+                if bucket == 1:
+                    bn, bk = u[U_NM] * f, u[U_KM] * f
+                else:
+                    bn, bk = u[U_NO] * f, u[U_KO] * f
+                bucket_rate = (bk + m * user_rate) / (bn + m)
+            else:
+                bucket_rate = user_rate
+            row += (1.0 if bucket == 1 else 0.0, 0.0 if bucket < 0 else 1.0, bucket_rate)
+        if self.use_tracks:
+            row += self._track_row(track_id)
+        return row
+
+    def _bucket(self, user_id: int, track_id: str) -> int:
+        """1 if the track's genres meet the user's favourites, 0 if not, -1 if unknown. The
+        track's genres are remembered per track (a catalogue's worth); the meeting of two small
+        sets is cheaper than remembering every (user, track) pair, which an 18M-event replay
+        has millions of."""
+        genres = self._genre_cache.get(track_id, _UNSEEN)
+        if genres is _UNSEEN:
+            genres = self._genre_cache[track_id] = self.catalogue.track_genres(track_id)
+        user = self.catalogue.users.get(user_id)
+        if user is None or not user.favourite_genres or genres is None:
+            return -1
+        return 0 if user.favourite_genres.isdisjoint(genres) else 1
+
+    def _track_row(self, track_id: str) -> tuple:
+        row = self._track_cache.get(track_id)
+        if row is None:
+            tr = self.catalogue.tracks.get(track_id)
+            if tr is None:
+                row = (0.0, 0.5, 3.7, 0.0, 0.5) + tuple(
+                    _AUDIO_DEFAULT.get(n, 0.5) * _AUDIO_SCALE.get(n, 1.0) for n in AUDIO_FIELDS)
+            else:
+                def val(x: float, default: float) -> float:
+                    return default if math.isnan(x) else x
+                row = (1.0, val(tr.popularity, 50.0) / 100.0, val(tr.duration_ms, 221_000.0) / 60_000.0,
+                       val(tr.explicit, 0.0), (2024.0 - val(tr.release_year, 2000.0)) / 50.0) + tuple(
+                    val(x, _AUDIO_DEFAULT.get(n, 0.5)) * _AUDIO_SCALE.get(n, 1.0)
+                    for n, x in zip(AUDIO_FIELDS, tr.audio))
+            self._track_cache[track_id] = row
+        return row
+
+    # ---- updating state ---------------------------------------------------------------------
+    def observe(self, e: Event) -> tuple[list[Resolution], list[float] | None, list[float] | None, int]:
+        """Apply one event. Returns (resolutions, features of the playing track, features of the
+        upcoming track, play number in session); the feature rows are None unless it is a play."""
+        st = self.state
+        resolved: list[Resolution] = []
+        heap = self._gap_heap
+        if heap and heap[0][0] < e.ts - self._gap:
+            self._end_gapped(e.ts, resolved)
+        if self._held_heap and self._held_heap[0][0] < e.ts - self.config.early_skip_seconds:
+            self._expire_held(e.ts)
+        kind = e.kind
+        uid = e.user_id
+        key = (uid, e.session_id)
+        u = st.users.get(uid)
+        if u is None:
+            u = st.users[uid] = [0.0, 0.0, 0.0, e.ts, 0.0, 0.0, 0.0, 0.0, [e.session_id]]
+        else:
+            open_sessions = u[U_SESSION]
+            if e.session_id not in open_sessions:
+                # the user is in another session now; an open one has ended if it went idle
+                # (live traffic without session_end markers would otherwise never resolve it)
+                for sid in list(open_sessions):
+                    old = st.sessions.get((uid, sid))
+                    if (old is None or e.ts - old[S_PENDING_TS] > self.config.session_idle_seconds
+                            or len(open_sessions) >= MAX_OPEN_SESSIONS):
+                        self._end_session((uid, sid), e.ts, resolved)
+                        open_sessions.remove(sid)
+                open_sessions.append(e.session_id)
+        st.dirty_users.add(uid)
+        if kind == PLAY:
+            sess = st.sessions.get(key)
+            if sess is None:
+                sess = st.sessions[key] = [0, 0, -1, None, -1, 0.0]
+                st.deleted_sessions.discard(key)
+            elif sess[S_PENDING_TRACK] is not None:
+                self._resolve(key, sess, FULL, e.ts, resolved)
+            track = e.track_id
+            who = self.user_part(uid, e.ts)
+            row = self.features(uid, track, sess, e.ts, e.hour, who)
+            play_no = sess[S_PLAYS]
+            sess[S_PLAYS] = play_no + 1
+            sess[S_PENDING_TRACK] = track
+            sess[S_PENDING_BUCKET] = self._bucket(uid, track) if self.use_genres else -1
+            sess[S_PENDING_TS] = e.ts
+            st.dirty_sessions.add(key)
+            heappush(heap, (e.ts, uid, e.session_id))
+            upcoming = None
+            if e.next_track_id is not None:
+                upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour, who)
+            if self._held:
+                held = self._held.pop((uid, e.session_id, track), None)
+                if held is not None:
+                    if held[0] >= e.ts:  # its skip came first: the play resolves right after its scoring
+                        self._resolve(key, sess, SKIPPED, held[0], resolved)
+                        self.repaired["skip_before_play"] = self.repaired.get("skip_before_play", 0) + 1
+                    else:
+                        self.rejections.add("orphan_skip", held[1])
+            return resolved, row, upcoming, play_no
+        if kind == SKIP:
+            sess = st.sessions.get(key)
+            if sess is not None and sess[S_PENDING_TRACK] == e.track_id:
+                self._resolve(key, sess, SKIPPED, e.ts, resolved)
+                st.dirty_sessions.add(key)
+            elif self.config.early_skip_seconds > 0:  # its play may still come (out of order)
+                held_key = (uid, e.session_id, e.track_id)
+                old = self._held.get(held_key)
+                if old is not None:
+                    self.rejections.add("orphan_skip", old[1])
+                self._held[held_key] = (e.ts, e.to_json())
+                heappush(self._held_heap, (e.ts, *held_key))
+            else:
+                self.rejections.add("orphan_skip", e.to_json())
+        elif kind == LIKE:
+            f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
+            self._decay_user(u, f, e.ts)
+            u[U_LIKES] += 1.0
+            st.add_track(e.track_id, 0.0, 0.0, 1.0)
+        elif kind == SESSION_END:
+            self._end_session(key, e.ts, resolved)
+            if e.session_id in u[U_SESSION]:
+                u[U_SESSION].remove(e.session_id)
+        return resolved, None, None, -1
+
+    # ---- the session-gap rule -------------------------------------------------------------
+    def _end_gapped(self, now: float, resolved: list[Resolution]) -> None:
+        """End the sessions whose pending play started more than the gap before ``now``: the
+        play resolves as played in full at its start plus the gap (the same moment whichever
+        event, of whichever partition, comes first past it)."""
+        st, heap, gap = self.state, self._gap_heap, self._gap
+        while heap and heap[0][0] < now - gap:
+            ts, uid, sid = heappop(heap)
+            key = (uid, sid)
+            sess = st.sessions.get(key)
+            if sess is None or sess[S_PENDING_TRACK] is None or sess[S_PENDING_TS] != ts:
+                continue  # resolved since, or a later play of the session is pending
+            self._end_session(key, ts + gap, resolved)
+            u = st.users.get(uid)
+            if u is not None and sid in u[U_SESSION]:
+                u[U_SESSION].remove(sid)
+                st.dirty_users.add(uid)
+
+    def _expire_held(self, now: float) -> None:
+        """Skips held past the window: their play did not come; orphans."""
+        heap, limit = self._held_heap, now - self.config.early_skip_seconds
+        while heap and heap[0][0] < limit:
+            ts, uid, sid, track = heappop(heap)
+            held = self._held.get((uid, sid, track))
+            if held is not None and held[0] == ts:
+                del self._held[(uid, sid, track)]
+                self.rejections.add("orphan_skip", held[1])
+
+    def held_state(self) -> list:
+        """The skips waiting for their play, to store with the partition's state."""
+        return [[uid, sid, track, ts, event] for (uid, sid, track), (ts, event) in self._held.items()]
+
+    def load_held(self, held: list) -> None:
+        self._held = {(uid, sid, track): (ts, event) for uid, sid, track, ts, event in held}
+        self._held_heap = [(ts, uid, sid, track) for uid, sid, track, ts, _ in held]
+        heapify(self._held_heap)
+
+    def due(self, until: float) -> list[tuple[int, int]]:
+        """(user, session) of the pending plays an event at ``until`` would end by the gap rule:
+        the sessions a store-backed caller must have loaded before such an event."""
+        limit = until - self._gap
+        return [(uid, sid) for ts, uid, sid in self._gap_heap if ts < limit]
+
+    def watch(self, pending: dict[tuple[int, int], tuple]) -> None:
+        """After a restart: the plays still pending (``(user, session) -> (..., start)``, the
+        prediction ledger's) come under the gap rule again."""
+        self._gap_heap = [(entry[-1], uid, sid) for (uid, sid), entry in pending.items()]
+        heapify(self._gap_heap)
+
+    def flush(self, ts: float) -> list[Resolution]:
+        """End every open session (the data ended): their pending plays were played in full."""
+        self._gap_heap.clear()
+        for _, event in self._held.values():
+            self.rejections.add("orphan_skip", event)
+        self._held.clear()
+        self._held_heap.clear()
+        resolved: list[Resolution] = []
+        for key in list(self.state.sessions):
+            self._end_session(key, ts, resolved)
+        for u in self.state.users.values():
+            u[U_SESSION].clear()
+        return resolved
+
+    def _end_session(self, key: tuple[int, int], ts: float, resolved: list[Resolution]) -> None:
+        st = self.state
+        sess = st.sessions.pop(key, None)
+        st.dirty_sessions.discard(key)
+        st.deleted_sessions.add(key)
+        if sess is not None and sess[S_PENDING_TRACK] is not None:
+            self._resolve(key, sess, FULL, ts, resolved)
+
+    def _decay_user(self, u: list, f: float, ts: float) -> None:
+        if f != 1.0:
+            for i in (U_N, U_K, U_LIKES, U_NM, U_KM, U_NO, U_KO):
+                u[i] *= f
+        if ts > u[U_TS]:
+            u[U_TS] = ts
+
+    def _resolve(self, key: tuple[int, int], sess: list, label: int, ts: float,
+                 resolved: list[Resolution]) -> None:
+        st = self.state
+        track = sess[S_PENDING_TRACK]
+        skipped = 1.0 if label == SKIPPED else 0.0
+        uid = key[0]
+        u = st.users.get(uid)
+        if u is not None:
+            f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
+            self._decay_user(u, f, ts)
+            u[U_N] += 1.0
+            u[U_K] += skipped
+            bucket = sess[S_PENDING_BUCKET]
+            if bucket == 1:
+                u[U_NM] += 1.0
+                u[U_KM] += skipped
+            elif bucket == 0:
+                u[U_NO] += 1.0
+                u[U_KO] += skipped
+            st.dirty_users.add(uid)
+        st.add_track(track, 1.0, skipped, 0.0)
+        sess[S_SKIPS] += skipped
+        sess[S_LAST] = label
+        sess[S_PENDING_TRACK] = None
+        resolved.append(Resolution(uid, key[1], sess[S_PLAYS] - 1, track, label, ts))
+
+
+class FeatureMismatch(ValueError):
+    """A model artifact and the data disagree on the feature set."""

@@ -1,0 +1,72 @@
+"""The mutable state the feature engine and the cache warmer read and write, with change tracking.
+
+It is deliberately plain dicts of small lists: the in-memory store keeps one State forever; the
+Redis store fills one with the keys a batch needs, lets the engine run on it, and writes back only
+what changed (the ``dirty_*`` and ``deleted_*`` keys). User and session records belong to one
+partition; track counts are global (every partition's plays of the track, see ``tracks``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# user record: decayed counts, then the ids of the user's open sessions
+U_N, U_K, U_LIKES, U_TS, U_NM, U_KM, U_NO, U_KO, U_SESSION = range(9)
+# session record
+S_PLAYS, S_SKIPS, S_LAST, S_PENDING_TRACK, S_PENDING_BUCKET, S_PENDING_TS = range(6)
+# track record: cumulative counts of every play of the track, all partitions together
+T_N, T_K, T_LIKES = range(3)
+
+
+@dataclass
+class State:
+    users: dict[int, list] = field(default_factory=dict)
+    sessions: dict[tuple[int, int], list] = field(default_factory=dict)
+    tracks: dict[str, list] = field(default_factory=dict)
+    """Track counts as the engine reads them: the global counts as of the start of the batch
+    (loaded, or read through from ``shared_tracks``) plus this partition's own plays since."""
+    shared_tracks: dict[str, list] | None = None
+    """Read-only global counts a track missing from ``tracks`` is read from (the simulation's
+    snapshot of every shard's committed counts); None: ``tracks`` holds all there is."""
+    track_delta: dict[str, list] | None = None
+    """This batch's own additions to the track counts (what a partition commits to the global
+    counts); None: not kept (one shard owns every count)."""
+    blobs: dict[str, object] = field(default_factory=dict)
+    """Whole-value records owned by one writer (the warmer's per-shard tier state, pending
+    predictions). Marked dirty by key in ``dirty_blobs``."""
+
+    dirty_users: set[int] = field(default_factory=set)
+    dirty_sessions: set[tuple[int, int]] = field(default_factory=set)
+    deleted_sessions: set[tuple[int, int]] = field(default_factory=set)
+    dirty_blobs: set[str] = field(default_factory=set)
+
+    def clear_changes(self) -> None:
+        self.dirty_users.clear()
+        self.dirty_sessions.clear()
+        self.deleted_sessions.clear()
+        if self.track_delta is not None:
+            self.track_delta.clear()
+        self.dirty_blobs.clear()
+
+    def add_track(self, track_id: str, n: float, k: float, likes: float) -> None:
+        rec = self.tracks.get(track_id)
+        if rec is None:
+            base = self.shared_tracks.get(track_id) if self.shared_tracks is not None else None
+            rec = self.tracks[track_id] = list(base) if base is not None else [0.0, 0.0, 0.0]
+        rec[T_N] += n
+        rec[T_K] += k
+        rec[T_LIKES] += likes
+        delta = self.track_delta
+        if delta is not None:
+            d = delta.get(track_id)
+            if d is None:
+                delta[track_id] = [n, k, likes]
+            else:
+                d[T_N] += n
+                d[T_K] += k
+                d[T_LIKES] += likes
+
+    def begin_round(self, shared: dict[str, list]) -> None:
+        """Read track counts from ``shared`` (a snapshot of the global counts) from now on, and
+        collect this shard's additions in ``track_delta`` for the caller to merge."""
+        self.tracks.clear()
+        self.shared_tracks = shared
+        self.track_delta = {}

@@ -1,0 +1,233 @@
+"""The jobs skipcache does, as functions with typed arguments that return results.
+
+Entry points are thin: the command line (``stream/cli/main.py``) parses arguments, calls one of these
+and renders the result with ``stream/cli/reports.py``; ``skipcache up`` (``stream/cli/embedded.py``) and
+the tests call them directly. Nothing here prints."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from cache_warmer.policies import ThresholdPolicy
+from cache_warmer.predictor import PredictionLedger
+from cache_warmer.simulation import Objective, simulate, sweep
+from cache_warmer.tiers import TierConfig, TierState
+from cache_warmer.warmer import CacheWarmer, load_warmer_state, policy_figures
+from models.artifacts import Artifact, load, save
+from models.estimators import MODEL_NAMES
+from models.evaluation import build_table, evaluate, train_artifact
+from models.columns import EventColumns, replay_columns
+from models.events import Catalogue, Event
+from models.features import EngineConfig
+
+from stream.export_summary import summarize_export
+from stream.files import Dataset, DataError, read_dataset
+from stream.kafka_io import partition_of, track_partition_of
+from stream.settings import Settings
+
+
+def load_replay(data: str | Path, progress: bool = True, timings: dict | None = None) -> tuple[Dataset, EventColumns]:
+    """Read an export and put its events in replay order (``models.columns.replay_columns``,
+    the columnar ``models.replay``). The events move to the replay: the dataset keeps none, so
+    an export is held once. ``timings`` gets the seconds of each phase."""
+    started = time.perf_counter()
+    ds = read_dataset(data, progress=progress)
+    if not len(ds.columns):
+        raise DataError(f"{data} holds no readable events ({ds.rejections.total} lines rejected)")
+    read = time.perf_counter()
+    columns, ds.columns = ds.columns, EventColumns.empty(ds.columns.tracks)
+    events = replay_columns(columns)
+    del columns
+    if timings is not None:
+        timings.update(read_s=round(read - started, 2), replay_order_s=round(time.perf_counter() - read, 2))
+    return ds, events
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def inspect_export(data: str | Path) -> dict:
+    started = time.perf_counter()
+    ds = read_dataset(data)
+    seconds = time.perf_counter() - started
+    summary = summarize_export(ds)
+    peak, events = peak_rss_bytes(), len(ds.columns)
+    summary["reading"] = {"seconds": round(seconds, 3),
+                          "lines_per_second": round(ds.lines.get("sessions", 0) / seconds) if seconds else None,
+                          "events_per_second": round(events / seconds) if seconds else None,
+                          "peak_rss_bytes": peak, "peak_bytes_per_event": round(peak / events, 1) if events else None,
+                          "event_column_bytes": ds.columns.nbytes}
+    return summary
+
+
+def generate_export(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long", noise: float = 0.0,
+                    tracks: int | None = None, events: int | None = None) -> dict:
+    from stream.synthetic import generate, users_for_events
+
+    if events is not None:
+        users = users_for_events(events, profile)
+    started = time.perf_counter()
+    counts = generate(out, users=users, seed=seed, profile=profile, noise=noise, tracks=tracks)
+    return {**counts, "out": str(out), "seconds": time.perf_counter() - started}
+
+
+def train_model(data: str | Path, out: str | Path, model: str = "linear_svc", train_fraction: float = 1.0,
+                seed: int = 0) -> Artifact:
+    """Fit on the earliest ``train_fraction`` of the plays and save the artifact to ``out``."""
+    ds, events = load_replay(data)
+    config = EngineConfig()
+    table = build_table(events, ds.catalogue, config)
+    del events
+    artifact = train_artifact(table, model, train_fraction, ds.fingerprint, config, seed)
+    save(artifact, out)
+    return artifact
+
+
+def evaluate_models(data: str | Path, models: list[str], train_fraction: float = 0.7, seed: int = 0) -> dict:
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}: choose from {', '.join(MODEL_NAMES)}")
+    started = time.perf_counter()
+    timings: dict = {}
+    ds, events = load_replay(data, timings=timings)
+    features = time.perf_counter()
+    table = build_table(events, ds.catalogue)
+    timings["features_s"] = round(time.perf_counter() - features, 2)
+    timings["table_bytes"] = int(table.X.nbytes)
+    result = {"events": len(events)}
+    del events  # the table is all the models need: the events' memory goes before the fits
+    result.update(evaluate(table, models, train_fraction, seed))
+    timings.update({f"fit_{m}_s": fig["fit_seconds"] for m, fig in result["models"].items()})
+    result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    result["timings"] = timings
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """The cache the simulation and the sweep replay into (defaults: the worker's settings)."""
+
+    fast_capacity: int = 0
+    medium_capacity: int = 0
+    transfer_cost: float = 0.0005
+    cold_after_hours: float = 1.0
+    fast_threshold: float = 0.95
+    hit_value: float = 0.002
+    count: str = "after-training"  # or "all"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> "CacheOptions":
+        return cls(settings.fast_capacity, settings.medium_capacity, settings.transfer_cost,
+                   settings.cold_after_hours, settings.fast_threshold, **overrides)
+
+    def tiers(self, catalogue: Catalogue, events: "EventColumns | list[Event]") -> TierConfig:
+        return TierConfig.for_catalogue(catalogue, self.fast_capacity, self.medium_capacity, self.transfer_cost,
+                                        self.cold_after_hours, n_tracks=EventColumns.of(events).distinct_tracks())
+
+    @property
+    def count_from(self) -> float | None:
+        """-inf counts every event; None lets the simulation count after the training window."""
+        return -math.inf if self.count == "all" else None
+
+
+def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOptions, threshold: float = 0.5,
+                      partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None,
+                      audit_storage: bool = False, session_gap: float | None = None) -> dict:
+    artifacts = [load(m) for m in models]
+    timings: dict = {}
+    ds, events = load_replay(data, timings=timings)
+    n = max(1, partitions)
+    result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
+                      fast_threshold=cache.fast_threshold, count_from=cache.count_from,
+                      objective=Objective(cache.hit_value), batch_size=batch_size, partitions=n,
+                      user_partition=lambda user_id: partition_of(user_id, n),
+                      track_partition=lambda track: track_partition_of(track, n), ab_share=ab_share,
+                      audit_storage=audit_storage, session_gap=session_gap)
+    result["rejected"] = ds.rejections.as_dict()
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["timings"] = {**timings, "replay_loop_s": round(result["seconds"], 2)}
+    return result
+
+
+def sweep_thresholds(data: str | Path, model: str | Path, thresholds: list[float], cache: CacheOptions) -> dict:
+    artifact = load(model)
+    ds, events = load_replay(data)
+    return sweep(events, ds.catalogue, artifact, thresholds, cache.tiers(ds.catalogue, events),
+                 fast_threshold=cache.fast_threshold, objective=Objective(cache.hit_value),
+                 count_from=cache.count_from)
+
+
+def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = None) -> dict:
+    """The live worker's figures, read back from Redis (pass ``store`` and ``catalogue`` when
+    polling, so they are not rebuilt on every call): cache figures from every warm partition,
+    accuracy from every predict partition."""
+    from stream.bootstrap import build_store, load_catalogue, tier_config_for
+
+    store = store or build_store(settings)
+    catalogue = catalogue if catalogue is not None else load_catalogue(settings)
+    policy = ThresholdPolicy("model", "model")
+    tiers = tier_config_for(settings, catalogue)
+    warm_store = store.stage("warm")
+    warmers = []
+    received: dict[int, dict[str, int]] = {}  # warm partition -> source partition -> offset taken in
+    queued = 0  # entries taken in, waiting for the watermark
+    late = 0  # entries applied behind event time already applied
+    for q in range(settings.warm_partitions):
+        w = CacheWarmer(policy, TierState(tiers, Catalogue()))
+        blob = warm_store.blob(q)
+        if blob:
+            state = orjson.loads(blob)
+            load_warmer_state(w, state)
+            received[q] = state["received"]
+            queued += sum(len(entries) for entries in state.get("queues", {}).values())  # the older layout
+            queued += sum(len(warm_store.queue(q, int(src))) for src in state.get("queued", ()))
+            late += state.get("late", 0)
+        warmers.append(w)
+    accuracy = []
+    behind = 0
+    for p in range(settings.partitions):
+        blob = store.blob(p)
+        if blob:
+            state = orjson.loads(blob)
+            accuracy += PredictionLedger.from_state(state["ledger"]).figures.values()
+            behind += sum(1 for q, seq in state["sent"].items() if received.get(int(q), {}).get(str(p), -1) < seq)
+    fig = policy_figures(warmers, accuracy)
+    fig["warm_caught_up"] = behind == 0 and queued == 0  # every entry of every committed predict batch applied
+    fig["warm_queued_entries"] = queued
+    fig["warm_late_entries"] = late
+    fig["offsets"] = {"predict": {p: store.offset(p) for p in range(settings.partitions)},
+                      "warm": {q: warm_store.offset(q) for q in range(settings.warm_partitions)}}
+    fig["events_by_type"] = store.counters("events")
+    fig["rejected"] = store.counters("rejected")
+    fig["contract"] = store.counters("contract")  # plays_without_upcoming, misrouted:<reason>
+    return fig
+
+
+def thresholds(settings: Settings, threshold: float | None = None, fast_threshold: float | None = None) -> dict:
+    """The thresholds every worker uses; with values, set them first (validated as over HTTP)."""
+    from stream.worker.web import check_thresholds
+    from stream.bootstrap import build_store
+
+    store = build_store(settings)
+    current = {"threshold": settings.threshold, "fast_threshold": settings.fast_threshold, **store.config()}
+    wanted = {k: v for k, v in (("threshold", threshold), ("fast_threshold", fast_threshold)) if v is not None}
+    if wanted:
+        store.set_config(**check_thresholds(wanted, current))
+        current.update(store.config())
+    return {"threshold": current["threshold"], "fast_threshold": current["fast_threshold"], "set": bool(wanted)}
+
+
+def ab_report(settings: Settings) -> dict:
+    from stream.worker.web import ab_results
+    from stream.bootstrap import build_store
+
+    return ab_results(build_store(settings))

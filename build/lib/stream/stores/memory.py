@@ -1,0 +1,99 @@
+"""In-memory StateStore: same semantics as Redis (fencing included), for unit tests and tools."""
+from __future__ import annotations
+
+import copy
+import threading
+
+from stream.store import Changes
+
+
+class MemoryStore:
+    def __init__(self, root: "MemoryStore | None" = None) -> None:
+        """``root``: the store whose config, counters and track counts this one shares."""
+        self._lock = root._lock if root is not None else threading.Lock()
+        self.offsets: dict[int, int] = {}
+        self.blobs: dict[int, bytes] = {}
+        self.users: dict[tuple[int, int], list] = {}
+        self.sessions: dict[tuple[int, int, int], list] = {}
+        self.queues: dict[tuple[int, int], list] = {}
+        self.tracks: dict[str, list] = root.tracks if root is not None else {}
+        self._config: dict[str, float] = root._config if root is not None else {}
+        self._counters: dict[str, dict[str, float]] = root._counters if root is not None else {}
+        self._stages: dict[str, MemoryStore] = root._stages if root is not None else {}
+        self._root = root or self
+
+    def stage(self, name: str) -> "MemoryStore":
+        with self._lock:
+            if name not in self._stages:
+                self._stages[name] = MemoryStore(self._root)
+            return self._stages[name]
+
+    @classmethod
+    def from_url(cls, url: str = "memory://", prefix: str = "sc", ttl_seconds: int = 0, **partitions) -> "MemoryStore":
+        """One process's store (tests, tools): ``memory://``; prefix and TTL do not apply."""
+        return cls()
+
+    def ping(self) -> bool:
+        return True
+
+    def offset(self, partition: int) -> int:
+        return self.offsets.get(partition, 0)
+
+    def position(self, partition: int) -> int | None:
+        return self.offsets.get(partition)
+
+    def init_offset(self, partition: int, offset: int) -> int:
+        with self._lock:
+            return self.offsets.setdefault(partition, offset)
+
+    def blob(self, partition: int) -> bytes | None:
+        return self.blobs.get(partition)
+
+    def queue(self, partition: int, source: int) -> list:
+        with self._lock:
+            return copy.deepcopy(self.queues.get((partition, source), []))
+
+    def fetch(self, partition, users, sessions, tracks):
+        with self._lock:
+            return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
+                    {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
+                    {t: list(self.tracks[t]) for t in tracks if t in self.tracks})
+
+    def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
+        with self._lock:
+            if self.offsets.get(partition, 0) != expected_offset:
+                return False
+            for u, rec in changes.users.items():
+                self.users[(partition, u)] = copy.deepcopy(rec)
+            for k, rec in changes.sessions.items():
+                self.sessions[(partition, *k)] = copy.deepcopy(rec)
+            for k in changes.deleted_sessions:
+                self.sessions.pop((partition, *k), None)
+            for t, delta in changes.tracks.items():
+                rec = self.tracks.setdefault(t, [0.0, 0.0, 0.0])
+                for i, v in enumerate(delta):
+                    rec[i] += v
+            if changes.blob is not None:
+                self.blobs[partition] = changes.blob
+            for src, entries in changes.queue_push.items():
+                self.queues.setdefault((partition, src), []).extend(copy.deepcopy(entries))
+            for src, n in changes.queue_drop.items():
+                del self.queues.setdefault((partition, src), [])[:n]
+            for name, fields in changes.counters.items():
+                target = self._counters.setdefault(name, {})
+                for f, v in fields.items():
+                    target[f] = target.get(f, 0) + v
+            self.offsets[partition] = new_offset
+            return True
+
+    def config(self) -> dict[str, float]:
+        return dict(self._config)
+
+    def set_config(self, **values: float) -> None:
+        self._config.update(values)
+
+    def counters(self, name: str) -> dict[str, float]:
+        return dict(self._counters.get(name, {}))
+
+    def reset_counters(self, name: str) -> None:
+        self._counters.pop(name, None)

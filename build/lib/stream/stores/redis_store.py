@@ -1,0 +1,368 @@
+"""Redis StateStore, for one server or a Redis/Valkey Cluster (``redis+cluster://host:port,...``):
+one round trip per batch to read, one fenced call per batch to write.
+
+Every key one partition's batch touches carries the partition's hash tag, so they share one
+slot (a cluster runs the batch's commit on one node, atomically):
+
+    {sc:predict:P}:u:USER  :s:USER:SESSION   users and open sessions (orjson lists, with a TTL)
+    {sc:predict:P}:blob    :offset           pending predictions; the next offset to apply
+    {sc:predict:P}:tracks                    this partition's additions to the track counts
+                                             (fields n:TRACK, k:TRACK, l:TRACK)
+    {sc:warm:Q}:blob  :offset  :queue:P      the cache shard; held-back entries of source P
+    {sc:STAGE:N}:counters:NAME:EPOCH         this partition's counts (events, rejected, ab:A ...)
+    sc:config                                thresholds, experiment start, counter epochs
+
+Nothing is shared between partitions inside a batch: the global track counts are the sum of
+every predict partition's additions (read: one HMGET per predict partition, pipelined), the
+counters the sum of every partition's. Resetting counters bumps their epoch in ``sc:config``
+(written outside any batch): commits move to the new epoch within a threshold refresh (0.5 s).
+
+The commit is fenced inside the server: a Function (``FUNCTION LOAD``, replicated to replicas)
+compares the stored offset with the batch's starting offset and applies the batch only if they
+match, all in one call. A client that retries it (a redirect, a reconnect after a failover) can
+therefore never apply a batch twice or over a foreign write: the retry finds the new offset and
+is refused, and the worker re-reads the partition. Servers without Functions (Redis < 7, single
+server only) use WATCH/MULTI/EXEC, which redis-py's single-server client does not retry."""
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from stream.store import Changes
+
+FUNCTION_LIBRARY = "skipcache_v1"
+FUNCTION = "skipcache_commit_v1"
+FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
+-- KEYS[1]: the partition's offset; ARGV[1]: the offset the batch began at; ARGV[2]: its new
+-- offset; then per command: its name, the index of its key in KEYS, how many arguments follow.
+local function commit(keys, args)
+  if (tonumber(redis.call('GET', keys[1])) or 0) ~= tonumber(args[1]) then
+    return 0
+  end
+  local i, n = 3, #args
+  while i <= n do
+    local count = tonumber(args[i + 2])
+    redis.call(args[i], keys[tonumber(args[i + 1])], unpack(args, i + 3, i + 2 + count))
+    i = i + 3 + count
+  end
+  redis.call('SET', keys[1], args[2])
+  return 1
+end
+redis.register_function('{FUNCTION}', commit)
+"""
+PUSH_CHUNK = 1000
+"""Values per RPUSH inside the Function (Lua's unpack has a stack limit)."""
+
+
+class OldLayout(RuntimeError):
+    """Redis holds state in the layout before partitions had hash tags."""
+
+
+class RedisStore:
+    def __init__(self, client, prefix: str = "sc", ttl_seconds: int = 30 * 86400, root: str | None = None,
+                 stage: str = "predict", partitions: int = 1, warm_partitions: int = 1):
+        """``prefix``: the root of every key; ``partitions`` / ``warm_partitions``: each stage's
+        partitions (the counters and track counts are summed over them)."""
+        self.r = client
+        self.root = root or prefix
+        self.stage_name = stage
+        self.ttl = int(ttl_seconds)
+        self.partitions = {"predict": partitions, "warm": warm_partitions}
+        self.cluster = isinstance(client, RedisCluster)
+        self._shared: dict = {"functions": None, "epochs": None}
+        """Shared by the stages' stores: whether the server runs the commit Function (None: not
+        asked yet), and the counters' epochs as last read."""
+
+    def stage(self, name: str) -> "RedisStore":
+        other = RedisStore(self.r, self.root, self.ttl, self.root, name, self.partitions["predict"],
+                           self.partitions["warm"])
+        other._shared = self._shared
+        return other
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "sc", ttl_seconds: int = 30 * 86400, partitions: int = 1,
+                 warm_partitions: int = 1) -> "RedisStore":
+        # short timeouts: a call to a Redis that went away fails within seconds, and the worker's
+        # own loop (not the client) waits, backs off and retries, keeping its event loop free
+        options = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        parts = urlsplit(url)
+        if parts.scheme in ("redis+cluster", "rediss+cluster"):
+            nodes = [ClusterNode(*_host_port(hp)) for hp in parts.netloc.rsplit("@", 1)[-1].split(",") if hp]
+            if not nodes:
+                raise ValueError(f"{url!r} names no cluster node: redis+cluster://host:port[,host:port...]")
+            query = parse_qs(parts.query)
+            auth = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+            user, _, password = auth.partition(":")
+            client = RedisCluster(startup_nodes=nodes, ssl=parts.scheme.startswith("rediss"), username=user or None,
+                                  password=password or None, **options,
+                                  **({"require_full_coverage": query["full_coverage"][0] != "no"}
+                                     if "full_coverage" in query else {}))
+        else:
+            client = redis.Redis.from_url(url, **options)
+        return cls(client, prefix, ttl_seconds, partitions=partitions, warm_partitions=warm_partitions)
+
+    # ---- keys -----------------------------------------------------------------------------------
+    def slot(self, partition: int, stage: str | None = None) -> str:
+        """The hash tag of a partition's keys: one slot per partition."""
+        return f"{{{self.root}:{stage or self.stage_name}:{partition}}}"
+
+    def _k(self, partition: int, *parts: object) -> str:
+        return ":".join((self.slot(partition), *map(str, parts)))
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def offset(self, partition: int) -> int:
+        return self.position(partition) or 0
+
+    def position(self, partition: int) -> int | None:
+        value = self.r.get(self._k(partition, "offset"))
+        return int(value) if value is not None else None
+
+    def init_offset(self, partition: int, offset: int) -> int:
+        key = self._k(partition, "offset")
+        self.r.set(key, offset, nx=True)
+        return int(self.r.get(key))
+
+    def blob(self, partition: int) -> bytes | None:
+        return self.r.get(self._k(partition, "blob"))
+
+    def queue(self, partition: int, source: int) -> list:
+        return [orjson.loads(v) for v in self.r.lrange(self._k(partition, "queue", source), 0, -1)]
+
+    def fetch(self, partition, users, sessions, tracks):
+        """Users and sessions of ``partition`` (one MGET in its slot) and the global counts of
+        ``tracks``: every predict partition's additions, summed (one HMGET each, pipelined)."""
+        keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
+        if not keys and not tracks:
+            return {}, {}, {}
+        fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
+        contributors = range(self.partitions["predict"]) if tracks else ()
+        with self.r.pipeline(transaction=False) as pipe:
+            if keys:  # one slot: a cluster pipeline takes it as one command (its mget() is refused)
+                pipe.execute_command("MGET", *keys)
+            for p in contributors:
+                pipe.hmget(f"{self.slot(p, 'predict')}:tracks", fields)
+            replies = pipe.execute()
+        loads = orjson.loads
+        nu = len(users)
+        values = replies[0] if keys else []
+        out_u = {u: loads(v) for u, v in zip(users, values[:nu]) if v is not None}
+        out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
+        out_t = {}
+        if tracks:
+            sums = [0] * len(fields)
+            seen = [False] * len(tracks)
+            for counts in replies[1:] if keys else replies:
+                for i, v in enumerate(counts):
+                    if v is not None:
+                        sums[i] += int(v)
+                        seen[i // 3] = True
+            for i, t in enumerate(tracks):
+                if seen[i]:
+                    out_t[t] = [float(sums[3 * i]), float(sums[3 * i + 1]), float(sums[3 * i + 2])]
+        return out_u, out_s, out_t
+
+    # ---- the commit -----------------------------------------------------------------------------
+    def _commands(self, partition: int, changes: Changes) -> tuple[list[str], list]:
+        """The batch as (keys, commands): each command (name, key, *arguments), keys in one slot."""
+        dumps, ttl, k = orjson.dumps, self.ttl, self._k
+        cmds: list[tuple] = []
+        for u, rec in changes.users.items():
+            cmds.append(("SET", k(partition, "u", u), dumps(rec), "EX", ttl))
+        for (u, s), rec in changes.sessions.items():
+            cmds.append(("SET", k(partition, "s", u, s), dumps(rec), "EX", ttl))
+        for u, s in changes.deleted_sessions:
+            cmds.append(("DEL", k(partition, "s", u, s)))
+        if changes.tracks:
+            tracks_key = k(partition, "tracks")
+            for t, (n, skips, likes) in changes.tracks.items():
+                for c, v in (("n", n), ("k", skips), ("l", likes)):
+                    if v:
+                        cmds.append(("HINCRBY", tracks_key, f"{c}:{t}", int(v)))
+        if changes.blob is not None:
+            cmds.append(("SET", k(partition, "blob"), changes.blob))
+        for src, entries in changes.queue_push.items():
+            for i in range(0, len(entries), PUSH_CHUNK):
+                cmds.append(("RPUSH", k(partition, "queue", src), *map(dumps, entries[i:i + PUSH_CHUNK])))
+        for src, n in changes.queue_drop.items():
+            if n:
+                cmds.append(("LTRIM", k(partition, "queue", src), n, -1))
+        for name, values in changes.counters.items():
+            key = k(partition, "counters", name, self._epoch(name))
+            for f, v in values.items():
+                cmds.append(("HINCRBY" if isinstance(v, int) else "HINCRBYFLOAT", key, f, v))
+        return [k(partition, "offset")], cmds
+
+    def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
+        keys, cmds = self._commands(partition, changes)
+        shared = self._shared
+        if shared["functions"] is None:
+            shared["functions"] = self._load_function()
+        if shared["functions"]:
+            return self._commit_in_server(keys, cmds, expected_offset, new_offset)
+        return self._commit_watched(keys[0], cmds, expected_offset, new_offset)
+
+    def _commit_in_server(self, keys: list[str], cmds: list[tuple], expected: int, new: int) -> bool:
+        index: dict[str, int] = {keys[0]: 1}
+        args: list = [expected, new]
+        for name, key, *rest in cmds:
+            at = index.get(key)
+            if at is None:
+                at = index[key] = len(index) + 1
+            args += [name, at, len(rest), *rest]
+        try:
+            return self.r.fcall(FUNCTION, len(index), *index, *args) == 1
+        except redis.ResponseError as exc:
+            if "function" not in str(exc).lower() or "not found" not in str(exc).lower():
+                raise
+            self._load_function()  # a node that never had it (added after start-up)
+            return self.r.fcall(FUNCTION, len(index), *index, *args) == 1
+
+    def _commit_watched(self, offset_key: str, cmds: list[tuple], expected: int, new: int) -> bool:
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(offset_key)
+                current = pipe.get(offset_key)
+                if (int(current) if current is not None else 0) != expected:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                for cmd in cmds:
+                    pipe.execute_command(*cmd)
+                pipe.set(offset_key, new)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def _load_function(self) -> bool:
+        """Load the commit Function on every primary; False where the server has no Functions."""
+        try:
+            if self.cluster:
+                self.r.execute_command("FUNCTION", "LOAD", "REPLACE", FUNCTION_CODE,
+                                       target_nodes=RedisCluster.PRIMARIES)
+            else:
+                self.r.execute_command("FUNCTION", "LOAD", "REPLACE", FUNCTION_CODE)
+            return True
+        except redis.ResponseError as exc:
+            if self.cluster or "unknown command" not in str(exc).lower():
+                raise
+            return False  # Redis < 7: WATCH/MULTI, whose single-server client does not retry
+
+    # ---- what lives outside the batches ---------------------------------------------------------
+    def _epoch(self, name: str) -> int:
+        if self._shared["epochs"] is None:
+            self.config()
+        return self._shared["epochs"].get(name, 0)
+
+    def config(self) -> dict[str, float]:
+        """The operators' settings; also reads the counters' epochs (commits follow them)."""
+        values = {k.decode(): v.decode() for k, v in self.r.hgetall(f"{self.root}:config").items()}
+        self._shared["epochs"] = {k[6:]: int(v) for k, v in values.items() if k.startswith("epoch:")}
+        return {k: float(v) for k, v in values.items() if not k.startswith("epoch:")}
+
+    def set_config(self, **values: float) -> None:
+        if values:
+            self.r.hset(f"{self.root}:config", mapping={k: repr(float(v)) for k, v in values.items()})
+
+    def counters(self, name: str) -> dict[str, float]:
+        """The counts of ``name`` since its last reset: every partition's of both stages, summed."""
+        epoch = int(self.r.hget(f"{self.root}:config", f"epoch:{name}") or 0)
+        with self.r.pipeline(transaction=False) as pipe:
+            for stage, n in self.partitions.items():
+                for p in range(n):
+                    pipe.hgetall(f"{self.slot(p, stage)}:counters:{name}:{epoch}")
+            replies = pipe.execute()
+        out: dict[str, float] = {}
+        for reply in replies:
+            for k, v in reply.items():
+                text = v.decode()
+                value = int(text) if text.lstrip("-").isdigit() else float(text)
+                out[k.decode()] = out.get(k.decode(), 0) + value
+        return out
+
+    def reset_counters(self, name: str) -> None:
+        """A new epoch: the old counts stay where they are (under keys nothing reads)."""
+        self._shared["epochs"] = None
+        self.r.hincrby(f"{self.root}:config", f"epoch:{name}", 1)
+
+    def check_layout(self) -> None:
+        """Refuse (with what to do) a Redis holding this prefix's state in the layout before
+        partitions had hash tags: the worker would otherwise start over beside it, silently."""
+        old = [key for key in (f"{self.root}:tracks", f"{self.root}:0:offset", f"{self.root}:warm:0:offset")
+               if self.r.exists(key)]
+        if old:
+            raise OldLayout(
+                f"Redis holds skipcache state in the layout before partitions had hash tags (keys "
+                f"{', '.join(old)}). Run `skipcache state migrate` once with every worker stopped (it moves each "
+                f"partition's keys under its hash tag), or start over from the topics with a new "
+                f"SKIPCACHE_REDIS_PREFIX.")
+
+    def migrate_layout(self) -> int:
+        """Move state of the layout before hash tags under the partitions' tags (single server,
+        every worker stopped): the global track counts and counters become predict partition 0's
+        contributions (their sums are unchanged). Returns the keys moved."""
+        if self.cluster:
+            raise OldLayout("the layout before hash tags only ever lived on one server: migrate there, then move "
+                            "the keys to the cluster")
+        root, moved = self.root, 0
+        for raw in list(self.r.scan_iter(match=f"{root}:*", count=1000)):
+            key = raw.decode()
+            rest = key[len(root) + 1:].split(":")
+            if rest[0] == "config":
+                continue
+            if rest[0] == "tracks":
+                new = f"{self.slot(0, 'predict')}:tracks"
+            elif rest[0] == "counters":
+                new = f"{self.slot(0, 'predict')}:counters:{':'.join(rest[1:])}:0"
+            elif rest[0] == "warm" and len(rest) > 2 and rest[1].isdigit():
+                new = f"{self.slot(int(rest[1]), 'warm')}:{':'.join(rest[2:])}"
+            elif rest[0].isdigit():
+                new = f"{self.slot(int(rest[0]), 'predict')}:{':'.join(rest[1:])}"
+            else:
+                continue
+            self.r.rename(key, new)
+            moved += 1
+        return moved
+
+    def ping(self) -> bool:
+        if self.cluster:
+            # a cluster client's ping asks one node, and its primaries are those of its last view,
+            # which leaves out a dead primary no replica has replaced yet: the state is there when
+            # the slot of every partition (and of the config) answers
+            self._shared.setdefault("nodes", set()).update(node.name for node in self.r.get_nodes())
+            with self.r.pipeline(transaction=False) as pipe:
+                for stage, n in self.partitions.items():
+                    for p in range(n):
+                        pipe.exists(f"{self.slot(p, stage)}:offset")
+                pipe.exists(f"{self.root}:config")
+                pipe.execute()
+            return True
+        return bool(self.r.ping())
+
+    def unreachable(self) -> list[str]:
+        """The cluster's nodes that do not answer now (empty for one server, or when all do).
+        Every node ever seen is asked, not only those the client lists now: once the client has
+        refreshed its view, a dead primary without a replica is in no slot map any more."""
+        if not self.cluster:
+            return []
+        seen = self._shared.setdefault("nodes", set())  # also noted by every ping, while all answer
+        seen.update(node.name for node in self.r.get_nodes())
+        out = []
+        for name in sorted(seen):
+            host, port = _host_port(name)
+            client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                client.ping()
+            except redis.RedisError:
+                out.append(name)
+            finally:
+                client.close()
+        return out
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port or 6379)

@@ -1,0 +1,139 @@
+"""Which of the runs a stage has received it applies next: partitions progress together in event
+time.
+
+Faust drains partitions unevenly: left alone, one partition of a replay finished while another
+had done under 1%. A partition far behind in event time then reads track counts that already
+hold other partitions' *future* plays (a point-in-time leak in the live features), and the warm
+stage holds entries back until its idle rule gives up on the slow source. So, as Kafka Streams
+chooses the next record by timestamp across a task's partitions, the predict stage applies a
+batch only up to a *horizon*: the event time every partition with work has reached. Each
+partition's pending records are read up to the horizon; a partition that has records on the
+broker (lag) but none received yet holds the horizon at its own clock, so the others wait for it
+-- for at most the batch deadline (``SKIPCACHE_BATCH_WITHIN``), then a batch is cut anyway. A
+partition with more pending records than a batch holds is *held*: not fetched until it is no
+longer ahead (``transport.Consumer.hold``). The warm stage needs none of this (its watermark
+orders sources by event time), so its scheduler applies whatever it has.
+
+A run is acknowledged to faust once every record of it has been applied (or released, at a
+rebalance, to be re-read from the stored offsets)."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Pending:
+    """A partition's records received and not applied yet, and the runs (faust events) they came
+    in, acknowledged once applied."""
+
+    records: list = field(default_factory=list)
+    runs: list[tuple[object, int]] = field(default_factory=list)
+    """(faust event, index in ``records`` one past its last record)."""
+    first_at: float = 0.0  # monotonic time its oldest pending record arrived
+
+
+class RunScheduler:
+    def __init__(self, max_records: int, within: float, time_of: Callable[[tuple], float | None] | None = None):
+        """``time_of``: a record's event time (None: it constrains nothing); None for a stage that
+        is not aligned (everything pending is applied)."""
+        self.max_records = max_records
+        self.within = within
+        self.time_of = time_of
+        self.pending: dict[int, Pending] = {}
+        self.held: set[int] = set()
+
+    def add(self, partition: int, run: object, records: list) -> None:
+        p = self.pending.get(partition)
+        if p is None:
+            p = self.pending[partition] = Pending()
+        if not p.records:
+            p.first_at = time.monotonic()
+        p.records.extend(records)
+        p.runs.append((run, len(p.records)))
+
+    @property
+    def size(self) -> int:
+        return sum(len(p.records) for p in self.pending.values())
+
+    def full(self) -> bool:
+        return self.size >= self.max_records
+
+    def overdue(self, now: float | None = None) -> bool:
+        """The oldest pending record has waited the batch deadline."""
+        now = time.monotonic() if now is None else now
+        return any(p.records and now - p.first_at >= self.within for p in self.pending.values())
+
+    def take(self, clocks: dict[int, float], lagging: set[int], force: bool = False) -> tuple[list, list]:
+        """``[(partition, records)]`` to apply now and the runs that are then wholly applied (to
+        acknowledge after the commit). ``clocks``: each owned partition's event time applied so
+        far; ``lagging``: partitions with records on the broker not received yet. ``force``
+        (the deadline passed): do not wait for a partition that has sent nothing."""
+        have = {q: p for q, p in self.pending.items() if p.records}
+        if not have:
+            return [], []
+        cuts = {q: len(p.records) for q, p in have.items()}
+        if self.time_of is not None and (len(have) > 1 or lagging - have.keys()):
+            horizon = self._horizon(have, clocks, set() if force else lagging)
+            cuts = {q: self._cut(p.records, horizon) for q, p in have.items()}
+        budget = self.max_records
+        work, done = [], []
+        for q in sorted(have, key=lambda q: clocks.get(q, -math.inf)):  # the one behind first
+            n = min(cuts[q], budget)
+            if n <= 0:
+                continue
+            budget -= n
+            p = have[q]
+            work.append((q, p.records[:n]))
+            del p.records[:n]
+            runs = p.runs
+            k = 0
+            while k < len(runs) and runs[k][1] <= n:
+                done.append(runs[k][0])
+                k += 1
+            p.runs = [(run, end - n) for run, end in runs[k:]]
+            if p.records:
+                p.first_at = time.monotonic()
+        self.held = {q for q, p in self.pending.items() if len(p.records) >= self.max_records}
+        return work, done
+
+    def _horizon(self, have: dict[int, Pending], clocks: dict[int, float], lagging: set[int]) -> float:
+        """The event time every partition with work has reached: its last pending record's, or,
+        for one with records on the broker only, its clock."""
+        reach = []
+        for q, p in have.items():
+            t = self._last_time(p.records)
+            reach.append(t if t is not None else clocks.get(q, -math.inf))
+        reach += [clocks.get(q, -math.inf) for q in lagging if q not in have]
+        return min(reach)
+
+    def _last_time(self, records: list) -> float | None:
+        time_of = self.time_of
+        for r in reversed(records):
+            t = time_of(r)
+            if t is not None:
+                return t
+        return None
+
+    def _cut(self, records: list, horizon: float) -> int:
+        """How many of ``records`` (a prefix) lie at or before ``horizon``."""
+        time_of = self.time_of
+        n = 0
+        for r in records:
+            t = time_of(r)
+            if t is not None and t > horizon:
+                break
+            n += 1
+        return n
+
+    def release(self, partitions: set[int] | None = None) -> list:
+        """Forget the pending records of ``partitions`` (default: all); their runs, to acknowledge
+        unapplied (a rebalance: they are re-read from the stored offsets)."""
+        out = []
+        for q in list(self.pending):
+            if partitions is None or q in partitions:
+                out += [run for run, _ in self.pending.pop(q).runs]
+        self.held &= set(self.pending)
+        return out

@@ -1,0 +1,682 @@
+"""The worker's loop and its recovery, as one object whose methods the Faust wiring (``app.py``)
+calls: the agents hand it runs (``consume``), faust's recovery asks it where partitions resume
+(``positions``), its timers cut overdue batches, release held entries, refresh thresholds and
+check Kafka; ``/healthz`` reads ``readiness``.
+
+Per stage, the runs received wait in a ``RunScheduler`` (``scheduler.py``) until the stage applies
+them: as soon as no more runs are waiting in faust's buffer, when a batch is full, or when the
+oldest has waited ``SKIPCACHE_BATCH_WITHIN``. A batch goes through the stage's ``Checkpoint``
+(process -> sinks -> flush -> commit -> sensors), whose Redis steps run in a thread: no Redis
+call runs on the event loop, so heartbeats, fetches and ``/healthz`` never wait on Redis.
+
+Faults: a Redis call that fails (connection lost, timeout) makes the worker unready, wait with
+jittered exponential backoff, and, once Redis answers, re-read the stage's partitions from Redis
+and seek to where Redis says; a fence or a Redis that came back empty or older goes the same way.
+A partition whose records the topic no longer holds stops the worker with an error saying so."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+from faust.types import TP
+from redis.backoff import ExponentialWithJitterBackoff
+
+from models.events import Event
+from stream.bootstrap import Stage, Worker
+from stream.settings import Settings
+from stream.worker.checkpoint import TRANSIENT, PartitionStopped
+from stream.worker.health import Dependency, Health
+from stream.worker.log_noise import ClientNoise
+from stream.worker.metrics import WorkerMetrics
+from stream.worker.positions import StateLost, resume_offset
+from stream.stores.redis_store import OldLayout
+from stream.worker.scheduler import RunScheduler
+from stream.worker.stages.warm import SourceEnds
+
+log = logging.getLogger("skipcache.worker")
+BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+GC_THRESHOLDS = (50_000, 20, 10)
+RESEEK_SECONDS = 1.0
+"""Records fetched before a seek can still arrive after it and move the consumer past the
+position sought; while the awaited offset does not come, the worker seeks again this often."""
+
+
+def contiguous_run(records: list[tuple], start: int) -> list[tuple]:
+    """The records at offsets start, start+1, ... wherever they sit in ``records``: a batch can mix
+    records fetched before a seek with those fetched after it, and only an unbroken run from the
+    partition's next offset may be applied."""
+    if records and records[0][0] == start and records[-1][0] == start + len(records) - 1:
+        return records  # the usual batch: already that run
+    at = {r[0]: r for r in records}
+    run = []
+    while start in at:
+        run.append(at[start])
+        start += 1
+    return run
+
+
+def event_time(record: tuple) -> float | None:
+    """A decoded sessions record's event time (None for a rejected one: it orders nothing)."""
+    item = record[3]
+    return item.ts if type(item) is Event else None
+
+
+def _cause(exc: BaseException) -> str:
+    """What failed, in words: the exception's type and message, and the cause's if it has one."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    inner = exc.__cause__ or exc.__context__
+    return f"{text} <- {type(inner).__name__}: {inner}" if inner is not None and str(inner) not in text else text
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a timer's task failed: %r", task.exception(), exc_info=task.exception())
+
+
+class WorkerService:
+    def __init__(self, app: faust.App, settings: Settings, build: Callable[[Settings], Worker]):
+        self.app = app
+        self.settings = settings
+        self.build = build
+        self.built: Worker | None = None
+        self.health = Health(settings.stall_seconds, settings.late_entries_alert)
+        self.metrics = WorkerMetrics()
+        self.noise = {"kafka": ClientNoise(self.health.kafka), "redis": ClientNoise(self.health.redis)}
+        """The clients' own warnings and errors, counted while their dependency is away (``log_noise.py``)."""
+        self.health_away: dict[str, float] = {}  # dependency -> when it went
+        self._noise_said = time.monotonic()
+        self.locks = {"predict": asyncio.Lock(), "warm": asyncio.Lock()}
+        """One checkpoint at a time per stage (the agent, the batch-deadline timer, the idle timer)."""
+        self.schedulers = {
+            "predict": RunScheduler(settings.batch_size, settings.batch_within, event_time),
+            "warm": RunScheduler(settings.batch_size, settings.batch_within)}
+        self.sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last sought
+        self._at: dict[str, tuple[int, int]] = {}  # stage -> (partition, offset) its agent works on
+        self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
+        self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
+
+    # ---- dependencies ---------------------------------------------------------------------------
+    async def call(self, fn, *args):
+        """A blocking step (a Redis call, a batch's processing) in a thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def dependency_failed(self, dep: Dependency, exc: BaseException, then: str) -> None:
+        """Count the failure; log once when the dependency goes, saying what the worker does."""
+        self.metrics.dependency_errors.labels(dep.name).inc()
+        if dep.failed(exc):
+            self.health_away[dep.name] = time.monotonic()
+            log.error("%s is unreachable (%s): %s; its client's errors are counted, not printed, until it "
+                      "answers", dep.name.title(), _cause(exc), then)
+        self.metrics.dependency_up.labels(dep.name).set(0)
+
+    def dependency_ok(self, dep: Dependency) -> None:
+        if dep.ok():
+            away = self.health_away.pop(dep.name, None)
+            summary = self.noise[dep.name].take()
+            if away is None:
+                log.info("%s answers%s", dep.name.title(), f" (before: {summary})" if summary else "")
+            else:
+                log.warning("%s answers again after %.1f s%s", dep.name.title(), time.monotonic() - away,
+                            f"; meanwhile {summary}" if summary else "")
+        self.metrics.dependency_up.labels(dep.name).set(1)
+
+    def summarise_noise(self) -> None:
+        """Once a minute: client warnings and errors suppressed while their dependency was up."""
+        now = time.monotonic()
+        if now - self._noise_said < 60.0:
+            return
+        self._noise_said = now
+        for name, noise in self.noise.items():
+            if getattr(self.health, name).up:
+                summary = noise.take()
+                if summary:
+                    log.warning("%s client, last minute: %s", name.title(), summary)
+
+    def redis_failed(self, exc: BaseException) -> None:
+        self.dependency_failed(self.health.redis, exc, "pausing, retrying with backoff")
+
+    def redis_ok(self) -> None:
+        self.dependency_ok(self.health.redis)
+
+    def kafka_failed(self, exc: BaseException) -> None:
+        self.dependency_failed(self.health.kafka, exc, "holding the batch, retrying its commands with backoff")
+
+    async def wait_for_redis(self) -> None:
+        """Back off (with jitter) until Redis answers a PING. Returns as soon as it does."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(BACKOFF.compute(attempt))
+            try:
+                if self.built is None:
+                    return
+                await self.call(self.built.store.ping)
+                self.redis_ok()
+                return
+            except TRANSIENT as exc:
+                self.redis_failed(exc)
+                unreachable = getattr(self.built.store, "unreachable", None)
+                if unreachable is not None:  # a cluster: which nodes (/healthz names them)
+                    try:
+                        nodes = await self.call(unreachable)
+                    except Exception:  # noqa: BLE001 - the topology itself unknown now
+                        nodes = []
+                    self.health.redis.unreachable = nodes
+
+    async def worker(self) -> Worker:
+        """The worker's parts, built once; waits for Redis (and retries) rather than failing."""
+        attempt = 0
+        while self.built is None:
+            try:
+                w = await self.call(self.build, self.settings)
+            except OldLayout as exc:  # nothing a retry can cure: say what to do, and stop
+                await self.stop_fatally(exc)
+                raise
+            except TRANSIENT as exc:
+                self.redis_failed(exc)
+                attempt += 1
+                await asyncio.sleep(BACKOFF.compute(attempt))
+                continue
+            self.redis_ok()
+            self.built = w
+            w.source_ends = self.source_ends()
+            self.metrics.set_models(w.variants)
+            for stage in w.stages.values():
+                ck = stage.checkpoint
+                ck.sensors.append(self.metrics.sensor(w.models))
+                ck.on_flush_error = self.kafka_failed
+                ck.on_flushed = lambda: self.dependency_ok(self.health.kafka)
+                ck.offload = self.call
+            # the catalogue, the model and faust live as long as the process: keep the cyclic
+            # collector from rescanning them on every full collection; and collect the young
+            # generation less often (a batch allocates ~100 objects per event, and the state it
+            # keeps holds no cycles): a quarter of the worker's time went to the collector
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
+        return self.built
+
+    def source_ends(self) -> SourceEnds:
+        """The sessions partitions' end offsets for the warm stage's check of entries' sequences,
+        asked from a worker thread: the fetch high-watermark this consumer knows, else the broker
+        (through the event loop, within two seconds; unknown if it does not answer)."""
+        topic = self.settings.topic_sessions
+        loop = asyncio.get_running_loop()
+
+        def remote(src: int) -> int | None:
+            tp = TP(topic, src)
+            if threading.get_ident() == loop_thread:  # never block the loop on itself
+                return None
+            try:
+                return asyncio.run_coroutine_threadsafe(self.app.consumer.highwaters(tp), loop).result(2.0).get(tp)
+            except Exception:  # the broker away: the entries are taken unchecked, as before
+                return None
+
+        loop_thread = threading.get_ident()
+        return SourceEnds(lambda src: self.highwater(topic, src), remote)
+
+    def stop_partition(self, stop: PartitionStopped) -> None:
+        """A partition whose records fail whatever is done with them, or whose state cannot be
+        loaded: nothing more of it is applied or fetched until it is assigned again (a restart or
+        a rebalance), and /livez says so; its state and offset in Redis stay as they were."""
+        key = f"{stop.stage}/{stop.partition}"
+        self.health.stopped[key] = f"at offset {stop.offset}: {type(stop.error).__name__}: {stop.error}"[:500]
+        log.critical("%s partition %d stopped at offset %d: %r; its state in Redis is kept. /livez reports it; fix "
+                     "the cause and restart the worker", stop.stage, stop.partition, stop.offset, stop.error,
+                     exc_info=stop.error)
+        stage = self.built.stages.get(stop.stage) if self.built is not None else None
+        if stage is not None:
+            stage.runtimes.pop(stop.partition, None)
+        self.release(stop.stage, {stop.partition})
+
+    async def stop_fatally(self, exc: Exception) -> None:
+        self.health.fatal = str(exc)
+        log.critical("%s", exc)
+        await self.app.crash(exc)
+
+    # ---- positions ------------------------------------------------------------------------------
+    async def position(self, stage: Stage, partition: int, earliest: int, committed: int | None = None,
+                       applied: int | None = None) -> int:
+        """(Re)load a partition from Redis and decide where it resumes; waits out Redis outages."""
+        while True:
+            try:
+                rt = await self.call(stage.reload, partition)
+                resume = resume_offset(partition, rt.stored, earliest, committed, applied)
+                if rt.stored is None or resume.reason == "rolled_back":
+                    await self.call(rt.start_at, resume.offset)
+                self.redis_ok()
+                break
+            except TRANSIENT as exc:
+                self.redis_failed(exc)
+                await self.wait_for_redis()
+            except StateLost:
+                raise
+            except Exception as exc:  # its stored state cannot be loaded: stop it, loudly
+                self.stop_partition(PartitionStopped(stage.name, partition, committed if committed is not None
+                                                     else earliest, exc))
+                return committed if committed is not None else earliest
+        self.health.stopped.pop(f"{stage.name}/{partition}", None)
+        if resume.loud:
+            self.health.state_losses += 1
+            self.metrics.state_losses.inc()
+            log.error("%s (%s stage)", resume.detail, stage.name)
+        log.info("%s partition %d resumes at offset %d (%s)", stage.name, partition, rt.next_offset, resume.reason)
+        self.sought[(stage.topic, partition)] = time.monotonic()
+        return rt.next_offset
+
+    async def positions(self, committed, earliest) -> dict[TP, int]:
+        """Called by faust's recovery after every rebalance (see transport.py): every assigned
+        partition of the positioned topics is re-read from Redis and resumes where it says."""
+        w = await self.worker()
+        out = {}
+        try:
+            for stage in w.stages.values():
+                mine = {tp.partition for tp in committed if tp.topic == stage.topic}
+                self.release(stage.name)
+                for p in list(stage.runtimes):
+                    if p not in mine:
+                        del stage.runtimes[p]
+                for tp in sorted(tp for tp in committed if tp.topic == stage.topic):
+                    old = stage.runtimes.get(tp.partition)
+                    out[tp] = await self.position(stage, tp.partition, earliest.get(tp, 0), committed[tp],
+                                                  old.next_offset if old is not None else None)
+        except StateLost as exc:
+            await self.stop_fatally(exc)
+            raise
+        return out
+
+    async def seek(self, stage: Stage, partition: int, offset: int) -> None:
+        self.sought[(stage.topic, partition)] = time.monotonic()
+        await self.app.consumer.seek_wait({TP(stage.topic, partition): offset})  # in the consumer's thread
+
+    async def relocate(self, stage: Stage, partitions: list[int], applied: dict[int, int]) -> None:
+        """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
+        fence, or a Redis that came back empty or older). What was received for them is dropped:
+        the seek brings it again."""
+        self.release(stage.name, set(partitions))
+        for p in partitions:
+            self.metrics.relocations.inc()
+            tp = TP(stage.topic, p)
+            try:
+                earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+            except Exception as exc:  # the broker is away too: the next batch brings us back here
+                log.warning("%s partition %d: earliest offset unknown (%s); assuming 0", stage.name, p, exc)
+                earliest = 0
+            try:
+                offset = await self.position(stage, p, earliest, None, applied.get(p))
+            except StateLost as exc:
+                await self.stop_fatally(exc)
+                return
+            if p in stage.runtimes:
+                await self.seek(stage, p, offset)
+
+    def release(self, name: str, partitions: set[int] | None = None) -> None:
+        """Drop what a stage received and has not applied (acknowledged to faust unapplied)."""
+        for run in self.schedulers[name].release(partitions):
+            run.ack()
+        self.hold_ahead()
+
+    def release_all(self) -> None:
+        """Before faust waits for in-flight messages at a rebalance (transport.py)."""
+        for name in self.schedulers:
+            self.release(name)
+
+    def on_revoked(self, revoked: Iterable[TP]) -> None:
+        w = self.built
+        if w is None:
+            return
+        for stage in w.stages.values():
+            gone = {tp.partition for tp in revoked if tp.topic == stage.topic}
+            self.release(stage.name, gone)
+            for p in gone:
+                stage.runtimes.pop(p, None)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    async def consume(self, name: str, stream) -> None:
+        """An agent's body: each item is one fetched run of one partition (transport.py)."""
+        try:
+            await self._consume(name, stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # faust restarts the agent; /livez tells once it keeps crashing
+            where = self._at.get(name)
+            self.health.agent_crashed(name, exc, where)
+            log.error("%s agent crashed%s (%r); faust restarts it, and its partitions are re-read from Redis so "
+                      "what it had received comes again", name,
+                      f" at partition {where[0]} offset {where[1]}" if where else "", exc, exc_info=exc)
+            if self.built is not None and name in self.built.stages:  # what faust handed the dead agent is gone
+                stage = self.built.stages[name]
+                self.spawn(f"recover_{name}", lambda: self.relocate(stage, sorted(stage.runtimes), {}))
+            raise
+
+    async def _consume(self, name: str, stream) -> None:
+        scheduler = self.schedulers[name]
+        runs = stream.noack()
+        async for event in runs.events():
+            w = await self.worker()
+            stage = w.stages[name]
+            message = event.message
+            rt = stage.runtimes.get(message.partition)
+            if rt is None:  # not positioned yet, or revoked meanwhile: its owner replays from Redis
+                event.ack()
+                continue
+            self._at[name] = (message.partition, rt.next_offset)
+            records = event.value
+            if name == "predict":
+                records = await self.call(rt.decode, records)
+            scheduler.add(message.partition, event, records)
+            if scheduler.full() or runs.channel.empty():
+                await self.drain(name)
+
+    async def drain(self, name: str, force: bool = False) -> None:
+        """Apply what the stage's scheduler lets through now (all of it, batch by batch, while a
+        full batch is waiting)."""
+        w = await self.worker()
+        stage = w.stages[name]
+        scheduler = self.schedulers[name]
+        async with self.locks[name]:
+            while True:
+                clocks = {p: getattr(rt, "clock", 0.0) for p, rt in stage.runtimes.items()}
+                lagging = self.lagging(stage)
+                work, done = scheduler.take(clocks, lagging, force)
+                self.hold_ahead()
+                if not work:
+                    return
+                try:
+                    await self.apply(stage, work, lagging)
+                except TRANSIENT as exc:
+                    # the batch may or may not have been committed: Redis's offset will tell
+                    self.redis_failed(exc)
+                    applied = {p: rt.next_offset for p, rt in stage.runtimes.items()}
+                    await self.wait_for_redis()
+                    await self.relocate(stage, sorted(stage.runtimes), applied)
+                for run in done:
+                    run.ack()
+                if not scheduler.full():
+                    return
+
+    async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
+        """``lagging``: the stage's partitions with records on the broker not received yet."""
+        batch = []
+        if stage.name == "predict":  # partitions with work this batch takes nothing of: their clocks
+            waiting = lagging | {q for q, p in self.schedulers["predict"].pending.items() if p.records}
+            work = work + [(q, []) for q in sorted(waiting - {p for p, _ in work})]
+        for p, records in work:
+            rt = stage.runtimes.get(p)
+            if rt is None:
+                continue  # revoked meanwhile: its owner replays from Redis
+            if not records:
+                batch.append((rt, []))
+                continue
+            run = contiguous_run(records, rt.next_offset)
+            if not run:
+                ahead = [r[0] for r in records if r[0] > rt.next_offset]
+                if ahead and time.monotonic() - self.sought.get((stage.topic, p), 0.0) > RESEEK_SECONDS:
+                    log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name,
+                             p, rt.next_offset, min(ahead), max(ahead))
+                    self.release(stage.name, {p})
+                    await self.seek(stage, p, rt.next_offset)
+                continue  # only records already applied, or ones fetched before a seek
+            batch.append((rt, run))
+        if not any(run for _, run in batch):
+            return
+        result = await stage.checkpoint.run(batch)
+        self.settled(stage.name, result)
+        for out in result.fenced:  # the runtime said why (partition.py)
+            await self.relocate(stage, [out.partition], {out.partition: out.start_offset})
+        self.redis_ok()
+        self.update_gauges(self.built)
+
+    def settled(self, name: str, result) -> None:
+        """After a checkpoint: partitions it stopped, the stage's progress, entries applied late."""
+        for stop in result.stopped:
+            self.stop_partition(stop)
+        if result.committed:
+            self.health.progressed(name)
+        misrouted = sum(n for out in result.committed if out.changes is not None
+                        for k, n in out.changes.counters.get("contract", {}).items() if k.startswith("misrouted:"))
+        if misrouted:
+            self.health.events_misrouted(int(misrouted))
+        late = sum(out.late_entries for out in result.committed)
+        if late:
+            health = self.health
+            before = health.late_recently()
+            health.entries_late(late)
+            if before <= health.late_alert < before + late:
+                log.warning("the warm stage applied %d entries behind event time in the last minute (a source "
+                            "taken for idle was not: a predict partition paused or far behind); the cache figures "
+                            "are approximate meanwhile. /healthz says degraded", before + late)
+
+    def lagging(self, stage: Stage) -> set[int]:
+        """The stage's partitions with records on the broker it has not received (or whose end
+        it does not know yet)."""
+        scheduler = self.schedulers[stage.name]
+        out = set()
+        for p, rt in stage.runtimes.items():
+            pending = scheduler.pending.get(p)
+            received = pending.records[-1][0] + 1 if pending is not None and pending.records else rt.next_offset
+            high = self.highwater(stage.topic, p)
+            if high is None or high > received:
+                out.add(p)
+        return out
+
+    def hold_ahead(self) -> None:
+        """Stop fetching the partitions whose received records fill a batch (far ahead)."""
+        consumer = getattr(self.app, "_consumer", None)
+        w = self.built
+        if consumer is None or w is None or not hasattr(consumer, "hold"):
+            return
+        held = {TP(w.stages[n].topic, q) for n, s in self.schedulers.items() if n in w.stages for q in s.held}
+        for key in self.health.stopped:  # nothing of a stopped partition is applied: fetch none of it
+            name, q = key.split("/")
+            if name in w.stages:
+                held.add(TP(w.stages[name].topic, int(q)))
+        consumer.hold(held)
+
+    async def cut_overdue_batches(self) -> None:
+        """Timer: a batch whose oldest record waited ``SKIPCACHE_BATCH_WITHIN`` is cut now (not
+        waiting for a partition that sends nothing). The batch runs as its own task, so the
+        timer itself returns at once (faust warns about a timer that overlaps its interval)."""
+        if self.built is None:
+            return
+        now = time.monotonic()
+        for name, scheduler in self.schedulers.items():
+            if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
+                self.spawn(name, lambda name=name: self.drain(name, force=True))
+
+    # ---- timers ---------------------------------------------------------------------------------
+    def highwater(self, topic: str, partition: int) -> int | None:
+        try:
+            return self.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not fetched yet
+            return None
+
+    def lag(self, topic: str, partition: int, next_offset: int) -> int | None:
+        """Records behind the fetch high-watermark; None before the first fetch."""
+        high = self.highwater(topic, partition)
+        return None if high is None else max(0, high - next_offset)
+
+    def lags(self, w: Worker) -> dict[str, int]:
+        """``stage/partition`` -> records behind the fetch high-watermark."""
+        out = {}
+        for stage in w.stages.values():
+            for part, rt in stage.runtimes.items():
+                behind = self.lag(stage.topic, part, rt.next_offset)
+                if behind is not None:
+                    out[f"{stage.name}/{part}"] = behind
+        return out
+
+    def update_gauges(self, w: Worker) -> None:
+        m = self.metrics
+        p = w.policy
+        m.threshold.labels("medium").set(p.threshold)
+        m.threshold.labels("fast").set(p.fast_threshold)
+        warm = w.stages.get("warm")
+        if warm is not None:
+            m.cost.set(sum(rt.warmer.tiers.cost_per_day for rt in warm.runtimes.values()))
+        for key, lag in self.lags(w).items():
+            stage, part = key.split("/")
+            m.lag.labels(stage, part).set(lag)
+
+    def readiness(self) -> tuple[bool, dict]:
+        w = self.built
+        current = self.lags(w) if w is not None else {}
+        if w is not None:
+            self.health.observe({f"{s.name}/{p}": rt.next_offset for s in w.stages.values()
+                                 for p, rt in s.runtimes.items()})
+        ready, body = self.health.report(current)
+        self.metrics.ready.set(1 if ready else 0)
+        for key in current:
+            stage, part = key.split("/")
+            self.metrics.stalled.labels(stage, part).set(1 if key in body["stalled_partitions"] else 0)
+        if w is not None:
+            for stage in w.stages.values():  # every partition's series, zero while all is well
+                for p in range(stage.partitions):
+                    key = f"{stage.name}/{p}"
+                    self.metrics.stopped_partitions.labels(stage.name, str(p)).set(1 if key in self.health.stopped else 0)
+                    self.metrics.unowned.labels(stage.name, str(p)).set(1 if key in self.health.unowned else 0)
+            body.update(stages={s.name: sorted(s.runtimes) for s in w.stages.values()},
+                        model=w.artifact.model, model_version=w.artifact.version)
+            if self.metrics.contract_totals:  # what producers send otherwise than the contract asks
+                body["producers"] = dict(self.metrics.contract_totals)
+            warm = w.stages.get("warm")
+            if warm is not None:
+                body["thresholds_in_use"] = {str(p): [rt.policy.threshold, rt.policy.fast_threshold]
+                                             for p, rt in warm.runtimes.items()}
+        return ready, body
+
+    async def backlog(self, topic: str, store, partitions: list[int]) -> dict[int, tuple[int, int]] | None:
+        """Partition -> (its offset in Redis, records on the broker past it), for any worker's
+        partitions (None: the broker or Redis away now; their own checks report it)."""
+        tps = [TP(topic, p) for p in partitions]
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
+            offsets = await self.call(lambda: [store.offset(p) for p in partitions])
+        except Exception:  # noqa: BLE001 - a timeout, the broker's or Redis's error
+            return None
+        return {p: (offset, ends.get(tp, 0) - offset) for p, tp, offset in zip(partitions, tps, offsets)}
+
+    async def sources_behind(self, w: Worker) -> set[int] | None:
+        """Sessions partitions holding records their predict stage has not committed (None: not
+        known now). A silent source among them is slow, not idle (``stages/warm.py``)."""
+        s = self.settings
+        behind = await self.backlog(s.topic_sessions, w.store, list(range(s.partitions)))
+        return None if behind is None else {p for p, (_, lag) in behind.items() if lag > 0}
+
+    async def release_idle_entries(self) -> None:
+        """The warm stage holds entries back until every predict partition's clock has passed
+        them; once a source goes quiet (idle), what it held back is released here."""
+        w = self.built
+        warm = w.stages.get("warm") if w is not None else None
+        if warm is None:
+            return
+        now = time.time()
+        waiting = {q: rt for q, rt in list(warm.runtimes.items()) if rt.waits_on_quiet_source(now)}
+        if not waiting:  # a steady flow: the batches themselves move the watermark
+            return
+        behind = await self.sources_behind(w)
+        if behind is not None:
+            for rt in warm.runtimes.values():
+                rt.behind = behind
+        # only a partition that has read all there is can tell a silent source from its own lag
+        done = [rt for q, rt in waiting.items() if self.lag(warm.topic, q, rt.next_offset) == 0]
+        if not done:
+            return
+        async with self.locks["warm"]:
+            try:
+                result = await warm.checkpoint.run([(rt, []) for rt in done])
+            except TRANSIENT as exc:
+                self.redis_failed(exc)  # the batch loop does the waiting and re-reading
+                return
+        self.settled("warm", result)
+        for out in result.fenced:
+            await self.relocate(warm, [out.partition], {out.partition: out.start_offset})
+
+    async def refresh_thresholds(self) -> None:
+        w = self.built
+        if w is None:
+            return
+        try:
+            await self.call(w.refresh_thresholds)
+            self.redis_ok()
+        except TRANSIENT as exc:
+            self.redis_failed(exc)  # keep the thresholds in force; the batch loop does the waiting
+        self.update_gauges(w)
+
+    async def check_kafka(self, topics: dict[str, tuple[str, int]]) -> None:
+        """Kafka is up when the topics' earliest offsets can be read, within two seconds. The
+        check runs as its own task (the timer returns at once: faust warns of a timer that
+        overlaps its interval, as a check waiting on a broker that is away would)."""
+        self.spawn("check_kafka", lambda: self._check_kafka(topics))
+
+    def spawn(self, name: str, coroutine: Callable) -> None:
+        """Run ``coroutine()`` as a task named ``name`` unless the last one is still running."""
+        running = self._cutting.get(name)
+        if running is None or running.done():
+            task = self._cutting[name] = asyncio.ensure_future(coroutine())
+            task.add_done_callback(_log_failure)
+
+    async def _check_kafka(self, topics: dict[str, tuple[str, int]]) -> None:
+        try:
+            await asyncio.wait_for(self.app.consumer.earliest_offsets(
+                *(TP(topic, p) for topic, n in topics.values() for p in range(n))), 2.0)
+        except Exception as exc:  # TimeoutError after 2 s, or the broker's own error
+            self.dependency_failed(self.health.kafka, exc, "the consumer keeps retrying")
+        else:
+            self.dependency_ok(self.health.kafka)
+        self.summarise_noise()
+        self.readiness()
+
+    async def check_group(self) -> None:
+        self.spawn("check_group", self._check_group)
+
+    async def _check_group(self) -> None:
+        """Timer: partitions of this worker's stages that it does not own, with lag, whose offset
+        in Redis has not moved for ``SKIPCACHE_UNOWNED_SECONDS``: no consumer in the group works
+        on them (a worker died and the group has not noticed yet, or one is stuck)."""
+        w = self.built
+        if w is None:
+            return
+        if not any(stage.runtimes for stage in w.stages.values()):
+            self.health.unowned = {}  # not in the group yet (or between assignments): nothing to compare
+            return
+        now, limit = time.monotonic(), self.settings.unowned_seconds
+        unowned, seen = {}, {}
+        for stage in w.stages.values():
+            others = [p for p in range(stage.partitions) if p not in stage.runtimes]
+            if not others:
+                continue
+            behind = await self.backlog(stage.topic, stage.store, others)
+            if behind is None:
+                return
+            for p, (offset, lag) in behind.items():
+                key = f"{stage.name}/{p}"
+                if lag <= 0:
+                    continue  # nothing to do there: whether anybody owns it does not show, nor matter
+                last = self._others.get(key)  # since when it has had lag at this offset
+                seen[key] = last if last is not None and last[0] == offset else (offset, now)
+                if now - seen[key][1] >= limit:
+                    unowned[key] = lag
+        self._others = seen
+        gone = self.health.unowned.keys() - unowned.keys()
+        for key in sorted(unowned.keys() - self.health.unowned.keys()):
+            log.warning("%s partition %s has %d records to do and no consumer in the group moves it (a worker "
+                        "gone and the group not rebalanced yet, or one stuck)", *key.split("/"), unowned[key])
+        for key in sorted(gone):
+            log.info("%s partition %s moves again", *key.split("/"))
+        self.health.unowned = unowned  # its gauges: at the next readiness (every second, and each scrape)
+
+    async def close_sinks(self) -> None:
+        w = self.built
+        if w is not None:
+            for stage in w.stages.values():
+                for sink in stage.checkpoint.sinks.values():
+                    await sink.close()
+        self.executor.shutdown(wait=False)

@@ -1,0 +1,103 @@
+"""The wire form of the predict stage's entries (``cache_warmer/entries.py``): one Kafka message
+per (predict batch, warm partition), so the warm stage pays Kafka's and Faust's per-message cost
+once per batch rather than once per play.
+
+    {"v": 1, "src": <sessions partition>, "t": <event time of its batch's last event>,
+     "e": [[seq, kind, ...], ...]}
+
+``seq`` is the offset of the event in its sessions partition: with ``src`` it identifies what the
+warm stage has applied (a predict batch replayed after a crash re-sends the same offsets). Every
+predict batch sends one to every warm partition, entries or not: ``t`` is the source's clock,
+from which the warm stage knows how far every source has come (``warm.py``).
+
+The topic is a contract like the sessions topic: anything can be produced to it, and one value
+the warm stage believed (a phantom source, a clock in the year 3000, a sequence of 10**12) would
+move its watermark or its duplicate filter for good. So ``decode`` checks every field's type and
+the values it can check alone (a known source, times within the sessions topic's window, entry
+times not past the message's clock); the warm stage checks the sequences against the source's end
+offset. What fails is rejected with a reason (dead-lettered, counted), never applied."""
+from __future__ import annotations
+
+import math
+
+import orjson
+
+from cache_warmer.entries import PLAY, RESOLVED, UPCOMING
+from models.parsing import TRACK_ID_LEN, TimeWindow
+from models.rejections import Rejected
+
+VERSION = 1
+_LENGTH = {PLAY: 8, UPCOMING: 6, RESOLVED: 8}
+_VARIANTS = ("A", "B", None)
+MAX_ENTRIES = 200_000
+"""Entries one message may carry: a predict batch (SKIPCACHE_BATCH_SIZE events) makes at most
+three per event."""
+
+
+def encode(source_partition: int, clock: float, entries: list[tuple]) -> bytes:
+    return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries})
+
+
+def _int(v) -> bool:
+    return type(v) is int and 0 <= v < 2**63
+
+
+def _track(v) -> bool:
+    return type(v) is str and len(v) == TRACK_ID_LEN
+
+
+def _bad(entry, why: str) -> Rejected:
+    return Rejected("bad_entries", f"entry {str(entry)[:80]}: {why}")
+
+
+def check_entry(entry, last: int, clock: float, earliest: float) -> int:
+    """The entry's seq if it is a well-formed entry at or after ``last`` and within
+    [``earliest``, ``clock``] in time; else ``Rejected`` naming what is wrong."""
+    if type(entry) is not list or len(entry) < 3 or _LENGTH.get(entry[1]) != len(entry):
+        raise _bad(entry, "not an entry")
+    seq, kind, ts = entry[0], entry[1], entry[2]
+    if not _int(seq) or seq < last:
+        raise _bad(entry, "sequence not a non-negative integer in order")
+    if type(ts) not in (float, int) or not earliest <= ts <= clock:
+        raise _bad(entry, "time not a number between the era's start and the message's clock")
+    if kind == UPCOMING:
+        scores = entry[5]
+        if not _track(entry[3]) or entry[4] not in _VARIANTS or type(scores) is not list or not scores or not all(
+                s is None or type(s) in (float, int) and 0.0 <= s <= 1.0 for s in scores):
+            raise _bad(entry, "needs a track id, a variant and scores in [0, 1] (or null)")
+    elif not (_int(entry[3]) and _int(entry[4]) and _int(entry[5]) and _track(entry[6])) or (
+            entry[7] not in _VARIANTS if kind == PLAY else type(entry[7]) is not int or entry[7] not in (0, 1)):
+        raise _bad(entry, "needs user, session and play number as integers, a track id and a "
+                   + ("variant" if kind == PLAY else "label of 0 or 1"))
+    return seq
+
+
+def decode(value: bytes | None, sources: int | None = None, reference: float | None = None,
+           window: TimeWindow = TimeWindow()) -> tuple[int, float, list[list]]:
+    """(source partition, its clock, entries), or ``Rejected`` saying what is wrong with it.
+    ``sources``: the sessions topic's partitions (None: not checked); ``reference``: the message's
+    Kafka timestamp, against which the clock may be at most ``window.max_ahead`` ahead."""
+    if value is None:
+        raise Rejected("empty_message")
+    try:
+        msg = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise Rejected("bad_json") from None
+    if not isinstance(msg, dict) or msg.get("v") != VERSION:
+        raise Rejected("unknown_entries_version", f"expected v={VERSION}")
+    src, clock, entries = msg.get("src"), msg.get("t"), msg.get("e")
+    if (not _int(src) or type(clock) not in (float, int) or not math.isfinite(clock)
+            or type(entries) is not list):
+        raise Rejected("bad_entries", "needs src (a partition), t (a time) and e (a list)")
+    if sources is not None and src >= sources:
+        raise Rejected("unknown_source", f"sessions partition {src}: the topic has {sources}")
+    if clock < window.earliest:
+        raise Rejected("clock_before_era", f"t={clock}")
+    if reference is not None and clock > reference + window.max_ahead:
+        raise Rejected("clock_in_future", f"t={clock} is {clock - reference:,.0f} s past the message's timestamp")
+    if len(entries) > MAX_ENTRIES:
+        raise Rejected("bad_entries", f"{len(entries):,} entries in one message")
+    last, earliest = -1, window.earliest
+    for entry in entries:
+        last = check_entry(entry, last, clock, earliest)
+    return src, float(clock), entries
