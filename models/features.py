@@ -102,13 +102,16 @@ class FeatureEngine:
         self._decay_rate = math.log(2) / (self.config.user_half_life_days * 86400.0)
         self._gap = self.config.session_gap_seconds
         self._gap_heap: list[tuple[float, int, int]] = []
+        """(start, user, session): one entry per session with a pending play, at that play's
+        start or an earlier one of the session (moved to the later one when it comes up), so the
+        heap holds the open sessions, not every play of the last gap."""
+        self._gap_keys: set[tuple[int, int]] = set()
+        """The sessions in ``_gap_heap``."""
         self._held: dict[tuple[int, int, str], tuple[float, dict]] = {}
         """(user, session, track) -> (time, event) of skips waiting for their play."""
         self._held_heap: list[tuple[float, int, int, str]] = []
         self.repaired: dict[str, int] = {}
         """Events taken though they came out of order, by how (``skip_before_play``)."""
-        """(start, user, session) of every play that was pending when it started: the plays the
-        session-gap rule may end (stale entries are skipped when they come up)."""
         self._track_cache: dict[str, tuple] = {}
         self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
 
@@ -256,7 +259,9 @@ class FeatureEngine:
             sess[S_PENDING_BUCKET] = self._bucket(uid, track) if self.use_genres else -1
             sess[S_PENDING_TS] = e.ts
             st.dirty_sessions.add(key)
-            heappush(heap, (e.ts, uid, e.session_id))
+            if key not in self._gap_keys:
+                self._gap_keys.add(key)
+                heappush(heap, (e.ts, uid, e.session_id))
             upcoming = None
             if e.next_track_id is not None:
                 upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour, who)
@@ -299,13 +304,18 @@ class FeatureEngine:
         """End the sessions whose pending play started more than the gap before ``now``: the
         play resolves as played in full at its start plus the gap (the same moment whichever
         event, of whichever partition, comes first past it)."""
-        st, heap, gap = self.state, self._gap_heap, self._gap
+        st, heap, gap, keys = self.state, self._gap_heap, self._gap, self._gap_keys
         while heap and heap[0][0] < now - gap:
             ts, uid, sid = heappop(heap)
             key = (uid, sid)
             sess = st.sessions.get(key)
-            if sess is None or sess[S_PENDING_TRACK] is None or sess[S_PENDING_TS] != ts:
-                continue  # resolved since, or a later play of the session is pending
+            if sess is None or sess[S_PENDING_TRACK] is None:
+                keys.discard(key)  # resolved since
+                continue
+            if sess[S_PENDING_TS] != ts:  # a later play of the session is pending: wait for that one
+                heappush(heap, (sess[S_PENDING_TS], uid, sid))
+                continue
+            keys.discard(key)
             self._end_session(key, ts + gap, resolved)
             u = st.users.get(uid)
             if u is not None and sid in u[U_SESSION]:
@@ -334,18 +344,26 @@ class FeatureEngine:
     def due(self, until: float) -> list[tuple[int, int]]:
         """(user, session) of the pending plays an event at ``until`` would end by the gap rule:
         the sessions a store-backed caller must have loaded before such an event."""
-        limit = until - self._gap
-        return [(uid, sid) for ts, uid, sid in self._gap_heap if ts < limit]
+        limit, heap = until - self._gap, self._gap_heap
+        out, todo = [], [0] if heap else []
+        while todo:  # the heap's entries below the limit: a parent is never later than its children
+            i = todo.pop()
+            if i < len(heap) and heap[i][0] < limit:
+                out.append(heap[i][1:])
+                todo += (2 * i + 1, 2 * i + 2)
+        return out
 
     def watch(self, pending: dict[tuple[int, int], tuple]) -> None:
         """After a restart: the plays still pending (``(user, session) -> (..., start)``, the
         prediction ledger's) come under the gap rule again."""
         self._gap_heap = [(entry[-1], uid, sid) for (uid, sid), entry in pending.items()]
+        self._gap_keys = set(pending)
         heapify(self._gap_heap)
 
     def flush(self, ts: float) -> list[Resolution]:
         """End every open session (the data ended): their pending plays were played in full."""
         self._gap_heap.clear()
+        self._gap_keys.clear()
         for _, event in self._held.values():
             self.rejections.add("orphan_skip", event)
         self._held.clear()

@@ -12,7 +12,7 @@ from datetime import date
 from .events import (AD, AUDIO_FIELDS, BUY_PREMIUM, EVENT_TYPES, LIKE, PLAY, SKIP, TRACK_EVENTS, Event, Storage,
                      Track, User, iso_utc)
 from .contract import (EVENT_TYPE_WHITESPACE, ISO_TIMESTAMP_RE, KIND_ALIASES, MAX_EPOCH_MS, MAX_EVENT_TYPE_LEN,
-                       MAX_ID, MAX_TIMESTAMP_LEN, TRACK_ID_LEN, is_track_id)
+                       MAX_ID, MAX_TIMESTAMP_LEN, is_track_id)
 from .rejections import Rejected
 
 EVENT_ALIASES = {alias: kind for kind, spellings in KIND_ALIASES.items() for alias in spellings}
@@ -177,7 +177,7 @@ def parse_event(obj: object) -> Event:
     else:
         ts, hour = parse_timestamp(ts_raw)
     if kind in TRACK_EVENTS:
-        if type(track) is not str or len(track) != TRACK_ID_LEN or not track.isalnum() or not track.isascii():
+        if not is_track_id(track):
             track = _track_id(track, True)
     elif track is not None:
         track = _track_id(track, False)

@@ -23,7 +23,8 @@ import pyarrow.json as pj
 
 from models.columns import DTYPES, KIND_CODE, EventColumns
 from models.events import TRACK_EVENTS
-from models.parsing import _EXACT, MAX_ID, TRACK_ID_LEN, TimeWindow, event_kind, parse_event
+from models.contract import is_track_id
+from models.parsing import _EXACT, MAX_ID, TimeWindow, event_kind, parse_event
 from models.rejections import Rejected, Rejections
 
 ISO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?$"
@@ -231,7 +232,7 @@ class SessionReader:
     def _track_code(self, value: str) -> int:
         if value == "":
             return _EMPTY  # None where a track may be absent, missing where it may not
-        if len(value) != TRACK_ID_LEN or not value.isalnum() or not value.isascii():
+        if not is_track_id(value):
             return _BAD
         return self._intern(value)
 

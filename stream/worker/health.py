@@ -79,19 +79,11 @@ class Health:
     def misrouted_recently(self, now: float | None = None) -> int:
         """Events of users whose partition is another, in the last ``LATE_WINDOW`` seconds: their
         users' history is split, so the figures are wrong while it lasts."""
-        now = time.monotonic() if now is None else now
-        seen = self.misrouted
-        while seen and now - seen[0][0] > LATE_WINDOW:
-            seen.popleft()
-        return sum(n for _, n in seen)
+        return _in_window(self.misrouted, now)
 
     def late_recently(self, now: float | None = None) -> int:
         """Entries applied late in the last ``LATE_WINDOW`` seconds."""
-        now = time.monotonic() if now is None else now
-        late = self.late_entries
-        while late and now - late[0][0] > LATE_WINDOW:
-            late.popleft()
-        return sum(n for _, n in late)
+        return _in_window(self.late_entries, now)
 
     def agent_crashed(self, stage: str, error: BaseException, where: tuple[int, int] | None = None) -> None:
         """``where``: (partition, offset) the agent was working on."""
@@ -153,3 +145,11 @@ class Health:
                 "misrouted_events_last_minute": misrouted,
                 "state_losses": self.state_losses}
         return ready, body
+
+
+def _in_window(seen: deque, now: float | None) -> int:
+    """The sum of the ``(when, how many)`` of the last ``LATE_WINDOW`` seconds (older ones dropped)."""
+    now = time.monotonic() if now is None else now
+    while seen and now - seen[0][0] > LATE_WINDOW:
+        seen.popleft()
+    return sum(n for _, n in seen)

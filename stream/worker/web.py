@@ -17,7 +17,7 @@ import faust
 import orjson
 import redis
 
-from models.parsing import TRACK_ID_LEN
+from models.contract import TRACK_ID_LEN
 
 from stream.settings import Settings
 from stream.worker.checkpoint import TRANSIENT

@@ -4,6 +4,7 @@ has ended. The same rule in training, the simulation and the worker (one engine)
 from models.events import PLAY, SKIP, Event
 from models.features import EngineConfig, FeatureEngine
 from models.labels import FULL, SKIPPED
+from models.state import S_PENDING_TRACK, S_PENDING_TS
 
 A, B = "m92ShLjHYUKj2mUeydGsdp", "Rh1XQPU9JNI5V4uzQTgAwZ"
 
@@ -89,3 +90,20 @@ def test_the_predictor_opens_the_play_before_its_early_skip_resolves_it():
     predictor.process([_skip(100, 1, 10), _play(40, 1, 10)], [0, 1])
     f = predictor.ledger.figures["m"]
     assert (f.tp, f.fp, f.tn, f.fn) == (0, 1, 0, 0)  # predicted full (0.9), was skipped: counted
+
+
+def test_the_heap_holds_a_session_once_and_due_finds_every_session_the_rule_will_end():
+    import random
+
+    rnd = random.Random(3)
+    engine = FeatureEngine(config=EngineConfig(session_gap_seconds=1800))
+    ts = 0.0
+    for _ in range(3000):
+        ts += rnd.expovariate(1 / 20)
+        user = rnd.randrange(40)
+        engine.observe(_play(ts, user, user * 10 + rnd.randrange(3), rnd.choice((A, B))))
+        assert len(engine._gap_heap) == len(engine._gap_keys) <= len(engine.state.sessions) + 40 * 3
+        until = ts + rnd.uniform(0, 3600)
+        pending = {k for k, s in engine.state.sessions.items()
+                   if s[S_PENDING_TRACK] is not None and s[S_PENDING_TS] < until - 1800}
+        assert pending <= set(engine.due(until))

@@ -23,7 +23,8 @@ import math
 import orjson
 
 from cache_warmer.entries import PLAY, RESOLVED, UPCOMING
-from models.parsing import TRACK_ID_LEN, TimeWindow
+from models.contract import TRACK_ID_LEN
+from models.parsing import TimeWindow
 from models.rejections import Rejected
 
 VERSION = 1
