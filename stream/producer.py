@@ -15,7 +15,7 @@ from models.events import PLAY, Event
 from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected, Rejections
 
-from stream.kafka_io import user_key
+from stream.kafka_io import client_config, user_key
 
 
 @dataclass
@@ -33,32 +33,13 @@ class ReplaySummary:
                 f"{self.seconds:.1f} s: {self.rate:,.0f} events/s")
 
 
-SLOW_STEP_SECONDS = 2.0
-"""kafka-python 3 warns that a task "is blocking the event loop" when one step of its network
-thread takes over 0.1 s. In a producer fed by a tight loop that is the loop holding the GIL, not
-a blocked network: a step is called slow here from 2 s."""
-
-
-def _client_factory():
-    try:
-        from kafka.net.compat import KafkaNetClient  # kafka-python 3: the client the producer makes by default
-    except ImportError:  # kafka-python 2 has no such check
-        return None
-
-    def client(**configs):
-        return KafkaNetClient(slow_task_threshold_secs=SLOW_STEP_SECONDS, **configs)
-
-    return client
-
-
 def make_producer(bootstrap: str):
     from kafka import KafkaProducer
 
-    factory = _client_factory()
     # acks=1 and no idempotence: a replay is a test load, and Tansu's producer-id support is young
     return KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=20, batch_size=256 * 1024,
                          max_in_flight_requests_per_connection=1,  # keep per-partition order on retries
-                         retries=5, request_timeout_ms=30_000, **({"kafka_client": factory} if factory else {}))
+                         retries=5, request_timeout_ms=30_000, **client_config())
 
 
 def replay(events: list[Event], bootstrap: str, topic: str, speed: float | None = None, limit: int | None = None,

@@ -244,7 +244,9 @@ def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 20.0)
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    from stream.kafka_io import client_config
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **client_config())
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]

@@ -9,7 +9,8 @@ from kafka import KafkaConsumer, TopicPartition
 from stream.cli import main
 from stream.cli.services import create_topics
 from stream.kafka_io import partition_of
-from stream.producer import SLOW_STEP_SECONDS, make_producer
+from stream.kafka_io import SLOW_STEP_SECONDS, client_config
+from stream.producer import make_producer
 
 pytestmark = pytest.mark.integration
 TRACK = "m92ShLjHYUKj2mUeydGsdp"
@@ -63,3 +64,15 @@ def test_the_producer_does_not_call_a_busy_loop_a_blocked_one(servers):
             assert net.config["slow_task_threshold_secs"] == SLOW_STEP_SECONDS
     finally:
         producer.close()
+
+
+def test_the_admin_client_topics_are_made_with_has_the_same_threshold(servers):
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{servers[0].port}", **client_config())
+    try:
+        net = getattr(admin._client, "_net", None)
+        if net is not None:
+            assert net.config["slow_task_threshold_secs"] == SLOW_STEP_SECONDS
+    finally:
+        admin.close()
