@@ -25,14 +25,21 @@ from .predictor import PENDING_HORIZON, SWEEP_EVERY, drop_abandoned
 from .tiers import FAST, MEDIUM, SLOW, Move, TierState
 
 
+HOUR = 3600.0
+HOURS_KEPT = 24 * 14
+"""Hours of event time whose value a warmer keeps (``hours``): the window advice can look back."""
+
+
 class CacheWarmer:
     def __init__(self, policy: CachePolicy, tiers: TierState, count_from: float = -math.inf,
-                 emit: bool = False, trace: bool = False, columns: Sequence[str] = ()):
+                 emit: bool = False, trace: bool = False, columns: Sequence[str] = (), hours: bool = False):
         """``columns``: the score columns of the upcoming entries (the policy reads its
         scorer's). ``emit``: hand back decisions (the worker publishes them; the simulation
         only needs the counters). ``trace``: also hand back, in the order they happened, every
         play with the tier this shard believed its track in, between the decisions
-        (``storage_audit.py`` checks those beliefs against one shared placement)."""
+        (``storage_audit.py`` checks those beliefs against one shared placement). ``hours``:
+        also keep, per hour of event time, [full-play hits, promotions, storage cost] of the
+        counted window (``advice.py`` weighs thresholds by them)."""
         self.tiers = tiers
         self.column = list(columns).index(policy.scorer) if policy.scorer in columns else -1
         self.policy = policy  # a property: sets the hooks too
@@ -49,6 +56,7 @@ class CacheWarmer:
         self._last_ts = -math.inf
         self._next_sweep = -math.inf
         self._moves: list[Move] = []
+        self.hours: dict[int, list] | None = {} if hours else None
 
     @property
     def policy(self) -> CachePolicy:
@@ -86,7 +94,10 @@ class CacheWarmer:
         if ts > self.count_from:
             start = max(last, self.count_from)
             if start > -math.inf:
-                f.cost_area += self.tiers.cost_per_day * (ts - start) / 86400.0
+                cost = self.tiers.cost_per_day * (ts - start) / 86400.0
+                f.cost_area += cost
+                if self.hours is not None:
+                    self._hour(ts)[2] += cost
             if math.isnan(f.window_start):
                 f.window_start = ts
             f.window_end = ts
@@ -167,6 +178,8 @@ class CacheWarmer:
             if tier == FAST:
                 f.promotions_fast += 1
             f.day(ts)[4] += 1
+            if self.hours is not None:
+                self._hour(ts)[1] += 1
         if self.emit:
             d = decision(track, src, tier, reason, score, ts, self.policy.name, variant)
             self.effects.decisions.append(d)
@@ -220,6 +233,18 @@ class CacheWarmer:
             if tier != SLOW:
                 f.full_play_hits += 1
                 row[3] += 1
+                if self.hours is not None:
+                    self._hour(ts)[0] += 1
+
+    def _hour(self, ts: float) -> list:
+        h = int(ts // HOUR)
+        row = self.hours.get(h)
+        if row is None:
+            row = self.hours[h] = [0, 0, 0.0]
+            if len(self.hours) > HOURS_KEPT:  # hours arrive in time order: the oldest go
+                for old in sorted(self.hours)[:len(self.hours) - HOURS_KEPT]:
+                    del self.hours[old]
+        return row
 
 
 def warmer_state(w: CacheWarmer) -> dict:
@@ -230,7 +255,8 @@ def warmer_state(w: CacheWarmer) -> dict:
             "open": list(w.open_promotions.items()),
             "figures": {name: getattr(f, name) for name in Figures.CACHE},
             "cost_area": f.cost_area, "window": [f.window_start, f.window_end],
-            "last_ts": w._last_ts, "next_sweep": w._next_sweep}
+            "last_ts": w._last_ts, "next_sweep": w._next_sweep,
+            **({"hours": [[h, *row] for h, row in sorted(w.hours.items())]} if w.hours is not None else {})}
 
 
 def load_warmer_state(w: CacheWarmer, state: dict) -> None:
@@ -243,6 +269,8 @@ def load_warmer_state(w: CacheWarmer, state: dict) -> None:
     w.figures.window_start, w.figures.window_end = (math.nan if v is None else v for v in state["window"])
     w._last_ts = -math.inf if state["last_ts"] is None else state["last_ts"]
     w._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]
+    if w.hours is not None:
+        w.hours = {int(row[0]): list(row[1:]) for row in state.get("hours", ())}
 
 
 def policy_figures(warmers: list[CacheWarmer], accuracy: Sequence[Figures] = ()) -> dict:

@@ -149,7 +149,8 @@ class Worker:
         owner = self.track_partition
         return WarmRuntime(partition, self.store.stage("warm"), self.catalogue, self.policy, self.tier_config,
                            lambda track: owner(track) == partition, self.models, sources=self.settings.partitions,
-                           window=self.window, source_ends=self.source_ends)
+                           window=self.window, source_ends=self.source_ends,
+                           shadow_thresholds=self.settings.shadows)
 
     def refresh_thresholds(self) -> None:
         """Read the thresholds operators set in Redis and hand them to every partition."""
@@ -222,6 +223,7 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
                  sinks: dict[str, dict[str, Sink]] | None = None, sensors: list[Sensor] | None = None) -> Worker:
     """The worker's parts: those passed in, the others built from ``settings``. ``sinks``: each
     stage's sinks by name (see ``build_sinks``); ``sensors``: told of every committed batch."""
+    settings.shadows  # a bad SKIPCACHE_SHADOW_THRESHOLDS is a clear error here, not a stopped partition
     catalogue = load_catalogue(settings) if catalogue is None else catalogue
     engine_features = FeatureEngine(catalogue).feature_names
     if artifact is None:

@@ -60,6 +60,11 @@ class Settings:
                           "both answer 403; at least 16 characters to bind a non-loopback address)")
     threshold: float = _env("SKIPCACHE_THRESHOLD", 0.5, "P(full) at or above which an upcoming track is promoted to medium")
     fast_threshold: float = _env("SKIPCACHE_FAST_THRESHOLD", 0.95, "P(full) at or above which it goes to fast (a fast slot costs ~8x slow)")
+    shadow_thresholds: str = _env("SKIPCACHE_SHADOW_THRESHOLDS", "", "thresholds of the shadow placements each "
+                                  "warm partition runs beside the live one, counting only (e.g. 0.3,0.4,0.6,0.7; "
+                                  "empty: none; README: Operating the threshold)")
+    hit_value: float = _env("SKIPCACHE_HIT_VALUE", 0.002, "what a full-play hit is worth, in the storage cost's unit "
+                            "(net value = hits x this - transfer - storage; `threshold advise` weighs by it)")
     fast_capacity: int = _env("SKIPCACHE_FAST_CAPACITY", 0, "tracks the fast tier holds (0: 1% of the catalogue)")
     medium_capacity: int = _env("SKIPCACHE_MEDIUM_CAPACITY", 0, "tracks the medium tier holds (0: 10% of the catalogue)")
     transfer_cost: float = _env("SKIPCACHE_TRANSFER_COST", 0.0005, "cost of one promotion (moving a track up)")
@@ -102,6 +107,12 @@ class Settings:
         """Every topic skipcache uses, with the partitions it creates it with."""
         return {self.topic_sessions: self.partitions, self.topic_entries: self.warm_partitions,
                 self.topic_commands: 1, self.topic_dead_letter: 1}
+
+    @property
+    def shadows(self) -> tuple[float, ...]:
+        from cache_warmer.shadows import parse_shadow_thresholds
+
+        return parse_shadow_thresholds(self.shadow_thresholds)
 
     @property
     def stages(self) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from models.features import EngineConfig
 from stream.export_summary import summarize_export
 from stream.files import Dataset, DataError, read_dataset
 from stream.kafka_io import partition_of, track_partition_of
+from stream.worker import advice
 from stream.settings import Settings
 
 
@@ -127,7 +128,7 @@ class CacheOptions:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> "CacheOptions":
         return cls(settings.fast_capacity, settings.medium_capacity, settings.transfer_cost,
-                   settings.cold_after_hours, settings.fast_threshold, **overrides)
+                   settings.cold_after_hours, settings.fast_threshold, **{"hit_value": settings.hit_value, **overrides})
 
     def tiers(self, catalogue: Catalogue, events: "EventColumns | list[Event]") -> TierConfig:
         return TierConfig.for_catalogue(catalogue, self.fast_capacity, self.medium_capacity, self.transfer_cost,
@@ -178,6 +179,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
     tiers = tier_config_for(settings, catalogue)
     warm_store = store.stage("warm")
     warmers = []
+    shadows: dict[str, list[CacheWarmer]] = {}  # threshold label -> its warmer in each warm partition
     received: dict[int, dict[str, int]] = {}  # warm partition -> source partition -> offset taken in
     queued = 0  # entries taken in, waiting for the watermark
     late = 0  # entries applied behind event time already applied
@@ -191,6 +193,11 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
             queued += sum(len(entries) for entries in state.get("queues", {}).values())  # the older layout
             queued += sum(len(warm_store.queue(q, int(src))) for src in state.get("queued", ()))
             late += state.get("late", 0)
+            for name, shadow_state in state.get("shadows", {}).items():
+                t = float(name)
+                sw = CacheWarmer(ThresholdPolicy(f"shadow:{name}", "model", t, t), TierState(tiers, Catalogue()))
+                load_warmer_state(sw, shadow_state)
+                shadows.setdefault(name, []).append(sw)
         warmers.append(w)
     accuracy = []
     behind = 0
@@ -209,7 +216,27 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
     fig["events_by_type"] = store.counters("events")
     fig["rejected"] = store.counters("rejected")
     fig["contract"] = store.counters("contract")  # plays_without_upcoming, misrouted:<reason>
+    hit_value = settings.hit_value
+    fig["net_value"] = _net_value(fig, hit_value)
+    fig["shadows"] = {}
+    for name, ws in sorted(shadows.items(), key=lambda kv: float(kv[0])):
+        shadow = policy_figures(ws)
+        shadow.pop("fast_threshold", None)  # each partition's follows the live one: not in the state
+        shadow["net_value"] = _net_value(shadow, hit_value)
+        fig["shadows"][name] = shadow
     return fig
+
+
+def _net_value(fig: dict, hit_value: float) -> float:
+    """Hit value of full-play hits - transfer cost - storage cost accrued (``advice.py``)."""
+    storage = fig["storage_cost_per_day"] * fig["window_days"] if fig["window_days"] > 0 else 0.0
+    return hit_value * fig["full_play_hits"] - fig["transfer_cost"] - storage
+
+
+def threshold_advice(settings: Settings, window_hours: int = 24) -> dict:
+    from stream.bootstrap import build_store
+
+    return advice.threshold_advice(settings, build_store(settings), window_hours)
 
 
 def thresholds(settings: Settings, threshold: float | None = None, fast_threshold: float | None = None) -> dict:
@@ -223,7 +250,16 @@ def thresholds(settings: Settings, threshold: float | None = None, fast_threshol
     if wanted:
         store.set_config(**check_thresholds(wanted, current))
         current.update(store.config())
-    return {"threshold": current["threshold"], "fast_threshold": current["fast_threshold"], "set": bool(wanted)}
+    out = {"threshold": current["threshold"], "fast_threshold": current["fast_threshold"], "set": bool(wanted)}
+    if wanted.get("threshold") is not None:  # what the shadow at the new value has shown, if one runs there
+        from cache_warmer.shadows import label
+
+        fig = live_figures(settings, store, Catalogue())
+        out["shadow"] = fig["shadows"].get(label(wanted["threshold"]))
+        out["live_before"] = {k: fig.get(k) for k in ("full_play_hit_ratio", "promotions", "wasted_promotions",
+                                                        "promotion_precision", "net_value")}
+        out["shadows_running"] = list(fig["shadows"])
+    return out
 
 
 def ab_report(settings: Settings) -> dict:

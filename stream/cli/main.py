@@ -187,14 +187,20 @@ def cmd_produce(args) -> int:
 
 
 def cmd_threshold(args) -> int:
-    from stream.cli.jobs import thresholds
-    from stream.cli.reports import render_thresholds
+    from stream.cli.jobs import threshold_advice, thresholds
+    from stream.cli.reports import render_advice, render_thresholds
 
+    if args.action == "advise":
+        result = threshold_advice(args.settings, window_hours=args.window_hours)
+        print(render_advice(result))
+        _write_json(args.json, result)
+        return 0
     if args.action == "set" and args.value is None and args.fast is None:
         raise ValueError("`threshold set` needs a value (and/or --fast)")
     result = (thresholds(args.settings, args.value, args.fast) if args.action == "set"
               else thresholds(args.settings))
     print(render_thresholds(result))
+    _write_json(args.json, result)
     return 0
 
 
@@ -348,10 +354,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true", help="the field table instead")
     s.set_defaults(func=cmd_schema)
 
-    s = sub.add_parser("threshold", help="show or set the promotion thresholds of every worker")
-    s.add_argument("action", choices=("show", "set"))
+    s = sub.add_parser("threshold", help="show or set the promotion thresholds of every worker, or advise one "
+                       "from the shadow placements")
+    s.add_argument("action", choices=("show", "set", "advise"))
     s.add_argument("value", nargs="?", type=float)
     s.add_argument("--fast", type=float, help="fast-tier threshold")
+    s.add_argument("--window-hours", type=int, default=24, help="advise: hours of event time to weigh (default 24)")
+    s.add_argument("--json", help="also write the result to this file")
     s.set_defaults(func=cmd_threshold)
 
     s = sub.add_parser("status", help="the live worker's figures from Redis")

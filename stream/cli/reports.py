@@ -78,8 +78,45 @@ def render_sweep(result: dict, hit_value: float) -> str:
 
 
 def render_thresholds(result: dict) -> str:
-    return (("set (workers pick it up within a second): " if result["set"] else "")
-            + f"threshold {result['threshold']:.3f}  fast_threshold {result['fast_threshold']:.3f}")
+    out = (("set (workers pick it up within a second): " if result["set"] else "")
+           + f"threshold {result['threshold']:.3f}  fast_threshold {result['fast_threshold']:.3f}")
+    if "shadow" in result:
+        shadow, before = result["shadow"], result["live_before"]
+        if shadow is None:
+            running = ", ".join(result["shadows_running"]) or "none"
+            out += (f"\nno shadow placement runs at {result['threshold']:g} (shadows: {running}; "
+                    "SKIPCACHE_SHADOW_THRESHOLDS): nothing has shown yet what it does")
+        else:
+            out += "\nwhat the shadow at this threshold has shown, beside the live placement until now:\n"
+            out += f"  {'':>10} {'full-play hit ratio':>20} {'promotions':>11} {'wasted':>8} {'precision':>10} {'net value':>10}\n"
+            for name, f in (("shadow", shadow), ("live", before)):
+                out += (f"  {name:>10} {_num(f['full_play_hit_ratio'], '.3f'):>20} {f['promotions']:>11,} "
+                        f"{f['wasted_promotions']:>8,} {_num(f['promotion_precision'], '.3f'):>10} "
+                        f"{_num(f['net_value'], '.4g'):>10}\n")
+            out = out.rstrip("\n")
+    return out
+
+
+def _num(x, spec: str) -> str:
+    return "-" if x is None or x != x else format(x, spec)
+
+
+def render_advice(result: dict) -> str:
+    lines = [f"threshold in force {result['threshold_in_force']:g}; window {result['window_hours']} h of event time; "
+             f"net value = {result['hit_value']:g} x full-play hits - transfer - storage"]
+    if "thresholds" in result:
+        lines.append(f"  {'threshold':>9} {'net value':>10} {'vs live':>10} {'95% interval':>22} "
+                     f"{'full-play hits':>15} {'promotions':>11}")
+        live = result["live"]
+        lines.append(f"  {'live':>9} {live['net_value']:>10.4g} {'':>10} {'':>22} {live['full_play_hits']:>15,} "
+                     f"{live['promotions']:>11,}")
+        for r in result["thresholds"]:
+            ci = r.get("interval_95")
+            ci_text = f"{ci[0]:.4g} .. {ci[1]:.4g}" if ci else "-"
+            lines.append(f"  {r['threshold']:>9g} {r['net_value']:>10.4g} {r['over_live']:>+10.4g} {ci_text:>22} "
+                         f"{r['full_play_hits']:>15,} {r['promotions']:>11,}")
+    lines.append(f"advice ({result['verdict']}): {result['advice']}")
+    return "\n".join(lines)
 
 
 def render_status(fig: dict) -> str:
@@ -91,7 +128,17 @@ def render_status(fig: dict) -> str:
             f"rejected {sum(fig['rejected'].values()):,}"
             + (f"  LATE ENTRIES {fig['warm_late_entries']:,} (applied behind event time: the cache figures are "
                f"approximate)" if fig.get("warm_late_entries") else "")
-            + _contract_line(fig.get("contract") or {}))
+            + _contract_line(fig.get("contract") or {})
+            + _shadow_line(fig))
+
+
+def _shadow_line(fig: dict) -> str:
+    shadows = fig.get("shadows") or {}
+    if not shadows:
+        return ""
+    parts = [f"{name}: hit {_num(f['full_play_hit_ratio'], '.3f')} net {_num(f['net_value'], '.4g')}"
+             for name, f in shadows.items()]
+    return f"\nshadows (live net {_num(fig.get('net_value'), '.4g')}): " + "  ".join(parts)
 
 
 def _contract_line(contract: dict) -> str:

@@ -44,6 +44,26 @@ class WorkerMetrics:
         self.repaired = Counter("skipcache_repaired_events", "Events taken though they came out of order, by how "
                                 "(skip_before_play: a skip held until its late play came)", ["how"], registry=r)
         self.repaired.labels("skip_before_play")
+        self.value = Counter("skipcache_value", "The live placement's net value by term, in the storage cost's unit: "
+                             "hits (hit value x full-play hits), transfer (promotions), storage (cost accrued in event "
+                             "time); net = hits - transfer - storage", ["term"], registry=r)
+        shadow = ["threshold"]
+        self.shadow_value = Counter("skipcache_shadow_value", "A shadow placement's net value by term (as "
+                                    "skipcache_value): what the threshold would have earned", shadow + ["term"], registry=r)
+        self.shadow_plays = Counter("skipcache_shadow_plays", "Plays a shadow placement counted", shadow, registry=r)
+        self.shadow_full_plays = Counter("skipcache_shadow_full_plays", "Full plays a shadow placement counted", shadow,
+                                         registry=r)
+        self.shadow_full_play_hits = Counter("skipcache_shadow_full_play_hits", "Full plays whose track a shadow "
+                                             "placement held in fast or medium", shadow, registry=r)
+        self.shadow_hits = Counter("skipcache_shadow_cache_hits", "Plays whose track a shadow placement held warm",
+                                   shadow + ["tier"], registry=r)
+        self.shadow_promotions = Counter("skipcache_shadow_promotions", "Promotions a shadow placement made (none "
+                                         "commanded)", shadow, registry=r)
+        self.shadow_wasted = Counter("skipcache_shadow_wasted_promotions", "A shadow's promotions skipped at their "
+                                     "first play or evicted unused", shadow, registry=r)
+        self.shadow_useful = Counter("skipcache_shadow_useful_promotions", "A shadow's promotions played in full at "
+                                     "their first play", shadow, registry=r)
+        self.hit_value, self.transfer_cost = 0.002, 0.0
         self.contract_totals: dict[str, int] = {}
         """This process's plays_without_upcoming and misrouted:<reason>, for /healthz."""
         self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
@@ -93,6 +113,23 @@ class WorkerMetrics:
         for tier in ("fast", "medium"):
             self.hits.labels(tier)
             self.promotions.labels(tier)
+
+    def set_objective(self, hit_value: float, transfer_cost: float, shadows=()) -> None:
+        """What a full-play hit earns and a promotion costs; the shadows' thresholds (their series
+        exported from the start)."""
+        from cache_warmer.shadows import label
+
+        self.hit_value, self.transfer_cost = hit_value, transfer_cost
+        for term in ("hits", "transfer", "storage"):
+            self.value.labels(term)
+        for t in shadows:
+            for term in ("hits", "transfer", "storage"):
+                self.shadow_value.labels(label(t), term)
+            for m in (self.shadow_plays, self.shadow_full_plays, self.shadow_full_play_hits, self.shadow_promotions,
+                      self.shadow_wasted, self.shadow_useful):
+                m.labels(label(t))
+            for tier in ("fast", "medium"):
+                self.shadow_hits.labels(label(t), tier)
 
     def sensor(self, models: dict[str, str]):
         """The checkpoint's sensor: ``models`` maps each variant to the model it serves."""
@@ -155,6 +192,28 @@ class WorkerMetrics:
         self.demotions.inc(f.demotions)
         self.wasted.inc(f.wasted_promotions)
         self.useful.inc(f.useful_promotions)
+        self.value.labels("hits").inc(self.hit_value * f.full_play_hits)
+        self.value.labels("transfer").inc(self.transfer_cost * f.promotions)
+        self.value.labels("storage").inc(max(0.0, out.storage_cost))
+        if out.shadows:
+            self.record_shadows(out.shadows)
+
+    def record_shadows(self, shadows: dict) -> None:
+        from cache_warmer.shadows import label
+
+        for t, (effects, storage) in shadows.items():
+            f, name = effects.figures, label(t)
+            self.shadow_plays.labels(name).inc(f.plays)
+            self.shadow_full_plays.labels(name).inc(f.full_plays)
+            self.shadow_full_play_hits.labels(name).inc(f.full_play_hits)
+            self.shadow_hits.labels(name, "fast").inc(f.hits_fast)
+            self.shadow_hits.labels(name, "medium").inc(f.hits_medium)
+            self.shadow_promotions.labels(name).inc(f.promotions)
+            self.shadow_wasted.labels(name).inc(f.wasted_promotions)
+            self.shadow_useful.labels(name).inc(f.useful_promotions)
+            self.shadow_value.labels(name, "hits").inc(self.hit_value * f.full_play_hits)
+            self.shadow_value.labels(name, "transfer").inc(self.transfer_cost * f.promotions)
+            self.shadow_value.labels(name, "storage").inc(max(0.0, storage))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -188,6 +188,7 @@ class WorkerService:
             self.built = w
             w.source_ends = self.source_ends()
             self.metrics.set_models(w.variants)
+            self.metrics.set_objective(w.settings.hit_value, w.tier_config.transfer_cost, w.settings.shadows)
             for stage in w.stages.values():
                 ck = stage.checkpoint
                 ck.sensors.append(self.metrics.sensor(w.models))

@@ -1,7 +1,7 @@
 """The worker's HTTP API on Faust's web server (bound to 127.0.0.1 by default). GET /healthz
 (= /readyz) and /livez, GET /metrics.
 
-GET /healthz, POST /predict, GET /threshold, PUT /threshold and DELETE /ab/results (token; 403
+GET /healthz, POST /predict, GET /threshold, GET /threshold/advice, PUT /threshold and DELETE /ab/results (token; 403
 when the worker has none). Malformed requests get a
 4xx with a message; nothing here can crash the worker."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ import redis
 from models.contract import TRACK_ID_LEN
 
 from stream.settings import Settings
+from stream.worker.advice import threshold_advice
 from stream.worker.checkpoint import TRANSIENT
 from stream.worker.predictions import PredictBatcher
 
@@ -259,6 +260,21 @@ def register_views(app: faust.App, settings: Settings, worker: Callable, metrics
             p = w.policy
             log.info("thresholds set to %.3f / %.3f over HTTP", p.threshold, p.fast_threshold)
             return self.json({"threshold": p.threshold, "fast_threshold": p.fast_threshold})
+
+    @app.page("/threshold/advice")
+    class ThresholdAdvice(JSONView):
+        """What ``skipcache threshold advise`` says (``?window_hours=24``): it changes nothing."""
+
+        async def get(self, request):
+            try:
+                hours = int(request.query.get("window_hours", 24))
+                if hours < 1:
+                    raise ValueError
+            except ValueError:
+                return self.fail(400, "window_hours must be a whole number of hours, at least 1")
+            w = self.ready_worker()
+            out = await redis_call(threshold_advice, settings, w.store, hours)
+            return self.bytes(orjson.dumps(out), content_type="application/json")
 
     @app.page("/predict")
     class Predict(JSONView):

@@ -32,6 +32,10 @@ class BatchOutput:
     """(sink, key, value, partition) to publish before the commit."""
     dead_letters: list[tuple[int, str, bytes]] = field(default_factory=list)  # offset, reason, raw
     effects: BatchEffects | None = None  # warm: counters and decisions of the batch
+    storage_cost: float = 0.0
+    """Warm: storage cost the live placement accrued in the batch (event time)."""
+    shadows: dict[float, tuple[BatchEffects, float]] = field(default_factory=dict)
+    """Warm: each shadow placement's batch (its counters, the storage cost it accrued), by threshold."""
     outcomes: list[Outcome] = field(default_factory=list)  # predict: resolved predictions
     kinds: dict[str, int] = field(default_factory=dict)
     timestamps: list[float] = field(default_factory=list)  # Kafka timestamps (s) of the input records

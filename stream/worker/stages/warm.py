@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import orjson
 
 from cache_warmer.policies import CachePolicy
+from cache_warmer.shadows import Shadows
 from cache_warmer.tiers import TierConfig, TierState
 from cache_warmer.warmer import CacheWarmer, load_warmer_state, warmer_state
 from models.events import Catalogue
@@ -88,13 +89,14 @@ class WarmRuntime(PartitionRuntime):
     def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, policy: CachePolicy,
                  tier_config: TierConfig, owns, models: dict[str, str], sources: int = 1,
                  count_from: float = -math.inf, window: TimeWindow = TimeWindow(),
-                 source_ends: SourceEnds | None = None):
+                 source_ends: SourceEnds | None = None, shadow_thresholds: tuple[float, ...] = ()):
         """``owns``: whether a track is this partition's; ``models``: variant -> model name,
         written into every command; ``sources``: the sessions topic's partitions; ``window``:
         the times the sessions topic believes (entries' clocks are checked against it);
         ``source_ends``: where the sessions partitions' end offsets are read (none in the
         in-memory replay, where nobody produces): an entry's sequence is an offset
-        there, so one at or past the end was never sent by that source."""
+        there, so one at or past the end was never sent by that source; ``shadow_thresholds``:
+        the shadow placements run beside the live one (``cache_warmer/shadows.py``)."""
         self.catalogue = catalogue
         self.policy = policy
         self.tier_config = tier_config
@@ -104,6 +106,7 @@ class WarmRuntime(PartitionRuntime):
         self.sources = sources
         self.window = window
         self.source_ends = source_ends
+        self.shadow_thresholds = tuple(shadow_thresholds)
         self.ends: dict[int, int] = {}
         """The sessions partitions' end offsets as last read (read again only for an entry past them)."""
         self.idle_wall_seconds = IDLE_WALL_SECONDS
@@ -115,8 +118,10 @@ class WarmRuntime(PartitionRuntime):
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
-        self.warmer = CacheWarmer(self.policy, TierState(self.tier_config, self.catalogue, self.owns),
-                                  self.count_from, emit=True, columns=[self.policy.scorer])
+        tiers = lambda: TierState(self.tier_config, self.catalogue, self.owns)  # noqa: E731
+        self.warmer = CacheWarmer(self.policy, tiers(), self.count_from, emit=True, columns=[self.policy.scorer],
+                                  hours=True)
+        self.shadows = Shadows(self.policy, self.shadow_thresholds, tiers, self.count_from)
         self.received: dict[int, int] = {}
         """Source (sessions) partition -> the highest offset whose entries were taken in."""
         self.clocks: dict[int, float] = {}
@@ -145,6 +150,8 @@ class WarmRuntime(PartitionRuntime):
                 self._stored = {p: len(q) for p, q in self.queues.items()}
             self.applied_until = state.get("applied_until", -math.inf)
             self.late = state.get("late", 0)
+            self.shadows.load_state(state.get("shadows", {}))
+        self._cost_seen = self.warmer.figures.cost_area
         self.heard: dict[int, float] = {}
         """Source -> when it last sent (Kafka timestamp), since this partition was loaded."""
         self.stream_time = -math.inf
@@ -187,6 +194,7 @@ class WarmRuntime(PartitionRuntime):
 
     def set_thresholds(self, threshold: float, fast_threshold: float) -> None:
         self.policy = self.warmer.policy = self.policy.with_thresholds(threshold, fast_threshold)
+        self.shadows.set_live(self.policy)
 
     def process(self, records: list[tuple]) -> BatchOutput:
         """With no records: the worker's timer, for a partition that has read everything there
@@ -268,10 +276,16 @@ class WarmRuntime(PartitionRuntime):
                 self.late += out.late_entries
             self.applied_until = max(self.applied_until, entries[-1][2])
             self.warmer.apply(entries)
+            self.shadows.apply(entries)
             out.events += len(entries)
         if math.isfinite(mark):
             self.warmer.advance(mark)
+            self.shadows.advance(mark)
         out.effects = effects = self.warmer.end()
+        cost = self.warmer.figures.cost_area
+        out.storage_cost, self._cost_seen = cost - self._cost_seen, cost
+        if self.shadows:
+            out.shadows = self.shadows.end()
         models = self.models
         for d in effects.decisions:
             out.publish.append(("commands", *command_record(d, models), None))
@@ -280,6 +294,8 @@ class WarmRuntime(PartitionRuntime):
         state["clocks"] = {str(p): t for p, t in self.clocks.items()}
         state["queued"] = sorted(p for p, q in self.queues.items() if q)
         state["late"] = self.late
+        if self.shadows:
+            state["shadows"] = self.shadows.to_state()
         if math.isfinite(self.applied_until):
             state["applied_until"] = self.applied_until
         rejected = self.rejected_counts(out)
