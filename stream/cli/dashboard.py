@@ -10,6 +10,11 @@ from pathlib import Path
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 W = "5m"
 
+SHADOW_NET = ('sum by (threshold) (increase(skipcache_shadow_value_total{term="hits"}[1h])) - '
+              'sum by (threshold) (increase(skipcache_shadow_value_total{term=~"transfer|storage"}[1h]))')
+LIVE_NET = ('sum(increase(skipcache_value_total{term="hits"}[1h])) - '
+            'sum(increase(skipcache_value_total{term=~"transfer|storage"}[1h]))')
+
 # (title, unit, [(legend, expr)], kind)
 PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
     ("Live prediction accuracy", "percentunit", [
@@ -66,6 +71,20 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         ("stalled {{stage}} {{partition}}", "max by (stage, partition) (skipcache_partition_stalled)"),
         ("late entries/s", f"sum(rate(skipcache_late_entries_total[{W}]))"),
     ], "timeseries"),
+    ("Net value by threshold, last hour: shadow placements beside the live one (README: Operating the threshold)",
+     "none", [
+        ("threshold {{threshold}}", SHADOW_NET),
+        ("live", LIVE_NET),
+    ], "bargauge"),
+    ("Net value by threshold over time (last hour, rolling)", "none", [
+        ("threshold {{threshold}}", SHADOW_NET),
+        ("live", LIVE_NET),
+    ], "timeseries"),
+    ("Full-play hit ratio by threshold", "percentunit", [
+        ("threshold {{threshold}}", f"sum by (threshold) (rate(skipcache_shadow_full_play_hits_total[{W}])) / "
+                                    f"sum by (threshold) (rate(skipcache_shadow_full_plays_total[{W}]))"),
+        ("live", f"sum(rate(skipcache_full_play_hits_total[{W}])) / sum(rate(skipcache_full_plays_total[{W}]))"),
+    ], "bargauge"),
     ("Models", "none", [
         ("{{variant}}: {{model}} {{version}}", "skipcache_model_info"),
     ], "stat"),
@@ -83,14 +102,22 @@ def build() -> dict:
             "id": i + 1, "type": kind, "title": title, "datasource": DATASOURCE,
             "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else
-                       {"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "value_and_name"},
+            "options": _options(kind),
             "targets": [{"refId": chr(65 + j), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
                         for j, (legend, expr) in enumerate(targets)],
         })
     return {"uid": "skipcache", "title": "skipcache: live skip prediction and cache", "schemaVersion": 39,
             "version": 1, "editable": False, "refresh": "10s", "time": {"from": "now-1h", "to": "now"},
             "tags": ["skipcache"], "timezone": "utc", "panels": panels}
+
+
+def _options(kind: str) -> dict:
+    if kind == "timeseries":
+        return {"legend": {"displayMode": "list", "placement": "bottom"}}
+    if kind == "bargauge":  # one bar per threshold, side by side: the figure against the threshold
+        return {"reduceOptions": {"calcs": ["lastNotNull"]}, "orientation": "vertical", "displayMode": "basic",
+                "showUnfilled": False}
+    return {"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "value_and_name"}
 
 
 def write(path: str | Path) -> Path:

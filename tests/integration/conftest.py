@@ -149,4 +149,19 @@ def expected_figures(live_data, settings: Settings) -> dict:
                     progress=False)["policies"]["model"]
 
 
+def expected_shadow_figures(live_data, settings: Settings) -> dict:
+    """What `skipcache simulate --threshold T` says for each of the settings' shadow thresholds
+    (one replay, one policy each: their figures are independent)."""
+    _, ds, events, art = live_data
+    base = TierConfig.for_catalogue(ds.catalogue, settings.fast_capacity, settings.medium_capacity,
+                                    settings.transfer_cost, settings.cold_after_hours)
+    p = settings.partitions
+    policies = [ThresholdPolicy(f"{t:g}", "model", t, max(t, settings.fast_threshold)) for t in settings.shadows]
+    return simulate(events, ds.catalogue, [art], base, policies, count_from=float("-inf"), partitions=p,
+                    user_partition=lambda u: partition_of(u, p), track_partition=lambda t: track_partition_of(t, p),
+                    progress=False)["policies"]
+
+
+SHADOW_COMPARED = ("plays", "full_play_hits", "hits_by_tier", "promotions", "wasted_promotions", "useful_promotions",
+                   "evictions", "demotions_cold")
 COMPARED = ("predictions", "accuracy", "promotions", "full_play_hits", "wasted_promotions", "evictions")

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -31,9 +32,11 @@ def _prometheus(tmp_path, target_port):
         pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
     port = free_port()
     cfg = tmp_path / "prometheus.yml"
+    rules = Path(__file__).resolve().parents[2] / "alerts.yml"
     cfg.write_text(f"""global:
   scrape_interval: 1s
   evaluation_interval: 1s
+rule_files: ["{rules}"]
 scrape_configs:
   - job_name: skipcache-worker
     static_configs:
@@ -56,6 +59,7 @@ def _query(port, expr):
 
 def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
     _, ds, events, _ = live_data
+    live.env["SKIPCACHE_SHADOW_THRESHOLDS"] = "0.3,0.7"  # the shadow panels need shadows
     worker, port = live.start_worker()
     prom, prom_port = _prometheus(tmp_path, port)
     try:
@@ -85,6 +89,13 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
         acc = float(_query(prom_port, 'sum(skipcache_predictions_total{outcome=~"tp|tn"}) / sum(skipcache_predictions_total)')[0]["value"][1])
         fig = main_status(live)
         assert abs(acc - fig["accuracy"]) < 1e-9  # Prometheus counts what Redis counts
+        # the shadows' series carry their thresholds; every alerting rule evaluates without error
+        assert {r["metric"]["threshold"] for r in _query(prom_port, "skipcache_shadow_plays_total")} == {"0.3", "0.7"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5) as resp:
+            groups = json.loads(resp.read())["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) >= 15 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+        assert _query(prom_port, "skipcache:accuracy:1h") and _query(prom_port, "skipcache:shadow_net_value:1h")
     finally:
         prom.terminate()
         worker.terminate()

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer
 from stream.cli.jobs import live_figures
 from stream.producer import make_producer, replay
 
-from tests.integration.conftest import COMPARED, expected_figures
+from tests.integration.conftest import COMPARED, SHADOW_COMPARED, expected_figures, expected_shadow_figures, make_live
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,48 @@ def test_worker_gives_the_simulations_figures(live, live_data):
         worker.wait(20)
 
 
-def test_kill_9_mid_replay_then_restart_loses_and_doubles_nothing(live, live_data):
+def _assert_shadows(fig, live, live_data):
+    expected = expected_shadow_figures(live_data, live.settings)
+    assert set(fig["shadows"]) == set(expected) and len(expected) >= 2
+    for name, want in expected.items():
+        for key in SHADOW_COMPARED:
+            assert fig["shadows"][name][key] == want[key], (name, key)
+
+
+def _commands(settings) -> int:
+    consumer = KafkaConsumer(settings.topic_commands, bootstrap_servers=settings.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    try:
+        return sum(1 for _ in consumer)
+    finally:
+        consumer.close()
+
+
+def test_shadows_give_the_simulations_figures_at_their_thresholds_and_command_nothing(servers, live_data, tmp_path):
+    live = make_live(servers[0].port, servers[1].port, live_data, tmp_path, SKIPCACHE_SHADOW_THRESHOLDS="0.3,0.6,0.7")
+    _, ds, events, _ = live_data
+    worker, port = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+        fig = _figures(live)
+        _assert_equal(fig, expected_figures(live_data, live.settings))  # the live placement: as without shadows
+        _assert_shadows(fig, live, live_data)
+        assert _commands(live.settings) == fig["promotions"] + fig["evictions"] + fig["demotions_cold"]
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/threshold/advice?window_hours=48", timeout=10) as r:
+            advice = orjson.loads(r.read())
+        assert advice["shadows"] == [0.3, 0.6, 0.7] and advice["threshold_in_force"] == live.settings.threshold
+        assert {row["threshold"] for row in advice["thresholds"]} == {0.3, 0.6, 0.7}
+        assert advice["verdict"] in ("change", "keep", "too_little_time")
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
+def test_kill_9_mid_replay_then_restart_loses_and_doubles_nothing(servers, live_data, tmp_path):
+    live = make_live(servers[0].port, servers[1].port, live_data, tmp_path, SKIPCACHE_SHADOW_THRESHOLDS="0.3,0.7")
     _, ds, events, _ = live_data
     worker, port = live.start_worker("first")
     producer = make_producer(live.settings.kafka_bootstrap)
@@ -56,7 +97,9 @@ def test_kill_9_mid_replay_then_restart_loses_and_doubles_nothing(live, live_dat
     worker, _ = live.start_worker("second")
     try:
         live.wait_applied(len(events), workers=[worker])
-        _assert_equal(_figures(live), expected_figures(live_data, live.settings))
+        fig = _figures(live)
+        _assert_equal(fig, expected_figures(live_data, live.settings))
+        _assert_shadows(fig, live, live_data)  # the shadows, committed with the placement: exactly once too
     finally:
         worker.terminate()
         worker.wait(20)
