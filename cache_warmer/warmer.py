@@ -57,6 +57,7 @@ class CacheWarmer:
         self._next_sweep = -math.inf
         self._moves: list[Move] = []
         self.hours: dict[int, list] | None = {} if hours else None
+        self._hour_at, self._hour_row = None, None
 
     @property
     def policy(self) -> CachePolicy:
@@ -238,12 +239,15 @@ class CacheWarmer:
 
     def _hour(self, ts: float) -> list:
         h = int(ts // HOUR)
+        if h == self._hour_at:  # most calls: the hour of the one before
+            return self._hour_row
         row = self.hours.get(h)
         if row is None:
             row = self.hours[h] = [0, 0, 0.0]
             if len(self.hours) > HOURS_KEPT:  # hours arrive in time order: the oldest go
                 for old in sorted(self.hours)[:len(self.hours) - HOURS_KEPT]:
                     del self.hours[old]
+        self._hour_at, self._hour_row = h, row
         return row
 
 
@@ -271,6 +275,7 @@ def load_warmer_state(w: CacheWarmer, state: dict) -> None:
     w._next_sweep = -math.inf if state["next_sweep"] is None else state["next_sweep"]
     if w.hours is not None:
         w.hours = {int(row[0]): list(row[1:]) for row in state.get("hours", ())}
+        w._hour_at = w._hour_row = None
 
 
 def policy_figures(warmers: list[CacheWarmer], accuracy: Sequence[Figures] = ()) -> dict:
