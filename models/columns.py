@@ -140,15 +140,17 @@ def session_ids(starts: np.ndarray, n: int) -> np.ndarray:
 
 def replay_columns(cols: EventColumns, mark_session_end: bool = True) -> EventColumns:
     """``models.replay.replay_order`` on columns, with the same result: each session sorted by
-    time (stably), ``next_track`` filled from the session's next play, an end marker after each
+    time and ``TIE_RANK`` (stably), ``next_track`` filled from the session's next play, an end marker after each
     session (its last event's time and hour), then everything stably sorted by time."""
     n = len(cols)
     if n == 0:
         return cols
     starts = cols.session_starts()
     group = session_ids(starts, n)
-    # sessions are runs, so sorting by (run, time) stably sorts each session in place
-    order = np.lexsort((cols.ts, group))
+    # sessions are runs, so sorting by (run, time, tie rank) sorts each session in place
+    rank = np.where(cols.kind == SKIP_CODE, 0, np.where(cols.kind == PLAY_CODE, 2, 1)).astype(np.int8)
+    order = np.lexsort((rank, cols.ts, group))
+    del rank
     if np.array_equal(order, np.arange(n)):
         s = EventColumns(cols.ts, cols.hour, cols.user, cols.session, cols.kind, cols.track,
                          cols.next_track.copy(), cols.tracks)

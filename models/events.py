@@ -81,6 +81,11 @@ class Catalogue:
     tracks: dict[str, Track] = field(default_factory=dict)
     artist_genres: dict[str, frozenset[str]] = field(default_factory=dict)
     storage: dict[str, Storage] = field(default_factory=dict)
+    buyers: frozenset[int] = frozenset()
+    """Users with a ``buy_premium`` event in the export's sessions. ``premium_user`` in users.jsonl
+    is the state at the export's end: for these users it says nothing about their plays before
+    the purchase, so premium at a play comes from their event (``FeatureEngine.premium_at``);
+    for a flagged user not among them, premium holds from the start."""
 
     def track_genres(self, track_id: str) -> frozenset[str] | None:
         track = self.tracks.get(track_id)

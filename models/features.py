@@ -12,16 +12,26 @@ import math
 from heapq import heapify, heappop, heappush
 from dataclasses import asdict, dataclass
 
-from .events import AUDIO_FIELDS, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
+from .events import AD, AUDIO_FIELDS, BUY_PREMIUM, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
 from .labels import FULL, SKIPPED
 from .rejections import Rejections
-from .state import (S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
-                    T_K, T_LIKES, T_N, U_K, U_KM, U_KO, U_LIKES, U_N, U_NM, U_NO, U_SESSION, U_TS,
-                    State)
+from .state import (S_AD, S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
+                    T_K, T_LIKES, T_N, U_ADS, U_BOUGHT, U_K, U_KM, U_KO, U_KP, U_LIKES, U_N, U_NM, U_NO,
+                    U_NP, U_SESSION, U_TRACKS, U_TS, USER_FIELDS, SESSION_FIELDS, UT_K, UT_LIKED, UT_N,
+                    State, new_session, new_user, touch_track, upgrade_session, upgrade_user)
 
 BASE_FEATURES = ("user_skip_rate", "user_log_plays", "user_like_rate", "track_skip_rate",
                  "track_log_plays", "track_like_rate", "sess_log_plays", "sess_skip_rate",
-                 "sess_last_skipped", "sess_first_play", "hour_sin", "hour_cos")
+                 "sess_last_skipped", "sess_first_play", "hour_sin", "hour_cos",
+                 "user_state_skip_rate", "ad_before", "user_ad_rate", "user_track_log_plays",
+                 "user_track_skip_rate", "user_track_liked", "track_others_skip_rate")
+"""What each uses (all of it known before the play; README "Features"): ``user_state_skip_rate``
+is the user's skip rate among their plays in their premium state now (premium or not), smoothed
+toward their overall rate, as buyers change how they listen; ``ad_before`` an ad in the session
+since its last play, ``user_ad_rate`` the user's decayed ads per play; ``user_track_*`` the user's
+own resolved plays of this very track, their skip rate on it (smoothed toward the user's rate)
+and whether they liked it (``USER_TRACK_MEMORY`` tracks a user); ``track_others_skip_rate`` the
+track's skip rate among the other users (its counts less the user's own)."""
 USER_FEATURES = ("premium", "premium_known")
 GENRE_FEATURES = ("genre_match", "genre_known", "user_bucket_skip_rate")
 TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit", "release_age") + AUDIO_FIELDS
@@ -43,7 +53,10 @@ class EngineConfig:
     user_smoothing: float = 5.0
     track_smoothing: float = 10.0
     session_smoothing: float = 2.0
-    user_half_life_days: float = 14.0
+    user_track_smoothing: float = 2.0
+    user_half_life_days: float | None = 14.0
+    """None: no decay (a user's whole history counts alike). Training chooses it on validation
+    inside the training window (``models/evaluation.py``, ``HALF_LIVES``)."""
     session_idle_seconds: float = 7200.0
     """A session whose last play started this long before the user's event in another session
     has ended: no track is that long, so no skip of it can still come."""
@@ -98,8 +111,10 @@ class FeatureEngine:
             raise FeatureMismatch(
                 "the model was trained on other features than this data gives: "
                 f"missing here {missing or 'none'}, extra here {extra or 'none'} "
-                "(was a catalogue file such as tracks.jsonl delivered for one and not the other?)")
-        self._decay_rate = math.log(2) / (self.config.user_half_life_days * 86400.0)
+                "(was a catalogue file such as tracks.jsonl delivered for one and not the other, "
+                "or was the model trained by an older skipcache? then train it again)")
+        half_life = self.config.user_half_life_days
+        self._decay_rate = 0.0 if not half_life or math.isinf(half_life) else math.log(2) / (half_life * 86400.0)
         self._gap = self.config.session_gap_seconds
         self._gap_heap: list[tuple[float, int, int]] = []
         """(start, user, session): one entry per session with a pending play, at that play's
@@ -116,44 +131,74 @@ class FeatureEngine:
         self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
 
     # ---- reading features -------------------------------------------------------------------
+    def premium_at(self, user_id: int, u: list | None, ts: float) -> bool | None:
+        """Premium at ``ts``: after the user's ``buy_premium`` (strictly: an event at the play's
+        own instant is not before it); else users.jsonl's flag for a user who never buys in the
+        export (premium from the start); else not. None: nothing is known of the user."""
+        bought = u[U_BOUGHT] if u is not None else None
+        if bought is not None:
+            return ts > bought
+        cat = self.catalogue
+        user = cat.users.get(user_id)
+        if user is None or user.premium is None:
+            return None
+        return user.premium and user_id not in cat.buyers
+
     def user_part(self, user_id: int, ts: float) -> tuple:
         """What a play's features take from its user at ``ts``: computed once for the playing
         and the upcoming track of one play (the user's state is the same for both)."""
         cfg = self.config
         p = cfg.prior_skip_rate
         u = self.state.users.get(user_id)
+        premium_now = self.premium_at(user_id, u, ts)
         if u is not None:
+            if len(u) < USER_FIELDS:
+                upgrade_user(u)
             f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
             un = u[U_N] * f
             m = cfg.user_smoothing
             user_rate = (u[U_K] * f + m * p) / (un + m)
             user_plays = math.log1p(un)
             user_like = u[U_LIKES] * f / (un + 1.0)
+            user_ads = u[U_ADS] * f / (un + 1.0)
+            if premium_now:
+                sn, sk = u[U_NP] * f, u[U_KP] * f
+            else:
+                sn, sk = (u[U_N] - u[U_NP]) * f, (u[U_K] - u[U_KP]) * f
+            state_rate = (sk + m * user_rate) / (sn + m)
         else:
             f = 1.0
-            user_rate, user_plays, user_like = p, 0.0, 0.0
+            user_rate, user_plays, user_like, user_ads, state_rate = p, 0.0, 0.0, 0.0, p
         premium = None
         if self.use_users:
-            user = self.catalogue.users.get(user_id)
-            premium = (0.5, 0.0) if user is None or user.premium is None else ((1.0 if user.premium else 0.0), 1.0)
-        return u, f, user_rate, user_plays, user_like, premium
+            premium = (0.5, 0.0) if premium_now is None else ((1.0 if premium_now else 0.0), 1.0)
+        return u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads
 
     def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
                  user_part: tuple | None = None) -> list[float]:
         cfg = self.config
         p = cfg.prior_skip_rate
         st = self.state
-        u, f, user_rate, user_plays, user_like, premium = user_part or self.user_part(user_id, ts)
+        u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads = user_part or self.user_part(user_id, ts)
         t = st.tracks.get(track_id)
         if t is None and st.shared_tracks is not None:
             t = st.shared_tracks.get(track_id)
+        own = u[U_TRACKS].get(track_id) if u is not None else None
+        if own is not None:
+            own_n, own_k = own[UT_N], own[UT_K]
+            m = cfg.user_track_smoothing
+            mine = (math.log1p(own_n), (own_k + m * user_rate) / (own_n + m), float(own[UT_LIKED]))
+        else:
+            own_n = own_k = 0
+            mine = (0.0, user_rate, 0.0)
         if t is not None:
             m = cfg.track_smoothing
             track_rate = (t[T_K] + m * p) / (t[T_N] + m)
             track_plays = math.log1p(t[T_N])
             track_like = t[T_LIKES] / (t[T_N] + 1.0)
+            others = (max(t[T_K] - own_k, 0.0) + m * p) / (max(t[T_N] - own_n, 0.0) + m)
         else:
-            track_rate, track_plays, track_like = p, 0.0, 0.0
+            track_rate, track_plays, track_like, others = p, 0.0, 0.0, p
         if session is not None:
             plays = session[S_PLAYS]
             m = cfg.session_smoothing
@@ -161,10 +206,11 @@ class FeatureEngine:
             last = session[S_LAST]
             row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
                    math.log1p(plays), sess_rate, 1.0 if last == SKIPPED else 0.0,
-                   1.0 if plays == 0 else 0.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
+                   1.0 if plays == 0 else 0.0, _HOUR_SIN[hour], _HOUR_COS[hour],
+                   state_rate, float(session[S_AD]) if len(session) > S_AD else 0.0, user_ads, *mine, others]
         else:
             row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
-                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour]]
+                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour], state_rate, 0.0, user_ads, *mine, others]
         if premium is not None:
             row += premium
         if self.use_genres:
@@ -229,8 +275,10 @@ class FeatureEngine:
         key = (uid, e.session_id)
         u = st.users.get(uid)
         if u is None:
-            u = st.users[uid] = [0.0, 0.0, 0.0, e.ts, 0.0, 0.0, 0.0, 0.0, [e.session_id]]
+            u = st.users[uid] = new_user(e.ts, e.session_id)
         else:
+            if len(u) < USER_FIELDS:
+                upgrade_user(u)
             open_sessions = u[U_SESSION]
             if e.session_id not in open_sessions:
                 # the user is in another session now; an open one has ended if it went idle
@@ -246,13 +294,17 @@ class FeatureEngine:
         if kind == PLAY:
             sess = st.sessions.get(key)
             if sess is None:
-                sess = st.sessions[key] = [0, 0, -1, None, -1, 0.0]
+                sess = st.sessions[key] = new_session()
                 st.deleted_sessions.discard(key)
-            elif sess[S_PENDING_TRACK] is not None:
-                self._resolve(key, sess, FULL, e.ts, resolved)
+            else:
+                if len(sess) < SESSION_FIELDS:
+                    upgrade_session(sess)
+                if sess[S_PENDING_TRACK] is not None:
+                    self._resolve(key, sess, FULL, e.ts, resolved)
             track = e.track_id
             who = self.user_part(uid, e.ts)
             row = self.features(uid, track, sess, e.ts, e.hour, who)
+            sess[S_AD] = 0  # the ad was before this play; the upcoming track has not had one yet
             play_no = sess[S_PLAYS]
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
@@ -292,7 +344,24 @@ class FeatureEngine:
             f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
             self._decay_user(u, f, e.ts)
             u[U_LIKES] += 1.0
+            if e.track_id:
+                touch_track(u, e.track_id)[UT_LIKED] = 1
             st.add_track(e.track_id, 0.0, 0.0, 1.0)
+        elif kind == AD:
+            f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
+            self._decay_user(u, f, e.ts)
+            u[U_ADS] += 1.0
+            sess = st.sessions.get(key)
+            if sess is None:  # an ad opens a session: it shares the timestamp of the play after it
+                sess = st.sessions[key] = new_session()
+                st.deleted_sessions.discard(key)
+            elif len(sess) < SESSION_FIELDS:
+                upgrade_session(sess)
+            sess[S_AD] = 1
+            st.dirty_sessions.add(key)
+        elif kind == BUY_PREMIUM:
+            if u[U_BOUGHT] is None:
+                u[U_BOUGHT] = e.ts
         elif kind == SESSION_END:
             self._end_session(key, e.ts, resolved)
             if e.session_id in u[U_SESSION]:
@@ -385,7 +454,7 @@ class FeatureEngine:
 
     def _decay_user(self, u: list, f: float, ts: float) -> None:
         if f != 1.0:
-            for i in (U_N, U_K, U_LIKES, U_NM, U_KM, U_NO, U_KO):
+            for i in (U_N, U_K, U_LIKES, U_NM, U_KM, U_NO, U_KO, U_NP, U_KP, U_ADS):
                 u[i] *= f
         if ts > u[U_TS]:
             u[U_TS] = ts
@@ -409,6 +478,12 @@ class FeatureEngine:
             elif bucket == 0:
                 u[U_NO] += 1.0
                 u[U_KO] += skipped
+            if self.premium_at(uid, u, sess[S_PENDING_TS]):  # the state the play was played in
+                u[U_NP] += 1.0
+                u[U_KP] += skipped
+            mine = touch_track(u, track)
+            mine[UT_N] += 1
+            mine[UT_K] += label == SKIPPED
             st.dirty_users.add(uid)
         st.add_track(track, 1.0, skipped, 0.0)
         sess[S_SKIPS] += skipped

@@ -1,7 +1,7 @@
 """Put an export's events in the order a live system would have seen them.
 
 Exports are sorted by user then session, not by time. A replay orders them globally by timestamp
-(stable, so same-instant events keep their order within a session), fills ``next_track_id`` from
+(stable; within a session, same-instant events follow ``TIE_RANK``), fills ``next_track_id`` from
 the next play of the same session (what a client knows of its queue) and marks each session's end,
 so the last play's outcome is resolved by an event instead of by peeking. Training, evaluation,
 the simulation and the replay producer all use this one function."""
@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from .events import PLAY, SESSION_END, Event
+from .events import PLAY, SESSION_END, SKIP, Event
 from .gc_pause import paused_gc
+
+
+TIE_RANK = {SKIP: 0, PLAY: 2}
+"""The rule of ties: a session's events stamped at one instant go skips first (a skip at the
+instant of the next play ended the play before it), plays last (an ad or a purchase stamped
+with a play came before it), everything else between in its written order."""
+
+
+def _tie_key(e: Event) -> tuple[float, int]:
+    return e.ts, TIE_RANK.get(e.kind, 1)
 
 
 def replay_order(events: list[Event], mark_session_end: bool = True) -> list[Event]:
@@ -33,8 +43,8 @@ def _replay_order(events: list[Event], mark_session_end: bool) -> list[Event]:
         while end < n and events[end].session_id == first.session_id and events[end].user_id == first.user_id:
             end += 1
         session = events[start:end]
-        if len(session) > 1 and any(session[i].ts > session[i + 1].ts for i in range(len(session) - 1)):
-            session.sort(key=attrgetter("ts"))
+        if len(session) > 1 and any(_tie_key(session[i]) > _tie_key(session[i + 1]) for i in range(len(session) - 1)):
+            session.sort(key=_tie_key)
         next_track = None
         for e in reversed(session):
             if e.kind == PLAY:

@@ -6,16 +6,18 @@ import gzip
 import hashlib
 import logging
 import lzma
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 from tqdm import tqdm
 
-from models.columns import EventColumns
-from models.events import Catalogue
-from models.parsing import parse_artist, parse_storage, parse_track, parse_user
+from models.columns import KIND_CODE, EventColumns
+from models.events import BUY_PREMIUM, Catalogue
+from models.parsing import parse_artist, parse_event, parse_storage, parse_track, parse_user
 from models.rejections import Rejected, Rejections
 from models.gc_pause import paused_gc
 
@@ -212,5 +214,36 @@ def _read_dataset(directory: Path, progress: bool, with_sessions: bool = True) -
                 cat.tracks[t.track_id] = t
         else:
             cat.storage.update(records)
+    if with_sessions:
+        buy = ds.columns.kind == KIND_CODE[BUY_PREMIUM]
+        cat.buyers = frozenset(np.unique(ds.columns.user[buy]).tolist())
+    else:
+        sessions = find_file(directory, "sessions")
+        if sessions is not None:  # a replay of an export: its buyers, without reading its plays
+            cat.buyers = buyers_in(sessions)
     ds.fingerprint = hashlib.blake2b("".join(digests).encode(), digest_size=12).hexdigest()
     return ds
+
+
+_BUY = re.compile(rb"(?i)buy_?premium")
+
+
+def buyers_in(path: Path) -> frozenset[int]:
+    """The users of every ``buy_premium`` event in a sessions file: only the lines that name the
+    event are parsed (any spelling, either line form)."""
+    users = set()
+    for block in iter_blocks(path, progress=False):
+        end = -1
+        for m in _BUY.finditer(block):
+            if m.start() < end:
+                continue  # the line already read
+            start = block.rfind(b"\n", 0, m.start()) + 1
+            end = block.find(b"\n", m.end())
+            end = len(block) if end < 0 else end
+            try:
+                e = parse_event(orjson.loads(bytes(block[start:end])))
+            except (orjson.JSONDecodeError, Rejected):
+                continue
+            if e.kind == BUY_PREMIUM:
+                users.add(e.user_id)
+    return frozenset(users)

@@ -1,8 +1,9 @@
 """Write a synthetic Pozytywka export in the real format.
 
 ``long`` carries learnable signal like the 2023 long-session releases (per-user propensity, a
-premium effect, skips clustering within sessions, concentrated popularity, genre affinity, track
-quality visible in audio features); ``short`` carries none, like 23Z v2. ``noise`` injects the v1
+premium effect that begins at a mid-export purchase for most premium users, skips clustering
+within sessions, concentrated popularity, genre affinity, track quality visible in audio
+features, months between a user's sessions); ``short`` carries none, like 23Z v2. ``noise`` injects the v1
 noise kinds. Same arguments, same bytes: every draw comes from one seeded ``random.Random``."""
 from __future__ import annotations
 
@@ -122,14 +123,17 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
     artist_of = {a[0]: set(a[2]) for a in artists}
 
     # ---- users ------------------------------------------------------------------------------
-    user_rows, user_base, user_premium, user_favs = [], [], [], []
+    user_rows, user_base, user_premium, user_favs, user_buys = [], [], [], [], []
     for u in range(users):
         favs = rnd.sample([g for g in GENRES if g in genre_cum], 3)
         premium = rnd.random() < 0.35
+        # long: most premium users bought it partway (users.jsonl holds the state at the end)
+        buys = prof.signal and premium and rnd.random() < 0.7
+        user_buys.append(buys)
         user_rows.append({"user_id": 100 + u, "name": f"User {u}", "city": rnd.choice(("Warszawa", "Kraków", "Gdańsk", "Poznań", "Wrocław")),
                           "street": f"ul. Krótka {rnd.randint(1, 999)}", "favourite_genres": favs, "premium_user": premium})
         user_base.append(rnd.gauss(_logit(0.27), 1.25) if prof.signal else 0.0)
-        user_premium.append(premium)
+        user_premium.append(premium and not buys)  # premium from the start
         user_favs.append(set(favs))
 
     # ---- sessions ---------------------------------------------------------------------------
@@ -149,9 +153,13 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
             # sessions of one user do not overlap: each gets its own slot of the year
             slot = YEAR_SECONDS / n_sessions
             starts = [k * slot + rnd.random() * slot * 0.5 for k in range(n_sessions)]
+            # a buyer buys at the start of one of their middle sessions (in time), at the instant
+            # of its first play: that play is not yet premium, the ones after are
+            bought_at = starts[rnd.randint(1, n_sessions - 2)] if user_buys[u] and n_sessions > 2 else None
             rnd.shuffle(starts)  # session ids are not chronological within a user
             for sid, start in zip(sids, starts):
                 t = start
+                buy_here = bought_at == start
                 n_plays = 1 + _poisson(rnd, prof.plays_mean)
                 prev_skipped = False
                 for _ in range(n_plays):
@@ -164,9 +172,10 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                         i = bisect.bisect_left(cum, rnd.random() * cum[-1])
                     i = min(i, n_tracks - 1)
                     track = track_rows[i]["id"]
+                    premium_now = user_premium[u] or (bought_at is not None and t > bought_at)
                     if prof.signal:
                         match = bool(user_favs[u] & artist_of[track_rows[i]["id_artist"]])
-                        x = (user_base[u] + (0.75 if user_premium[u] else 0.0) - (0.9 if match else 0.0)
+                        x = (user_base[u] + (1.0 if premium_now else 0.0) - (0.9 if match else 0.0)
                              + (1.2 if prev_skipped else 0.0) + quality[i] - 0.25 * math.log(weight[i] / top + 1e-9) / 4)
                         skipped = rnd.random() < _sigmoid(x)
                     else:
@@ -174,7 +183,10 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                     prev_skipped = skipped
                     stamp = (START + timedelta(seconds=t)).strftime(ts_fmt)
                     events = []
-                    if not user_premium[u] and rnd.random() < 0.25:
+                    if buy_here:
+                        events.append((stamp, None, "buy_premium"))
+                        buy_here = False
+                    if not premium_now and rnd.random() < 0.25:
                         events.append((stamp, None, "advertisement"))
                     events.append((stamp, track, "play"))
                     dur = durations[i] / 1000.0
@@ -188,7 +200,7 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                         written["skips"] += 1
                     else:
                         t += dur * rnd.uniform(0.99, 1.01)
-                    if rnd.random() < 0.002:
+                    if not prof.signal and rnd.random() < 0.002:  # short: purchases with no effect
                         events.append(((START + timedelta(seconds=t)).strftime(ts_fmt), None, "buy_premium"))
                     written["plays"] += 1
                     for stamp_e, track_e, kind in events:

@@ -19,7 +19,7 @@ from cache_warmer.tiers import TierConfig, TierState
 from cache_warmer.warmer import CacheWarmer, load_warmer_state, policy_figures
 from models.artifacts import Artifact, load, save
 from models.estimators import MODEL_NAMES
-from models.evaluation import build_table, evaluate, train_artifact
+from models.evaluation import build_table, choose_half_life, evaluate, train_artifact
 from models.columns import EventColumns, replay_columns
 from models.events import Catalogue, Event
 from models.features import EngineConfig
@@ -84,10 +84,11 @@ def train_model(data: str | Path, out: str | Path, model: str = "linear_svc", tr
                 seed: int = 0) -> Artifact:
     """Fit on the earliest ``train_fraction`` of the plays and save the artifact to ``out``."""
     ds, events = load_replay(data)
-    config = EngineConfig()
+    config, scores = choose_half_life(events, ds.catalogue, train_fraction, seed=seed)
     table = build_table(events, ds.catalogue, config)
     del events
     artifact = train_artifact(table, model, train_fraction, ds.fingerprint, config, seed)
+    artifact.metrics["half_life_validation_auc"] = scores
     save(artifact, out)
     return artifact
 
@@ -99,11 +100,15 @@ def evaluate_models(data: str | Path, models: list[str], train_fraction: float =
     started = time.perf_counter()
     timings: dict = {}
     ds, events = load_replay(data, timings=timings)
+    choosing = time.perf_counter()
+    config, scores = choose_half_life(events, ds.catalogue, train_fraction, seed=seed)
+    timings["half_life_choice_s"] = round(time.perf_counter() - choosing, 2)
     features = time.perf_counter()
-    table = build_table(events, ds.catalogue)
+    table = build_table(events, ds.catalogue, config)
     timings["features_s"] = round(time.perf_counter() - features, 2)
     timings["table_bytes"] = int(table.X.nbytes)
-    result = {"events": len(events)}
+    result = {"events": len(events), "user_half_life_days": config.user_half_life_days,
+              "half_life_validation_auc": scores}
     del events  # the table is all the models need: the events' memory goes before the fits
     result.update(evaluate(table, models, train_fraction, seed))
     timings.update({f"fit_{m}_s": fig["fit_seconds"] for m, fig in result["models"].items()})

@@ -14,7 +14,9 @@ def render_generated(counts: dict) -> str:
 def render_training(artifact: Artifact, out: str) -> str:
     w = artifact.train_window
     lines = [f"trained {artifact.model} on {w['plays']:,} plays ({w['rows_used']:,} rows used) with "
-             f"{len(artifact.feature_names)} features in {artifact.metrics['fit_seconds']:.1f} s -> {out}"]
+             f"{len(artifact.feature_names)} features in {artifact.metrics['fit_seconds']:.1f} s -> {out}",
+             f"user half-life: {_half_life(artifact.engine_config.get('user_half_life_days'))}"
+             + _choice(artifact.metrics.get("half_life_validation_auc"))]
     test = artifact.metrics.get("test")
     if test:
         lines.append(f"held-out later plays: {test['plays']:,}  accuracy {test['accuracy']:.3f}  "
@@ -32,7 +34,21 @@ def render_evaluation(result: dict) -> str:
                      f"{m['roc_auc']:>9.3f}{m['precision']:>8.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
                      f"{m['brier']:>8.3f}{m['fit_seconds']:>8.1f}")
     lines.append("(precision, recall and f1 are of the 'played in full' class)")
+    if "user_half_life_days" in result:
+        lines.append(f"user half-life: {_half_life(result['user_half_life_days'])}"
+                     + _choice(result.get("half_life_validation_auc")))
     return "\n".join(lines)
+
+
+def _half_life(days) -> str:
+    return "none (no decay)" if days is None else f"{days:g} days"
+
+
+def _choice(scores: dict | None) -> str:
+    if not scores:
+        return ""
+    parts = ", ".join(f"{'none' if k == 'None' else k + ' d'}: {v:.4f}" for k, v in scores.items())
+    return f" (chosen on validation inside the training window, roc_auc {parts})"
 
 
 def render_simulation(result: dict) -> str:

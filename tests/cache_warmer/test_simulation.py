@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from models.features import EngineConfig
+
 from cache_warmer.policies import StaticPolicy
 from cache_warmer.simulation import parse_threshold_range, simulate
 from cache_warmer.tiers import FAST, MEDIUM, SLOW, Move, TierConfig, TierState
@@ -43,7 +45,8 @@ def test_simulation_accuracy_equals_evaluate(long_run, small_long_data):
     long sessions are learnable (the foundation's acceptance, on the same table)."""
     result, model, _ = long_run
     ds = read_dataset(small_long_data, progress=False)
-    table = build_table(replay_order(ds.events), ds.catalogue, progress=False)
+    config = EngineConfig(**load(model).engine_config)  # the half-life training chose
+    table = build_table(replay_order(ds.events), ds.catalogue, config, progress=False)
     ev = evaluate(table, ["linear_svc"], 0.7, progress=False)
     svc = ev["models"]["linear_svc"]
     assert svc["roc_auc"] >= 0.75

@@ -4,6 +4,7 @@ has ended. The same rule in training, the simulation and the worker (one engine)
 from models.events import PLAY, SKIP, Event
 from models.features import EngineConfig, FeatureEngine
 from models.labels import FULL, SKIPPED
+from models.state import U_SESSION
 from models.state import S_PENDING_TRACK, S_PENDING_TS
 
 A, B = "m92ShLjHYUKj2mUeydGsdp", "Rh1XQPU9JNI5V4uzQTgAwZ"
@@ -27,7 +28,7 @@ def test_a_play_with_nothing_after_it_for_the_gap_resolves_as_full_at_its_start_
     resolved = _run(engine, [_play(1801, 2, 20)])  # another user's event moves the clock past it
     ended = [r for r in resolved if r.user_id == 1]
     assert [(r.session_id, r.track_id, r.label, r.ts) for r in ended] == [(10, A, FULL, 1800)]
-    assert (1, 10) not in engine.state.sessions and 10 not in engine.state.users[1][-1]
+    assert (1, 10) not in engine.state.sessions and 10 not in engine.state.users[1][U_SESSION]
     # a skip after the session ended finds no play: held for its play a minute, then an orphan
     _run(engine, [Event(1900, 0, 1, 10, SKIP, A), _play(1961, 2, 20)])
     assert engine.rejections.counts["orphan_skip"] == 1
