@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from .events import AD, AUDIO_FIELDS, BUY_PREMIUM, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
 from .labels import FULL, SKIPPED
 from .rejections import Rejections
-from .state import (S_AD, S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
+from .state import (S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
                     T_K, T_LIKES, T_N, U_ADS, U_BOUGHT, U_K, U_KM, U_KO, U_KP, U_LIKES, U_N, U_NM, U_NO,
-                    U_NP, U_SESSION, U_TRACKS, U_TS, USER_FIELDS, SESSION_FIELDS, UT_K, UT_LIKED, UT_N,
-                    State, new_session, new_user, touch_track, upgrade_session, upgrade_user)
+                    U_AD, U_NP, U_SESSION, U_TRACKS, U_TS, USER_FIELDS, UT_K, UT_LIKED, UT_N, State,
+                    new_session, new_user, touch_track, upgrade_user)
 
 BASE_FEATURES = ("user_skip_rate", "user_log_plays", "user_like_rate", "track_skip_rate",
                  "track_log_plays", "track_like_rate", "sess_log_plays", "sess_skip_rate",
@@ -27,8 +27,8 @@ BASE_FEATURES = ("user_skip_rate", "user_log_plays", "user_like_rate", "track_sk
                  "user_track_skip_rate", "user_track_liked", "track_others_skip_rate")
 """What each uses (all of it known before the play; README "Features"): ``user_state_skip_rate``
 is the user's skip rate among their plays in their premium state now (premium or not), smoothed
-toward their overall rate, as buyers change how they listen; ``ad_before`` an ad in the session
-since its last play, ``user_ad_rate`` the user's decayed ads per play; ``user_track_*`` the user's
+toward their overall rate, as buyers change how they listen; ``ad_before`` an ad heard since the user's
+last play, ``user_ad_rate`` the user's decayed ads per play; ``user_track_*`` the user's
 own resolved plays of this very track, their skip rate on it (smoothed toward the user's rate)
 and whether they liked it (``USER_TRACK_MEMORY`` tracks a user); ``track_others_skip_rate`` the
 track's skip rate among the other users (its counts less the user's own)."""
@@ -166,20 +166,21 @@ class FeatureEngine:
             else:
                 sn, sk = (u[U_N] - u[U_NP]) * f, (u[U_K] - u[U_KP]) * f
             state_rate = (sk + m * user_rate) / (sn + m)
+            ad_before = 1.0 if u[U_AD] is not None else 0.0
         else:
             f = 1.0
-            user_rate, user_plays, user_like, user_ads, state_rate = p, 0.0, 0.0, 0.0, p
+            user_rate, user_plays, user_like, user_ads, state_rate, ad_before = p, 0.0, 0.0, 0.0, p, 0.0
         premium = None
         if self.use_users:
             premium = (0.5, 0.0) if premium_now is None else ((1.0 if premium_now else 0.0), 1.0)
-        return u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads
+        return u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads, ad_before
 
     def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
                  user_part: tuple | None = None) -> list[float]:
         cfg = self.config
         p = cfg.prior_skip_rate
         st = self.state
-        u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads = user_part or self.user_part(user_id, ts)
+        u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads, ad_before = user_part or self.user_part(user_id, ts)
         t = st.tracks.get(track_id)
         if t is None and st.shared_tracks is not None:
             t = st.shared_tracks.get(track_id)
@@ -207,10 +208,10 @@ class FeatureEngine:
             row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
                    math.log1p(plays), sess_rate, 1.0 if last == SKIPPED else 0.0,
                    1.0 if plays == 0 else 0.0, _HOUR_SIN[hour], _HOUR_COS[hour],
-                   state_rate, float(session[S_AD]) if len(session) > S_AD else 0.0, user_ads, *mine, others]
+                   state_rate, ad_before, user_ads, *mine, others]
         else:
             row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
-                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour], state_rate, 0.0, user_ads, *mine, others]
+                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour], state_rate, ad_before, user_ads, *mine, others]
         if premium is not None:
             row += premium
         if self.use_genres:
@@ -296,15 +297,14 @@ class FeatureEngine:
             if sess is None:
                 sess = st.sessions[key] = new_session()
                 st.deleted_sessions.discard(key)
-            else:
-                if len(sess) < SESSION_FIELDS:
-                    upgrade_session(sess)
-                if sess[S_PENDING_TRACK] is not None:
-                    self._resolve(key, sess, FULL, e.ts, resolved)
+            elif sess[S_PENDING_TRACK] is not None:
+                self._resolve(key, sess, FULL, e.ts, resolved)
             track = e.track_id
             who = self.user_part(uid, e.ts)
             row = self.features(uid, track, sess, e.ts, e.hour, who)
-            sess[S_AD] = 0  # the ad was before this play; the upcoming track has not had one yet
+            if u[U_AD] is not None:  # the ad was before this play; the upcoming track has not had one yet
+                u[U_AD] = None
+                who = (*who[:-1], 0.0)
             play_no = sess[S_PLAYS]
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
@@ -351,14 +351,7 @@ class FeatureEngine:
             f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
             self._decay_user(u, f, e.ts)
             u[U_ADS] += 1.0
-            sess = st.sessions.get(key)
-            if sess is None:  # an ad opens a session: it shares the timestamp of the play after it
-                sess = st.sessions[key] = new_session()
-                st.deleted_sessions.discard(key)
-            elif len(sess) < SESSION_FIELDS:
-                upgrade_session(sess)
-            sess[S_AD] = 1
-            st.dirty_sessions.add(key)
+            u[U_AD] = e.session_id  # heard since the user's last play: an ad is stamped with the play after it
         elif kind == BUY_PREMIUM:
             if u[U_BOUGHT] is None:
                 u[U_BOUGHT] = e.ts

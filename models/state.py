@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # user record: decayed counts, the ids of the user's open sessions, when the user bought premium
-# (None: not in the events so far), decayed plays and skips while premium, decayed ads heard, and
-# the user's own history with the tracks they played last (``U_TRACKS``)
-U_N, U_K, U_LIKES, U_TS, U_NM, U_KM, U_NO, U_KO, U_SESSION, U_BOUGHT, U_NP, U_KP, U_ADS, U_TRACKS = range(14)
-USER_FIELDS = 14
+# (None: not in the events so far), decayed plays and skips while premium, decayed ads heard, the
+# user's own history with the tracks they played last (``U_TRACKS``), and the session of an ad
+# heard since the user's last play (None: none); on the user, not the session, so an ad before a
+# session's first play makes no session record of its own (live and offline keep the same ones)
+U_N, U_K, U_LIKES, U_TS, U_NM, U_KM, U_NO, U_KO, U_SESSION, U_BOUGHT, U_NP, U_KP, U_ADS, U_TRACKS, U_AD = range(15)
+USER_FIELDS = 15
 # U_TRACKS: track -> [resolved plays, skips, liked (0/1)], undecayed small ints (cached by Python,
 # so an entry costs its list), the most recently touched last
 UT_N, UT_K, UT_LIKED = range(3)
@@ -20,18 +22,17 @@ USER_TRACK_MEMORY = 32
 """Tracks a user record remembers. A bound, so an 18M-event replay's users and a live user's
 Redis record stay small (a long-session user plays ~220 tracks a year; their repeats are mostly
 among the recent ones); a track past it is as new to the user again."""
-# session record; S_AD: an ad came since the session's last play
-S_PLAYS, S_SKIPS, S_LAST, S_PENDING_TRACK, S_PENDING_BUCKET, S_PENDING_TS, S_AD = range(7)
-SESSION_FIELDS = 7
-_ADDED_USER_FIELDS = (None, 0.0, 0.0, 0.0, None)  # U_BOUGHT .. U_TRACKS; None for the dict: a fresh one each
+# session record
+S_PLAYS, S_SKIPS, S_LAST, S_PENDING_TRACK, S_PENDING_BUCKET, S_PENDING_TS = range(6)
+_ADDED_USER_FIELDS = (None, 0.0, 0.0, 0.0, None, None)  # U_BOUGHT .. U_AD; None for the dict: a fresh one each
 
 
 def new_user(ts: float, session_id: int) -> list:
-    return [0.0, 0.0, 0.0, ts, 0.0, 0.0, 0.0, 0.0, [session_id], None, 0.0, 0.0, 0.0, {}]
+    return [0.0, 0.0, 0.0, ts, 0.0, 0.0, 0.0, 0.0, [session_id], None, 0.0, 0.0, 0.0, {}, None]
 
 
 def new_session() -> list:
-    return [0, 0, -1, None, -1, 0.0, 0]
+    return [0, 0, -1, None, -1, 0.0]
 
 
 def upgrade_user(u: list) -> list:
@@ -40,12 +41,6 @@ def upgrade_user(u: list) -> list:
         u.extend(_ADDED_USER_FIELDS[len(u) - 9:])
         u[U_TRACKS] = u[U_TRACKS] or {}
     return u
-
-
-def upgrade_session(s: list) -> list:
-    if len(s) < SESSION_FIELDS:
-        s.append(0)
-    return s
 
 
 def touch_track(u: list, track_id: str) -> list:

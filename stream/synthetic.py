@@ -1,9 +1,8 @@
 """Write a synthetic Pozytywka export in the real format.
 
 ``long`` carries learnable signal like the 2023 long-session releases (per-user propensity, a
-premium effect that begins at a mid-export purchase for most premium users, skips clustering
-within sessions, concentrated popularity, genre affinity, track quality visible in audio
-features, months between a user's sessions); ``short`` carries none, like 23Z v2. ``noise`` injects the v1
+premium effect, skips clustering within sessions, concentrated popularity, genre affinity, track
+quality visible in audio features); ``short`` carries none, like 23Z v2. ``noise`` injects the v1
 noise kinds. Same arguments, same bytes: every draw comes from one seeded ``random.Random``."""
 from __future__ import annotations
 
@@ -66,8 +65,13 @@ def _sigmoid(x: float) -> float:
 
 
 def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long",
-             noise: float = 0.0, tracks: int | None = None, progress: bool = True) -> dict:
-    """Write the five files into ``out``; returns counts of what was written."""
+             noise: float = 0.0, tracks: int | None = None, progress: bool = True, purchases: bool = False) -> dict:
+    """Write the five files into ``out``; returns counts of what was written.
+
+    ``purchases`` (long profile): most premium users buy premium midway, at the start of one of
+    their middle sessions (``users.jsonl`` keeps the state at the end), and skip more after, as
+    in the long-session releases; without it, premium holds from the start and the bytes are the
+    same as before it existed (the suite's live tests run on those: see the README)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
     if not 0.0 <= noise <= 0.5:
@@ -124,11 +128,11 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
 
     # ---- users ------------------------------------------------------------------------------
     user_rows, user_base, user_premium, user_favs, user_buys = [], [], [], [], []
+    midway = purchases and prof.signal
     for u in range(users):
         favs = rnd.sample([g for g in GENRES if g in genre_cum], 3)
         premium = rnd.random() < 0.35
-        # long: most premium users bought it partway (users.jsonl holds the state at the end)
-        buys = prof.signal and premium and rnd.random() < 0.7
+        buys = midway and premium and rnd.random() < 0.7
         user_buys.append(buys)
         user_rows.append({"user_id": 100 + u, "name": f"User {u}", "city": rnd.choice(("Warszawa", "Kraków", "Gdańsk", "Poznań", "Wrocław")),
                           "street": f"ul. Krótka {rnd.randint(1, 999)}", "favourite_genres": favs, "premium_user": premium})
@@ -175,7 +179,7 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                     premium_now = user_premium[u] or (bought_at is not None and t > bought_at)
                     if prof.signal:
                         match = bool(user_favs[u] & artist_of[track_rows[i]["id_artist"]])
-                        x = (user_base[u] + (1.0 if premium_now else 0.0) - (0.9 if match else 0.0)
+                        x = (user_base[u] + ((1.0 if premium_now else 0.0) if midway else (0.75 if premium_now else 0.0)) - (0.9 if match else 0.0)
                              + (1.2 if prev_skipped else 0.0) + quality[i] - 0.25 * math.log(weight[i] / top + 1e-9) / 4)
                         skipped = rnd.random() < _sigmoid(x)
                     else:
@@ -200,7 +204,7 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
                         written["skips"] += 1
                     else:
                         t += dur * rnd.uniform(0.99, 1.01)
-                    if not prof.signal and rnd.random() < 0.002:  # short: purchases with no effect
+                    if not midway and rnd.random() < 0.002:  # purchases with no effect
                         events.append(((START + timedelta(seconds=t)).strftime(ts_fmt), None, "buy_premium"))
                     written["plays"] += 1
                     for stamp_e, track_e, kind in events:
