@@ -237,6 +237,11 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     if hasattr(store, "check_layout"):
         store.check_layout()
     engine_config = EngineConfig(**artifact.engine_config)
+    if artifact_b is not None and EngineConfig(**artifact_b.engine_config) != engine_config:
+        raise ValueError(
+            "models A and B were trained with different feature settings (user half-life "
+            f"{engine_config.user_half_life_days} vs {artifact_b.engine_config.get('user_half_life_days')} days): "
+            "one engine computes both variants' features, so train them on the same window of the same data")
     if settings.session_gap_seconds > 0:
         engine_config = replace(engine_config, session_gap_seconds=settings.session_gap_seconds)
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue), engine_config, artifact_b)

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from models.features import EngineConfig
 import orjson
 import pytest
 
@@ -112,7 +114,8 @@ def main_status(live):
 def test_ab_report_naive_vs_linear_svc(live, live_data, tmp_path):
     out, ds, events, svc = live_data
     naive = tmp_path / "naive.joblib"
-    assert main(["train", "--data", str(out / "data"), "--model", "naive", "--out", str(naive)]) == 0
+    # B's training window, so B's user half-life: one engine computes both variants' features
+    assert main(["train", "--data", str(out / "data"), "--model", "naive", "--out", str(naive), "--train-fraction", "0.5"]) == 0
     live.env.update(SKIPCACHE_MODEL=str(naive), SKIPCACHE_MODEL_B=str(out / "m.joblib"), SKIPCACHE_AB_SHARE_B="0.5",
                     SKIPCACHE_PARTITIONS="1")
     from stream.settings import Settings
@@ -140,7 +143,7 @@ def test_ab_report_naive_vs_linear_svc(live, live_data, tmp_path):
         assert http["variants"] == result["variants"] and http["models"]["B"]["model"] == "linear_svc"
 
         # directly from the predictions' outcomes: every play's features, both models' P(full), its label
-        table = build_table(events, ds.catalogue, progress=False)
+        table = build_table(events, ds.catalogue, EngineConfig(**svc.engine_config), progress=False)
         users = np.array([e.user_id for e in events if e.kind == "play"])
         is_b = np.array([variant_of(int(u), 0.5) == "B" for u in users])
         from models.artifacts import load
