@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from .artifacts import Artifact, library_versions
 from .estimators import fit_estimator
-from .columns import KIND_CODE, EventColumns
-from .events import PLAY, Catalogue, Event
+from .columns import PLAY_CODE, EventColumns
+from .events import Catalogue, Event
 from .features import EngineConfig, FeatureEngine
 from .rejections import Rejections
 from .gc_pause import paused_gc
@@ -119,11 +119,11 @@ def choose_half_life(events: "Sequence[Event] | EventColumns", catalogue: Catalo
     Nothing after the training window is read, so the test figures stay honest. Returns the config
     with the chosen half-life and the scores (``str(candidate) -> AUC``)."""
     cols = EventColumns.of(events)
-    plays_ts = cols.ts[cols.kind == KIND_CODE[PLAY]]
+    plays_ts = cols.ts[cols.kind == PLAY_CODE]
     if len(plays_ts) == 0:
         return config, {}
     _, cutoff = time_split(plays_ts, fraction)
-    window = cols.take(np.arange(int(np.searchsorted(cols.ts, cutoff, side="right"))))
+    window = cols.take(slice(0, int(np.searchsorted(cols.ts, cutoff, side="right"))))  # views, no copy
     if len(window) > budget:
         keep = max(1, int(round(1000 * budget / len(window))))
         rng = np.random.default_rng(seed)

@@ -17,8 +17,8 @@ from .labels import FULL, SKIPPED
 from .rejections import Rejections
 from .state import (S_LAST, S_PENDING_BUCKET, S_PENDING_TRACK, S_PENDING_TS, S_PLAYS, S_SKIPS,
                     T_K, T_LIKES, T_N, U_ADS, U_BOUGHT, U_K, U_KM, U_KO, U_KP, U_LIKES, U_N, U_NM, U_NO,
-                    U_AD, U_NP, U_SESSION, U_TRACKS, U_TS, USER_FIELDS, UT_K, UT_LIKED, UT_N, State,
-                    new_session, new_user, touch_track, upgrade_user)
+                    U_AD, U_NP, U_SESSION, U_TRACKS, U_TS, UT_K, UT_LIKED, UT_N, State, new_session,
+                    new_user, touch_track)
 
 BASE_FEATURES = ("user_skip_rate", "user_log_plays", "user_like_rate", "track_skip_rate",
                  "track_log_plays", "track_like_rate", "sess_log_plays", "sess_skip_rate",
@@ -152,8 +152,6 @@ class FeatureEngine:
         u = self.state.users.get(user_id)
         premium_now = self.premium_at(user_id, u, ts)
         if u is not None:
-            if len(u) < USER_FIELDS:
-                upgrade_user(u)
             f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
             un = u[U_N] * f
             m = cfg.user_smoothing
@@ -278,8 +276,6 @@ class FeatureEngine:
         if u is None:
             u = st.users[uid] = new_user(e.ts, e.session_id)
         else:
-            if len(u) < USER_FIELDS:
-                upgrade_user(u)
             open_sessions = u[U_SESSION]
             if e.session_id not in open_sessions:
                 # the user is in another session now; an open one has ended if it went idle

@@ -22,7 +22,6 @@ from models.estimators import MODEL_NAMES
 from models.evaluation import build_table, choose_half_life, evaluate, train_artifact
 from models.columns import EventColumns, replay_columns
 from models.events import Catalogue, Event
-from models.features import EngineConfig
 
 from stream.export_summary import summarize_export
 from stream.files import Dataset, DataError, read_dataset

@@ -32,6 +32,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from stream.store import Changes
+from models.state import upgrade_user
 
 FUNCTION_LIBRARY = "skipcache_v1"
 FUNCTION = "skipcache_commit_v1"
@@ -148,7 +149,9 @@ class RedisStore:
         loads = orjson.loads
         nu = len(users)
         values = replies[0] if keys else []
-        out_u = {u: loads(v) for u, v in zip(users, values[:nu]) if v is not None}
+        # a record an older version stored grows the fields added since, here where every
+        # stored record comes in, so the engine reads one shape
+        out_u = {u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None}
         out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
         out_t = {}
         if tracks:

@@ -8,9 +8,9 @@ from models.columns import KIND_CODE, PLAY_CODE, EventColumns, replay_columns
 from models.evaluation import HALF_LIVES, build_table, choose_half_life, time_split
 from models.events import AD, BUY_PREMIUM, LIKE, PLAY, SKIP, Catalogue, Event, User
 from models.features import EngineConfig, FeatureEngine
-from models.labels import FULL, SKIPPED
+from models.labels import SKIPPED
 from models.replay import replay_order
-from models.state import USER_TRACK_MEMORY, U_TRACKS, State
+from models.state import USER_TRACK_MEMORY, U_TRACKS
 from stream.cli.jobs import load_replay, train_model
 from stream.files import read_catalogue
 
@@ -66,9 +66,7 @@ def test_the_worker_reads_the_same_buyers_and_learns_the_purchase_from_the_event
     offline, live = FeatureEngine(ds.catalogue), FeatureEngine(worker_cat)
     for e in mine:
         _, row, _, _ = offline.observe(e)
-        live.state = State(users=orjson.loads(orjson.dumps({str(k): v for k, v in live.state.users.items()}),),
-                           sessions=live.state.sessions, tracks=live.state.tracks)
-        live.state.users = {int(k): v for k, v in live.state.users.items()}
+        live.state.users = {k: orjson.loads(orjson.dumps(v)) for k, v in live.state.users.items()}
         _, row_live, _, _ = live.observe(e)
         assert row == row_live
 
@@ -161,3 +159,23 @@ def test_no_decay_is_a_config_the_engine_takes():
         rates[half_life] = (engine.features(1, B, None, 10.0, 0)[rate], engine.features(1, B, None, 365 * 86400.0, 0)[rate])
     assert rates[None][0] == rates[None][1]  # a year later the user is remembered as they were
     assert rates[14.0][1] < rates[14.0][0]  # with 14 days, the skip is all but forgotten
+
+
+def test_a_user_record_stored_by_the_version_before_reads_as_one_of_today():
+    """The Redis store upgrades each user record it fetches (``upgrade_user``): a 9-field record
+    of the version before gives the features of today's record with the same counts."""
+    from models.state import upgrade_user
+
+    engine = FeatureEngine()
+    engine.observe(ev(0, PLAY, A))
+    engine.observe(ev(5, SKIP, A))
+    today = engine.state.users[1]
+    old = orjson.loads(orjson.dumps(today[:9]))
+    upgraded = upgrade_user(old)
+    assert len(upgraded) == len(today) and upgraded[U_TRACKS] == {}
+    fresh = FeatureEngine()
+    fresh.state.users[1] = upgraded
+    row_old, row_today = fresh.features(1, B, None, 100.0, 0), engine.features(1, B, None, 100.0, 0)
+    assert row_old == row_today  # B: not in the user's track memory either way
+    fresh.observe(ev(200, PLAY, C, session=2))  # and the engine updates it like any other
+    assert fresh.state.users[1][U_TRACKS] == {} and fresh.state.users[1][0] == today[0]
