@@ -82,7 +82,8 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
              partitions: int = 1, user_partition: Callable[[int], int] | None = None,
              track_partition: Callable[[str], int] | None = None, batch_size: int = 20_000,
              objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None,
-             audit_storage: bool = False, processes: int | None = None, session_gap: float | None = None) -> dict:
+             audit_storage: bool = False, processes: int | None = None, session_gap: float | None = None,
+             end_sessions: bool = True) -> dict:
     """Replay ``events`` (in replay order) through the worker's topology and return the figures
     of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
     entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
@@ -94,7 +95,9 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     (``storage_audit.py``). ``processes``: 2 splits the policies' warming with a forked helper
     (``warm_pool.py``; the figures are the same); default: 2 where there are two cores and at
     least ``HELPER_FROM_EVENTS`` events. ``session_gap``: the engine's session-gap rule in
-    seconds, as the worker's ``SKIPCACHE_SESSION_GAP`` (default: the model's)."""
+    seconds, as the worker's ``SKIPCACHE_SESSION_GAP`` (default: the model's). ``end_sessions``:
+    the data's end ends every open session, so each play is counted (an export is whole); False:
+    plays still open stay unresolved, as on a live stream that has stopped for now."""
     if not artifacts:
         raise ValueError("simulate needs at least one model artifact")
     events = EventColumns.of(events)
@@ -175,7 +178,8 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
             if len(events):
                 last = float(events[-1].ts)
                 # every shard's storage cost runs to the end
-                stage.finish(last, [e for p in predictors for e in p.finish(last, len(events)).entries])
+                ended = [e for p in predictors for e in p.finish(last, len(events)).entries] if end_sessions else []
+                stage.finish(last, ended)
             else:
                 stage.finish(None, [])
         finally:

@@ -36,8 +36,9 @@ def new_session() -> list:
 
 
 def upgrade_user(u: list) -> list:
-    """A user record stored by an older version (9 fields and on) grows the fields added since."""
-    if len(u) < USER_FIELDS:
+    """A user record stored by an older version (9 fields and on) grows the fields added since;
+    anything else is left as it is."""
+    if 9 <= len(u) < USER_FIELDS:
         u.extend(_ADDED_USER_FIELDS[len(u) - 9:])
         u[U_TRACKS] = u[U_TRACKS] or {}
     return u

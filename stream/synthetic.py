@@ -65,13 +65,12 @@ def _sigmoid(x: float) -> float:
 
 
 def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long",
-             noise: float = 0.0, tracks: int | None = None, progress: bool = True, purchases: bool = False) -> dict:
+             noise: float = 0.0, tracks: int | None = None, progress: bool = True) -> dict:
     """Write the five files into ``out``; returns counts of what was written.
 
-    ``purchases`` (long profile): most premium users buy premium midway, at the start of one of
-    their middle sessions (``users.jsonl`` keeps the state at the end), and skip more after, as
-    in the long-session releases; without it, premium holds from the start and the bytes are the
-    same as before it existed (the suite's live tests run on those: see the README)."""
+    In the long profile most premium users buy premium midway, at the start of one of their
+    middle sessions (``users.jsonl`` keeps the state at the end), and skip more after, as in the
+    long-session releases."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
     if not 0.0 <= noise <= 0.5:
@@ -128,7 +127,7 @@ def generate(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "
 
     # ---- users ------------------------------------------------------------------------------
     user_rows, user_base, user_premium, user_favs, user_buys = [], [], [], [], []
-    midway = purchases and prof.signal
+    midway = prof.signal  # purchases that change how the buyer listens
     for u in range(users):
         favs = rnd.sample([g for g in GENRES if g in genre_cum], 3)
         premium = rnd.random() < 0.35

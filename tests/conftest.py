@@ -27,12 +27,6 @@ def small_long_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def purchase_data(tmp_path_factory) -> Path:
-    """Long sessions whose premium users mostly buy midway (issue 22)."""
-    return _generated(tmp_path_factory, "purchases", users=120, seed=3, profile="long", purchases=True)
-
-
-@pytest.fixture(scope="session")
 def short_data(tmp_path_factory) -> Path:
     return _generated(tmp_path_factory, "short", users=60, seed=11, profile="short")
 

@@ -69,13 +69,13 @@ def inspect_export(data: str | Path) -> dict:
 
 
 def generate_export(out: str | Path, users: int = 1000, seed: int = 0, profile: str = "long", noise: float = 0.0,
-                    tracks: int | None = None, events: int | None = None, purchases: bool = False) -> dict:
+                    tracks: int | None = None, events: int | None = None) -> dict:
     from stream.synthetic import generate, users_for_events
 
     if events is not None:
         users = users_for_events(events, profile)
     started = time.perf_counter()
-    counts = generate(out, users=users, seed=seed, profile=profile, noise=noise, tracks=tracks, purchases=purchases)
+    counts = generate(out, users=users, seed=seed, profile=profile, noise=noise, tracks=tracks)
     return {**counts, "out": str(out), "seconds": time.perf_counter() - started}
 
 

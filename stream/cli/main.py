@@ -46,7 +46,7 @@ def cmd_generate(args) -> int:
     from stream.cli.reports import render_generated
 
     print(render_generated(generate_export(args.out, args.users, args.seed, args.profile, args.noise, args.tracks,
-                                           events=args.events, purchases=args.purchases)))
+                                           events=args.events)))
     return 0
 
 
@@ -272,8 +272,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--profile", choices=("long", "short"), default="long")
     s.add_argument("--noise", type=float, default=0.0, help="fraction of events given v1 noise")
-    s.add_argument("--purchases", action="store_true",
-                   help="long: most premium users buy premium midway and skip more after (as the long-session releases)")
     s.add_argument("--tracks", type=int, default=None, help="catalogue size (default: from --users)")
     s.add_argument("--events", type=int, default=None,
                    help="about this many events: sets --users from the profile's events per user "

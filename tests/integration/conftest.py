@@ -137,8 +137,9 @@ def live(servers, live_data, tmp_path):
     return make_live(kafka.port, redis.port, live_data, tmp_path)
 
 
-def expected_figures(live_data, settings: Settings) -> dict:
-    """What `skipcache simulate` says for the same events, model, thresholds and partitions."""
+def expected_figures(live_data, settings: Settings, end_sessions: bool = True) -> dict:
+    """What `skipcache simulate` says for the same events, model, thresholds and partitions
+    (``end_sessions=False``: the plays open when the events end stay open, as live)."""
     _, ds, events, art = live_data
     base = TierConfig.for_catalogue(ds.catalogue, settings.fast_capacity, settings.medium_capacity,
                                     settings.transfer_cost, settings.cold_after_hours)
@@ -146,7 +147,7 @@ def expected_figures(live_data, settings: Settings) -> dict:
     policy = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
     return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), partitions=p,
                     user_partition=lambda u: partition_of(u, p), track_partition=lambda t: track_partition_of(t, p),
-                    progress=False)["policies"]["model"]
+                    progress=False, end_sessions=end_sessions)["policies"]["model"]
 
 
 def expected_shadow_figures(live_data, settings: Settings) -> dict:

@@ -22,8 +22,8 @@ def ev(ts, kind, track=None, user=1, session=1):
 
 
 @pytest.fixture(scope="module")
-def premium_rows(purchase_data):
-    ds, events = load_replay(purchase_data, progress=False)
+def premium_rows(small_long_data):
+    ds, events = load_replay(small_long_data, progress=False)
     table = build_table(events, ds.catalogue, progress=False)
     plays = events.kind == PLAY_CODE
     bought = {}
@@ -54,13 +54,13 @@ def test_the_users_flag_decides_only_for_users_who_never_buy(premium_rows):
     assert ds.catalogue.buyers == frozenset(bought)
 
 
-def test_the_worker_reads_the_same_buyers_and_learns_the_purchase_from_the_event(purchase_data, premium_rows):
+def test_the_worker_reads_the_same_buyers_and_learns_the_purchase_from_the_event(small_long_data, premium_rows):
     """The worker's catalogue (read without the plays) knows the same buyers; its engine, with its
     user records through the store's encoding (orjson) after every event, gives the same rows."""
     ds, *_ = premium_rows
-    worker_cat = read_catalogue(purchase_data).catalogue
+    worker_cat = read_catalogue(small_long_data).catalogue
     assert worker_cat.buyers == ds.catalogue.buyers
-    _, events = load_replay(purchase_data, progress=False)
+    _, events = load_replay(small_long_data, progress=False)
     user = next(u for u in sorted(ds.catalogue.buyers))
     mine = [e for e in events if e.user_id == user]
     offline, live = FeatureEngine(ds.catalogue), FeatureEngine(worker_cat)
@@ -131,8 +131,8 @@ def test_a_user_remembers_a_bounded_number_of_tracks():
     assert len(tracks) == USER_TRACK_MEMORY and f"{0:022d}" not in tracks  # the oldest went first
 
 
-def test_the_user_half_life_is_chosen_inside_the_training_window_and_recorded(purchase_data, tmp_path):
-    ds, events = load_replay(purchase_data, progress=False)
+def test_the_user_half_life_is_chosen_inside_the_training_window_and_recorded(small_long_data, tmp_path):
+    ds, events = load_replay(small_long_data, progress=False)
     config, scores = choose_half_life(events, ds.catalogue, 0.7)
     assert set(scores) == {str(h) for h in HALF_LIVES}
     assert config.user_half_life_days == max(HALF_LIVES, key=lambda h: scores[str(h)])
@@ -144,7 +144,7 @@ def test_the_user_half_life_is_chosen_inside_the_training_window_and_recorded(pu
     later.track[after] = later.track[0]
     later.user[after & (later.kind != PLAY_CODE)] = 1
     assert choose_half_life(later, ds.catalogue, 0.7) == (config, scores)
-    artifact = train_model(purchase_data, tmp_path / "m.joblib", train_fraction=0.7)
+    artifact = train_model(small_long_data, tmp_path / "m.joblib", train_fraction=0.7)
     assert artifact.engine_config["user_half_life_days"] == config.user_half_life_days
     assert artifact.metrics["half_life_validation_auc"] == scores
 
