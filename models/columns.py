@@ -94,6 +94,21 @@ class EventColumns(Sequence):
         for start in range(0, len(self), MATERIALISE):
             yield from self._events(start, start + MATERIALISE)
 
+    def drain(self, chunk: int = 1 << 20) -> Iterator[Event]:
+        """Iterate the events once, giving each chunk's memory back once it is passed: the
+        columns are copied into chunks of ``chunk`` events and this object is emptied. For a
+        caller that is done with the columns after one pass (a play table of 15M events would
+        otherwise hold them to its last row)."""
+        parts = [EventColumns(*(getattr(self, f)[i:i + chunk].copy() for f in FIELDS), self.tracks)
+                 for i in range(0, len(self), chunk)]
+        for f, dtype in zip(FIELDS, DTYPES):
+            setattr(self, f, np.empty(0, dtype))
+        parts.reverse()
+        while parts:
+            part = parts.pop()
+            yield from part
+            del part
+
     def _events(self, start: int, stop: int) -> list[Event]:
         vocab = self.tracks + [None]  # index -1 is the None at the end
         kinds = EVENT_TYPES

@@ -71,13 +71,21 @@ def build_estimator(name: str, feature_names: tuple[str, ...], seed: int = 0):
     raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODEL_NAMES)}")
 
 
+def sample_index(name: str, n: int, seed: int = 0) -> np.ndarray | None:
+    """The training rows (sorted) ``name`` fits on out of ``n``; None: all of them. Known from
+    ``n`` alone, so a play table can hold only the rows some model will read."""
+    limit = MAX_TRAIN_ROWS.get(name)
+    if limit is None or n <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def fit_estimator(name: str, feature_names: tuple[str, ...], X: np.ndarray, y: np.ndarray,
                   seed: int = 0) -> tuple[object, int]:
     """Fit, sampling the training rows for the slow learners. Returns (estimator, rows used)."""
     est = build_estimator(name, feature_names, seed)
-    limit = MAX_TRAIN_ROWS.get(name)
-    if limit is not None and len(X) > limit:
-        idx = np.sort(np.random.default_rng(seed).choice(len(X), limit, replace=False))
+    idx = sample_index(name, len(X), seed)
+    if idx is not None:
         X, y = X[idx], y[idx]
     if len(np.unique(y)) < 2 and name != "naive":
         raise ValueError("the training plays hold only one class: need both skips and full plays")

@@ -15,12 +15,12 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from .artifacts import Artifact, library_versions
-from .estimators import fit_estimator
+from .estimators import fit_estimator, sample_index
 from .columns import PLAY_CODE, EventColumns
 from .events import Catalogue, Event
 from .features import EngineConfig, FeatureEngine
 from .rejections import Rejections
-from .gc_pause import paused_gc
+from .gc_pause import paused_gc, release_free_memory
 
 
 @dataclass
@@ -32,6 +32,9 @@ class PlayTable:
     ts: np.ndarray
     feature_names: tuple[str, ...]
     rejections: Rejections
+    rows: np.ndarray | None = None
+    """The plays (indices into ``y`` and ``ts``) whose features ``X`` holds, in order; None: all
+    (``kept_rows``)."""
 
 
 FEATURE_DTYPE = np.float64
@@ -44,34 +47,47 @@ ROWS_PER_COPY = 8192
 
 
 def build_table(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, config: EngineConfig | None = None,
-                progress: bool = True) -> PlayTable:
+                progress: bool = True, consume: bool = False, keep: np.ndarray | None = None) -> PlayTable:
     """Replay ``events`` (already in replay order) through a fresh engine, writing each play's
-    features into a matrix allocated once (one row per play)."""
+    features into a matrix allocated once (one row per play). ``consume``: the caller is done
+    with the columns after this; they are given back as the replay passes them
+    (``EventColumns.drain``), and the object is left empty. ``keep`` (a flag per play): only
+    those plays' features are stored (``kept_rows``); every play's label and time are."""
     with paused_gc():
-        return _build_table(events, catalogue, config, progress)
+        table = _build_table(events, catalogue, config, progress, consume, keep)
+    release_free_memory()  # the engine's state, freed on return
+    return table
 
 
-def _build_table(events, catalogue: Catalogue, config: EngineConfig | None, progress: bool) -> PlayTable:
+def _build_table(events, catalogue: Catalogue, config: EngineConfig | None, progress: bool,
+                 consume: bool, keep: np.ndarray | None) -> PlayTable:
     events = EventColumns.of(events)
+    n_events = len(events)
+    end_ts = float(events.ts[-1]) if n_events else 0.0
     engine = FeatureEngine(catalogue, config)
     names = engine.feature_names
     n_plays = events.plays
-    X = np.empty((n_plays, len(names)), FEATURE_DTYPE)
+    if keep is not None and len(keep) != n_plays:
+        raise ValueError(f"keep has {len(keep)} flags for {n_plays} plays")
+    X = np.empty((n_plays if keep is None else int(keep.sum()), len(names)), FEATURE_DTYPE)
     ts = np.empty(n_plays, np.float64)
     labels = np.full(n_plays, -1, np.int8)
     index: dict[tuple[int, int, int], int] = {}
     rows: list[list[float]] = []
     done = 0  # rows copied into X
+    play = 0  # plays seen
     observe = engine.observe
-    for e in tqdm(events, desc="features", unit=" events", unit_scale=True, disable=None if progress else True,
-                  leave=False, mininterval=0.5, total=len(events)):
+    for e in tqdm(events.drain() if consume else events, desc="features", unit=" events", unit_scale=True,
+                  disable=None if progress else True, leave=False, mininterval=0.5, total=n_events):
         resolved, row, _, play_no = observe(e)
         for r in resolved:
             labels[index.pop((r.user_id, r.session_id, r.play_no))] = r.label
         if row is not None:
-            i = done + len(rows)
-            index[(e.user_id, e.session_id, play_no)] = i
-            ts[i] = e.ts
+            index[(e.user_id, e.session_id, play_no)] = play
+            ts[play] = e.ts
+            play += 1
+            if keep is not None and not keep[play - 1]:
+                continue
             rows.append(row)
             if len(rows) == ROWS_PER_COPY:
                 X[done:done + len(rows)] = rows
@@ -80,10 +96,10 @@ def _build_table(events, catalogue: Catalogue, config: EngineConfig | None, prog
     if rows:
         X[done:done + len(rows)] = rows
         done += len(rows)
-    for r in engine.flush(float(events[-1].ts) if len(events) else 0.0):
+    for r in engine.flush(end_ts):
         labels[index.pop((r.user_id, r.session_id, r.play_no))] = r.label
-    assert done == n_plays, (done, n_plays)
-    return PlayTable(X, labels, ts, names, engine.rejections)
+    assert play == n_plays and done == len(X), (play, n_plays, done, len(X))
+    return PlayTable(X, labels, ts, names, engine.rejections, None if keep is None else np.flatnonzero(keep))
 
 
 def time_split(ts: np.ndarray, fraction: float) -> tuple[int, float]:
@@ -203,13 +219,31 @@ def train_artifact(table: PlayTable, model: str, fraction: float, fingerprint: s
                     data_fingerprint=fingerprint, metrics=metrics, versions=library_versions())
 
 
+def kept_rows(play_ts: np.ndarray, models: list[str], fraction: float = 0.7, seed: int = 0) -> np.ndarray:
+    """Which plays ``evaluate`` reads the features of: every test play, and the training plays
+    some model fits on (past ``MAX_TRAIN_ROWS`` a model reads a seeded sample, which the number
+    of training plays decides). On 15M events that is 4M of 8.6M rows of the play table."""
+    k, _ = time_split(play_ts, fraction)
+    keep = np.zeros(len(play_ts), bool)
+    keep[k:] = True
+    for name in models:
+        idx = sample_index(name, k, seed)
+        keep[:k][slice(None) if idx is None else idx] = True
+    return keep
+
+
 def evaluate(table: PlayTable, models: list[str], fraction: float = 0.7, seed: int = 0,
              progress: bool = True) -> dict:
-    """The JSON that ``skipcache evaluate`` writes."""
+    """The JSON that ``skipcache evaluate`` writes. A table of ``kept_rows`` gives the figures of
+    the whole table: each model fits on the same rows."""
     k, cutoff = time_split(table.ts, fraction)
     if k >= len(table.y):
         raise ValueError("the split leaves no test plays: lower --train-fraction")
-    X_train, y_train, X_test, y_test = table.X[:k], table.y[:k], table.X[k:], table.y[k:]
+    y_train, y_test = table.y[:k], table.y[k:]
+    n_test = len(y_test)
+    X_train, X_test = (table.X[:k], table.X[k:]) if table.rows is None else (None, table.X[len(table.X) - n_test:])
+    if table.rows is not None and not np.array_equal(table.rows[len(table.rows) - n_test:], np.arange(k, len(table.y))):
+        raise ValueError("the play table does not hold every test play (build it with kept_rows for this split)")
     out = {"split": {"train_plays": int(k), "test_plays": int(len(y_test)), "train_fraction": fraction,
                      "train_end": cutoff, "test_start": float(table.ts[k]), "test_end": float(table.ts[-1])},
            "majority_accuracy": majority_accuracy(y_test),
@@ -218,7 +252,15 @@ def evaluate(table: PlayTable, models: list[str], fraction: float = 0.7, seed: i
            "models": {}}
     for name in tqdm(models, desc="models", disable=None if progress else True, leave=False):
         started = time.perf_counter()
-        est, used = fit_estimator(name, table.feature_names, X_train, y_train, seed)
+        if X_train is not None:
+            est, used = fit_estimator(name, table.feature_names, X_train, y_train, seed)
+        else:  # the rows the model samples, as fit_estimator would on the whole table
+            idx = sample_index(name, k, seed)
+            idx = np.arange(k) if idx is None else idx
+            at = np.searchsorted(table.rows, idx)
+            if not np.array_equal(table.rows[np.minimum(at, len(table.rows) - 1)], idx):
+                raise ValueError(f"the play table lacks training rows {name} fits on (build it with kept_rows)")
+            est, used = fit_estimator(name, table.feature_names, table.X[at], y_train[idx], seed)
         fit_s = time.perf_counter() - started
         p = predict_full(est, X_test)
         m = classification_metrics(y_test, p)

@@ -23,6 +23,7 @@ import pyarrow.json as pj
 
 from models.columns import DTYPES, KIND_CODE, EventColumns
 from models.events import TRACK_EVENTS
+from models.gc_pause import release_free_memory
 from models.contract import is_track_id
 from models.parsing import _EXACT, MAX_ID, TimeWindow, event_kind, parse_event
 from models.rejections import Rejected, Rejections
@@ -401,4 +402,10 @@ def read_session_file(blocks, rejections: Rejections) -> tuple[EventColumns, int
                 reader.take(ahead.popleft().result())
         while ahead:
             reader.take(ahead.popleft().result())
-    return reader.columns(), reader.lines
+    columns, lines = reader.columns(), reader.lines
+    del reader
+    # the blocks' parsed tables are gone: Arrow's pool and the C heap keep their pages (0.57 GiB
+    # after a 15M-event file, measured) unless told to give them back
+    pa.default_memory_pool().release_unused()
+    release_free_memory()
+    return columns, lines

@@ -19,8 +19,8 @@ from cache_warmer.tiers import TierConfig, TierState
 from cache_warmer.warmer import CacheWarmer, load_warmer_state, policy_figures
 from models.artifacts import Artifact, load, save
 from models.estimators import MODEL_NAMES
-from models.evaluation import build_table, choose_half_life, evaluate, train_artifact
-from models.columns import EventColumns, replay_columns
+from models.evaluation import build_table, choose_half_life, evaluate, kept_rows, train_artifact
+from models.columns import PLAY_CODE, EventColumns, replay_columns
 from models.events import Catalogue, Event
 
 from stream.export_summary import summarize_export
@@ -84,7 +84,7 @@ def train_model(data: str | Path, out: str | Path, model: str = "linear_svc", tr
     """Fit on the earliest ``train_fraction`` of the plays and save the artifact to ``out``."""
     ds, events = load_replay(data)
     config, scores = choose_half_life(events, ds.catalogue, train_fraction, seed=seed)
-    table = build_table(events, ds.catalogue, config)
+    table = build_table(events, ds.catalogue, config, consume=True)
     del events
     artifact = train_artifact(table, model, train_fraction, ds.fingerprint, config, seed)
     artifact.metrics["half_life_validation_auc"] = scores
@@ -99,21 +99,28 @@ def evaluate_models(data: str | Path, models: list[str], train_fraction: float =
     started = time.perf_counter()
     timings: dict = {}
     ds, events = load_replay(data, timings=timings)
+    peaks = {"read": peak_rss_bytes()}  # the peak so far after each phase: which one sets it
     choosing = time.perf_counter()
     config, scores = choose_half_life(events, ds.catalogue, train_fraction, seed=seed)
     timings["half_life_choice_s"] = round(time.perf_counter() - choosing, 2)
-    features = time.perf_counter()
-    table = build_table(events, ds.catalogue, config)
-    timings["features_s"] = round(time.perf_counter() - features, 2)
-    timings["table_bytes"] = int(table.X.nbytes)
+    peaks["half_life_choice"] = peak_rss_bytes()
     result = {"events": len(events), "user_half_life_days": config.user_half_life_days,
               "half_life_validation_auc": scores}
-    del events  # the table is all the models need: the events' memory goes before the fits
+    features = time.perf_counter()
+    # the table is all the models need: the events' memory goes as the replay passes it, and
+    # only the rows some model reads are stored (the same figures as the whole table)
+    keep = kept_rows(events.ts[events.kind == PLAY_CODE], models, train_fraction, seed)
+    table = build_table(events, ds.catalogue, config, consume=True, keep=keep)
+    del events
+    timings["features_s"] = round(time.perf_counter() - features, 2)
+    timings["table_bytes"] = int(table.X.nbytes)
+    peaks["features"] = peak_rss_bytes()
     result.update(evaluate(table, models, train_fraction, seed))
     timings.update({f"fit_{m}_s": fig["fit_seconds"] for m, fig in result["models"].items()})
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     result["timings"] = timings
     result["peak_rss_bytes"] = peak_rss_bytes()
+    result["peak_rss_bytes_after"] = {**peaks, "fits": result["peak_rss_bytes"]}
     return result
 
 

@@ -79,3 +79,12 @@ def test_session_labels_equal_label_session():
         lab, group, orph = session_labels(EventColumns.from_events(events))
         assert lab.tolist() == labels and orph == orphans, seed
         assert np.all(np.diff(group) >= 0)
+
+
+def test_drain_gives_every_event_once_in_order_and_leaves_the_columns_empty():
+    from models.events import PLAY, SKIP, Event
+
+    events = [Event(float(i), i % 24, i % 5, i % 7, PLAY if i % 3 else SKIP, f"{i % 11:022d}") for i in range(50)]
+    cols = EventColumns.from_events(events)
+    assert list(cols.drain(chunk=7)) == list(EventColumns.from_events(events))
+    assert len(cols) == 0 and cols.ts.dtype == np.float64

@@ -91,3 +91,28 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
     (tmp_path / "junk.joblib").write_bytes(b"not a model")
     with pytest.raises(ArtifactError):
         load(tmp_path / "junk.joblib")
+
+
+def test_a_table_of_the_kept_rows_gives_the_whole_tables_figures(small_long_data, monkeypatch):
+    """evaluate on a play table that holds only the test plays and the training plays the models
+    sample (what `skipcache evaluate` builds) gives exactly the whole table's figures."""
+    from models import estimators
+    from models.columns import PLAY_CODE
+    from models.evaluation import build_table, evaluate, kept_rows
+    from stream.cli.jobs import load_replay
+
+    monkeypatch.setitem(estimators.MAX_TRAIN_ROWS, "linear_svc", 3_000)  # both sample here
+    monkeypatch.setitem(estimators.MAX_TRAIN_ROWS, "hist_gb", 5_000)
+    ds, events = load_replay(small_long_data, progress=False)
+    models = ["linear_svc", "hist_gb"]
+    keep = kept_rows(events.ts[events.kind == PLAY_CODE], models, 0.7, seed=3)
+    whole = build_table(events, ds.catalogue, progress=False)
+    part = build_table(events, ds.catalogue, progress=False, consume=True, keep=keep)
+    assert len(events) == 0 and len(part.X) == keep.sum() < len(whole.X) * 0.6
+    assert (part.X == whole.X[keep]).all() and (part.y == whole.y).all()
+    got, want = evaluate(part, models, 0.7, seed=3, progress=False), evaluate(whole, models, 0.7, seed=3, progress=False)
+    for m in models:
+        for key in ("accuracy", "roc_auc", "brier", "train_rows"):
+            assert got["models"][m][key] == want["models"][m][key], (m, key)
+    with pytest.raises(ValueError, match="kept_rows"):
+        evaluate(part, ["logistic"], 0.7, seed=3, progress=False)  # a model whose rows were not kept
