@@ -43,12 +43,13 @@ def build_store(settings: Settings):
 
 
 def build_sinks(settings: Settings) -> dict[str, dict[str, Sink]]:
-    """Each stage's sinks (predict: entries, dead letters; warm: commands, dead letters), Kafka
-    topics through one producer. A stage has its own sinks so one stage's flush never takes
+    """Each stage's sinks (predict: entries, dead letters, and ``forward``, the repartition topic;
+    warm: commands, dead letters), Kafka topics through one producer. A stage has its own sinks so one stage's flush never takes
     (and acknowledges) the other's records."""
     producer = SharedProducer(settings.kafka_bootstrap)
     return {"predict": {"entries": KafkaSink(settings.topic_entries, producer),
-                        "dead_letters": KafkaSink(settings.topic_dead_letter, producer)},
+                        "dead_letters": KafkaSink(settings.topic_dead_letter, producer),
+                        "forward": KafkaSink(settings.topic_repartition, producer)},
             "warm": {"commands": KafkaSink(settings.topic_commands, producer),
                      "dead_letters": KafkaSink(settings.topic_dead_letter, producer)}}
 
@@ -75,6 +76,9 @@ class Stage:
     store: PartitionStore | None = None
     """Where its partitions' state and offsets live (read for partitions other workers own)."""
     runtimes: dict[int, PartitionRuntime] = field(default_factory=dict)
+    forward: Sink | None = None
+    """Predict: where its partitions forward the events of users who live elsewhere (the
+    repartition topic, which the stage also reads: ``forward.topic``)."""
 
     def runtime(self, partition: int) -> PartitionRuntime:
         rt = self.runtimes.get(partition)
@@ -132,7 +136,7 @@ class Worker:
         return PredictRuntime(partition, self.store, self.catalogue, scorers, self.policy.scorer, self.engine_config,
                               s.warm_partitions, self.track_partition,
                               variant_of=self.variant if self.artifact_b is not None else None,
-                              window=self.window, user_partition=self.user_partition)
+                              window=self.window, user_partition=self.user_partition, partitions=s.partitions)
 
     @cached_property
     def user_partition(self):
@@ -250,6 +254,9 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
               "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime, store.stage("warm"))}
     for name in settings.stages:
         topic, partitions, make, stage_store = topics[name]
-        worker.stages[name] = Stage(name, topic, partitions, Checkpoint(sinks[name], sensors or []), make, stage_store)
+        stage_sinks = dict(sinks[name])
+        forward = stage_sinks.pop("forward", None)  # flushed as runs arrive, not by the checkpoint
+        worker.stages[name] = Stage(name, topic, partitions, Checkpoint(stage_sinks, sensors or []), make, stage_store,
+                                    forward=forward)
     worker.refresh_thresholds()
     return worker

@@ -40,6 +40,9 @@ class Settings:
     partitions: int = _env("SKIPCACHE_PARTITIONS", 4, "partitions of the input topic when skipcache creates it")
     topic_entries: str = _env("SKIPCACHE_TOPIC_ENTRIES", "skipcache.track-entries", "internal topic from the predict "
                               "stage to the warm stage, keyed by track")
+    topic_repartition: str = _env("SKIPCACHE_TOPIC_REPARTITION", "skipcache.sessions-by-user", "internal topic "
+                                  "between predict partitions, keyed by user: events a producer keyed otherwise, "
+                                  "forwarded to where their user's state lives (as many partitions as the input)")
     warm_partitions: int = _env("SKIPCACHE_WARM_PARTITIONS", 4, "partitions of the entries topic: the warm stage's "
                                 "track shards (the cache's capacity is split over them)")
     stage: str = _env("SKIPCACHE_STAGE", "both", "what a worker runs: predict, warm or both")
@@ -105,7 +108,8 @@ class Settings:
     @property
     def topics(self) -> dict[str, int]:
         """Every topic skipcache uses, with the partitions it creates it with."""
-        return {self.topic_sessions: self.partitions, self.topic_entries: self.warm_partitions,
+        return {self.topic_sessions: self.partitions, self.topic_repartition: self.partitions,
+                self.topic_entries: self.warm_partitions,
                 self.topic_commands: 1, self.topic_dead_letter: 1}
 
     @property

@@ -33,6 +33,10 @@ class Changes:
     """Warm: entries appended to the partition's held-back queue of each source..."""
     queue_drop: dict[int, int] = field(default_factory=dict)
     """...then how many leave the head of each (applied): a commit writes what changed, not the queue."""
+    inputs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """The partition's other inputs (predict: ``repartition``, the events other partitions
+    forwarded): name -> (offset the batch began at, new offset), fenced like the main offset,
+    so a batch that moves only one input still fences a zombie."""
 
 
 class PartitionStore(Protocol):
@@ -41,11 +45,12 @@ class PartitionStore(Protocol):
     def offset(self, partition: int) -> int:
         """Offset of the next event to apply (0 if the partition was never seen)."""
 
-    def position(self, partition: int) -> int | None:
-        """Offset of the next event to apply; None when the store holds none (new, or lost)."""
+    def position(self, partition: int, source: str = "") -> int | None:
+        """Offset of the next event to apply; None when the store holds none (new, or lost).
+        ``source``: one of the partition's other inputs (``Changes.inputs``)."""
 
-    def init_offset(self, partition: int, offset: int) -> int:
-        """Set the partition's offset if it has none (atomically); return the stored one."""
+    def init_offset(self, partition: int, offset: int, source: str = "") -> int:
+        """Set the partition's offset (of ``source``) if it has none (atomically); return the stored one."""
 
     def blob(self, partition: int) -> bytes | None:
         """The partition's serialized whole-value state (``Changes.blob``)."""
@@ -62,8 +67,8 @@ class PartitionStore(Protocol):
         config, counters and track counts)."""
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
-        """Apply atomically iff the stored offset equals ``expected_offset``; False if fenced.
-        ``changes.counters`` are added to the experiment counters in the same transaction."""
+        """Apply atomically iff the stored offset equals ``expected_offset`` (and each of
+        ``changes.inputs`` its expected one); False if fenced. ``changes.counters`` are added to the experiment counters in the same transaction."""
 
 
 class RuntimeConfig(Protocol):

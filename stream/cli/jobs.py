@@ -26,6 +26,7 @@ from models.events import Catalogue, Event
 from stream.export_summary import summarize_export
 from stream.files import Dataset, DataError, read_dataset
 from stream.kafka_io import partition_of, track_partition_of
+from stream.worker.stages.entry_codec import stream_of
 from stream.worker import advice
 from stream.settings import Settings
 
@@ -212,21 +213,33 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
         warmers.append(w)
     accuracy = []
     behind = 0
+    held = 0  # events forwarded to a predict partition, waiting for their time there
     for p in range(settings.partitions):
         blob = store.blob(p)
         if blob:
             state = orjson.loads(blob)
             accuracy += PredictionLedger.from_state(state["ledger"]).figures.values()
             behind += sum(1 for q, seq in state["sent"].items() if received.get(int(q), {}).get(str(p), -1) < seq)
+            for key, seq in state.get("sent_forwarded", {}).items():  # entries of events forwarded to p
+                q, origin = map(int, key.split(":"))
+                behind += received.get(q, {}).get(str(stream_of(p, origin, settings.partitions)), -1) < seq
+            held += sum(len(store.queue(p, src)) for src in state.get("forwarded", ()))
     fig = policy_figures(warmers, accuracy)
-    fig["warm_caught_up"] = behind == 0 and queued == 0  # every entry of every committed predict batch applied
+    contract, rejected = store.counters("contract"), store.counters("rejected")
+    # forwarded by one predict partition, not yet taken in by the other (still on the topic)
+    in_flight = int(contract.get("misrouted:wrong_partition", 0) - contract.get("repartitioned", 0) - sum(
+        n for reason, n in rejected.items() if reason.startswith("forwarded_"))) - held
+    # every event forwarded between predict partitions applied, every entry of every committed
+    # predict batch applied
+    fig["warm_caught_up"] = behind == 0 and queued == 0 and held == 0 and in_flight <= 0
+    fig["forwarded_waiting"] = held + max(0, in_flight)
     fig["warm_queued_entries"] = queued
     fig["warm_late_entries"] = late
     fig["offsets"] = {"predict": {p: store.offset(p) for p in range(settings.partitions)},
                       "warm": {q: warm_store.offset(q) for q in range(settings.warm_partitions)}}
     fig["events_by_type"] = store.counters("events")
-    fig["rejected"] = store.counters("rejected")
-    fig["contract"] = store.counters("contract")  # plays_without_upcoming, misrouted:<reason>
+    fig["rejected"] = rejected
+    fig["contract"] = contract  # plays_without_upcoming, misrouted:<reason>, repartitioned
     hit_value = settings.hit_value
     fig["net_value"] = _net_value(fig, hit_value)
     fig["shadows"] = {}

@@ -12,6 +12,7 @@ class MemoryStore:
         """``root``: the store whose config, counters and track counts this one shares."""
         self._lock = root._lock if root is not None else threading.Lock()
         self.offsets: dict[int, int] = {}
+        self.input_offsets: dict[tuple[int, str], int] = {}  # (partition, source) -> offset
         self.blobs: dict[int, bytes] = {}
         self.users: dict[tuple[int, int], list] = {}
         self.sessions: dict[tuple[int, int, int], list] = {}
@@ -39,11 +40,13 @@ class MemoryStore:
     def offset(self, partition: int) -> int:
         return self.offsets.get(partition, 0)
 
-    def position(self, partition: int) -> int | None:
-        return self.offsets.get(partition)
+    def position(self, partition: int, source: str = "") -> int | None:
+        return self.input_offsets.get((partition, source)) if source else self.offsets.get(partition)
 
-    def init_offset(self, partition: int, offset: int) -> int:
+    def init_offset(self, partition: int, offset: int, source: str = "") -> int:
         with self._lock:
+            if source:
+                return self.input_offsets.setdefault((partition, source), offset)
             return self.offsets.setdefault(partition, offset)
 
     def blob(self, partition: int) -> bytes | None:
@@ -61,7 +64,8 @@ class MemoryStore:
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
         with self._lock:
-            if self.offsets.get(partition, 0) != expected_offset:
+            if self.offsets.get(partition, 0) != expected_offset or any(
+                    self.input_offsets.get((partition, name), 0) != old for name, (old, _) in changes.inputs.items()):
                 return False
             for u, rec in changes.users.items():
                 self.users[(partition, u)] = copy.deepcopy(rec)
@@ -84,6 +88,8 @@ class MemoryStore:
                 for f, v in fields.items():
                     target[f] = target.get(f, 0) + v
             self.offsets[partition] = new_offset
+            for name, (_, new) in changes.inputs.items():
+                self.input_offsets[(partition, name)] = new
             return True
 
     def config(self) -> dict[str, float]:

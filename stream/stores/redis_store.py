@@ -6,6 +6,8 @@ slot (a cluster runs the batch's commit on one node, atomically):
 
     {sc:predict:P}:u:USER  :s:USER:SESSION   users and open sessions (orjson lists, with a TTL)
     {sc:predict:P}:blob    :offset           pending predictions; the next offset to apply
+    {sc:predict:P}:offset:repartition        the next offset of its repartition partition
+    {sc:predict:P}:queue:S                   events partition S forwarded, held until their time
     {sc:predict:P}:tracks                    this partition's additions to the track counts
                                              (fields n:TRACK, k:TRACK, l:TRACK)
     {sc:warm:Q}:blob  :offset  :queue:P      the cache shard; held-back entries of source P
@@ -34,22 +36,28 @@ from redis.cluster import ClusterNode, RedisCluster
 from stream.store import Changes
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v1"
-FUNCTION = "skipcache_commit_v1"
+FUNCTION_LIBRARY = "skipcache_v2"
+FUNCTION = "skipcache_commit_v2"
 FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
--- KEYS[1]: the partition's offset; ARGV[1]: the offset the batch began at; ARGV[2]: its new
--- offset; then per command: its name, the index of its key in KEYS, how many arguments follow.
+-- ARGV[1]: F, the fenced offsets (the partition's, then its other inputs'), KEYS[1..F]; ARGV[2..]:
+-- F offsets the batch began at, then F new offsets; then per command: its name, the index of its
+-- key in KEYS, how many arguments follow.
 local function commit(keys, args)
-  if (tonumber(redis.call('GET', keys[1])) or 0) ~= tonumber(args[1]) then
-    return 0
+  local f = tonumber(args[1])
+  for j = 1, f do
+    if (tonumber(redis.call('GET', keys[j])) or 0) ~= tonumber(args[1 + j]) then
+      return 0
+    end
   end
-  local i, n = 3, #args
+  local i, n = 2 + 2 * f, #args
   while i <= n do
     local count = tonumber(args[i + 2])
     redis.call(args[i], keys[tonumber(args[i + 1])], unpack(args, i + 3, i + 2 + count))
     i = i + 3 + count
   end
-  redis.call('SET', keys[1], args[2])
+  for j = 1, f do
+    redis.call('SET', keys[j], args[1 + f + j])
+  end
   return 1
 end
 redis.register_function('{FUNCTION}', commit)
@@ -117,12 +125,15 @@ class RedisStore:
     def offset(self, partition: int) -> int:
         return self.position(partition) or 0
 
-    def position(self, partition: int) -> int | None:
-        value = self.r.get(self._k(partition, "offset"))
+    def _offset_key(self, partition: int, source: str = "") -> str:
+        return self._k(partition, "offset", source) if source else self._k(partition, "offset")
+
+    def position(self, partition: int, source: str = "") -> int | None:
+        value = self.r.get(self._offset_key(partition, source))
         return int(value) if value is not None else None
 
-    def init_offset(self, partition: int, offset: int) -> int:
-        key = self._k(partition, "offset")
+    def init_offset(self, partition: int, offset: int, source: str = "") -> int:
+        key = self._offset_key(partition, source)
         self.r.set(key, offset, nx=True)
         return int(self.r.get(key))
 
@@ -168,8 +179,8 @@ class RedisStore:
         return out_u, out_s, out_t
 
     # ---- the commit -----------------------------------------------------------------------------
-    def _commands(self, partition: int, changes: Changes) -> tuple[list[str], list]:
-        """The batch as (keys, commands): each command (name, key, *arguments), keys in one slot."""
+    def _commands(self, partition: int, changes: Changes) -> list[tuple]:
+        """The batch's commands: each (name, key, *arguments), keys in the partition's slot."""
         dumps, ttl, k = orjson.dumps, self.ttl, self._k
         cmds: list[tuple] = []
         for u, rec in changes.users.items():
@@ -196,20 +207,22 @@ class RedisStore:
             key = k(partition, "counters", name, self._epoch(name))
             for f, v in values.items():
                 cmds.append(("HINCRBY" if isinstance(v, int) else "HINCRBYFLOAT", key, f, v))
-        return [k(partition, "offset")], cmds
+        return cmds
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
-        keys, cmds = self._commands(partition, changes)
+        cmds = self._commands(partition, changes)
+        fences = {self._offset_key(partition): (expected_offset, new_offset),
+                  **{self._offset_key(partition, name): pair for name, pair in changes.inputs.items()}}
         shared = self._shared
         if shared["functions"] is None:
             shared["functions"] = self._load_function()
         if shared["functions"]:
-            return self._commit_in_server(keys, cmds, expected_offset, new_offset)
-        return self._commit_watched(keys[0], cmds, expected_offset, new_offset)
+            return self._commit_in_server(fences, cmds)
+        return self._commit_watched(fences, cmds)
 
-    def _commit_in_server(self, keys: list[str], cmds: list[tuple], expected: int, new: int) -> bool:
-        index: dict[str, int] = {keys[0]: 1}
-        args: list = [expected, new]
+    def _commit_in_server(self, fences: dict[str, tuple[int, int]], cmds: list[tuple]) -> bool:
+        index: dict[str, int] = {key: i for i, key in enumerate(fences, 1)}
+        args: list = [len(fences), *(old for old, _ in fences.values()), *(new for _, new in fences.values())]
         for name, key, *rest in cmds:
             at = index.get(key)
             if at is None:
@@ -223,18 +236,20 @@ class RedisStore:
             self._load_function()  # a node that never had it (added after start-up)
             return self.r.fcall(FUNCTION, len(index), *index, *args) == 1
 
-    def _commit_watched(self, offset_key: str, cmds: list[tuple], expected: int, new: int) -> bool:
+    def _commit_watched(self, fences: dict[str, tuple[int, int]], cmds: list[tuple]) -> bool:
         with self.r.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(offset_key)
-                current = pipe.get(offset_key)
-                if (int(current) if current is not None else 0) != expected:
-                    pipe.unwatch()
-                    return False
+                pipe.watch(*fences)
+                for key, (expected, _) in fences.items():
+                    current = pipe.get(key)
+                    if (int(current) if current is not None else 0) != expected:
+                        pipe.unwatch()
+                        return False
                 pipe.multi()
                 for cmd in cmds:
                     pipe.execute_command(*cmd)
-                pipe.set(offset_key, new)
+                for key, (_, new) in fences.items():
+                    pipe.set(key, new)
                 pipe.execute()
                 return True
             except redis.WatchError:

@@ -3,7 +3,9 @@
 
 Two stages, each an agent (``SKIPCACHE_STAGE`` picks one or both; both by default):
 - **predict** consumes pozytywka.sessions (keyed by user): parse, features, scores, accuracy; it
-  publishes one message of entries per warm partition to the entries topic;
+  publishes one message of entries per warm partition to the entries topic. It also reads the
+  repartition topic, co-partitioned with the sessions topic: events a producer keyed otherwise
+  than by user, forwarded by the partition that received them to the one their user lives in;
 - **warm** consumes the entries topic (keyed by track): the one placement of its tracks, the
   policy, eviction and cache figures; it publishes pozytywka.cache-commands.
 
@@ -71,19 +73,19 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
     install(service.noise["kafka"], ("aiokafka", "kafka"))
     install(service.noise["redis"], ("redis",))
     built = settings.stages  # checks SKIPCACHE_STAGE before anything starts
-    topics = {"predict": (settings.topic_sessions, settings.partitions),
-              "warm": (settings.topic_entries, settings.warm_partitions)}
+    topics = {"predict": ((settings.topic_sessions, settings.topic_repartition), settings.partitions),
+              "warm": ((settings.topic_entries,), settings.warm_partitions)}
     app.transport = Transport(app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms,
-                              positions=service.positions, positioned_topics={topics[n][0] for n in built},
-                              on_wait_empty=service.release_all)
+                              positions=service.positions, on_wait_empty=service.release_all,
+                              positioned_topics={topic for n in built for topic in topics[n][0]})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
         service.on_revoked(revoked)
 
     def agent(name: str) -> None:
-        topic, partitions = topics[name]
-        channel = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+        names, partitions = topics[name]
+        channel = app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                             value_serializer="raw", partitions=partitions)
 
         async def consume(stream):
@@ -97,9 +99,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
 
     app.timer(min(0.05, settings.batch_within / 2))(service.cut_overdue_batches)
     app.timer(1.0)(service.release_idle_entries)
+    app.timer(0.2)(service.tell_read_all)
     app.timer(0.5)(service.refresh_thresholds)
     app.timer(1.0)(service.check_group)
-    relevant = {n: topics[n] for n in built}
+    relevant = {n: (topics[n][0][0], topics[n][1]) for n in built}
 
     @app.timer(1.0)
     async def check_kafka() -> None:

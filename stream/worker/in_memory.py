@@ -69,5 +69,6 @@ def replay_in_memory(worker: Worker, events: Sequence[Event], batch_size: int = 
 
 def list_sinks() -> dict[str, dict[str, ListSink]]:
     """Each stage's sinks as lists (``build_worker(..., sinks=list_sinks())``)."""
-    return {"predict": {"entries": ListSink("entries"), "dead_letters": ListSink("dead-letters")},
+    return {"predict": {"entries": ListSink("entries"), "dead_letters": ListSink("dead-letters"),
+                        "forward": ListSink("repartition")},
             "warm": {"commands": ListSink("commands"), "dead_letters": ListSink("dead-letters")}}

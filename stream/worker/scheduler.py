@@ -44,6 +44,8 @@ class RunScheduler:
         self.time_of = time_of
         self.pending: dict[int, Pending] = {}
         self.held: set[int] = set()
+        self.limit = math.inf
+        """The event time the last ``take`` cut at (inf: nothing aligned)."""
 
     def add(self, partition: int, run: object, records: list) -> None:
         p = self.pending.get(partition)
@@ -66,18 +68,27 @@ class RunScheduler:
         now = time.monotonic() if now is None else now
         return any(p.records and now - p.first_at >= self.within for p in self.pending.values())
 
-    def take(self, clocks: dict[int, float], lagging: set[int], force: bool = False) -> tuple[list, list]:
+    def take(self, clocks: dict[int, float], lagging: set[int], force: bool = False,
+             floors: dict[int, float] | None = None) -> tuple[list, list]:
         """``[(partition, records)]`` to apply now and the runs that are then wholly applied (to
         acknowledge after the commit). ``clocks``: each owned partition's event time applied so
         far; ``lagging``: partitions with records on the broker not received yet. ``force``
-        (the deadline passed): do not wait for a partition that has sent nothing."""
+        (the deadline passed): do not wait for a partition that has sent nothing. ``floors``:
+        per partition, an event time its records may not pass whatever the deadline (how far the
+        events other partitions forward to it have come)."""
+        self.limit = math.inf
         have = {q: p for q, p in self.pending.items() if p.records}
         if not have:
             return [], []
         cuts = {q: len(p.records) for q, p in have.items()}
         if self.time_of is not None and (len(have) > 1 or lagging - have.keys()):
-            horizon = self._horizon(have, clocks, set() if force else lagging)
+            self.limit = horizon = self._horizon(have, clocks, set() if force else lagging)
             cuts = {q: self._cut(p.records, horizon) for q, p in have.items()}
+        if floors:
+            for q, p in have.items():
+                floor = floors.get(q, math.inf)
+                if floor < math.inf:
+                    cuts[q] = min(cuts[q], self._cut(p.records, floor))
         budget = self.max_records
         work, done = [], []
         for q in sorted(have, key=lambda q: clocks.get(q, -math.inf)):  # the one behind first

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ from stream.worker.metrics import WorkerMetrics
 from stream.worker.positions import StateLost, resume_offset
 from stream.stores.redis_store import OldLayout
 from stream.worker.scheduler import RunScheduler
+from stream.worker.stages.predict import order_of
 from stream.worker.stages.warm import SourceEnds
 
 log = logging.getLogger("skipcache.worker")
@@ -101,6 +103,10 @@ class WorkerService:
         self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
+        self.inboxes: dict[int, list[tuple[object, list]]] = {}
+        """Predict partition -> the runs of its repartition partition received, not applied yet
+        (faust event, decoded records): every batch of the partition takes them all."""
+        self._forwarding = asyncio.Lock()  # one flush of the forward sink at a time
 
     # ---- dependencies ---------------------------------------------------------------------------
     async def call(self, fn, *args):
@@ -288,14 +294,44 @@ class WorkerService:
                     old = stage.runtimes.get(tp.partition)
                     out[tp] = await self.position(stage, tp.partition, earliest.get(tp, 0), committed[tp],
                                                   old.next_offset if old is not None else None)
+                if stage.forward is not None:
+                    for tp in sorted(tp for tp in committed if tp.topic == stage.forward.topic):
+                        out[tp] = await self.forwarded_position(stage, tp.partition, earliest.get(tp, 0))
         except StateLost as exc:
             await self.stop_fatally(exc)
             raise
         return out
 
+    async def forwarded_position(self, stage: Stage, partition: int, earliest: int) -> int:
+        """Where a predict partition's repartition partition resumes: the offset committed with its
+        state (the topic's earliest the first time). Its runtime is loaded by then (co-partitioned
+        with the sessions partition, which faust assigns with it)."""
+        rt = stage.runtimes.get(partition)
+        if rt is None:
+            return earliest
+        while True:
+            try:
+                if await self.call(rt.forwarded_position) is None:
+                    await self.call(rt.start_forwarded_at, earliest)
+                self.redis_ok()
+                break
+            except TRANSIENT as exc:
+                self.redis_failed(exc)
+                await self.wait_for_redis()
+        self.sought[(stage.forward.topic, partition)] = time.monotonic()
+        return rt.rep_next
+
     async def seek(self, stage: Stage, partition: int, offset: int) -> None:
         self.sought[(stage.topic, partition)] = time.monotonic()
         await self.app.consumer.seek_wait({TP(stage.topic, partition): offset})  # in the consumer's thread
+
+    async def seek_forwarded(self, stage: Stage, partition: int) -> None:
+        tp = TP(stage.forward.topic, partition)
+        rt = stage.runtimes.get(partition)
+        if rt is None:
+            return
+        self.sought[(tp.topic, partition)] = time.monotonic()
+        await self.app.consumer.seek_wait({tp: rt.rep_next})
 
     async def relocate(self, stage: Stage, partitions: list[int], applied: dict[int, int]) -> None:
         """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
@@ -317,12 +353,28 @@ class WorkerService:
                 return
             if p in stage.runtimes:
                 await self.seek(stage, p, offset)
+                if stage.forward is not None:
+                    await self.seek_forwarded(stage, p)
 
     def release(self, name: str, partitions: set[int] | None = None) -> None:
         """Drop what a stage received and has not applied (acknowledged to faust unapplied)."""
         for run in self.schedulers[name].release(partitions):
             run.ack()
+        if name == "predict":
+            self.release_forwarded(partitions)
         self.hold_ahead()
+
+    def release_forwarded(self, partitions: set[int] | None = None) -> None:
+        """Drop the forwarded runs received for ``partitions`` (default: all): they are read
+        again from the offset committed with the state, so the partitions wait for them anew."""
+        stage = self.built.stages.get("predict") if self.built is not None else None
+        for p in list(self.inboxes):
+            if partitions is None or p in partitions:
+                for run, _ in self.inboxes.pop(p):
+                    run.ack()
+                rt = stage.runtimes.get(p) if stage is not None else None
+                if rt is not None:
+                    rt.forget_heard()
 
     def release_all(self) -> None:
         """Before faust waits for in-flight messages at a rebalance (transport.py)."""
@@ -334,7 +386,8 @@ class WorkerService:
         if w is None:
             return
         for stage in w.stages.values():
-            gone = {tp.partition for tp in revoked if tp.topic == stage.topic}
+            topics = {stage.topic, stage.forward.topic} if stage.forward is not None else {stage.topic}
+            gone = {tp.partition for tp in revoked if tp.topic in topics}
             self.release(stage.name, gone)
             for p in gone:
                 stage.runtimes.pop(p, None)
@@ -368,13 +421,61 @@ class WorkerService:
             if rt is None:  # not positioned yet, or revoked meanwhile: its owner replays from Redis
                 event.ack()
                 continue
-            self._at[name] = (message.partition, rt.next_offset)
             records = event.value
+            if stage.forward is not None and message.topic == stage.forward.topic:  # events forwarded to it
+                records = await self.call(rt.decode_forwarded, records)
+                self.inboxes.setdefault(message.partition, []).append((event, records))
+                rt.hear(records)  # once they are in the inbox: the next batch takes them with what they allow
+                if runs.channel.empty():
+                    await self.drain(name)
+                continue
+            self._at[name] = (message.partition, rt.next_offset)
             if name == "predict":
                 records = await self.call(rt.decode, records)
+                if stage.forward is not None:
+                    high = self.highwater(stage.topic, message.partition)
+                    await self.forward(stage, rt.route(records, high is not None and message.offset + 1 >= high))
             scheduler.add(message.partition, event, records)
             if scheduler.full() or runs.channel.empty():
                 await self.drain(name)
+
+    async def forward(self, stage: Stage, messages: list[tuple[int, bytes]]) -> None:
+        """Send a run's forwarded events and clock to the other predict partitions, and wait until
+        the broker has them (retrying with backoff while it is away)."""
+        if not messages:
+            return
+        sink = stage.forward
+        async with self._forwarding:
+            for q, value in messages:
+                sink.add(None, value, q)
+            attempt = 0
+            while True:
+                try:
+                    await sink.flush()
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the broker away: the records stay buffered
+                    attempt += 1
+                    self.kafka_failed(exc)
+                    await asyncio.sleep(BACKOFF.compute(attempt))
+            if attempt:
+                self.dependency_ok(self.health.kafka)
+
+    async def tell_read_all(self) -> None:
+        """Timer: a predict partition that has read all its sessions partition holds says so to
+        the others once (they stop waiting for its clock until it reads more). Runs as its own
+        task (the timer returns at once)."""
+        w = self.built
+        stage = w.stages.get("predict") if w is not None else None
+        if stage is not None and stage.forward is not None:
+            self.spawn("tell_read_all", lambda: self._tell_read_all(stage))
+
+    async def _tell_read_all(self, stage: Stage) -> None:
+        lagging = self.lagging(stage)
+        for p, rt in list(stage.runtimes.items()):
+            if not rt.said_done and p not in lagging:
+                await self.forward(stage, rt.route([], True))
 
     async def drain(self, name: str, force: bool = False) -> None:
         """Apply what the stage's scheduler lets through now (all of it, batch by batch, while a
@@ -386,8 +487,14 @@ class WorkerService:
             while True:
                 clocks = {p: getattr(rt, "clock", 0.0) for p, rt in stage.runtimes.items()}
                 lagging = self.lagging(stage)
-                work, done = scheduler.take(clocks, lagging, force)
+                floors = None
+                if stage.forward is not None:  # how far the events forwarded to each partition have come
+                    now = time.monotonic()
+                    floors = {p: rt.reach(now) for p, rt in stage.runtimes.items()}
+                work, done = scheduler.take(clocks, lagging, force, floors)
                 self.hold_ahead()
+                if stage.forward is not None:
+                    work, done = self.take_forwarded(stage, work, done, floors)
                 if not work:
                     return
                 try:
@@ -403,6 +510,41 @@ class WorkerService:
                 if not scheduler.full():
                     return
 
+    def take_forwarded(self, stage: Stage, work: list, done: list, floors: dict[int, float]) -> tuple[list, list]:
+        """Each predict partition's batch takes its whole inbox, and applies forwarded events up
+        to its cut (``until``: the scheduler's horizon and the partition's reach); a partition
+        with forwarded events and no records of its own joins the batch with none."""
+        scheduler = self.schedulers["predict"]
+        limit = scheduler.limit
+        worked = {p for p, _ in work}
+        for p, rt in stage.runtimes.items():
+            rt.until = (min(limit, floors.get(p, math.inf)), math.inf)
+            pending = scheduler.pending.get(p)
+            first = next((r[3] for r in pending.records if type(r[3]) is Event), None) if pending else None
+            if first is not None:  # its own records the batch leaves (a full batch): no forwarded event passes them
+                rt.until = min(rt.until, order_of(first))
+            runs = self.inboxes.pop(p, [])
+            records = [r for _, recs in runs for r in recs]
+            rt.inbox = contiguous_run(records, rt.rep_next)
+            done += [run for run, _ in runs]
+            if not rt.inbox and any(r[0] > rt.rep_next for r in records):
+                self.spawn(f"seek_forwarded_{p}", lambda p=p: self.reseek_forwarded(stage, p, records))
+            if p not in worked and (rt.inbox or rt.has_due()):
+                work.append((p, []))
+        return work, done
+
+    async def reseek_forwarded(self, stage: Stage, p: int, records: list) -> None:
+        """The repartition partition's next offset did not come (records fetched before a seek):
+        seek to it again."""
+        tp_topic = stage.forward.topic
+        if time.monotonic() - self.sought.get((tp_topic, p), 0.0) > RESEEK_SECONDS:
+            rt = stage.runtimes.get(p)
+            if rt is not None:
+                log.info("predict partition %d: forwarded offset %d did not come (got %d..%d): seeking to it", p,
+                         rt.rep_next, min(r[0] for r in records), max(r[0] for r in records))
+                self.release_forwarded({p})
+                await self.seek_forwarded(stage, p)
+
     async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
         """``lagging``: the stage's partitions with records on the broker not received yet."""
         batch = []
@@ -417,6 +559,8 @@ class WorkerService:
                 batch.append((rt, []))
                 continue
             run = contiguous_run(records, rt.next_offset)
+            if not run and getattr(rt, "inbox", None):
+                batch.append((rt, []))  # its forwarded events at least
             if not run:
                 ahead = [r[0] for r in records if r[0] > rt.next_offset]
                 if ahead and time.monotonic() - self.sought.get((stage.topic, p), 0.0) > RESEEK_SECONDS:
@@ -426,7 +570,7 @@ class WorkerService:
                     await self.seek(stage, p, rt.next_offset)
                 continue  # only records already applied, or ones fetched before a seek
             batch.append((rt, run))
-        if not any(run for _, run in batch):
+        if not any(run or getattr(rt, "inbox", None) or getattr(rt, "has_due", bool)() for rt, run in batch):
             return
         result = await stage.checkpoint.run(batch)
         self.settled(stage.name, result)

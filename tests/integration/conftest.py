@@ -123,7 +123,7 @@ def make_live(kafka_port: int, redis_port: int, live_data, workdir: Path, **extr
            "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis_port}/0", "SKIPCACHE_REDIS_PREFIX": f"t{tag}",
            "SKIPCACHE_MODEL": str(out / "m.joblib"), "SKIPCACHE_DATA": str(out / "data"),
            "SKIPCACHE_PARTITIONS": "1", "SKIPCACHE_WARM_PARTITIONS": "1", "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}",
-           "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
+           "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}", "SKIPCACHE_TOPIC_REPARTITION": f"by-user-{tag}",
            "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
            "SKIPCACHE_BATCH_SIZE": "500", "SKIPCACHE_API_TOKEN": "s3cret", "SKIPCACHE_LOG_LEVEL": "info", **extra}
     live = Live(Settings.from_env(env), env, workdir)

@@ -1,6 +1,7 @@
-"""A live worker tells producers what they send otherwise than the contract asks: events keyed
-to another user's partition (counted by reason, in `status` and /healthz, with a log line that
-names the fix) and plays without an upcoming track."""
+"""A live worker tells producers what they send otherwise than the contract asks, and still gives
+true figures: events keyed to another user's partition are repartitioned to where the user's
+state lives (counted by reason, in `status` and /healthz, with a log line that names the fix),
+plays without an upcoming track are counted."""
 from __future__ import annotations
 
 import orjson
@@ -29,34 +30,72 @@ def _landed(settings) -> list[tuple[int, int]]:
     return out
 
 
-@pytest.mark.parametrize("key", ["none"])  # keyed by user, on 4 partitions: tests/integration/test_quickstart.py
-def test_misrouted_events_and_plays_without_upcoming_are_counted(servers, live_data, tmp_path, key):
+def _keyed_run(servers, live_data, workdir, events, key: str) -> dict:
+    """The events sent keyed by ``key`` to a 2-partition sessions topic (the topic full before
+    the worker starts), applied by one worker: its figures, where the records landed, /healthz
+    and its log."""
     kafka, redis = servers
-    live = make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_PARTITIONS="2")
-    _, _, events, _ = live_data
-    events = events[:20_000]
+    workdir.mkdir()
+    live = make_live(kafka.port, redis.port, live_data, workdir, SKIPCACHE_PARTITIONS="2")
+    live.create_topics()
+    replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False, key=key)
     worker, port = live.start_worker()
     try:
-        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False, key=key)
         live.wait_applied(len(events), workers=[worker])
-        landed = _landed(live.settings)
-        assert len(landed) == len(events)
-        wrong = sum(1 for p, user in landed if partition_of(user, 2) != p)
         fig = live_figures(live.settings)
-        contract = fig["contract"]
-        assert contract.get("misrouted:wrong_partition", 0) == wrong
-        assert (wrong == 0) == (key == "user")
-        without = sum(1 for e in events if e.kind == PLAY and e.next_track_id is None)
-        assert 0 < without < sum(1 for e in events if e.kind == PLAY)
-        assert contract["plays_without_upcoming"] == without
         health = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
-        assert health["producers"].get("misrouted:wrong_partition", 0) == wrong
-        assert health["status"] == "degraded" and health["misrouted_events_last_minute"] == wrong
-        log = (live.workdir / "w.log").read_text()
-        assert ("key each event by its user id" in log) == (key != "user")
     finally:
         worker.terminate()
         worker.wait(20)
+    return {"fig": fig, "landed": _landed(live.settings), "health": health, "log": (workdir / "w.log").read_text()}
+
+
+def test_events_keyed_by_session_or_not_at_all_give_the_figures_of_events_keyed_by_user(servers, live_data,
+                                                                                          tmp_path):
+    """The same export sent (a) keyed by user, (b) with no key, (c) keyed by session: the
+    partition each event lands on forwards the events of users living elsewhere through the
+    repartition topic, and the figures are (a)'s. The events are those of the users of sessions
+    partition 0: keyed by user they all land there, so (a) is one partition's replay and its
+    figures do not depend on batch timing; (b) and (c) spread them over both partitions."""
+    _, _, events, _ = live_data
+    mine = [e for e in events if partition_of(e.user_id, 2) == 0]
+    runs = {key: _keyed_run(servers, live_data, tmp_path / key, mine, key) for key in ("user", "none", "session")}
+    a = runs["user"]["fig"]
+    assert a["predictions"] > 5_000 and a["promotions"] > 0
+    for key, run in runs.items():
+        fig = run["fig"]
+        wrong = sum(1 for p, user in run["landed"] if partition_of(user, 2) != p)
+        assert len(run["landed"]) == len(mine)
+        assert (wrong == 0) == (key == "user") and (key == "user" or wrong > len(mine) // 4), (key, wrong)
+        contract = fig["contract"]
+        assert contract.get("misrouted:wrong_partition", 0) == wrong, key
+        assert contract.get("repartitioned", 0) == wrong, key  # each forwarded event applied once
+        assert contract.get("repartitioned_late", 0) == 0, key
+        for figure in ("predictions", "accuracy", "majority_accuracy", "plays", "full_play_hits", "promotions",
+                       "wasted_promotions", "evictions", "hit_ratio"):
+            assert fig.get(figure) == a.get(figure), (key, figure, fig.get(figure), a.get(figure))
+        assert fig["events_by_type"] == a["events_by_type"], key
+        health = run["health"]
+        assert health["producers"].get("misrouted:wrong_partition", 0) == wrong, key
+        assert (health["status"] == "degraded") == (key != "user"), (key, health["status"])
+        assert ("key each event by its user id" in run["log"]) == (key != "user"), key
+
+
+def test_plays_without_upcoming_are_counted(live, live_data):
+    _, _, events, _ = live_data
+    events = events[:20_000]
+    worker, _ = live.start_worker()
+    try:
+        replay(events, live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+        contract = live_figures(live.settings)["contract"]
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    without = sum(1 for e in events if e.kind == PLAY and e.next_track_id is None)
+    assert 0 < without < sum(1 for e in events if e.kind == PLAY)
+    assert contract["plays_without_upcoming"] == without
+    assert "misrouted:wrong_partition" not in contract
 
 
 def test_without_session_ends_or_upcoming_tracks_the_gap_rule_resolves_what_simulate_resolves(live, live_data):

@@ -3,10 +3,14 @@ per (predict batch, warm partition), so the warm stage pays Kafka's and Faust's 
 once per batch rather than once per play.
 
     {"v": 1, "src": <sessions partition>, "t": <event time of its batch's last event>,
-     "e": [[seq, kind, ...], ...]}
+     "e": [[seq, kind, ...], ...], "o": [<origin of each entry, -1: src>, ...] (only if any)}
 
-``seq`` is the offset of the event in its sessions partition: with ``src`` it identifies what the
-warm stage has applied (a predict batch replayed after a crash re-sends the same offsets). Every
+``seq`` is the offset of the event in its sessions partition (its origin's, else ``src``'s): with
+them it identifies what the warm stage has applied (a predict batch replayed after a crash
+re-sends the same offsets). A predict partition applies events other partitions forwarded to it
+(a producer that keyed otherwise than by user, ``predict.py``); their entries keep their place
+among its own (the order it made them in, which same-instant entries need), and ``o`` says whose
+offsets their sequences are: each (``src``, origin) is a sequence of its own (``stream_of``). Every
 predict batch sends one to every warm partition, entries or not: ``t`` is the source's clock,
 from which the warm stage knows how far every source has come (``warm.py``).
 
@@ -35,8 +39,18 @@ MAX_ENTRIES = 200_000
 three per event."""
 
 
-def encode(source_partition: int, clock: float, entries: list[tuple]) -> bytes:
-    return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries})
+def encode(source_partition: int, clock: float, entries: list[tuple], origins: list[int] | None = None) -> bytes:
+    if origins is None:
+        return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries})
+    return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries, "o": origins})
+
+
+def stream_of(source: int, origin: int | None, sources: int) -> int:
+    """The sequence an entry belongs to: its source's own (``source``), or, for events ``source``
+    applied for another partition (``origin``), one number per pair past every partition's."""
+    if origin is None or origin == source:
+        return source
+    return sources * (1 + source) + origin
 
 
 def _int(v) -> bool:
@@ -74,8 +88,9 @@ def check_entry(entry, last: int, clock: float, earliest: float) -> int:
 
 
 def decode(value: bytes | None, sources: int | None = None, reference: float | None = None,
-           window: TimeWindow = TimeWindow()) -> tuple[int, float, list[list]]:
-    """(source partition, its clock, entries), or ``Rejected`` saying what is wrong with it.
+           window: TimeWindow = TimeWindow()) -> tuple[int, float, list[list], list[int] | None]:
+    """(source partition, its clock, entries, each entry's origin (-1: the source's own; None:
+    all are)), or ``Rejected`` saying what is wrong with it.
     ``sources``: the sessions topic's partitions (None: not checked); ``reference``: the message's
     Kafka timestamp, against which the clock may be at most ``window.max_ahead`` ahead."""
     if value is None:
@@ -92,13 +107,23 @@ def decode(value: bytes | None, sources: int | None = None, reference: float | N
         raise Rejected("bad_entries", "needs src (a partition), t (a time) and e (a list)")
     if sources is not None and src >= sources:
         raise Rejected("unknown_source", f"sessions partition {src}: the topic has {sources}")
+    origins = msg.get("o")
+    if origins is not None and (type(origins) is not list or len(origins) != len(entries) or not all(
+            o == -1 or _int(o) and o != src and (sources is None or o < sources) for o in origins)):
+        raise Rejected("unknown_source", "o: not an origin (-1 or another sessions partition) for each entry")
     if clock < window.earliest:
         raise Rejected("clock_before_era", f"t={clock}")
     if reference is not None and clock > reference + window.max_ahead:
         raise Rejected("clock_in_future", f"t={clock} is {clock - reference:,.0f} s past the message's timestamp")
     if len(entries) > MAX_ENTRIES:
         raise Rejected("bad_entries", f"{len(entries):,} entries in one message")
-    last, earliest = -1, window.earliest
-    for entry in entries:
-        last = check_entry(entry, last, clock, earliest)
-    return src, float(clock), entries
+    earliest = window.earliest
+    if origins is None:
+        last = -1
+        for entry in entries:
+            last = check_entry(entry, last, clock, earliest)
+    else:  # each origin's sequences in order
+        lasts: dict[int, int] = {}
+        for entry, origin in zip(entries, origins):
+            lasts[origin] = check_entry(entry, lasts.get(origin, -1), clock, earliest)
+    return src, float(clock), entries, origins

@@ -2,6 +2,19 @@
 scores, the A/B variant and the accuracy of resolved predictions, on the partition's users and
 sessions in the store. Its entries for the warm stage leave as one message per warm partition.
 
+Mis-keyed events (a producer that keys by session, by device or not at all) are repartitioned, as
+Kafka Streams and Faust's ``group_by`` do: a sessions partition forwards, as each run of records
+arrives (``route``), the events of users whose state lives elsewhere to that partition of the
+repartition topic, with how far it has read (its clock) and whether it has read all there is;
+it applies only its own users' events. A partition merges what it is forwarded with its own
+events in event time (``stages/route_codec.py``): it applies nothing past the clock every other
+partition that is still reading has reached (``reach``, the worker's cut), holds forwarded
+events beyond it in the store (one list per source, appended and trimmed by the commits), and
+drops a forwarded event it already applied (by its source partition and offset: a source
+re-read after a crash forwards the same events again). Its repartition partition's offset is
+committed and fenced with its sessions offset. So a user's events are applied where the user's
+state lives, exactly once, in order.
+
 Track counts are global: a batch reads every partition's committed counts of its tracks, adds its
 own plays as it goes, and commits its additions with its offset (exactly once). A play's track
 features therefore miss only the plays other partitions have in batches not committed yet (at
@@ -9,6 +22,7 @@ most one batch each, i.e. ``SKIPCACHE_BATCH_WITHIN`` seconds of traffic at low r
 simulation follows the same rule (``cache_warmer/simulation.py``)."""
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -18,20 +32,31 @@ import orjson
 
 from cache_warmer.entries import route
 from cache_warmer.predictor import PredictionLedger, Predictor
-from models.events import PLAY, Catalogue, Event
+from models.events import PLAY, SESSION_END, Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
 from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected, Rejections
+from models.replay import TIE_RANK
 from models.state import S_PENDING_TRACK, State, U_SESSION
 
+from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode
-from stream.worker.stages.partition import BatchOutput, PartitionRuntime
+from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime
 from stream.store import Changes, PartitionStore
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
 MISROUTED_LOG_EVERY = 60.0
 """Seconds between a partition's log lines about events of users that belong elsewhere."""
+REPARTITION = "repartition"
+"""The name of a predict partition's second input (its repartition partition) in the store."""
+SOURCE_IDLE_SECONDS = 10.0
+"""A partition that forwards events and has said nothing for this long (its worker gone, a long
+rebalance) is not waited for: what it forwards later is applied when it comes (counted late)."""
+STREAM_BITS = 48
+"""Inside a batch an event's sequence carries its source: ``(source + 1) << 48 | offset`` for a
+forwarded event (``source``'s offset), the offset alone for the partition's own."""
+_OFFSET_MASK = (1 << STREAM_BITS) - 1
 log = logging.getLogger("skipcache.predict")
 
 
@@ -41,11 +66,13 @@ class PredictRuntime(PartitionRuntime):
     def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, scorers: dict,
                  column: str, engine_config: EngineConfig, warm_partitions: int,
                  track_partition: Callable[[str], int], count_from: float = -math.inf, variant_of=None,
-                 window: TimeWindow = TimeWindow(), user_partition: Callable[[int], int] | None = None):
+                 window: TimeWindow = TimeWindow(), user_partition: Callable[[int], int] | None = None,
+                 partitions: int = 1):
         """``column``: the score the warm stage's policy reads (``A``, or ``ab`` for an A/B
         test); ``track_partition``: a track's warm partition; ``user_partition``: the sessions
         partition a user's events are keyed to (the contract), to find producers that key
-        otherwise."""
+        otherwise; ``partitions``: the sessions topic's (with ``user_partition``, events keyed
+        otherwise are repartitioned among them)."""
         self.catalogue = catalogue
         self.scorers = scorers
         self.column = column
@@ -56,8 +83,19 @@ class PredictRuntime(PartitionRuntime):
         self.variant_of = variant_of
         self.window = window
         self.user_partition = user_partition
+        self.sources = partitions
+        self.repartitions = user_partition is not None and partitions > 1
         self.rejections = Rejections()
         self._misrouted_logged = -math.inf
+        self.inbox: list[tuple] = []
+        """The repartition partition's decoded records the worker hands the next batch."""
+        self.until = (math.inf, math.inf)
+        """How far the next batch may apply forwarded events: those ordered (``order_of``) before
+        it (the worker's cut: the horizon, ``reach``, and the first own record it leaves)."""
+        self.read_clock = -math.inf
+        """The event time this partition has read up to (``route``: sent to every other one)."""
+        self.said_done = False
+        """The last thing ``route`` told the others was that this partition had read all."""
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
@@ -68,11 +106,36 @@ class PredictRuntime(PartitionRuntime):
         stage has all of this partition's committed entries once it applied that far."""
         self.clock = -math.inf
         """The event time of the newest event applied: how far this partition has come."""
+        self.rep_next = (self.store.position(self.partition, REPARTITION) or 0) if self.repartitions else 0
+        """The next offset of this partition's repartition partition."""
+        self.via: dict[int, int] = {}
+        """Source partition -> the highest offset of it whose forwarded event was taken in."""
+        self.forwarded: dict[int, list[tuple[int, Event, dict]]] = {}
+        """Source -> its forwarded events taken in, not applied yet (past the cut): (offset,
+        event, as produced). Stored apart from the blob, as lists the commits append to and trim."""
+        self._pushed: dict[int, list] = {}
+        self._dropped: dict[int, int] = {}
+        self._stored: dict[int, int] = {}
+        self.sent_forwarded: dict[str, int] = {}
+        """``warm partition:source`` -> the last offset of ``source`` whose entries went there."""
+        self.heard: dict[int, tuple[float, bool, float]] = {}
+        """Source -> (its clock, it had read all, when heard: monotonic), since loaded."""
+        self.since = time.monotonic()
+        self.forwarded_late = 0
+        self._rep_to = self.rep_next
+        self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
         if blob:
             state = orjson.loads(blob)
             ledger.load_state(state["ledger"])
             self.sent = {int(q): seq for q, seq in state["sent"].items()}
             self.clock = state.get("clock", -math.inf)
+            self.via = {int(src): o for src, o in state.get("via", {}).items()}
+            self.sent_forwarded = state.get("sent_forwarded", {})
+            self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
+            for src in state.get("forwarded", ()):
+                queued = self.store.queue(self.partition, src)
+                self.forwarded[src] = [(o, parse_event(obj), obj) for o, obj in queued]
+                self._stored[src] = len(queued)
         self.engine.watch(ledger.pending)  # the pending plays come under the session-gap rule again
         if blob:
             self.engine.load_held(state.get("held", []))
@@ -80,14 +143,27 @@ class PredictRuntime(PartitionRuntime):
                                    ledger=ledger)
 
     def process(self, records: list[tuple]) -> BatchOutput:
-        """With no records: the partition is waiting for the others to come level in event time
-        (``scheduler.py``), not idle; it tells every warm partition its clock, so the warm stage
-        keeps waiting for it rather than taking its silence for idleness."""
-        if records or not math.isfinite(self.clock):
-            return super().process(records)
+        """``records``: the sessions partition's run; ``inbox``: its repartition partition's. With
+        neither, and nothing forwarded due: the partition is waiting for the others to come level
+        in event time (``scheduler.py``), not idle; it tells every warm partition its clock, so
+        the warm stage keeps waiting for it rather than taking its silence for idleness."""
+        inbox, self.inbox = [r for r in self.inbox if r[0] >= self.rep_next], []
+        if inbox and inbox[0][0] != self.rep_next:
+            raise OffsetGap(self.partition, self.rep_next, inbox[0][0])
+        self._rep_to = inbox[-1][0] + 1 if inbox else self.rep_next
         out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
-        for q in range(self.warm_partitions):
-            out.publish.append(("entries", None, encode(self.partition, self.clock, []), q))
+        fresh = [r for r in records if r[0] >= self.next_offset]
+        out.skipped_duplicates = len(records) - len(fresh)
+        if fresh:
+            if fresh[0][0] != self.next_offset:
+                raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
+            out.next_offset = fresh[-1][0] + 1
+            out.timestamps = [r[2] for r in fresh if r[2]] if len(fresh[0]) > 2 else []
+        if fresh or inbox or self.has_due():
+            self.apply(fresh, out, inbox)
+        elif math.isfinite(self.clock):
+            for q in range(self.warm_partitions):
+                out.publish.append(("entries", None, encode(self.partition, self.clock, []), q))
         return out
 
     def decode(self, records: list[tuple]) -> list[tuple]:
@@ -113,33 +189,65 @@ class PredictRuntime(PartitionRuntime):
             out.append((offset, value, ts, item))
         return out
 
-    def apply(self, records: list[tuple], out: BatchOutput) -> None:
+    def apply(self, records: list[tuple], out: BatchOutput, inbox: list[tuple] = ()) -> None:
         events: list[Event] = []
         offsets: list[int] = []
-        kinds = out.kinds
-        for offset, value, _, item in (records if len(records[0]) > 3 else self.decode(records)):
+        if records and len(records[0]) <= 3:
+            records = self.decode(records)
+        for offset, value, _, item in records:
             if type(item) is Event:
                 events.append(item)
                 offsets.append(offset)
-                kinds[item.kind] = kinds.get(item.kind, 0) + 1
             else:
                 out.reject(offset, item.reason, value, item.detail)
-        out.events = len(events)
         contract = self._contract(events)
+        clock = max(e.ts for e in events) if events else -math.inf  # what it has read, its own or not
+        forwarded = 0
+        if self.repartitions:
+            where, mine = self.user_partition, self.partition
+            if "misrouted:wrong_partition" in contract:  # forwarded by ``route`` as they arrived
+                own = [i for i, e in enumerate(events) if where(e.user_id) == mine]
+                events, offsets = [events[i] for i in own], [offsets[i] for i in own]
+            due = self._take_in(inbox, out)
+            if due:
+                forwarded = sum(map(len, due))
+                clock = max(clock, max(e.ts for run in due for _, e in run))
+                late = sum(1 for run in due for _, e in run if e.ts < self.clock)
+                if late:
+                    self.forwarded_late += late
+                    contract["repartitioned_late"] = late
+                # each input keeps its order (its entries' sequences stay in order); their heads interleave
+                pairs = list(heapq.merge(list(zip(offsets, events)), *due, key=_event_order))
+                offsets, events = [o for o, _ in pairs], [e for _, e in pairs]
+                contract["repartitioned"] = forwarded
+        kinds = out.kinds
+        for e in events:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        out.events = len(events)
         self._prefetch(events)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
         repaired_before = dict(self.engine.repaired)
         predicted = self.predictor.process(events, offsets)
         out.outcomes = predicted.outcomes
         self._sending = sent = dict(self.sent)
+        self._sending_forwarded = sent_forwarded = dict(self.sent_forwarded)
         self._clock = self.clock
-        if events:  # every warm partition hears of every batch: its entries, or at least its clock
-            clock = max(e.ts for e in events)
+        if math.isfinite(clock):  # every warm partition hears of every batch: its entries, or at least its clock
             self._clock = max(clock, self.clock)
-            for q, entries in enumerate(route(predicted.entries, self.track_partition, self.warm_partitions)):
-                out.publish.append(("entries", None, encode(self.partition, clock, entries), q))
-                if entries:
-                    sent[q] = entries[-1][0]
+            for q, to_q in enumerate(route(predicted.entries, self.track_partition, self.warm_partitions)):
+                origins = None
+                if forwarded:  # forwarded events' entries keep their place; their origins go beside
+                    to_q, origins = _unpack(to_q)
+                out.publish.append(("entries", None, encode(self.partition, clock, to_q, origins), q))
+                if origins is None:
+                    if to_q:
+                        sent[q] = to_q[-1][0]
+                    continue
+                for entry, origin in zip(to_q, origins):
+                    if origin < 0:
+                        sent[q] = entry[0]
+                    else:
+                        sent_forwarded[f"{q}:{origin}"] = entry[0]
         st = self.engine.state
         counters: dict[str, dict[str, float]] = {"events": dict(kinds)}
         rejected = self.rejected_counts(out)
@@ -156,15 +264,161 @@ class PredictRuntime(PartitionRuntime):
         for outcome in predicted.outcomes:  # the A/B experiment's counters, exactly-once with the state
             ab = counters.setdefault(f"ab:{outcome.variant}", {})
             ab[outcome.cell] = ab.get(outcome.cell, 0) + 1
+        state = {"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()}}
+        if held := self.engine.held_state():
+            state["held"] = held
+        if math.isfinite(self._clock):
+            state["clock"] = self._clock
+        push, drop = {}, {}
+        if self.repartitions:
+            if self.via:
+                state["via"] = {str(src): o for src, o in self.via.items()}
+            if sent_forwarded:
+                state["sent_forwarded"] = sent_forwarded
+            if queued := sorted(src for src, q in self.forwarded.items() if q):
+                state["forwarded"] = queued
+            push, drop = self._queue_changes()
         out.changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
             sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
             deleted_sessions=set(st.deleted_sessions),
             tracks=dict(st.track_delta),
-            blob=orjson.dumps({"ledger": self.predictor.ledger.to_state(), "sent": {str(q): o for q, o in sent.items()},
-                               **({"held": held} if (held := self.engine.held_state()) else {}),
-                              **({"clock": self._clock} if math.isfinite(self._clock) else {})}),
-            counters=counters)
+            blob=orjson.dumps(state),
+            counters=counters, queue_push=push, queue_drop=drop,
+            inputs={REPARTITION: (self.rep_next, self._rep_to)} if self.repartitions else {})
+
+    # ---- repartitioning -------------------------------------------------------------------------
+    def route(self, records: list[tuple], done: bool) -> list[tuple[int, bytes]]:
+        """(partition, message) for every other sessions partition: the events of ``records``
+        (a decoded run, as it arrives) whose users live there, and how far this partition has
+        read (``done``: all the broker held). Sent before the run is applied, so no partition
+        waits on another's batches: only on its reading."""
+        if not self.repartitions:
+            return []
+        where, mine, clock = self.user_partition, self.partition, self.read_clock
+        elsewhere: dict[int, list[tuple[int, bytes]]] = {}
+        for offset, value, _, item in records:
+            if type(item) is Event:
+                if item.ts > clock:
+                    clock = item.ts
+                q = where(item.user_id)
+                if q != mine:
+                    elsewhere.setdefault(q, []).append((offset, value))
+        self.read_clock, self.said_done = clock, done
+        return [(q, route_codec.encode(mine, clock, done, elsewhere.get(q, [])))
+                for q in range(self.sources) if q != mine]
+
+    def decode_forwarded(self, records: list[tuple]) -> list[tuple]:
+        """``(offset, value, Kafka timestamp, (source, clock, done, events) or Rejected)`` of each
+        record of the repartition partition."""
+        out = []
+        wall = time.time()
+        for offset, value, *kafka_ts in records:
+            ts = kafka_ts[0] if kafka_ts else None
+            try:
+                item = route_codec.decode(value, self.sources, ts or wall, self.window)
+                if item[0] == self.partition:
+                    raise Rejected("unknown_source", f"partition {item[0]} forwarding to itself")
+            except Rejected as r:
+                item = r
+            out.append((offset, value, ts, item))
+        return out
+
+    def hear(self, records: list[tuple]) -> None:
+        """Note how far each source has read, from forwarded records received (the worker calls it
+        as they join the inbox: a clock heard is a promise that the events up to it are there)."""
+        now = time.monotonic()
+        heard = self.heard
+        for *_, item in records:
+            if type(item) is tuple:
+                src, clock, done, _ = item
+                before = heard.get(src)
+                heard[src] = (max(clock, before[0]) if before else clock, done, now)
+
+    def forget_heard(self) -> None:
+        """Forwarded records received were dropped (to be read again): wait for them anew."""
+        self.heard.clear()
+        self.since = time.monotonic()
+
+    def reach(self, now: float | None = None) -> float:
+        """The event time up to which every event forwarded to this partition has arrived: the
+        lowest clock of the sources still reading (one that had read all, or said nothing for
+        ``SOURCE_IDLE_SECONDS``, is not waited for)."""
+        if not self.repartitions:
+            return math.inf
+        now = time.monotonic() if now is None else now
+        lowest = math.inf
+        for src in range(self.sources):
+            if src == self.partition:
+                continue
+            h = self.heard.get(src)
+            if h is None:
+                if now - self.since < SOURCE_IDLE_SECONDS:
+                    return -math.inf
+            elif not h[1] and now - h[2] < SOURCE_IDLE_SECONDS and h[0] < lowest:
+                lowest = h[0]
+        return lowest
+
+    def start_forwarded_at(self, offset: int) -> None:
+        """Where a repartition partition the store held nothing for starts."""
+        self.rep_next = self.store.init_offset(self.partition, offset, REPARTITION)
+
+    def forwarded_position(self) -> int | None:
+        return self.store.position(self.partition, REPARTITION) if self.repartitions else None
+
+    def has_due(self) -> bool:
+        """Forwarded events held in the queues that the cut now lets through."""
+        until = self.until
+        return any(q and order_of(q[0][1]) < until for q in self.forwarded.values())
+
+    def _take_in(self, inbox: list[tuple], out: BatchOutput) -> list[list[tuple[int, Event]]]:
+        """Take the inbox's forwarded events into the per-source queues (each once), and hand
+        back, per source, those up to ``until`` as (sequence, event); the rest wait."""
+        queues, via = self.forwarded, self.via
+        for offset, value, _, item in inbox:
+            if type(item) is not tuple:
+                out.reject(offset, f"forwarded_{item.reason}", value, f"repartition offset {offset}: {item.detail}")
+                continue
+            src, _, _, events = item
+            high = via.get(src, -1)
+            queue = queues.setdefault(src, [])
+            pushed = self._pushed.setdefault(src, [])
+            for seq, event, obj in events:
+                if seq <= high:
+                    out.skipped_duplicates += 1
+                    continue
+                high = seq
+                if type(event) is Event:
+                    queue.append((seq, event, obj))
+                    pushed.append([seq, obj])
+                else:
+                    out.reject(offset, f"forwarded_{event.reason}", orjson.dumps(obj), event.detail)
+            via[src] = high
+        until, due = self.until, []
+        for src, queue in queues.items():
+            n = 0
+            while n < len(queue) and order_of(queue[n][1]) < until:
+                n += 1
+            if n:
+                tag = (src + 1) << STREAM_BITS
+                due.append([(tag | seq, e) for seq, e, _ in queue[:n]])
+                del queue[:n]
+                self._dropped[src] = self._dropped.get(src, 0) + n
+        return due
+
+    def _queue_changes(self) -> tuple[dict[int, list], dict[int, int]]:
+        """What the commit does to each stored queue: events taken in and applied in the same
+        batch never reach the store; the stored head is trimmed by what was applied of it."""
+        push, drop = {}, {}
+        for src in self._pushed.keys() | self._dropped.keys():
+            n, stored = self._dropped.get(src, 0), self._stored.get(src, 0)
+            trimmed = min(n, stored)
+            rest = self._pushed.get(src, [])[n - trimmed:]
+            if trimmed:
+                drop[src] = trimmed
+            if rest:
+                push[src] = rest
+        return push, drop
 
     def _contract(self, events: list[Event]) -> dict[str, int]:
         """What the producers did not send as the contract asks (README, Producing session
@@ -193,6 +447,11 @@ class PredictRuntime(PartitionRuntime):
         if ok:
             self.sent = self._sending
             self.clock = max(self.clock, self._clock)
+            if self.repartitions:
+                self.rep_next = self._rep_to
+                self.sent_forwarded = self._sending_forwarded
+                self._stored = {src: len(q) for src, q in self.forwarded.items() if q}
+        self._pushed, self._dropped = {}, {}
         if ok and len(st.users) > MAX_USERS_IN_MEMORY:  # bound memory: everything is in the store
             self.load()
 
@@ -223,3 +482,30 @@ class PredictRuntime(PartitionRuntime):
                     tracks.add(rec[S_PENDING_TRACK])
         if tracks:
             st.tracks.update(self.store.fetch(self.partition, [], [], list(tracks))[2])
+
+
+_MERGE_RANK = {**TIE_RANK, SESSION_END: 3}
+"""The rule of ties (``models/replay.py``), and a session's end after all of its instant."""
+
+
+def order_of(e: Event) -> tuple[float, int]:
+    """Where own and forwarded events merge, as the replay orders them: by time, same-instant
+    events by the rule of ties."""
+    return e.ts, _MERGE_RANK.get(e.kind, 1)
+
+
+def _event_order(pair: tuple[int, Event]) -> tuple[float, int]:
+    return order_of(pair[1])
+
+
+def _unpack(entries: list[tuple]) -> tuple[list[tuple], list[int]]:
+    """Entries with their sequences unpacked, and each one's origin (-1: this partition's own)."""
+    out, origins = [], []
+    for entry in entries:
+        stream = entry[0] >> STREAM_BITS
+        if stream:
+            out.append((entry[0] & _OFFSET_MASK, *entry[1:]))
+        else:
+            out.append(entry)
+        origins.append(stream - 1)
+    return out, origins

@@ -44,7 +44,7 @@ from models.events import Catalogue
 from models.parsing import TimeWindow
 from models.rejections import Rejected
 
-from stream.worker.stages.entry_codec import decode
+from stream.worker.stages.entry_codec import decode, stream_of
 from stream.worker.stages.partition import BatchOutput, PartitionRuntime
 from stream.store import Changes, PartitionStore
 
@@ -123,7 +123,9 @@ class WarmRuntime(PartitionRuntime):
                                   hours=True)
         self.shadows = Shadows(self.policy, self.shadow_thresholds, tiers, self.count_from)
         self.received: dict[int, int] = {}
-        """Source (sessions) partition -> the highest offset whose entries were taken in."""
+        """Stream -> the highest offset whose entries were taken in. A stream is a source's own
+        entries (the sessions partition's number) or those of events another partition
+        forwarded to it (``entry_codec.stream_of``): each is one partition's offsets, in order."""
         self.clocks: dict[int, float] = {}
         """Source partition -> the event time it has reached."""
         self.queues: dict[int, list] = {}
@@ -213,19 +215,29 @@ class WarmRuntime(PartitionRuntime):
         for offset, value, *kafka_ts in records:
             sent = kafka_ts[0] if kafka_ts and kafka_ts[0] else wall
             try:
-                src, clock, got = decode(value, sources, sent, window)
-                if got and got[-1][0] >= self.ends.get(src, -1) and self.source_ends is not None:
-                    self._check_sequence(src, got[-1][0], asked)
+                src, clock, got, origins = decode(value, sources, sent, window)
+                if origins is None:
+                    if got and got[-1][0] >= self.ends.get(src, -1) and self.source_ends is not None:
+                        self._check_sequence(src, got[-1][0], asked)
+                elif self.source_ends is not None:
+                    for origin, seq in _last_seqs(got, origins).items():  # whose offsets the sequences are
+                        seqs_of = src if origin < 0 else origin
+                        if seq >= self.ends.get(seqs_of, -1):
+                            self._check_sequence(seqs_of, seq, asked)
             except Rejected as r:
                 out.reject(offset, r.reason, value, r.detail)
                 continue
-            high = received.get(src, -1)
-            fresh = [e for e in got if e[0] > high] if got and got[0][0] <= high else got
+            if origins is None:
+                high = received.get(src, -1)
+                fresh = [e for e in got if e[0] > high] if got and got[0][0] <= high else got
+                if fresh:
+                    received[src] = fresh[-1][0]
+            else:
+                fresh = self._fresh(src, got, origins)
             out.skipped_duplicates += len(got) - len(fresh)
             if fresh:
                 queues.setdefault(src, []).extend(fresh)
                 self._pushed.setdefault(src, []).extend(fresh)
-                received[src] = fresh[-1][0]
             if clock > clocks.get(src, -math.inf):
                 clocks[src] = clock
             if self.stream_time == -math.inf:  # the first message read since loading
@@ -235,6 +247,21 @@ class WarmRuntime(PartitionRuntime):
             if sent > self.stream_time:
                 self.stream_time = sent
         self._release(out)
+
+    def _fresh(self, src: int, entries: list, origins: list[int]) -> list:
+        """The entries not taken in yet, each by the sequence of its origin (events another
+        partition forwarded to ``src``)."""
+        received, sources, fresh = self.received, self.sources, []
+        before: dict[int, int] = {}  # as the message found them: one event's entries share a sequence
+        for entry, origin in zip(entries, origins):
+            stream = stream_of(src, None if origin < 0 else origin, sources)
+            high = before.get(stream)
+            if high is None:
+                high = before[stream] = received.get(stream, -1)
+            if entry[0] > high:
+                fresh.append(entry)
+                received[stream] = entry[0]
+        return fresh
 
     def _check_sequence(self, src: int, seq: int, asked: dict[int, int | None]) -> None:
         """Rejected unless ``seq`` is below sessions partition ``src``'s end offset (give or take
@@ -321,6 +348,11 @@ class WarmRuntime(PartitionRuntime):
         if ok:
             self._stored = {p: len(q) for p, q in self.queues.items() if q}
         self._pushed, self._dropped = {}, {}
+
+
+def _last_seqs(entries: list, origins: list[int]) -> dict[int, int]:
+    """Each origin's last sequence in a message."""
+    return {origin: entry[0] for entry, origin in zip(entries, origins)}
 
 
 def _event_time(entry) -> float:
