@@ -50,6 +50,7 @@ def worker_env(tag: str, kafka_port: int, redis_port: int, work: Path, partition
            "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
            "SKIPCACHE_PARTITIONS": str(partitions), "SKIPCACHE_WARM_PARTITIONS": str(partitions),
            "SKIPCACHE_TOPIC_SESSIONS": f"sessions-{tag}", "SKIPCACHE_TOPIC_ENTRIES": f"entries-{tag}",
+           "SKIPCACHE_TOPIC_REPARTITION": f"by-user-{tag}",
            "SKIPCACHE_TOPIC_COMMANDS": f"commands-{tag}", "SKIPCACHE_TOPIC_DEAD_LETTER": f"dead-{tag}",
            "SKIPCACHE_WEB_PORT": str(free_port()), **extra}
     st = Settings.from_env(env)

@@ -55,6 +55,7 @@ def main() -> None:
                        "SKIPCACHE_REDIS": f"redis://127.0.0.1:{redis.port}/0", "SKIPCACHE_REDIS_PREFIX": tag,
                        "SKIPCACHE_MODEL": str(work / "m.joblib"), "SKIPCACHE_DATA": str(work / "data"),
                        "SKIPCACHE_PARTITIONS": "2", "SKIPCACHE_TOPIC_SESSIONS": f"s-{tag}",
+                       "SKIPCACHE_TOPIC_REPARTITION": f"r-{tag}",
                        "SKIPCACHE_WEB_PORT": str(port)}
                 st = Settings.from_env(env)
                 create_topics(st.kafka_bootstrap, {**st.topics, st.topic_sessions: 2})

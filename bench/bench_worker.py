@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--redis-cluster", type=int, default=0, metavar="N",
                     help="also run the throughput with the state on a local cluster of N primaries (+ replicas)")
     ap.add_argument("--faust-floor", action="store_true", help="also time a do-nothing faust agent on the topic")
+    ap.add_argument("--key", choices=("user", "session", "none"), default="user",
+                    help="how the throughput run's events are keyed (not by user: every partition forwards the "
+                         "events of the others' users through the repartition topic)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy the (first) worker process during the throughput run; collapsed stacks to this file")
     args = ap.parse_args()
@@ -128,9 +131,9 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
                                                     if args.batch_size else {}),
                            **({"SKIPCACHE_REDIS": redis_url} if redis_url else {}))
     print(f"state on {redis_url or 'one Redis-protocol server'}")
-    summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False)
-    print(f"events: {len(events):,} ({args.users} users, long profile); produced at {summary.rate:,.0f} events/s "
-          f"(kafka-python, acks=1)")
+    summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False, key=args.key)
+    print(f"events: {len(events):,} ({args.users} users, long profile), keyed by {args.key}; produced at "
+          f"{summary.rate:,.0f} events/s (kafka-python, acks=1)")
     raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
     print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
     if args.faust_floor:
@@ -173,6 +176,11 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
     print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
           f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
           f"{fig['warm_late_entries']} entries applied out of event-time order")
+    contract = fig["contract"]
+    if contract.get("misrouted:wrong_partition"):
+        print(f"  forwarded to their users' partitions:           {int(contract['misrouted:wrong_partition']):>10,} events "
+              f"({int(contract.get('repartitioned', 0)):,} applied there, "
+              f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
     for w in workers:
         w.terminate()
         w.wait(20)

@@ -167,7 +167,7 @@ def _contract_line(contract: dict) -> str:
         out += f"  skips before their play {int(contract['skip_before_play']):,} (matched)"
     if misrouted:
         out += (f"  MISROUTED {int(misrouted):,} (events on another user's partition: key them by user id; "
-                f"their users' history is split)")
+                f"forwarded through the repartition topic, {int(contract.get('repartitioned', 0)):,} applied there)")
     return out
 
 

@@ -437,8 +437,9 @@ class PredictRuntime(PartitionRuntime):
                     self._misrouted_logged = now
                     log.warning("sessions partition %d got %d events of users whose partition is another (user %d "
                                 "belongs to %d): the producer must key each event by its user id as a decimal string "
-                                "(README: Producing session events); their users' history is split across partitions",
-                                mine, len(elsewhere), elsewhere[0], where(elsewhere[0]))
+                                "(README: Producing session events)%s", mine, len(elsewhere), elsewhere[0],
+                                where(elsewhere[0]), "; they are forwarded to their users' partitions through the "
+                                "repartition topic (one more trip through Kafka each)" if self.repartitions else "")
         return out
 
     def committed(self, ok: bool) -> None:
