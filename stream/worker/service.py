@@ -44,6 +44,9 @@ from stream.worker.stages.warm import SourceEnds
 log = logging.getLogger("skipcache.worker")
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 GC_THRESHOLDS = (50_000, 20, 10)
+READ_ALL_QUIET_SECONDS = 1.0
+"""A predict partition tells the others it has read all only after no run for this long (its
+fetches come every SKIPCACHE_FETCH_MAX_WAIT_MS while there is more)."""
 RESEEK_SECONDS = 1.0
 """Records fetched before a seek can still arrive after it and move the consumer past the
 position sought; while the awaited offset does not come, the worker seeks again this often."""
@@ -107,6 +110,7 @@ class WorkerService:
         """Predict partition -> the runs of its repartition partition received, not applied yet
         (faust event, decoded records): every batch of the partition takes them all."""
         self._forwarding = asyncio.Lock()  # one flush of the forward sink at a time
+        self.last_run_at: dict[int, float] = {}  # sessions partition -> when its last run arrived (monotonic)
 
     # ---- dependencies ---------------------------------------------------------------------------
     async def call(self, fn, *args):
@@ -424,8 +428,12 @@ class WorkerService:
             records = event.value
             if stage.forward is not None and message.topic == stage.forward.topic:  # events forwarded to it
                 records = await self.call(rt.decode_forwarded, records)
-                self.inboxes.setdefault(message.partition, []).append((event, records))
-                rt.hear(records)  # once they are in the inbox: the next batch takes them with what they allow
+                inbox = self.inboxes.setdefault(message.partition, [])
+                inbox.append((event, records))
+                # a clock is heard once what it covers is in the inbox, unbroken from what the
+                # partition has (its next batch takes it all); records past a hole are read again
+                start = rt.inbox[-1][0] + 1 if rt.inbox else rt.rep_next
+                rt.hear(contiguous_run([r for _, recs in inbox for r in recs], start))
                 if runs.channel.empty():
                     await self.drain(name)
                 continue
@@ -433,8 +441,8 @@ class WorkerService:
             if name == "predict":
                 records = await self.call(rt.decode, records)
                 if stage.forward is not None:
-                    high = self.highwater(stage.topic, message.partition)
-                    await self.forward(stage, rt.route(records, high is not None and message.offset + 1 >= high))
+                    self.last_run_at[message.partition] = time.monotonic()
+                    await self.forward(stage, rt.route(records, False))
             scheduler.add(message.partition, event, records)
             if scheduler.full() or runs.channel.empty():
                 await self.drain(name)
@@ -472,9 +480,14 @@ class WorkerService:
             self.spawn("tell_read_all", lambda: self._tell_read_all(stage))
 
     async def _tell_read_all(self, stage: Stage) -> None:
+        """Read all: nothing on the broker past what it received (as far as the fetches say:
+        Tansu reports the end of a partition one producer batch short, INFRA.md), and no run for
+        ``READ_ALL_QUIET_SECONDS``."""
         lagging = self.lagging(stage)
+        now = time.monotonic()
         for p, rt in list(stage.runtimes.items()):
-            if not rt.said_done and p not in lagging:
+            quiet = now - max(self.last_run_at.get(p, 0.0), rt.since)
+            if not rt.said_done and p not in lagging and quiet >= READ_ALL_QUIET_SECONDS:
                 await self.forward(stage, rt.route([], True))
 
     async def drain(self, name: str, force: bool = False) -> None:
@@ -524,7 +537,7 @@ class WorkerService:
             if first is not None:  # its own records the batch leaves (a full batch): no forwarded event passes them
                 rt.until = min(rt.until, order_of(first))
             runs = self.inboxes.pop(p, [])
-            records = [r for _, recs in runs for r in recs]
+            records = [*rt.inbox, *(r for _, recs in runs for r in recs)]
             rt.inbox = contiguous_run(records, rt.rep_next)
             done += [run for run, _ in runs]
             if not rt.inbox and any(r[0] > rt.rep_next for r in records):

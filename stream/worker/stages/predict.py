@@ -121,6 +121,8 @@ class PredictRuntime(PartitionRuntime):
         self.heard: dict[int, tuple[float, bool, float]] = {}
         """Source -> (its clock, it had read all, when heard: monotonic), since loaded."""
         self.since = time.monotonic()
+        self.silent: set[int] = set()
+        """Sources not waited for now: said nothing for ``SOURCE_IDLE_SECONDS`` (logged as they go)."""
         self.forwarded_late = 0
         self._rep_to = self.rep_next
         self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
@@ -347,7 +349,7 @@ class PredictRuntime(PartitionRuntime):
         if not self.repartitions:
             return math.inf
         now = time.monotonic() if now is None else now
-        lowest = math.inf
+        lowest, silent = math.inf, set()
         for src in range(self.sources):
             if src == self.partition:
                 continue
@@ -355,8 +357,20 @@ class PredictRuntime(PartitionRuntime):
             if h is None:
                 if now - self.since < SOURCE_IDLE_SECONDS:
                     return -math.inf
-            elif not h[1] and now - h[2] < SOURCE_IDLE_SECONDS and h[0] < lowest:
-                lowest = h[0]
+                silent.add(src)
+            elif not h[1]:
+                if now - h[2] >= SOURCE_IDLE_SECONDS:
+                    silent.add(src)
+                elif h[0] < lowest:
+                    lowest = h[0]
+        if silent != self.silent:
+            for src in sorted(silent - self.silent):
+                log.warning("predict partition %d: sessions partition %d has said nothing for %.0f s; not waiting "
+                            "for the events it forwards (those it sends later are applied when they come, counted "
+                            "as repartitioned_late)", self.partition, src, SOURCE_IDLE_SECONDS)
+            for src in sorted(self.silent - silent):
+                log.info("predict partition %d: sessions partition %d reads again", self.partition, src)
+            self.silent = silent
         return lowest
 
     def start_forwarded_at(self, offset: int) -> None:
