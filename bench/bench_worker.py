@@ -176,6 +176,8 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
     print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
           f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
           f"{fig['warm_late_entries']} entries applied out of event-time order")
+    print(f"  figures: {fig['predictions']:,} predictions, accuracy {fig['accuracy']:.4f} (majority "
+          f"{fig['majority_accuracy']:.4f}), full-play hit ratio {fig['full_play_hit_ratio']:.4f}")
     contract = fig["contract"]
     if contract.get("misrouted:wrong_partition"):
         print(f"  forwarded to their users' partitions:           {int(contract['misrouted:wrong_partition']):>10,} events "

@@ -430,20 +430,17 @@ class WorkerService:
                 records = await self.call(rt.decode_forwarded, records)
                 inbox = self.inboxes.setdefault(message.partition, [])
                 inbox.append((event, records))
-                # a clock is heard once what it covers is in the inbox, unbroken from what the
-                # partition has (its next batch takes it all); records past a hole are read again
-                start = rt.inbox[-1][0] + 1 if rt.inbox else rt.rep_next
-                rt.hear(contiguous_run([r for _, recs in inbox for r in recs], start))
+                rt.hear(records)  # once in the inbox: the next batch takes them with what they allow
                 if runs.channel.empty():
                     await self.drain(name)
                 continue
             self._at[name] = (message.partition, rt.next_offset)
             if name == "predict":
                 records = await self.call(rt.decode, records)
-                if stage.forward is not None:
-                    self.last_run_at[message.partition] = time.monotonic()
-                    await self.forward(stage, rt.route(records, False))
             scheduler.add(message.partition, event, records)
+            if stage.forward is not None:  # after the add: how far it has read bounds what it applies of others'
+                self.last_run_at[message.partition] = time.monotonic()
+                await self.forward(stage, rt.route(records, False))
             if scheduler.full() or runs.channel.empty():
                 await self.drain(name)
 
@@ -525,8 +522,9 @@ class WorkerService:
 
     def take_forwarded(self, stage: Stage, work: list, done: list, floors: dict[int, float]) -> tuple[list, list]:
         """Each predict partition's batch takes its whole inbox, and applies forwarded events up
-        to its cut (``until``: the scheduler's horizon and the partition's reach); a partition
-        with forwarded events and no records of its own joins the batch with none."""
+        to its cut (``until``: the scheduler's horizon, the partition's reach, its first own record
+        the batch leaves, and, until it has read all, how far it has read); a partition with
+        forwarded events and no records of its own joins the batch with none."""
         scheduler = self.schedulers["predict"]
         limit = scheduler.limit
         worked = {p for p, _ in work}
@@ -536,6 +534,8 @@ class WorkerService:
             first = next((r[3] for r in pending.records if type(r[3]) is Event), None) if pending else None
             if first is not None:  # its own records the batch leaves (a full batch): no forwarded event passes them
                 rt.until = min(rt.until, order_of(first))
+            if not rt.said_done:  # nor those it has yet to receive: it has not read all there is
+                rt.until = min(rt.until, (rt.read_clock, math.inf))
             runs = self.inboxes.pop(p, [])
             records = [*rt.inbox, *(r for _, recs in runs for r in recs)]
             rt.inbox = contiguous_run(records, rt.rep_next)

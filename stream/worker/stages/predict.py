@@ -125,6 +125,8 @@ class PredictRuntime(PartitionRuntime):
         """Sources not waited for now: said nothing for ``SOURCE_IDLE_SECONDS`` (logged as they go)."""
         self.forwarded_late = 0
         self._rep_to = self.rep_next
+        self.rep_received = self.rep_next
+        """The repartition offset after the last record received in order (``hear``)."""
         self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
         if blob:
             state = orjson.loads(blob)
@@ -327,19 +329,28 @@ class PredictRuntime(PartitionRuntime):
         return out
 
     def hear(self, records: list[tuple]) -> None:
-        """Note how far each source has read, from forwarded records received (the worker calls it
-        as they join the inbox: a clock heard is a promise that the events up to it are there)."""
+        """Note how far each source has read, from forwarded records as they are received (the
+        worker's inbox, which the next batch takes whole). Only records that continue, unbroken,
+        the ones received before count: records past a hole (fetched before a seek) are read
+        again, and a clock must not promise events that are not in hand."""
         now = time.monotonic()
-        heard = self.heard
-        for *_, item in records:
+        heard, at = self.heard, max(self.rep_received, self.rep_next)
+        for offset, _, _, item in records:
+            if offset < at:
+                continue
+            if offset > at:
+                break
+            at += 1
             if type(item) is tuple:
                 src, clock, done, _ = item
                 before = heard.get(src)
                 heard[src] = (max(clock, before[0]) if before else clock, done, now)
+        self.rep_received = at
 
     def forget_heard(self) -> None:
         """Forwarded records received were dropped (to be read again): wait for them anew."""
         self.heard.clear()
+        self.rep_received = self.rep_next
         self.since = time.monotonic()
 
     def reach(self, now: float | None = None) -> float:
@@ -375,7 +386,7 @@ class PredictRuntime(PartitionRuntime):
 
     def start_forwarded_at(self, offset: int) -> None:
         """Where a repartition partition the store held nothing for starts."""
-        self.rep_next = self.store.init_offset(self.partition, offset, REPARTITION)
+        self.rep_next = self.rep_received = self._rep_to = self.store.init_offset(self.partition, offset, REPARTITION)
 
     def forwarded_position(self) -> int | None:
         return self.store.position(self.partition, REPARTITION) if self.repartitions else None
