@@ -19,10 +19,12 @@ import asyncio
 import gc
 import logging
 import math
+import uuid
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import faust
 from faust.types import TP
@@ -111,6 +113,10 @@ class WorkerService:
         (faust event, decoded records): every batch of the partition takes them all."""
         self._forwarding = asyncio.Lock()  # one flush of the forward sink at a time
         self.last_run_at: dict[int, float] = {}  # sessions partition -> when its last run arrived (monotonic)
+        self.instance = uuid.uuid4().hex[:12]
+        """This worker, in the messages it forwards (``route_codec.py``)."""
+        self.stamps: dict[tuple[int, int], int] = {}  # (source, partition) -> the last message's count
+        self.stamped_events: dict[tuple[int, int], int] = {}  # ... -> the count of the last that carried events
 
     # ---- dependencies ---------------------------------------------------------------------------
     async def call(self, fn, *args):
@@ -440,15 +446,37 @@ class WorkerService:
             scheduler.add(message.partition, event, records)
             if stage.forward is not None:  # after the add: how far it has read bounds what it applies of others'
                 self.last_run_at[message.partition] = time.monotonic()
-                await self.forward(stage, rt.route(records, False))
+                await self.forward(stage, rt.route(records, False, partial(self.stamp, message.partition)), rt)
             if scheduler.full() or runs.channel.empty():
                 await self.drain(name)
 
-    async def forward(self, stage: Stage, messages: list[tuple[int, bytes]]) -> None:
+    def stamp(self, source: int, partition: int, carries_events: bool) -> tuple[str, int]:
+        """The next count of this worker's messages from ``source`` to ``partition``."""
+        n = self.stamps[(source, partition)] = self.stamps.get((source, partition), -1) + 1
+        if carries_events:
+            self.stamped_events[(source, partition)] = n
+        return self.instance, n
+
+    def hear_directly(self, stage: Stage, source) -> None:
+        """The partitions of this worker hear ``source``'s clock now, rather than after its trip
+        through Kafka, if they have received every message of this worker's from it that carried
+        events for them (and one at least: what earlier owners sent is then in hand too). Saves
+        the round trip every batch would otherwise wait for when producers key by user."""
+        s = source.partition
+        for q, rt in stage.runtimes.items():
+            if q == s:
+                continue
+            got = rt.heard_from.get(s)
+            if got is not None and got[0] == self.instance and got[1] >= self.stamped_events.get((s, q), -1):
+                rt.hear_clock(s, source.read_clock, source.said_done)
+
+    async def forward(self, stage: Stage, messages: list[tuple[int, bytes]], source=None) -> None:
         """Send a run's forwarded events and clock to the other predict partitions, and wait until
         the broker has them (retrying with backoff while it is away)."""
         if not messages:
             return
+        if source is not None:
+            self.hear_directly(stage, source)
         sink = stage.forward
         async with self._forwarding:
             for q, value in messages:
@@ -485,7 +513,7 @@ class WorkerService:
         for p, rt in list(stage.runtimes.items()):
             quiet = now - max(self.last_run_at.get(p, 0.0), rt.since)
             if not rt.said_done and p not in lagging and quiet >= READ_ALL_QUIET_SECONDS:
-                await self.forward(stage, rt.route([], True))
+                await self.forward(stage, rt.route([], True, partial(self.stamp, p)), rt)
 
     async def drain(self, name: str, force: bool = False) -> None:
         """Apply what the stage's scheduler lets through now (all of it, batch by batch, while a
@@ -500,7 +528,8 @@ class WorkerService:
                 floors = None
                 if stage.forward is not None:  # how far the events forwarded to each partition have come
                     now = time.monotonic()
-                    floors = {p: rt.reach(now) for p, rt in stage.runtimes.items()}
+                    local = stage.runtimes.keys()
+                    floors = {p: rt.reach(now, local) for p, rt in stage.runtimes.items()}
                 work, done = scheduler.take(clocks, lagging, force, floors)
                 self.hold_ahead()
                 if stage.forward is not None:

@@ -230,7 +230,8 @@ def test_the_memory_store_fences_every_input():
 def test_the_repartition_wire_form_is_checked_like_the_sessions_topic():
     e = Event(1_700_000_000.5, 10, 7, 3, "play", "A" * 22)
     value = route_codec.encode(1, e.ts, False, [(4, orjson.dumps(e.to_json()))])
-    src, clock, done, events = route_codec.decode(value, 2, e.ts)
+    src, clock, done, events, stamp = route_codec.decode(value, 2, e.ts)
+    assert stamp is None and route_codec.decode(route_codec.encode(1, e.ts, False, [], ("w1", 3)), 2)[4] == ("w1", 3)
     assert (src, clock, done) == (1, e.ts, False) and events[0][0] == 4 and events[0][1].user_id == 7
     assert route_codec.decode(route_codec.encode(0, -math.inf, True, []), 2)[1:3] == (-math.inf, True)
     bad = {
@@ -246,7 +247,7 @@ def test_the_repartition_wire_form_is_checked_like_the_sessions_topic():
         assert got.value.reason == reason, reason
     # an event past the message's clock, or not an event: rejected alone, the message kept
     late = route_codec.encode(1, e.ts - 1, False, [(4, orjson.dumps(e.to_json())), (5, b'{"user_id": "x"}')])
-    _, _, _, events = route_codec.decode(late, 2, e.ts)
+    _, _, _, events, _ = route_codec.decode(late, 2, e.ts)
     assert [type(ev) for _, ev, _ in events] == [Rejected, Rejected]
 
 

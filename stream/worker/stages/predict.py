@@ -127,6 +127,8 @@ class PredictRuntime(PartitionRuntime):
         self._rep_to = self.rep_next
         self.rep_received = self.rep_next
         """The repartition offset after the last record received in order (``hear``)."""
+        self.heard_from: dict[int, tuple[str, int]] = {}
+        """Source -> (worker, count) of the last message received from it through Kafka."""
         self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
         if blob:
             state = orjson.loads(blob)
@@ -292,11 +294,13 @@ class PredictRuntime(PartitionRuntime):
             inputs={REPARTITION: (self.rep_next, self._rep_to)} if self.repartitions else {})
 
     # ---- repartitioning -------------------------------------------------------------------------
-    def route(self, records: list[tuple], done: bool) -> list[tuple[int, bytes]]:
+    def route(self, records: list[tuple], done: bool,
+              stamp: Callable[[int, bool], tuple[str, int]] | None = None) -> list[tuple[int, bytes]]:
         """(partition, message) for every other sessions partition: the events of ``records``
         (a decoded run, as it arrives) whose users live there, and how far this partition has
         read (``done``: all the broker held). Sent before the run is applied, so no partition
-        waits on another's batches: only on its reading."""
+        waits on another's batches: only on its reading. ``stamp(partition, carries events)``:
+        the sending worker and its count of messages to that partition."""
         if not self.repartitions:
             return []
         where, mine, clock = self.user_partition, self.partition, self.read_clock
@@ -309,7 +313,8 @@ class PredictRuntime(PartitionRuntime):
                 if q != mine:
                     elsewhere.setdefault(q, []).append((offset, value))
         self.read_clock, self.said_done = clock, done
-        return [(q, route_codec.encode(mine, clock, done, elsewhere.get(q, [])))
+        return [(q, route_codec.encode(mine, clock, done, elsewhere.get(q, []),
+                                       stamp(q, q in elsewhere) if stamp is not None else None))
                 for q in range(self.sources) if q != mine]
 
     def decode_forwarded(self, records: list[tuple]) -> list[tuple]:
@@ -342,21 +347,32 @@ class PredictRuntime(PartitionRuntime):
                 break
             at += 1
             if type(item) is tuple:
-                src, clock, done, _ = item
+                src, clock, done, _, stamp = item
                 before = heard.get(src)
                 heard[src] = (max(clock, before[0]) if before else clock, done, now)
+                if stamp is not None:
+                    self.heard_from[src] = stamp
         self.rep_received = at
+
+    def hear_clock(self, src: int, clock: float, done: bool) -> None:
+        """A source's clock heard in the same worker (``service.py``: only once every message of
+        it that carried events for this partition has been received)."""
+        before = self.heard.get(src)
+        self.heard[src] = (max(clock, before[0]) if before else clock, done, time.monotonic())
 
     def forget_heard(self) -> None:
         """Forwarded records received were dropped (to be read again): wait for them anew."""
         self.heard.clear()
+        self.heard_from.clear()
         self.rep_received = self.rep_next
         self.since = time.monotonic()
 
-    def reach(self, now: float | None = None) -> float:
+    def reach(self, now: float | None = None, local: frozenset[int] | set[int] = frozenset()) -> float:
         """The event time up to which every event forwarded to this partition has arrived: the
         lowest clock of the sources still reading (one that had read all, or said nothing for
-        ``SOURCE_IDLE_SECONDS``, is not waited for)."""
+        ``SOURCE_IDLE_SECONDS``, is not waited for). ``local``: sources this worker reads itself,
+        which are slow when they say nothing (their messages queue behind its own runs), never
+        gone."""
         if not self.repartitions:
             return math.inf
         now = time.monotonic() if now is None else now
@@ -366,11 +382,11 @@ class PredictRuntime(PartitionRuntime):
                 continue
             h = self.heard.get(src)
             if h is None:
-                if now - self.since < SOURCE_IDLE_SECONDS:
+                if src in local or now - self.since < SOURCE_IDLE_SECONDS:
                     return -math.inf
                 silent.add(src)
             elif not h[1]:
-                if now - h[2] >= SOURCE_IDLE_SECONDS:
+                if src not in local and now - h[2] >= SOURCE_IDLE_SECONDS:
                     silent.add(src)
                 elif h[0] < lowest:
                     lowest = h[0]
@@ -404,7 +420,7 @@ class PredictRuntime(PartitionRuntime):
             if type(item) is not tuple:
                 out.reject(offset, f"forwarded_{item.reason}", value, f"repartition offset {offset}: {item.detail}")
                 continue
-            src, _, _, events = item
+            src, _, _, events, _ = item
             high = via.get(src, -1)
             queue = queues.setdefault(src, [])
             pushed = self._pushed.setdefault(src, [])

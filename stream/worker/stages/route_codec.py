@@ -3,7 +3,8 @@ sessions partition received for users whose state lives in another partition (a 
 keyed by session, by device or not at all), forwarded to that partition's predict stage.
 
     {"v": 1, "src": <sessions partition>, "t": <event time it has read up to>,
-     "done": <it had read all the broker held>, "e": [[offset, <the event as produced>], ...]}
+     "done": <it had read all the broker held>, "e": [[offset, <the event as produced>], ...],
+     "w": <the sending worker>, "n": <its count of messages from src to this partition>}
 
 A sessions partition sends one to every other partition for each run of records it receives,
 forwarding or not: ``t`` is how far it has read, so a partition waiting for forwarded events
@@ -11,7 +12,10 @@ knows when every event up to a time has arrived (``predict.py``), as the warm st
 sources' clocks. ``offset`` is the event's offset in ``src``: with ``src`` it identifies the
 event, so a partition re-read after a crash, which forwards the same events again, is deduplicated
 where they arrive. The event is forwarded as its producer wrote it and checked again there
-against the contract: anything can be produced to this topic too."""
+against the contract: anything can be produced to this topic too. ``w`` and ``n`` let a partition
+in the same worker as its source hear the source's later clocks without the trip through Kafka,
+once it has received every message of that worker's that carried events for it
+(``service.py``)."""
 from __future__ import annotations
 
 import math
@@ -26,9 +30,13 @@ MAX_FORWARDED = 200_000
 """Events one message may carry (a fetched run is far smaller)."""
 
 
-def encode(source: int, clock: float, done: bool, events: list[tuple[int, bytes]]) -> bytes:
-    return orjson.dumps({"v": VERSION, "src": source, "t": clock if math.isfinite(clock) else None, "done": done,
-                         "e": [[offset, orjson.Fragment(value)] for offset, value in events]})
+def encode(source: int, clock: float, done: bool, events: list[tuple[int, bytes]],
+           stamp: tuple[str, int] | None = None) -> bytes:
+    msg = {"v": VERSION, "src": source, "t": clock if math.isfinite(clock) else None, "done": done,
+           "e": [[offset, orjson.Fragment(value)] for offset, value in events]}
+    if stamp is not None:
+        msg["w"], msg["n"] = stamp
+    return orjson.dumps(msg)
 
 
 def _int(v) -> bool:
@@ -55,6 +63,11 @@ def decode(value: bytes | None, sources: int, reference: float | None = None,
         raise Rejected("bad_forwarded", "needs src (a partition), t (a time or null), done (a boolean), e (a list)")
     if src >= sources:
         raise Rejected("unknown_source", f"sessions partition {src}: the topic has {sources}")
+    stamp = None
+    if "w" in msg or "n" in msg:
+        if type(msg.get("w")) is not str or len(msg["w"]) > 64 or not _int(msg.get("n")):
+            raise Rejected("bad_forwarded", "w (a worker) and n (a count) go together")
+        stamp = (msg["w"], msg["n"])
     clock = -math.inf if clock is None else float(clock)
     if clock > -math.inf and reference is not None and clock > reference + window.max_ahead:
         raise Rejected("clock_in_future", f"t={clock} is {clock - reference:,.0f} s past the message's timestamp")
@@ -74,4 +87,4 @@ def decode(value: bytes | None, sources: int, reference: float | None = None,
         except Rejected as r:
             event = r
         out.append((item[0], event, item[1]))
-    return src, clock, done, out
+    return src, clock, done, out, stamp
