@@ -434,6 +434,9 @@ class WorkerService:
             records = event.value
             if stage.forward is not None and message.topic == stage.forward.topic:  # events forwarded to it
                 records = await self.call(rt.decode_forwarded, records)
+                if stage.runtimes.get(message.partition) is not rt:  # reloaded meanwhile: read again from Redis's offset
+                    event.ack()
+                    continue
                 inbox = self.inboxes.setdefault(message.partition, [])
                 inbox.append((event, records))
                 rt.hear(records)  # once in the inbox: the next batch takes them with what they allow
