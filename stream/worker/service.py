@@ -446,10 +446,12 @@ class WorkerService:
             self._at[name] = (message.partition, rt.next_offset)
             if name == "predict":
                 records = await self.call(rt.decode, records)
-            scheduler.add(message.partition, event, records)
-            if stage.forward is not None:  # after the add: how far it has read bounds what it applies of others'
+            if stage.forward is not None:  # forwarded (and flushed) before any of the run can be committed
                 self.last_run_at[message.partition] = time.monotonic()
                 await self.forward(stage, rt.route(records, False, partial(self.stamp, message.partition)), rt)
+            scheduler.add(message.partition, event, records)
+            if stage.forward is not None:  # how far it has read of its own, in hand: bounds what it applies of others'
+                rt.in_hand = rt.read_clock
             if scheduler.full() or runs.channel.empty():
                 await self.drain(name)
 
@@ -567,7 +569,7 @@ class WorkerService:
             if first is not None:  # its own records the batch leaves (a full batch): no forwarded event passes them
                 rt.until = min(rt.until, order_of(first))
             if not rt.said_done:  # nor those it has yet to receive: it has not read all there is
-                rt.until = min(rt.until, (rt.read_clock, math.inf))
+                rt.until = min(rt.until, (rt.in_hand, math.inf))
             runs = self.inboxes.pop(p, [])
             records = [*rt.inbox, *(r for _, recs in runs for r in recs)]
             rt.inbox = contiguous_run(records, rt.rep_next)

@@ -205,6 +205,10 @@ def test_a_partition_waits_for_the_clock_of_every_source_still_reading(setup):
     done = t.predict[1].route([], True)
     rt.hear(rt.decode_forwarded([(1, dict(done)[0], None)]))
     assert rt.reach() == math.inf  # it has read all there is
+    fresh = t.worker.predict_runtime(0)  # a source heard from that forwards nothing: no wait for it
+    quiet = t.predict[1].route([], False)
+    fresh.hear(fresh.decode_forwarded([(0, dict(quiet)[0], None)]))
+    assert fresh.reach() == math.inf and fresh.heard[1][1] is False
 
 
 def test_the_scheduler_cuts_a_partition_at_its_floor():

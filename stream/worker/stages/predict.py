@@ -50,6 +50,10 @@ MISROUTED_LOG_EVERY = 60.0
 """Seconds between a partition's log lines about events of users that belong elsewhere."""
 REPARTITION = "repartition"
 """The name of a predict partition's second input (its repartition partition) in the store."""
+FORWARDING_SECONDS = 60.0
+"""A source that forwarded events here this recently is waited for; one that has not is not (so
+producers that key by user pay no wait): an event it starts forwarding is applied when it comes,
+counted late if behind, and from then on it is waited for."""
 SOURCE_IDLE_SECONDS = 10.0
 """A partition that forwards events and has said nothing for this long (its worker gone, a long
 rebalance) is not waited for: what it forwards later is applied when it comes (counted late)."""
@@ -94,6 +98,9 @@ class PredictRuntime(PartitionRuntime):
         it (the worker's cut: the horizon, ``reach``, and the first own record it leaves)."""
         self.read_clock = -math.inf
         """The event time this partition has read up to (``route``: sent to every other one)."""
+        self.in_hand = -math.inf
+        """The same, of records handed to the worker's scheduler (its runs are routed, and their
+        forwarded events flushed, before: a crash cannot commit a record whose forwarding was lost)."""
         self.said_done = False
         """The last thing ``route`` told the others was that this partition had read all."""
         super().__init__(partition, store)
@@ -129,6 +136,8 @@ class PredictRuntime(PartitionRuntime):
         """The repartition offset after the last record received in order (``hear``)."""
         self.heard_from: dict[int, tuple[str, int]] = {}
         """Source -> (worker, count) of the last message received from it through Kafka."""
+        self.forwarding: dict[int, float] = {}
+        """Source -> when it last forwarded events here (monotonic): only those are waited for."""
         self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
         if blob:
             state = orjson.loads(blob)
@@ -347,11 +356,13 @@ class PredictRuntime(PartitionRuntime):
                 break
             at += 1
             if type(item) is tuple:
-                src, clock, done, _, stamp = item
+                src, clock, done, events, stamp = item
                 before = heard.get(src)
                 heard[src] = (max(clock, before[0]) if before else clock, done, now)
                 if stamp is not None:
                     self.heard_from[src] = stamp
+                if events:
+                    self.forwarding[src] = now
         self.rep_received = at
 
     def hear_clock(self, src: int, clock: float, done: bool) -> None:
@@ -364,15 +375,18 @@ class PredictRuntime(PartitionRuntime):
         """Forwarded records received were dropped (to be read again): wait for them anew."""
         self.heard.clear()
         self.heard_from.clear()
+        self.forwarding.clear()
         self.rep_received = self.rep_next
         self.since = time.monotonic()
 
     def reach(self, now: float | None = None, local: frozenset[int] | set[int] = frozenset()) -> float:
         """The event time up to which every event forwarded to this partition has arrived: the
-        lowest clock of the sources still reading (one that had read all, or said nothing for
-        ``SOURCE_IDLE_SECONDS``, is not waited for). ``local``: sources this worker reads itself,
-        which are slow when they say nothing (their messages queue behind its own runs), never
-        gone."""
+        lowest clock of the sources that forward to it (events in the last ``FORWARDING_SECONDS``)
+        and are still reading. Every source is waited for until it is first heard from; one that
+        forwards nothing, has read all, or said nothing for ``SOURCE_IDLE_SECONDS`` is not (what
+        it forwards then is applied when it comes, counted late if behind). ``local``: sources
+        this worker reads itself, which are slow when they say nothing (their messages queue
+        behind its own runs), never gone."""
         if not self.repartitions:
             return math.inf
         now = time.monotonic() if now is None else now
@@ -388,7 +402,7 @@ class PredictRuntime(PartitionRuntime):
             elif not h[1]:
                 if src not in local and now - h[2] >= SOURCE_IDLE_SECONDS:
                     silent.add(src)
-                elif h[0] < lowest:
+                elif h[0] < lowest and now - self.forwarding.get(src, -math.inf) < FORWARDING_SECONDS:
                     lowest = h[0]
         if silent != self.silent:
             for src in sorted(silent - self.silent):
