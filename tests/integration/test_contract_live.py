@@ -58,10 +58,14 @@ def test_events_keyed_by_session_or_not_at_all_give_the_figures_of_events_keyed_
     partition 0: keyed by user they all land there, so (a) is one partition's replay and its
     figures do not depend on batch timing; (b) and (c) spread them over both partitions."""
     _, _, events, _ = live_data
-    mine = [e for e in events if partition_of(e.user_id, 2) == 0]
-    runs = {key: _keyed_run(servers, live_data, tmp_path / key, mine, key) for key in ("user", "none", "session")}
+    mine = [e for e in events if partition_of(e.user_id, 2) == 0][:10_000]
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = ("user", "none", "session")
+    with ThreadPoolExecutor(len(keys)) as pool:  # three workers of their own, side by side
+        runs = dict(zip(keys, pool.map(lambda key: _keyed_run(servers, live_data, tmp_path / key, mine, key), keys)))
     a = runs["user"]["fig"]
-    assert a["predictions"] > 5_000 and a["promotions"] > 0
+    assert a["predictions"] > 2_500 and a["promotions"] > 0
     for key, run in runs.items():
         fig = run["fig"]
         wrong = sum(1 for p, user in run["landed"] if partition_of(user, 2) != p)
