@@ -40,7 +40,7 @@ from stream.worker.metrics import WorkerMetrics
 from stream.worker.positions import StateLost, resume_offset
 from stream.stores.redis_store import OldLayout
 from stream.worker.scheduler import RunScheduler
-from stream.worker.stages.predict import order_of
+from stream.worker.stages.predict import FORWARDING_SECONDS, order_of
 from stream.worker.stages.warm import SourceEnds
 
 log = logging.getLogger("skipcache.worker")
@@ -49,6 +49,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 READ_ALL_QUIET_SECONDS = 1.0
 """A predict partition tells the others it has read all only after no run for this long (its
 fetches come every SKIPCACHE_FETCH_MAX_WAIT_MS while there is more)."""
+CLOCK_EVERY_SECONDS = 1.0
+"""A predict partition tells every other its clock at least this often (``worth_sending``)."""
 RESEEK_SECONDS = 1.0
 """Records fetched before a seek can still arrive after it and move the consumer past the
 position sought; while the awaited offset does not come, the worker seeks again this often."""
@@ -117,6 +119,8 @@ class WorkerService:
         """This worker, in the messages it forwards (``route_codec.py``)."""
         self.stamps: dict[tuple[int, int], int] = {}  # (source, partition) -> the last message's count
         self.stamped_events: dict[tuple[int, int], int] = {}  # ... -> the count of the last that carried events
+        self.last_sent: dict[tuple[int, int], float] = {}  # (source, partition) -> when a message last went
+        self.forwarded_at: dict[tuple[int, int], float] = {}  # ... -> when events last went
 
     # ---- dependencies ---------------------------------------------------------------------------
     async def call(self, fn, *args):
@@ -475,13 +479,36 @@ class WorkerService:
             if got is not None and got[0] == self.instance and got[1] >= self.stamped_events.get((s, q), -1):
                 rt.hear_clock(s, source.read_clock, source.said_done)
 
+    def worth_sending(self, stage: Stage, source, q: int, now: float) -> bool:
+        """A clock-only message goes to a partition that may be waiting for it: one this source
+        forwarded to recently (it waits for the clock), one not told anything yet by this worker,
+        one of this worker's that has not heard from it (reloaded), and every partition once a
+        second (another worker's, reloaded, waits for a first word). Producers that key by user
+        then cost a message a second per pair, not one per run and a flush on every run's path."""
+        key = (source.partition, q)
+        if source.said_done or q in source.routed_to:
+            return True
+        last = self.last_sent.get(key)
+        if last is None or now - last >= CLOCK_EVERY_SECONDS or now - self.forwarded_at.get(key, -math.inf) < 2 * FORWARDING_SECONDS:
+            return True
+        rt = stage.runtimes.get(q)
+        return rt is not None and source.partition not in rt.heard
+
     async def forward(self, stage: Stage, messages: list[tuple[int, bytes]], source=None) -> None:
-        """Send a run's forwarded events and clock to the other predict partitions, and wait until
-        the broker has them (retrying with backoff while it is away)."""
+        """Send a run's forwarded events and clock to the other predict partitions that need them
+        (``worth_sending``), and wait until the broker has them (retrying with backoff while it is
+        away)."""
+        if source is not None:
+            now = time.monotonic()
+            s = source.partition
+            for q in source.routed_to:
+                self.forwarded_at[(s, q)] = now
+            messages = [(q, value) for q, value in messages if self.worth_sending(stage, source, q, now)]
+            for q, _ in messages:
+                self.last_sent[(s, q)] = now
+            self.hear_directly(stage, source)
         if not messages:
             return
-        if source is not None:
-            self.hear_directly(stage, source)
         sink = stage.forward
         async with self._forwarding:
             for q, value in messages:

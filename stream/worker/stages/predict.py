@@ -103,6 +103,8 @@ class PredictRuntime(PartitionRuntime):
         forwarded events flushed, before: a crash cannot commit a record whose forwarding was lost)."""
         self.said_done = False
         """The last thing ``route`` told the others was that this partition had read all."""
+        self.routed_to: set[int] = set()
+        """The partitions the last ``route`` forwarded events to."""
         super().__init__(partition, store)
 
     def load_state(self, blob: bytes | None) -> None:
@@ -322,6 +324,7 @@ class PredictRuntime(PartitionRuntime):
                 if q != mine:
                     elsewhere.setdefault(q, []).append((offset, value))
         self.read_clock, self.said_done = clock, done
+        self.routed_to = set(elsewhere)
         return [(q, route_codec.encode(mine, clock, done, elsewhere.get(q, []),
                                        stamp(q, q in elsewhere) if stamp is not None else None))
                 for q in range(self.sources) if q != mine]
