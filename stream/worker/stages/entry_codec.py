@@ -87,20 +87,27 @@ def check_entry(entry, last: int, clock: float, earliest: float) -> int:
     return seq
 
 
-def decode(value: bytes | None, sources: int | None = None, reference: float | None = None,
-           window: TimeWindow = TimeWindow()) -> tuple[int, float, list[list], list[int] | None]:
-    """(source partition, its clock, entries, each entry's origin (-1: the source's own; None:
-    all are)), or ``Rejected`` saying what is wrong with it.
-    ``sources``: the sessions topic's partitions (None: not checked); ``reference``: the message's
-    Kafka timestamp, against which the clock may be at most ``window.max_ahead`` ahead."""
+def load_message(value: bytes | None, version: int, unknown: str) -> dict:
+    """An internal topic's message as a JSON object of the ``version`` expected, or ``Rejected``
+    (``unknown``: the reason for another version)."""
     if value is None:
         raise Rejected("empty_message")
     try:
         msg = orjson.loads(value)
     except orjson.JSONDecodeError:
         raise Rejected("bad_json") from None
-    if not isinstance(msg, dict) or msg.get("v") != VERSION:
-        raise Rejected("unknown_entries_version", f"expected v={VERSION}")
+    if not isinstance(msg, dict) or msg.get("v") != version:
+        raise Rejected(unknown, f"expected v={version}")
+    return msg
+
+
+def decode(value: bytes | None, sources: int | None = None, reference: float | None = None,
+           window: TimeWindow = TimeWindow()) -> tuple[int, float, list[list], list[int] | None]:
+    """(source partition, its clock, entries, each entry's origin (-1: the source's own; None:
+    all are)), or ``Rejected`` saying what is wrong with it.
+    ``sources``: the sessions topic's partitions (None: not checked); ``reference``: the message's
+    Kafka timestamp, against which the clock may be at most ``window.max_ahead`` ahead."""
+    msg = load_message(value, VERSION, "unknown_entries_version")
     src, clock, entries = msg.get("src"), msg.get("t"), msg.get("e")
     if (not _int(src) or type(clock) not in (float, int) or not math.isfinite(clock)
             or type(entries) is not list):

@@ -41,7 +41,7 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode
-from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime
+from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
 from stream.store import Changes, PartitionStore
 
 MAX_EVENT_BYTES = 16_384
@@ -294,7 +294,7 @@ class PredictRuntime(PartitionRuntime):
                 state["sent_forwarded"] = sent_forwarded
             if queued := sorted(src for src, q in self.forwarded.items() if q):
                 state["forwarded"] = queued
-            push, drop = self._queue_changes()
+            push, drop = queue_changes(self._pushed, self._dropped, self._stored)
         out.changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
             sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
@@ -463,20 +463,6 @@ class PredictRuntime(PartitionRuntime):
                 del queue[:n]
                 self._dropped[src] = self._dropped.get(src, 0) + n
         return due
-
-    def _queue_changes(self) -> tuple[dict[int, list], dict[int, int]]:
-        """What the commit does to each stored queue: events taken in and applied in the same
-        batch never reach the store; the stored head is trimmed by what was applied of it."""
-        push, drop = {}, {}
-        for src in self._pushed.keys() | self._dropped.keys():
-            n, stored = self._dropped.get(src, 0), self._stored.get(src, 0)
-            trimmed = min(n, stored)
-            rest = self._pushed.get(src, [])[n - trimmed:]
-            if trimmed:
-                drop[src] = trimmed
-            if rest:
-                push[src] = rest
-        return push, drop
 
     def _contract(self, events: list[Event]) -> dict[str, int]:
         """What the producers did not send as the contract asks (README, Producing session

@@ -24,6 +24,7 @@ import orjson
 
 from models.parsing import TimeWindow, parse_event
 from models.rejections import Rejected
+from stream.worker.stages.entry_codec import load_message
 
 VERSION = 1
 MAX_FORWARDED = 200_000
@@ -49,14 +50,7 @@ def decode(value: bytes | None, sources: int, reference: float | None = None,
     Rejected)]), or ``Rejected`` saying what is wrong with the message. ``reference``: the
     message's Kafka timestamp (the events' times are checked against it, as on the sessions
     topic)."""
-    if value is None:
-        raise Rejected("empty_message")
-    try:
-        msg = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        raise Rejected("bad_json") from None
-    if not isinstance(msg, dict) or msg.get("v") != VERSION:
-        raise Rejected("unknown_repartition_version", f"expected v={VERSION}")
+    msg = load_message(value, VERSION, "unknown_repartition_version")
     src, clock, done, events = msg.get("src"), msg.get("t"), msg.get("done"), msg.get("e")
     if (not _int(src) or clock is not None and (type(clock) not in (float, int) or not math.isfinite(clock))
             or type(done) is not bool or type(events) is not list):

@@ -45,7 +45,7 @@ from models.parsing import TimeWindow
 from models.rejections import Rejected
 
 from stream.worker.stages.entry_codec import decode, stream_of
-from stream.worker.stages.partition import BatchOutput, PartitionRuntime
+from stream.worker.stages.partition import BatchOutput, PartitionRuntime, queue_changes
 from stream.store import Changes, PartitionStore
 
 log = logging.getLogger(__name__)
@@ -326,23 +326,9 @@ class WarmRuntime(PartitionRuntime):
         if math.isfinite(self.applied_until):
             state["applied_until"] = self.applied_until
         rejected = self.rejected_counts(out)
-        push, drop = self._queue_changes()
+        push, drop = queue_changes(self._pushed, self._dropped, self._stored)
         out.changes = Changes(blob=orjson.dumps(state), counters={"rejected": rejected} if rejected else {},
                               queue_push=push, queue_drop=drop)
-
-    def _queue_changes(self) -> tuple[dict[int, list], dict[int, int]]:
-        """What the commit does to each stored queue: entries taken in and applied in the same
-        batch never reach the store; the stored head is trimmed by what was applied of it."""
-        push, drop = {}, {}
-        for src in self._pushed.keys() | self._dropped.keys():
-            n, stored = self._dropped.get(src, 0), self._stored.get(src, 0)
-            trimmed = min(n, stored)
-            rest = self._pushed.get(src, [])[n - trimmed:]
-            if trimmed:
-                drop[src] = trimmed
-            if rest:
-                push[src] = rest
-        return push, drop
 
     def committed(self, ok: bool) -> None:
         if ok:
