@@ -137,11 +137,15 @@ def test_every_user_on_either_partition_is_applied_where_it_lives(setup):
     assert fig["forwarded_waiting"] == 0
 
 
+def _one_partitions_users(setup) -> tuple[list, dict, Topics]:
+    """The events of partition 0's users, their figures keyed by user, and the same events sent
+    with no key (nothing read yet)."""
+    mine = [e for e in setup[2] if partition_of(e.user_id, P) == 0]
+    return mine, Topics(setup, mine, "user").run(), Topics(setup, mine, "none")
+
+
 def test_a_source_re_read_after_a_crash_forwards_again_and_each_event_is_applied_once(setup):
-    _, _, events = setup
-    mine = [e for e in events if partition_of(e.user_id, P) == 0]
-    expected = Topics(setup, mine, "user").run()
-    t = Topics(setup, mine, "none")
+    _, expected, t = _one_partitions_users(setup)
     t.route_all()
     t.route_all()  # partition 1 died before committing and read its records again: all forwarded twice
     t.apply(1)
@@ -154,10 +158,7 @@ def test_a_source_re_read_after_a_crash_forwards_again_and_each_event_is_applied
 
 
 def test_forwarded_events_held_past_the_cut_survive_a_restart(setup):
-    _, _, events = setup
-    mine = [e for e in events if partition_of(e.user_id, P) == 0]
-    expected = Topics(setup, mine, "user").run()
-    t = Topics(setup, mine, "none")
+    mine, expected, t = _one_partitions_users(setup)
     t.route_all()
     t.apply(1)
     middle = mine[len(mine) // 2].ts

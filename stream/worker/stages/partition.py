@@ -117,16 +117,22 @@ class PartitionRuntime:
     def process(self, records: list[tuple]) -> BatchOutput:
         """``records``: (offset, value[, Kafka timestamp in s]) of this partition, in offset order."""
         out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
+        fresh = self.take_fresh(records, out)
+        if fresh:
+            self.apply(fresh, out)
+        return out
+
+    def take_fresh(self, records: list[tuple], out: BatchOutput) -> list[tuple]:
+        """The records from the partition's next offset on (those below it were applied: counted
+        as duplicates), refusing a hole; ``out`` moves to the offset after them."""
         fresh = [r for r in records if r[0] >= self.next_offset]
         out.skipped_duplicates = len(records) - len(fresh)
-        if not fresh:
-            return out
-        if fresh[0][0] != self.next_offset:
-            raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
-        out.next_offset = fresh[-1][0] + 1
-        out.timestamps = [r[2] for r in fresh if r[2]] if len(fresh[0]) > 2 else []
-        self.apply(fresh, out)
-        return out
+        if fresh:
+            if fresh[0][0] != self.next_offset:
+                raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
+            out.next_offset = fresh[-1][0] + 1
+            out.timestamps = [r[2] for r in fresh if r[2]] if len(fresh[0]) > 2 else []
+        return fresh
 
     def apply(self, records: list[tuple], out: BatchOutput) -> None:
         """Apply the unbroken run ``records`` and fill ``out`` (including ``out.changes``)."""

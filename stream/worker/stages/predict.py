@@ -132,7 +132,6 @@ class PredictRuntime(PartitionRuntime):
         self.since = time.monotonic()
         self.silent: set[int] = set()
         """Sources not waited for now: said nothing for ``SOURCE_IDLE_SECONDS`` (logged as they go)."""
-        self.forwarded_late = 0
         self._rep_to = self.rep_next
         self.rep_received = self.rep_next
         """The repartition offset after the last record received in order (``hear``)."""
@@ -169,13 +168,7 @@ class PredictRuntime(PartitionRuntime):
             raise OffsetGap(self.partition, self.rep_next, inbox[0][0])
         self._rep_to = inbox[-1][0] + 1 if inbox else self.rep_next
         out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
-        fresh = [r for r in records if r[0] >= self.next_offset]
-        out.skipped_duplicates = len(records) - len(fresh)
-        if fresh:
-            if fresh[0][0] != self.next_offset:
-                raise OffsetGap(self.partition, self.next_offset, fresh[0][0])
-            out.next_offset = fresh[-1][0] + 1
-            out.timestamps = [r[2] for r in fresh if r[2]] if len(fresh[0]) > 2 else []
+        fresh = self.take_fresh(records, out)
         if fresh or inbox or self.has_due():
             self.apply(fresh, out, inbox)
         elif math.isfinite(self.clock):
@@ -231,7 +224,6 @@ class PredictRuntime(PartitionRuntime):
                 clock = max(clock, max(e.ts for run in due for _, e in run))
                 late = sum(1 for run in due for _, e in run if e.ts < self.clock)
                 if late:
-                    self.forwarded_late += late
                     contract["repartitioned_late"] = late
                 # each input keeps its order (its entries' sequences stay in order); their heads interleave
                 pairs = list(heapq.merge(list(zip(offsets, events)), *due, key=_event_order))
@@ -351,7 +343,7 @@ class PredictRuntime(PartitionRuntime):
         the ones received before count: records past a hole (fetched before a seek) are read
         again, and a clock must not promise events that are not in hand."""
         now = time.monotonic()
-        heard, at = self.heard, max(self.rep_received, self.rep_next)
+        at = max(self.rep_received, self.rep_next)
         for offset, _, _, item in records:
             if offset < at:
                 continue
@@ -360,19 +352,20 @@ class PredictRuntime(PartitionRuntime):
             at += 1
             if type(item) is tuple:
                 src, clock, done, events, stamp = item
-                before = heard.get(src)
-                heard[src] = (max(clock, before[0]) if before else clock, done, now)
+                self.hear_clock(src, clock, done, now)
                 if stamp is not None:
                     self.heard_from[src] = stamp
                 if events:
                     self.forwarding[src] = now
         self.rep_received = at
 
-    def hear_clock(self, src: int, clock: float, done: bool) -> None:
-        """A source's clock heard in the same worker (``service.py``: only once every message of
-        it that carried events for this partition has been received)."""
+    def hear_clock(self, src: int, clock: float, done: bool, now: float | None = None) -> None:
+        """A source's clock: from its message (``hear``), or heard in the same worker
+        (``service.py``: only once every message of it that carried events for this partition
+        has been received)."""
         before = self.heard.get(src)
-        self.heard[src] = (max(clock, before[0]) if before else clock, done, time.monotonic())
+        self.heard[src] = (max(clock, before[0]) if before else clock, done,
+                           time.monotonic() if now is None else now)
 
     def forget_heard(self) -> None:
         """Forwarded records received were dropped (to be read again): wait for them anew."""
