@@ -23,6 +23,7 @@ from models.events import Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
 from models.columns import PLAY_CODE, EventColumns, session_labels
 from models.gc_pause import paused_gc
+from models.replay import epoch_rounds
 
 from .experiment import AB, variant_of
 from .warm_pool import WarmStage
@@ -87,9 +88,9 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     """Replay ``events`` (in replay order) through the worker's topology and return the figures
     of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
     entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
-    shard taking them in replay order. Track statistics follow the worker's rule: a batch reads
-    every shard's counts as of its start, plus its own shard's since (batches of ``batch_size``
-    events of the replay). With ``ab_share`` and two artifacts, an ``ab`` policy serves the
+    shard taking them in replay order. Track statistics follow the worker's rule: a play reads
+    every shard's counts as of the start of its epoch (``EngineConfig.track_epoch_seconds``), so
+    rounds (``batch_size`` events of the replay) never span two epochs. With ``ab_share`` and two artifacts, an ``ab`` policy serves the
     first (A) or the second (B) by user, as an A/B-testing worker does. With ``audit_storage``,
     each policy's figures add a ``storage_audit``: its shards' commands applied to one placement
     (``storage_audit.py``). ``processes``: 2 splits the policies' warming with a forked helper
@@ -138,7 +139,8 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
         [CacheWarmer(p, TierState(shard_tiers, catalogue, None if n == 1 else (lambda t, q=q: track_partition(t) == q)),
                      count_from, trace=audit_storage, columns=columns) for p in policies]
         for q in range(n)]
-    shared: dict[str, list] | None = {} if n > 1 else None  # every shard's committed track counts
+    shared: dict[str, list] | None = {} if n > 1 else None  # every shard's counts as of the epoch's start
+    epoch_plays: dict[str, list] = {}  # and their additions since
     if processes is None:  # a helper pays off past its fork and the warmers' trip back
         processes = min(2, os.cpu_count() or 1) if len(events) >= HELPER_FROM_EVENTS else 1
     stage = WarmStage(warm, track_partition, audit_storage, processes)
@@ -148,8 +150,10 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     with paused_gc(), tqdm(total=len(events), desc="simulate", unit=" events", unit_scale=True,
                            disable=None if progress else True, leave=False) as bar:
         try:
-            for start in range(0, len(events), batch_size):
-                batch = events[start:start + batch_size]
+            epochs = epoch_rounds(events.ts, config.track_epoch_seconds, batch_size) if n > 1 else (
+                (start, min(start + batch_size, len(events)), False) for start in range(0, len(events), batch_size))
+            for start, stop, turns in epochs:
+                batch = events[start:stop]
                 if n == 1:
                     work = [(batch, range(start, start + len(batch)))]
                 else:
@@ -163,16 +167,14 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
                     if shared is not None:
                         predictor.engine.state.begin_round(shared)
                     entries += predictor.process(evs, seqs).entries
-                if shared is not None:
+                if shared is not None:  # the shards' additions, read from the next epoch on
                     for predictor in predictors:
-                        for track, d in predictor.engine.state.track_delta.items():
-                            rec = shared.get(track)
-                            if rec is None:
-                                shared[track] = d
-                            else:
-                                rec[0] += d[0]
-                                rec[1] += d[1]
-                                rec[2] += d[2]
+                        st = predictor.engine.state
+                        _add_counts(epoch_plays, st.track_delta)
+                        st.track_delta = {}
+                    if turns:
+                        _add_counts(shared, epoch_plays)
+                        epoch_plays = {}
                 warm_up(entries)
                 bar.update(len(batch))
             if len(events):
@@ -217,6 +219,17 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
         "policies": figures,
         "daily": {p.name: _daily([ws[i] for ws in warm]) for i, p in enumerate(policies)},
     }
+
+
+def _add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
+    for track, d in delta.items():
+        rec = into.get(track)
+        if rec is None:
+            into[track] = list(d)
+        else:
+            rec[0] += d[0]
+            rec[1] += d[1]
+            rec[2] += d[2]
 
 
 def _daily(warmers: list[CacheWarmer]) -> dict:

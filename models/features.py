@@ -69,6 +69,15 @@ class EngineConfig:
     partition has come) was played in full, and its session has ended. Live traffic carries no
     session ends; in the exports no session pauses this long (longest: 1,412 s in 23Z v2)."""
 
+    track_epoch_seconds: float = 86400.0
+    """Track counts move in epochs of this much event time (``models/state.py``): a play reads
+    every play resolved in earlier epochs. A day: track statistics change slowly, and a day is a
+    point every partition of a live stream passes together, at one pause of its batches a day."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.track_epoch_seconds < math.inf:
+            raise ValueError(f"track_epoch_seconds must be a positive number of seconds, not {self.track_epoch_seconds}")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -92,6 +101,7 @@ class FeatureEngine:
         self.catalogue = catalogue or Catalogue()
         self.config = config or EngineConfig()
         self.state = state if state is not None else State()
+        self.state.epoch_seconds = self.config.track_epoch_seconds
         self.rejections = rejections if rejections is not None else Rejections()
         cat = self.catalogue
         self.use_users = bool(cat.users)
@@ -263,6 +273,8 @@ class FeatureEngine:
         """Apply one event. Returns (resolutions, features of the playing track, features of the
         upcoming track, play number in session); the feature rows are None unless it is a play."""
         st = self.state
+        if e.ts >= st.epoch_end:  # the epoch turns before anything this event resolves
+            st.advance(e.ts)
         resolved: list[Resolution] = []
         heap = self._gap_heap
         if heap and heap[0][0] < e.ts - self._gap:

@@ -7,7 +7,10 @@ so the last play's outcome is resolved by an event instead of by peeking. Traini
 the simulation and the replay producer all use this one function."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import attrgetter
+
+import numpy as np
 
 from .events import PLAY, SESSION_END, SKIP, Event
 from .gc_pause import paused_gc
@@ -59,3 +62,17 @@ def _replay_order(events: list[Event], mark_session_end: bool) -> list[Event]:
         start = end
     out.sort(key=attrgetter("ts"))
     return out
+
+
+def epoch_rounds(ts: "Sequence[float] | np.ndarray", epoch_seconds: float, size: int):
+    """``(start, stop, the epoch turns after it)`` of rounds of a replay whose times are ``ts``:
+    ``size`` events at most, none spanning two epochs of event time (``models/state.py``; an
+    event stamped before its predecessor stays in its epoch, as a partition's never goes back)."""
+    epochs = np.floor(np.asarray(ts, dtype=np.float64) / epoch_seconds)
+    turns = np.flatnonzero(np.diff(np.maximum.accumulate(epochs)) > 0) + 1 if len(epochs) else []
+    start = 0
+    for end in [*map(int, turns), len(epochs)]:
+        for lo in range(start, end, size):
+            hi = min(lo + size, end)
+            yield lo, hi, hi == end
+        start = end

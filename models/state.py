@@ -3,9 +3,18 @@
 It is deliberately plain dicts of small lists: the in-memory store keeps one State forever; the
 Redis store fills one with the keys a batch needs, lets the engine run on it, and writes back only
 what changed (the ``dirty_*`` and ``deleted_*`` keys). User and session records belong to one
-partition; track counts are global (every partition's plays of the track, see ``tracks``)."""
+partition; track counts are global (every partition's plays of the track, see ``tracks``).
+
+Track counts move in *epochs* of event time (``EngineConfig.track_epoch_seconds``, a day): a play
+reads the counts of every play resolved in an earlier epoch, none of its own epoch's. That is a
+point in time every partition reaches whatever its batches: the worker cuts its batches at epoch
+boundaries and reads the other partitions' counts as of the epoch's start, so two runs of one
+replay, with any number of partitions, and training and ``simulate`` on one, read the same
+counts (``stream/worker/scheduler.py``, ``stream/store.py``)."""
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # user record: decayed counts, the ids of the user's open sessions, when the user bought premium
@@ -65,14 +74,27 @@ class State:
     users: dict[int, list] = field(default_factory=dict)
     sessions: dict[tuple[int, int], list] = field(default_factory=dict)
     tracks: dict[str, list] = field(default_factory=dict)
-    """Track counts as the engine reads them: the global counts as of the start of the batch
-    (loaded, or read through from ``shared_tracks``) plus this partition's own plays since."""
+    """Track counts as the engine reads them: every play resolved before the current epoch (loaded,
+    or read through from ``shared_tracks``)."""
     shared_tracks: dict[str, list] | None = None
     """Read-only global counts a track missing from ``tracks`` is read from (the simulation's
-    snapshot of every shard's committed counts); None: ``tracks`` holds all there is."""
+    snapshot of every shard's counts as of the epoch's start); None: ``tracks`` holds all there is."""
     track_delta: dict[str, list] | None = None
-    """This batch's own additions to the track counts (what a partition commits to the global
-    counts); None: not kept (one shard owns every count)."""
+    """This batch's own additions to the track counts in the current epoch (what a partition
+    commits); None: not kept (one owner of every count, which folds ``epoch_plays`` into
+    ``tracks`` as epochs turn)."""
+    track_deltas: list[tuple[int, dict[str, list]]] = field(default_factory=list)
+    """This batch's additions in its earlier epochs, when it spans several: (epoch, additions)."""
+    reread: "Callable[[int], dict[str, list]] | None" = None
+    """A partition's way to read the global counts as of an epoch's start (its store), for a
+    batch whose epoch turns: its own additions of the earlier epochs are added to them."""
+    epoch_seconds: float = 86400.0
+    epoch: float = -math.inf
+    """The current epoch (``floor(ts / epoch_seconds)`` of the newest event; never goes back)."""
+    epoch_end: float = -math.inf
+    """When the current epoch ends (event time)."""
+    epoch_plays: dict[str, list] = field(default_factory=dict)
+    """The one owner's additions in the current epoch, read from the next one on."""
     blobs: dict[str, object] = field(default_factory=dict)
     """Whole-value records owned by one writer (the warmer's per-shard tier state, pending
     predictions). Marked dirty by key in ``dirty_blobs``."""
@@ -88,25 +110,57 @@ class State:
         self.deleted_sessions.clear()
         if self.track_delta is not None:
             self.track_delta.clear()
+        self.track_deltas.clear()
         self.dirty_blobs.clear()
 
     def add_track(self, track_id: str, n: float, k: float, likes: float) -> None:
-        rec = self.tracks.get(track_id)
-        if rec is None:
-            base = self.shared_tracks.get(track_id) if self.shared_tracks is not None else None
-            rec = self.tracks[track_id] = list(base) if base is not None else [0.0, 0.0, 0.0]
-        rec[T_N] += n
-        rec[T_K] += k
-        rec[T_LIKES] += likes
-        delta = self.track_delta
-        if delta is not None:
-            d = delta.get(track_id)
-            if d is None:
-                delta[track_id] = [n, k, likes]
-            else:
-                d[T_N] += n
-                d[T_K] += k
-                d[T_LIKES] += likes
+        """A resolved play (or a like): counted from the next epoch on."""
+        delta = self.track_delta if self.track_delta is not None else self.epoch_plays
+        d = delta.get(track_id)
+        if d is None:
+            delta[track_id] = [n, k, likes]
+        else:
+            d[T_N] += n
+            d[T_K] += k
+            d[T_LIKES] += likes
+
+    def advance(self, ts: float) -> bool:
+        """Move to the epoch of ``ts`` if it is later; the one owner then reads its last epoch's
+        additions. True if the epoch turned."""
+        if ts < self.epoch_end:
+            return False
+        size = self.epoch_seconds
+        epoch = math.floor(ts / size)
+        if self.track_delta is None:
+            if self.epoch_plays:
+                self._count(self.epoch_plays)
+                self.epoch_plays = {}
+        else:
+            if self.track_delta:
+                self.track_deltas.append((self.epoch, self.track_delta))
+                self.track_delta = {}
+            if self.reread is not None:
+                self.tracks = self.reread(epoch)
+                for _, d in self.track_deltas:
+                    self._count(d)
+        self.set_epoch(epoch)
+        return True
+
+    def _count(self, additions: dict[str, list]) -> None:
+        tracks, shared = self.tracks, self.shared_tracks
+        for t, d in additions.items():
+            rec = tracks.get(t)
+            if rec is None:
+                base = shared.get(t) if shared is not None else None
+                rec = tracks[t] = list(base) if base is not None else [0.0, 0.0, 0.0]
+            rec[T_N] += d[T_N]
+            rec[T_K] += d[T_K]
+            rec[T_LIKES] += d[T_LIKES]
+
+    def set_epoch(self, epoch: float) -> None:
+        """The epoch a batch is in (the worker's, which reads the counts as of its start)."""
+        self.epoch = epoch
+        self.epoch_end = (epoch + 1) * self.epoch_seconds if math.isfinite(epoch) else -math.inf
 
     def begin_round(self, shared: dict[str, list]) -> None:
         """Read track counts from ``shared`` (a snapshot of the global counts) from now on, and

@@ -10,7 +10,12 @@ Code takes the one it needs; a backend (``StateStore``) implements all three.
 only if the stored offset is still the one the batch started from: a replayed event never counts
 twice, a lost Kafka commit never loses one, and a zombie worker cannot overwrite its successor.
 Backends, chosen by URL scheme (``stores/__init__.py``): ``stores/memory.py`` (tests, one
-process) and ``stores/redis_store.py`` (Redis or Valkey)."""
+process) and ``stores/redis_store.py`` (Redis or Valkey).
+
+Track counts move in epochs (``models/state.py``): each predict partition stores its additions as
+*settled* counts (epochs before its stored epoch), its stored epoch's, and the one before's. A
+reader at epoch E takes from each partition what was resolved before E (``epoch_weights``),
+exact while the partition is at most one epoch ahead, which the worker's batches keep."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ class Changes:
     users: dict[int, list] = field(default_factory=dict)
     sessions: dict[tuple[int, int], list] = field(default_factory=dict)
     deleted_sessions: set[tuple[int, int]] = field(default_factory=set)
-    tracks: dict[str, list] = field(default_factory=dict)
+    tracks: "TrackAdditions | None" = None
     """Additions to the global track counts (plays, skips, likes), not the counts."""
     blob: bytes | None = None
     """The partition's whole-value state (pending predictions; or the cache shard)."""
@@ -37,6 +42,63 @@ class Changes:
     """The partition's other inputs (predict: ``repartition``, the events other partitions
     forwarded): name -> (offset the batch began at, new offset), fenced like the main offset,
     so a batch that moves only one input still fences a zombie."""
+
+
+@dataclass
+class TrackAdditions:
+    """A predict partition's additions to the track counts in one batch, epoch by epoch. The
+    stored epoch's additions (``held``, at ``since``; None: none stored) settle when the partition
+    first adds in a later epoch, and stay readable as the last epoch's if that epoch is the one
+    just before (``epoch_weights``)."""
+
+    since: int | None
+    held: dict[str, list]
+    by_epoch: list[tuple[int, dict[str, list]]]
+    """(epoch, additions) in ascending epochs, none empty."""
+
+    def steps(self):
+        """``(turn, epoch, additions)`` in order; ``turn``: None, or (the additions that settle,
+        whether they stay readable as the last epoch's)."""
+        since, held = self.since, [self.held]
+        for epoch, adds in self.by_epoch:
+            turn = None
+            if epoch != since:
+                turn = (merged(held), since is not None and epoch == since + 1)
+                since, held = epoch, []
+            held.append(adds)
+            yield turn, epoch, adds
+
+
+def merged(parts: list[dict[str, list]]) -> dict[str, list]:
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, list] = {}
+    for part in parts:
+        add_counts(out, part)
+    return out
+
+
+def add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
+    for t, d in delta.items():
+        rec = into.get(t)
+        if rec is None:
+            into[t] = list(d)
+        else:
+            rec[0] += d[0]
+            rec[1] += d[1]
+            rec[2] += d[2]
+
+
+def epoch_weights(epoch: int | None, stored: int | None) -> tuple[int, int]:
+    """A reader at ``epoch`` takes a partition's settled counts plus ``a`` times its stored
+    epoch's plus ``b`` times the epoch's before that: ``(a, b)``. Behind the reader (or no epoch
+    stored, or ``epoch`` None: everything committed): all of it; level: the settled counts; one
+    ahead: the settled less the epoch before (the reader's own epoch); further ahead: the same,
+    which then still holds the epochs between (never seen while the worker's batches go
+    epoch by epoch)."""
+    if epoch is None or stored is None or stored < epoch:
+        return 1, 0
+    return (0, 0) if stored == epoch else (0, -1)
 
 
 class PartitionStore(Protocol):
@@ -59,8 +121,13 @@ class PartitionStore(Protocol):
         """The entries a warm partition holds back for ``source`` (``Changes.queue_push``)."""
 
     def fetch(self, partition: int, users: list[int], sessions: list[tuple[int, int]],
-              tracks: list[str]) -> tuple[dict[int, list], dict[tuple[int, int], list], dict[str, list]]:
-        """The records that exist, by key; tracks: the global counts, as committed."""
+              tracks: list[str], epoch: int | None = None
+              ) -> tuple[dict[int, list], dict[tuple[int, int], list], dict[str, list]]:
+        """The records that exist, by key; tracks: the global counts of the plays resolved
+        before ``epoch`` (None: all committed)."""
+
+    def epoch_plays(self, partition: int) -> tuple[int | None, dict[str, list]]:
+        """A predict partition's stored epoch and its additions there (``Changes.epoch_turn``)."""
 
     def stage(self, name: str) -> "PartitionStore":
         """The same store for another stage's partitions (its own offsets and state; the same

@@ -3,8 +3,19 @@ from __future__ import annotations
 
 import copy
 import threading
+from dataclasses import dataclass, field
 
-from stream.store import Changes
+from stream.store import Changes, add_counts, epoch_weights
+
+
+@dataclass
+class TrackCounts:
+    """One predict partition's additions: settled (before ``epoch``), ``epoch``'s, the one before's."""
+
+    epoch: int | None = None
+    settled: dict[str, list] = field(default_factory=dict)
+    now: dict[str, list] = field(default_factory=dict)
+    last: dict[str, list] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -17,7 +28,8 @@ class MemoryStore:
         self.users: dict[tuple[int, int], list] = {}
         self.sessions: dict[tuple[int, int, int], list] = {}
         self.queues: dict[tuple[int, int], list] = {}
-        self.tracks: dict[str, list] = root.tracks if root is not None else {}
+        self.tracks: dict[int, TrackCounts] = root.tracks if root is not None else {}
+        """Predict partition -> its additions to the track counts (``stream/store.py``)."""
         self._config: dict[str, float] = root._config if root is not None else {}
         self._counters: dict[str, dict[str, float]] = root._counters if root is not None else {}
         self._stages: dict[str, MemoryStore] = root._stages if root is not None else {}
@@ -56,11 +68,30 @@ class MemoryStore:
         with self._lock:
             return copy.deepcopy(self.queues.get((partition, source), []))
 
-    def fetch(self, partition, users, sessions, tracks):
+    def fetch(self, partition, users, sessions, tracks, epoch=None):
         with self._lock:
+            counts: dict[str, list] = {}
+            for part in self.tracks.values():
+                a, b = epoch_weights(epoch, part.epoch)
+                for t in tracks:
+                    rec = part.settled.get(t)
+                    now = part.now.get(t) if a else None
+                    last = part.last.get(t) if b else None
+                    if rec is None and now is None and last is None:
+                        continue
+                    total = counts.setdefault(t, [0.0, 0.0, 0.0])
+                    for got, w in ((rec, 1), (now, a), (last, b)):
+                        if got is not None:
+                            for i in range(3):
+                                total[i] += w * got[i]
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
-                    {t: list(self.tracks[t]) for t in tracks if t in self.tracks})
+                    counts)
+
+    def epoch_plays(self, partition):
+        with self._lock:
+            part = self.tracks.get(partition)
+            return (part.epoch, copy.deepcopy(part.now)) if part is not None else (None, {})
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
         with self._lock:
@@ -73,10 +104,15 @@ class MemoryStore:
                 self.sessions[(partition, *k)] = copy.deepcopy(rec)
             for k in changes.deleted_sessions:
                 self.sessions.pop((partition, *k), None)
-            for t, delta in changes.tracks.items():
-                rec = self.tracks.setdefault(t, [0.0, 0.0, 0.0])
-                for i, v in enumerate(delta):
-                    rec[i] += v
+            if changes.tracks is not None:
+                part = self.tracks.setdefault(partition, TrackCounts())
+                for turn, epoch, adds in changes.tracks.steps():
+                    if turn is not None:
+                        settle, keep = turn
+                        add_counts(part.settled, settle)
+                        part.last = copy.deepcopy(settle) if keep else {}
+                        part.now, part.epoch = {}, epoch
+                    add_counts(part.now, adds)
             if changes.blob is not None:
                 self.blobs[partition] = changes.blob
             for src, entries in changes.queue_push.items():

@@ -8,14 +8,16 @@ slot (a cluster runs the batch's commit on one node, atomically):
     {sc:predict:P}:blob    :offset           pending predictions; the next offset to apply
     {sc:predict:P}:offset:repartition        the next offset of its repartition partition
     {sc:predict:P}:queue:S                   events partition S forwarded, held until their time
-    {sc:predict:P}:tracks                    this partition's additions to the track counts
-                                             (fields n:TRACK, k:TRACK, l:TRACK)
+    {sc:predict:P}:tracks                    this partition's settled additions to the track
+                                             counts (fields n:TRACK, k:TRACK, l:TRACK; epoch)
+    {sc:predict:P}:tracks:now  :tracks:last  its additions in its stored epoch, the one before
     {sc:warm:Q}:blob  :offset  :queue:P      the cache shard; held-back entries of source P
     {sc:STAGE:N}:counters:NAME:EPOCH         this partition's counts (events, rejected, ab:A ...)
     sc:config                                thresholds, experiment start, counter epochs
 
 Nothing is shared between partitions inside a batch: the global track counts are the sum of
-every predict partition's additions (read: one HMGET per predict partition, pipelined), the
+every predict partition's additions before the reader's epoch (``stream/store.py``; read: three
+HMGETs per predict partition, pipelined), the
 counters the sum of every partition's. Resetting counters bumps their epoch in ``sc:config``
 (written outside any batch): commits move to the new epoch within a threshold refresh (0.5 s).
 
@@ -33,7 +35,7 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import Changes
+from stream.store import Changes, epoch_weights
 from models.state import upgrade_user
 
 FUNCTION_LIBRARY = "skipcache_v2"
@@ -64,6 +66,13 @@ redis.register_function('{FUNCTION}', commit)
 """
 PUSH_CHUNK = 1000
 """Values per RPUSH inside the Function (Lua's unpack has a stack limit)."""
+
+
+def _add_counts(cmds: list[tuple], key: str, counts: dict[str, list]) -> None:
+    for t, (n, skips, likes) in counts.items():
+        for c, v in (("n", n), ("k", skips), ("l", likes)):
+            if v:
+                cmds.append(("HINCRBY", key, f"{c}:{t}", int(v)))
 
 
 class OldLayout(RuntimeError):
@@ -143,9 +152,10 @@ class RedisStore:
     def queue(self, partition: int, source: int) -> list:
         return [orjson.loads(v) for v in self.r.lrange(self._k(partition, "queue", source), 0, -1)]
 
-    def fetch(self, partition, users, sessions, tracks):
+    def fetch(self, partition, users, sessions, tracks, epoch=None):
         """Users and sessions of ``partition`` (one MGET in its slot) and the global counts of
-        ``tracks``: every predict partition's additions, summed (one HMGET each, pipelined)."""
+        ``tracks`` before ``epoch``: every predict partition's additions, summed (its settled,
+        stored epoch's and previous epoch's counts, three HMGETs each, pipelined)."""
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
         if not keys and not tracks:
             return {}, {}, {}
@@ -155,7 +165,10 @@ class RedisStore:
             if keys:  # one slot: a cluster pipeline takes it as one command (its mget() is refused)
                 pipe.execute_command("MGET", *keys)
             for p in contributors:
-                pipe.hmget(f"{self.slot(p, 'predict')}:tracks", fields)
+                base = f"{self.slot(p, 'predict')}:tracks"
+                pipe.hmget(base, [*fields, "epoch"])
+                pipe.hmget(f"{base}:now", fields)
+                pipe.hmget(f"{base}:last", fields)
             replies = pipe.execute()
         loads = orjson.loads
         nu = len(users)
@@ -168,15 +181,33 @@ class RedisStore:
         if tracks:
             sums = [0] * len(fields)
             seen = [False] * len(tracks)
-            for counts in replies[1:] if keys else replies:
-                for i, v in enumerate(counts):
-                    if v is not None:
-                        sums[i] += int(v)
-                        seen[i // 3] = True
+            counts = replies[1:] if keys else replies
+            for j in range(0, len(counts), 3):
+                settled, now, last = counts[j:j + 3]
+                stored = settled.pop()
+                a, b = epoch_weights(epoch, int(stored) if stored is not None else None)
+                for got, w in ((settled, 1), (now, a), (last, b)):
+                    if w:
+                        for i, v in enumerate(got):
+                            if v is not None:
+                                sums[i] += w * int(v)
+                                seen[i // 3] = True
             for i, t in enumerate(tracks):
                 if seen[i]:
                     out_t[t] = [float(sums[3 * i]), float(sums[3 * i + 1]), float(sums[3 * i + 2])]
         return out_u, out_s, out_t
+
+    def epoch_plays(self, partition):
+        base = self._k(partition, "tracks")
+        with self.r.pipeline(transaction=False) as pipe:  # one slot
+            pipe.hget(base, "epoch")
+            pipe.hgetall(f"{base}:now")
+            stored, now = pipe.execute()
+        plays: dict[str, list] = {}
+        for f, v in now.items():
+            c, _, t = f.decode().partition(":")
+            plays.setdefault(t, [0.0, 0.0, 0.0])["nkl".index(c)] = float(v)
+        return (int(stored) if stored is not None else None), plays
 
     # ---- the commit -----------------------------------------------------------------------------
     def _commands(self, partition: int, changes: Changes) -> list[tuple]:
@@ -189,12 +220,19 @@ class RedisStore:
             cmds.append(("SET", k(partition, "s", u, s), dumps(rec), "EX", ttl))
         for u, s in changes.deleted_sessions:
             cmds.append(("DEL", k(partition, "s", u, s)))
-        if changes.tracks:
+        if changes.tracks is not None:
             tracks_key = k(partition, "tracks")
-            for t, (n, skips, likes) in changes.tracks.items():
-                for c, v in (("n", n), ("k", skips), ("l", likes)):
-                    if v:
-                        cmds.append(("HINCRBY", tracks_key, f"{c}:{t}", int(v)))
+            now, last = f"{tracks_key}:now", f"{tracks_key}:last"
+            for turn, epoch, adds in changes.tracks.steps():
+                if turn is not None:  # the stored epoch's additions settle (one key per command: no COPY)
+                    settle, keep = turn
+                    _add_counts(cmds, tracks_key, settle)
+                    cmds.append(("DEL", last))
+                    if keep:
+                        _add_counts(cmds, last, settle)
+                    cmds.append(("DEL", now))
+                    cmds.append(("HSET", tracks_key, "epoch", int(epoch)))
+                _add_counts(cmds, now, adds)
         if changes.blob is not None:
             cmds.append(("SET", k(partition, "blob"), changes.blob))
         for src, entries in changes.queue_push.items():

@@ -14,14 +14,30 @@ partition with more pending records than a batch holds is *held*: not fetched un
 longer ahead (``transport.Consumer.hold``). The warm stage needs none of this (its watermark
 orders sources by event time), so its scheduler applies whatever it has.
 
+The predict stage's batches also never cross an epoch of the track counts (``models/state.py``):
+a batch takes records of the earliest epoch any partition with work is in, so every partition
+has committed its plays of the earlier epochs before any reads the counts as of an epoch's
+start, and two runs of one replay read the same counts whatever the fetches did. A partition
+with records on the broker and none received holds the others at its epoch for at most
+``EPOCH_WAIT_SECONDS`` (a partition whose fetches stopped must not stop the stage).
+
 A run is acknowledged to faust once every record of it has been applied (or released, at a
 rebalance, to be re-read from the stored offsets)."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger("skipcache.scheduler")
+
+
+EPOCH_WAIT_SECONDS = 5.0
+"""Longest the stage waits at an epoch's end for a partition that has records on the broker and
+has received none (past it, the others go on: its plays of the earlier epoch may then be read
+late by them, which a log line says)."""
 
 
 @dataclass
@@ -46,6 +62,12 @@ class RunScheduler:
         self.held: set[int] = set()
         self.limit = math.inf
         """The event time the last ``take`` cut at (inf: nothing aligned)."""
+        self.epoch_seconds: float | None = None
+        """The track counts' epoch (the predict stage's, once the model is known); None: no cut."""
+        self.waiting_since: dict[int, float] = {}
+        """Partitions with nothing received holding the others at an epoch's end -> since when."""
+        self.gave_up: set[int] = set()
+        """Those waited for ``EPOCH_WAIT_SECONDS`` (said once, not waited for again while silent)."""
 
     def add(self, partition: int, run: object, records: list) -> None:
         p = self.pending.get(partition)
@@ -84,6 +106,11 @@ class RunScheduler:
         if self.time_of is not None and (len(have) > 1 or lagging - have.keys()):
             self.limit = horizon = self._horizon(have, clocks, set() if force else lagging)
             cuts = {q: self._cut(p.records, horizon) for q, p in have.items()}
+            if self.epoch_seconds is not None:  # one partition alone reads its own turns (``State.reread``)
+                end = self._epoch_end(have, clocks, lagging)
+                if end < math.inf:
+                    self.limit = last = min(horizon, math.nextafter(end, -math.inf))
+                    cuts = {q: min(cuts[q], self._cut(p.records, last)) for q, p in have.items()}
         if floors:
             for q, p in have.items():
                 floor = floors.get(q, math.inf)
@@ -109,6 +136,40 @@ class RunScheduler:
                 p.first_at = time.monotonic()
         self.held = {q for q, p in self.pending.items() if len(p.records) >= self.max_records}
         return work, done
+
+    def _epoch_end(self, have: dict[int, Pending], clocks: dict[int, float], lagging: set[int]) -> float:
+        """The end of the earliest epoch a partition with work is in: its clock's epoch, or its
+        first pending record's if later; a partition with nothing received and records on the
+        broker, its clock's (for ``EPOCH_WAIT_SECONDS``)."""
+        size = self.epoch_seconds
+        epochs = []
+        for q, p in have.items():
+            first = next((t for t in map(self.time_of, p.records) if t is not None), None)
+            at = max(clocks.get(q, -math.inf), first if first is not None else -math.inf)
+            if math.isfinite(at):
+                epochs.append(math.floor(at / size))
+        own = min(epochs) if epochs else math.inf
+        now = time.monotonic()
+        silent = lagging - have.keys()
+        since = self.waiting_since = {q: t for q, t in self.waiting_since.items() if q in silent}
+        waiting = []
+        for q in silent:
+            clock = clocks.get(q, -math.inf)
+            epoch = math.floor(clock / size) if math.isfinite(clock) else -math.inf
+            if epoch < own:
+                started = since.setdefault(q, now)
+                if now - started < EPOCH_WAIT_SECONDS:
+                    waiting.append(epoch)
+                elif q not in self.gave_up:
+                    self.gave_up.add(q)
+                    log.warning("partition %d has records on the broker and sent none for %.0f s: the others go on "
+                                "past its track-count epoch; its plays there may be read late", q, EPOCH_WAIT_SECONDS)
+            else:
+                since.pop(q, None)
+        self.gave_up &= since.keys()
+        if waiting:
+            return -math.inf if min(waiting) == -math.inf else (min(waiting) + 1) * size
+        return (own + 1) * size if own < math.inf else math.inf
 
     def _horizon(self, have: dict[int, Pending], clocks: dict[int, float], lagging: set[int]) -> float:
         """The event time every partition with work has reached: its last pending record's, or,

@@ -207,6 +207,7 @@ class WorkerService:
             self.redis_ok()
             self.built = w
             w.source_ends = self.source_ends()
+            self.schedulers["predict"].epoch_seconds = w.engine_config.track_epoch_seconds
             self.metrics.set_models(w.variants)
             self.metrics.set_objective(w.settings.hit_value, w.tier_config.transfer_cost, w.settings.shadows)
             for stage in w.stages.values():

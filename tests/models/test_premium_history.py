@@ -105,13 +105,15 @@ def test_ties_a_skip_stamped_with_the_next_play_goes_first_and_a_play_never_sees
 
 
 def test_the_users_history_with_a_track_and_the_tracks_rate_among_others():
-    engine = FeatureEngine()
+    engine = FeatureEngine(config=EngineConfig(track_epoch_seconds=30_000.0))
     names = engine.feature_names
     for i, (user, session) in enumerate(((1, 1), (1, 2), (2, 3))):
         t0 = i * 10_000
         engine.observe(ev(t0, PLAY, A, user, session))
         engine.observe(ev(t0 + 5, SKIP, A, user, session))
         engine.observe(ev(t0 + 6, LIKE, B, user, session))
+    assert A not in engine.state.tracks and A in engine.state.epoch_plays  # the epoch's plays count from the next epoch on
+    assert engine.state.advance(40_000.0)
     row = dict(zip(names, engine.features(1, A, None, 40_000.0, 0)))
     assert row["user_track_log_plays"] == pytest.approx(np.log1p(2))
     assert row["user_track_skip_rate"] > row["user_skip_rate"] * 0.99  # two of two skipped, smoothed

@@ -15,11 +15,12 @@ re-read after a crash forwards the same events again). Its repartition partition
 committed and fenced with its sessions offset. So a user's events are applied where the user's
 state lives, exactly once, in order.
 
-Track counts are global: a batch reads every partition's committed counts of its tracks, adds its
-own plays as it goes, and commits its additions with its offset (exactly once). A play's track
-features therefore miss only the plays other partitions have in batches not committed yet (at
-most one batch each, i.e. ``SKIPCACHE_BATCH_WITHIN`` seconds of traffic at low rates); the
-simulation follows the same rule (``cache_warmer/simulation.py``)."""
+Track counts are global and move in epochs of event time (``models/state.py``): a batch lies in
+one epoch (the scheduler cuts batches at epoch boundaries), reads every partition's counts of its
+tracks as of the epoch's start, and commits its additions with its offset (exactly once), as the
+stored epoch's; its first additions in a later epoch settle the stored epoch's (``TrackAdditions``).
+So whatever the batches, a play reads every play resolved in earlier epochs and none of its own,
+as training and the simulation do (``cache_warmer/simulation.py``)."""
 from __future__ import annotations
 
 import heapq
@@ -42,7 +43,7 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
-from stream.store import Changes, PartitionStore
+from stream.store import Changes, PartitionStore, TrackAdditions, add_counts
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
@@ -140,6 +141,12 @@ class PredictRuntime(PartitionRuntime):
         self.forwarding: dict[int, float] = {}
         """Source -> when it last forwarded events here (monotonic): only those are waited for."""
         self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
+        self.track_epoch, self.epoch_plays = self.store.epoch_plays(self.partition)
+        """The epoch of this partition's stored additions to the track counts, and those additions."""
+        self._tracks: TrackAdditions | None = None
+        self._batch_tracks: list[str] = []
+        """The tracks the batch can read (``_prefetch``), read again if its epoch turns."""
+        self.engine.state.reread = self._reread
         if blob:
             state = orjson.loads(blob)
             ledger.load_state(state["ledger"])
@@ -233,7 +240,12 @@ class PredictRuntime(PartitionRuntime):
         for e in events:
             kinds[e.kind] = kinds.get(e.kind, 0) + 1
         out.events = len(events)
-        self._prefetch(events)
+        st = self.engine.state
+        start = max(self.clock, events[0].ts) if events else self.clock
+        epoch = math.floor(start / st.epoch_seconds) if math.isfinite(start) else None
+        if epoch is not None:
+            st.set_epoch(epoch)
+        self._prefetch(events, epoch)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
         repaired_before = dict(self.engine.repaired)
         predicted = self.predictor.process(events, offsets)
@@ -257,7 +269,6 @@ class PredictRuntime(PartitionRuntime):
                         sent[q] = entry[0]
                     else:
                         sent_forwarded[f"{q}:{origin}"] = entry[0]
-        st = self.engine.state
         counters: dict[str, dict[str, float]] = {"events": dict(kinds)}
         rejected = self.rejected_counts(out)
         orphans = self.rejections.counts.get("orphan_skip", 0) - orphans_before
@@ -287,11 +298,14 @@ class PredictRuntime(PartitionRuntime):
             if queued := sorted(src for src, q in self.forwarded.items() if q):
                 state["forwarded"] = queued
             push, drop = queue_changes(self._pushed, self._dropped, self._stored)
+        by_epoch = [(e, adds) for e, d in [*st.track_deltas, (st.epoch, st.track_delta)]
+                    if (adds := {t: c for t, c in d.items() if any(c)})]
+        self._tracks = TrackAdditions(self.track_epoch, self.epoch_plays, by_epoch) if by_epoch else None
         out.changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
             sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
             deleted_sessions=set(st.deleted_sessions),
-            tracks=dict(st.track_delta),
+            tracks=self._tracks,
             blob=orjson.dumps(state),
             counters=counters, queue_push=push, queue_drop=drop,
             inputs={REPARTITION: (self.rep_next, self._rep_to)} if self.repartitions else {})
@@ -481,6 +495,12 @@ class PredictRuntime(PartitionRuntime):
 
     def committed(self, ok: bool) -> None:
         st = self.engine.state
+        if ok and self._tracks is not None:  # what the stored epoch holds now
+            last, adds = self._tracks.by_epoch[-1]
+            if last != self.track_epoch:
+                self.track_epoch, self.epoch_plays = last, {}
+            add_counts(self.epoch_plays, adds)
+        self._tracks = None
         st.clear_changes()
         if ok:
             self.sent = self._sending
@@ -493,9 +513,9 @@ class PredictRuntime(PartitionRuntime):
         if ok and len(st.users) > MAX_USERS_IN_MEMORY:  # bound memory: everything is in the store
             self.load()
 
-    def _prefetch(self, events: list[Event]) -> None:
+    def _prefetch(self, events: list[Event], epoch: int | None) -> None:
         """Users and sessions the partition has not in memory yet; the global counts of every
-        track the batch can read or update (they move with other partitions' commits)."""
+        track the batch can read, as of the start of its ``epoch``."""
         st = self.engine.state
         st.tracks.clear()
         # sessions the session-gap rule ends during this batch: their users may not be in it
@@ -518,8 +538,15 @@ class PredictRuntime(PartitionRuntime):
                 rec = st.sessions.get((uid, sid))
                 if rec is not None and rec[S_PENDING_TRACK]:
                     tracks.add(rec[S_PENDING_TRACK])
+        self._batch_tracks = list(tracks)
         if tracks:
-            st.tracks.update(self.store.fetch(self.partition, [], [], list(tracks))[2])
+            st.tracks.update(self.store.fetch(self.partition, [], [], self._batch_tracks, epoch)[2])
+
+    def _reread(self, epoch: int) -> dict[str, list]:
+        """The global counts of the batch's tracks as of ``epoch``'s start (a batch whose epoch
+        turns: exact where the other partitions have left the earlier epochs, which the
+        scheduler's cuts keep)."""
+        return self.store.fetch(self.partition, [], [], self._batch_tracks, epoch)[2] if self._batch_tracks else {}
 
 
 _MERGE_RANK = {**TIE_RANK, SESSION_END: 3}

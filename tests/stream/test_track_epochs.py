@@ -1,0 +1,87 @@
+"""Track counts move by epoch (``models/state.py``): each predict partition stores its additions
+as settled, its stored epoch's and the one before's, and a reader at epoch E takes from each
+what was resolved before E (``stream/store.py``). The same checks run on Redis and on a cluster
+(``tests/integration/test_cluster.py`` calls ``check_epoch_reads``)."""
+import math
+
+from stream.store import Changes, TrackAdditions, epoch_weights
+from stream.stores.memory import MemoryStore
+from stream.worker.scheduler import RunScheduler
+
+T = "t" * 22
+
+
+def _commit(store, partition, since, held, by_epoch):
+    offset = store.offset(partition)
+    assert store.commit(partition, offset, offset + 1, Changes(tracks=TrackAdditions(since, held, by_epoch)))
+
+
+def check_epoch_reads(store) -> None:
+    """Partition 0 adds 1 play in epoch 10, 2 in 11, then (one batch spanning two epochs) 4 in 13
+    and 8 in 14; partition 1 adds 16 in epoch 11. Each reader epoch sees what came before it."""
+    def read(epoch):
+        got = store.fetch(0, [], [], [T], epoch)[2]
+        return got.get(T, [0.0, 0.0, 0.0])[0]
+
+    _commit(store, 0, None, {}, [(10, {T: [1, 1, 0]})])
+    assert store.epoch_plays(0) == (10, {T: [1.0, 1.0, 0.0]})
+    assert (read(10), read(11), read(None)) == (0, 1, 1)
+    _commit(store, 0, 10, {T: [1, 1, 0]}, [(11, {T: [2, 0, 1]})])
+    _commit(store, 1, None, {}, [(11, {T: [16, 0, 0]})])
+    assert (read(10), read(11), read(12)) == (0, 1, 19)  # partition 0 one epoch ahead of 10: less its 11
+    _commit(store, 0, 11, {T: [2, 0, 1]}, [(13, {T: [4, 0, 0]}), (14, {T: [8, 0, 0]})])
+    assert store.epoch_plays(0) == (14, {T: [8.0, 0.0, 0.0]})
+    assert (read(12), read(13), read(14), read(15)) == (19, 19, 23, 31)
+    assert store.fetch(1, [], [], [T], 14)[2] == {T: [23.0, 1.0, 1.0]}  # skips and likes alike
+
+
+def test_a_reader_takes_what_each_partition_resolved_before_its_epoch():
+    check_epoch_reads(MemoryStore())
+
+
+def test_the_weights_of_a_partitions_counts_by_where_it_is():
+    assert epoch_weights(None, 12) == (1, 0)  # no epoch: everything committed
+    assert epoch_weights(12, None) == epoch_weights(12, 11) == (1, 0)  # behind: all it has
+    assert epoch_weights(12, 12) == (0, 0)  # level: the settled counts
+    assert epoch_weights(12, 13) == (0, -1)  # ahead: less the reader's own epoch
+
+
+def test_additions_spanning_epochs_settle_in_order():
+    steps = list(TrackAdditions(5, {T: [1, 0, 0]}, [(5, {T: [2, 0, 0]}), (6, {T: [4, 0, 0]}), (8, {T: [8, 0, 0]})]).steps())
+    assert steps[0] == (None, 5, {T: [2, 0, 0]})
+    assert steps[1] == (({T: [3, 0, 0]}, True), 6, {T: [4, 0, 0]})  # epoch 5's, stored and new, settle
+    assert steps[2] == (({T: [4, 0, 0]}, False), 8, {T: [8, 0, 0]})  # 7 had none: nothing to keep
+
+
+def _records(start, times):
+    return [(start + i, b"", None, t) for i, t in enumerate(times)]
+
+
+def test_a_batch_never_crosses_an_epoch_while_a_partition_is_in_an_earlier_one():
+    day = 100.0
+    s = RunScheduler(1000, 0.1, time_of=lambda r: r[3])
+    s.epoch_seconds = day
+    s.add(0, "a", _records(0, [10, 90, 110, 150, 210]))
+    s.add(1, "b", _records(0, [50, 120, 260, 270]))
+    work, _ = s.take(clocks={0: -math.inf, 1: -math.inf}, lagging=set())
+    assert dict(work) == {0: _records(0, [10, 90]), 1: _records(0, [50])}  # epoch 0 only
+    work, _ = s.take(clocks={0: 90, 1: 50}, lagging=set())
+    assert dict(work) == {0: _records(2, [110, 150]), 1: _records(1, [120])}
+    work, _ = s.take(clocks={0: 150, 1: 120}, lagging=set())
+    assert dict(work) == {0: _records(4, [210])}  # epoch 2, up to the time both have reached
+
+
+def test_a_silent_partition_holds_the_others_at_its_epoch_then_is_given_up(monkeypatch):
+    import stream.worker.scheduler as scheduler
+    now = [1000.0]
+    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
+    s = RunScheduler(1000, 0.1, time_of=lambda r: r[3])
+    s.epoch_seconds = 100.0
+    s.add(0, "a", _records(0, [150, 250]))
+    work, _ = s.take(clocks={0: 120, 1: 90}, lagging={1}, force=True)  # 1 is in epoch 0, sent nothing
+    assert work == []
+    now[0] += scheduler.EPOCH_WAIT_SECONDS + 1
+    work, _ = s.take(clocks={0: 120, 1: 90}, lagging={1}, force=True)
+    assert dict(work) == {0: _records(0, [150])} and s.gave_up == {1}
+    work, _ = s.take(clocks={0: 150, 1: 90}, lagging={1}, force=True)  # not waited for again
+    assert dict(work) == {0: _records(1, [250])}
