@@ -221,6 +221,31 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
         values = [r[key] for r in rows]
         print(f"{key}: {min(values):.4f} .. {max(values):.4f} (spread {100 * (max(values) - min(values)):.3f} points)")
     print(f"late entries: {[r['warm_late_entries'] for r in rows]}")
+    sim = simulated(work, events, st)
+    same = {key: all(r[key] == sim[key] for r in rows) for key in ("predictions", "accuracy", "promotions", "full_play_hits")}
+    print(f"skipcache simulate, same events, model, thresholds and {st.partitions} partitions: predictions "
+          f"{sim['predictions']:,}  accuracy {sim['accuracy']:.4f}  full-play hit ratio {sim['full_play_hit_ratio']:.4f}  "
+          f"promotions {sim['promotions']:,}; every run equal to it: {same}")
+
+
+def simulated(work: Path, events, st) -> dict:
+    """What ``skipcache simulate`` says of the same replay (the plays open at its end stay open, as live)."""
+    from cache_warmer.policies import ThresholdPolicy
+    from cache_warmer.simulation import simulate
+    from cache_warmer.tiers import TierConfig
+    from models.artifacts import load
+    from stream.cli.jobs import load_replay
+    from stream.kafka_io import partition_of, track_partition_of
+
+    ds, _ = load_replay(work / "data", progress=False)
+    tiers = TierConfig.for_catalogue(ds.catalogue, st.fast_capacity, st.medium_capacity, st.transfer_cost,
+                                     st.cold_after_hours)
+    p = st.partitions
+    policy = ThresholdPolicy("model", "model", st.threshold, st.fast_threshold)
+    return simulate(events, ds.catalogue, [load(work / "m.joblib")], tiers, [policy], count_from=float("-inf"),
+                    partitions=p, user_partition=lambda u: partition_of(u, p),
+                    track_partition=lambda t: track_partition_of(t, p), progress=False,
+                    end_sessions=False)["policies"]["model"]
 
 
 def start_profile(pid: int, out: Path):
