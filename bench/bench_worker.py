@@ -142,9 +142,10 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work, "runs")
         print(f"a do-nothing faust agent, batch delivery (runs):  {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
     store = build_store(st)
-    workers = []
+    workers, ports = [], []
     for i in range(args.workers):
         port = free_port()
+        ports.append(port)
         w = start_worker({**env, "SKIPCACHE_WEB_PORT": str(port)}, work / f"worker-throughput-{i}.log")
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=w)
         workers.append(w)
@@ -183,10 +184,28 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         print(f"  forwarded to their users' partitions:           {int(contract['misrouted:wrong_partition']):>10,} events "
               f"({int(contract.get('repartitioned', 0)):,} applied there, "
               f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
+    print(f"  batches (per partition, /metrics of the first worker): {batch_figures(ports[0])}")
     for w in workers:
         w.terminate()
         w.wait(20)
     return end_to_end
+
+
+def batch_figures(port: int) -> str:
+    """How many partition batches each stage committed and their mean processing-and-commit time."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = []
+    for stage in ("predict", "warm"):
+        count = total = 0.0
+        for line in text.splitlines():
+            if line.startswith("skipcache_batch_processing_seconds_count") and f'stage="{stage}"' in line:
+                count = float(line.rsplit(" ", 1)[1])
+            if line.startswith("skipcache_batch_processing_seconds_sum") and f'stage="{stage}"' in line:
+                total = float(line.rsplit(" ", 1)[1])
+        out.append(f"{stage} {count:,.0f} (mean {1000 * total / count if count else 0:.0f} ms)")
+    return ", ".join(out)
 
 
 def clean_runs(args, events, settings_for, work: Path) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from itertools import chain
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from .effects import Outcome
 from .entries import PLAY, RESOLVED, UPCOMING
 from .experiment import AB
 from .figures import Figures, confusion_cell
+
+T = TypeVar("T")
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 """Feature rows -> P(played in full)."""
@@ -157,6 +160,15 @@ class Predicted:
     """Resolved predictions of the ledger's ``outcomes_of`` column, with their confusion cell."""
 
 
+def run_steps(steps: Generator[object, None, T]) -> T:
+    """What a generator of steps (``Predictor.process_steps``) returns, run straight through."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value
+
+
 class Predictor:
     def __init__(self, engine: FeatureEngine, scorers: dict[str, Scorer], columns: Sequence[str] | None = None,
                  lookahead: dict[str, Lookahead] | None = None, variant_of: Callable[[int], str] | None = None,
@@ -178,13 +190,22 @@ class Predictor:
 
     def process(self, events: Sequence[Event], seqs: Sequence[int]) -> Predicted:
         """``seqs``: each event's sequence number (its offset, or its index in the replay)."""
+        return run_steps(self.process_steps(events, seqs))
+
+    def process_steps(self, events: Sequence[Event], seqs: Sequence[int]) -> Generator[int, None, Predicted]:
+        """``process``, pausing before the first event of each later epoch of the track counts
+        (it yields the epoch): the worker's checkpoint resumes it once every partition of the
+        checkpoint has applied its events of the epochs before (``stream/worker/checkpoint.py``)."""
         observe = self.engine.observe
+        st = self.engine.state
         steps: list[tuple] = []
         rows: list[list[float]] = []
         up_rows: list[list[float]] = []
         lookahead = list(self.lookahead.values())
         ahead: list[list[float]] = []
         for e, seq in zip(events, seqs):
+            if e.ts >= st.epoch_end:
+                yield math.floor(e.ts / st.epoch_seconds)
             resolved, row, up, play_no = observe(e)
             if row is not None:
                 j = -1

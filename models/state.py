@@ -85,9 +85,9 @@ class State:
     ``tracks`` as epochs turn)."""
     track_deltas: list[tuple[int, dict[str, list]]] = field(default_factory=list)
     """This batch's additions in its earlier epochs, when it spans several: (epoch, additions)."""
-    reread: "Callable[[int], dict[str, list]] | None" = None
-    """A partition's way to read the global counts as of an epoch's start (its store), for a
-    batch whose epoch turns: its own additions of the earlier epochs are added to them."""
+    reread: "Callable[[int, int], None] | None" = None
+    """A partition's way to move ``tracks`` on from the start of one epoch to a later one's, for
+    a batch whose epoch turns (its own additions between them are in ``track_deltas``)."""
     epoch_seconds: float = 86400.0
     epoch: float = -math.inf
     """The current epoch (``floor(ts / epoch_seconds)`` of the newest event; never goes back)."""
@@ -140,9 +140,7 @@ class State:
                 self.track_deltas.append((self.epoch, self.track_delta))
                 self.track_delta = {}
             if self.reread is not None:
-                self.tracks = self.reread(epoch)
-                for _, d in self.track_deltas:
-                    self._count(d)
+                self.reread(self.epoch, epoch)
         self.set_epoch(epoch)
         return True
 

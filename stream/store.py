@@ -49,29 +49,32 @@ class TrackAdditions:
     """A predict partition's additions to the track counts in one batch, epoch by epoch. The
     stored epoch's additions (``held``, at ``since``; None: none stored) settle when the partition
     first adds in a later epoch, and stay readable as the last epoch's if that epoch is the one
-    just before (``epoch_weights``)."""
+    just before (``epoch_weights``); so do a batch's own but for its last epoch (``plan``)."""
 
     since: int | None
     held: dict[str, list]
     by_epoch: list[tuple[int, dict[str, list]]]
     """(epoch, additions) in ascending epochs, none empty."""
 
-    def steps(self):
-        """``(turn, epoch, additions)`` in order; ``turn``: None, or (the additions that settle,
-        whether they stay readable as the last epoch's)."""
-        since, held = self.since, [self.held]
-        for epoch, adds in self.by_epoch:
-            turn = None
-            if epoch != since:
-                turn = (merged(held), since is not None and epoch == since + 1)
-                since, held = epoch, []
-            held.append(adds)
-            yield turn, epoch, adds
+    def plan(self) -> tuple[bool, dict[str, list], dict[str, list], dict[str, list]]:
+        """``(turns, settle, last, now)``: whether the stored epoch moves on (to the last epoch
+        here); the additions that join the settled counts (the stored epoch's and every epoch
+        here but the last, written once however many epochs the batch spans); the new stored
+        epoch's previous epoch's (empty unless it is the one just before); the new stored epoch's."""
+        final, now = self.by_epoch[-1]
+        if final == self.since:
+            return False, {}, {}, now
+        epochs = ([(self.since, self.held)] if self.since is not None else []) + self.by_epoch[:-1]
+        settle = merged([adds for _, adds in epochs]) if epochs else {}
+        before = merged([adds for e, adds in epochs if e == final - 1])
+        return True, settle, before, now
 
 
 def merged(parts: list[dict[str, list]]) -> dict[str, list]:
     if len(parts) == 1:
         return parts[0]
+    if not parts:
+        return {}
     out: dict[str, list] = {}
     for part in parts:
         add_counts(out, part)
@@ -87,6 +90,66 @@ def add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
             rec[0] += d[0]
             rec[1] += d[1]
             rec[2] += d[2]
+
+
+@dataclass
+class TrackCounts:
+    """One predict partition's stored additions: settled (before ``epoch``), ``epoch``'s (``now``)
+    and the one before's (``last``); track -> [plays, skips, likes]."""
+
+    epoch: int | None = None
+    settled: dict[str, list] = field(default_factory=dict)
+    now: dict[str, list] = field(default_factory=dict)
+    last: dict[str, list] = field(default_factory=dict)
+
+
+class CountsAsOf:
+    """The global track counts as of ``epoch``'s start, from every predict partition's stored
+    parts (read once per batch) and additions not committed yet (``extra``: those of the other
+    batches of a running checkpoint): a track's sum is made when it is first read, so a batch
+    whose epoch turns many times costs no read of the store and no sum it does not use. Read-only,
+    as ``State.shared_tracks``."""
+
+    __slots__ = ("terms", "extra", "cache")
+
+    def __init__(self, parts: list[TrackCounts], epoch: int | None, extra: list[dict[str, list]] = ()):
+        terms = []
+        for part in parts:
+            a, b = epoch_weights(epoch, part.epoch)
+            terms += [(part.settled, 1), *([(part.now, a)] if a else ()), *([(part.last, b)] if b else ())]
+        self.terms = [(d, w) for d, w in terms if d]
+        self.extra = [d for d in extra if d]
+        self.cache: dict[str, list | None] = {}
+
+    def get(self, track: str, default=None):
+        try:
+            got = self.cache[track]
+        except KeyError:
+            got = self.cache[track] = self._sum(track)
+        return default if got is None else got
+
+    def _sum(self, track: str) -> list | None:
+        total = None
+        for d, w in self.terms:
+            v = d.get(track)
+            if v is not None:
+                if total is None:
+                    total = [0.0, 0.0, 0.0]
+                total[0] += w * v[0]
+                total[1] += w * v[1]
+                total[2] += w * v[2]
+        for d in self.extra:
+            v = d.get(track)
+            if v is not None:
+                if total is None:
+                    total = [0.0, 0.0, 0.0]
+                total[0] += v[0]
+                total[1] += v[1]
+                total[2] += v[2]
+        return total
+
+    def as_dict(self, tracks: list[str]) -> dict[str, list]:
+        return {t: v for t in tracks if (v := self.get(t)) is not None}
 
 
 def epoch_weights(epoch: int | None, stored: int | None) -> tuple[int, int]:
@@ -125,6 +188,9 @@ class PartitionStore(Protocol):
               ) -> tuple[dict[int, list], dict[tuple[int, int], list], dict[str, list]]:
         """The records that exist, by key; tracks: the global counts of the plays resolved
         before ``epoch`` (None: all committed)."""
+
+    def track_counts(self, tracks: list[str]) -> list[TrackCounts]:
+        """Every predict partition's stored parts of the counts of ``tracks`` (``CountsAsOf``)."""
 
     def epoch_plays(self, partition: int) -> tuple[int | None, dict[str, list]]:
         """A predict partition's stored epoch and its additions there (``Changes.epoch_turn``)."""

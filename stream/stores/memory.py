@@ -3,19 +3,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass, field
 
-from stream.store import Changes, add_counts, epoch_weights
-
-
-@dataclass
-class TrackCounts:
-    """One predict partition's additions: settled (before ``epoch``), ``epoch``'s, the one before's."""
-
-    epoch: int | None = None
-    settled: dict[str, list] = field(default_factory=dict)
-    now: dict[str, list] = field(default_factory=dict)
-    last: dict[str, list] = field(default_factory=dict)
+from stream.store import Changes, CountsAsOf, TrackCounts, add_counts
 
 
 class MemoryStore:
@@ -69,24 +58,17 @@ class MemoryStore:
             return copy.deepcopy(self.queues.get((partition, source), []))
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
+        counts = CountsAsOf(self.track_counts(tracks), epoch).as_dict(tracks) if tracks else {}
         with self._lock:
-            counts: dict[str, list] = {}
-            for part in self.tracks.values():
-                a, b = epoch_weights(epoch, part.epoch)
-                for t in tracks:
-                    rec = part.settled.get(t)
-                    now = part.now.get(t) if a else None
-                    last = part.last.get(t) if b else None
-                    if rec is None and now is None and last is None:
-                        continue
-                    total = counts.setdefault(t, [0.0, 0.0, 0.0])
-                    for got, w in ((rec, 1), (now, a), (last, b)):
-                        if got is not None:
-                            for i in range(3):
-                                total[i] += w * got[i]
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
                     counts)
+
+    def track_counts(self, tracks):
+        with self._lock:
+            return [TrackCounts(part.epoch, *({t: list(d[t]) for t in tracks if t in d}
+                                              for d in (part.settled, part.now, part.last)))
+                    for part in self.tracks.values()]
 
     def epoch_plays(self, partition):
         with self._lock:
@@ -106,13 +88,11 @@ class MemoryStore:
                 self.sessions.pop((partition, *k), None)
             if changes.tracks is not None:
                 part = self.tracks.setdefault(partition, TrackCounts())
-                for turn, epoch, adds in changes.tracks.steps():
-                    if turn is not None:
-                        settle, keep = turn
-                        add_counts(part.settled, settle)
-                        part.last = copy.deepcopy(settle) if keep else {}
-                        part.now, part.epoch = {}, epoch
-                    add_counts(part.now, adds)
+                turns, settle, last, now = changes.tracks.plan()
+                if turns:
+                    add_counts(part.settled, settle)
+                    part.last, part.now, part.epoch = copy.deepcopy(last), {}, changes.tracks.by_epoch[-1][0]
+                add_counts(part.now, now)
             if changes.blob is not None:
                 self.blobs[partition] = changes.blob
             for src, entries in changes.queue_push.items():

@@ -35,11 +35,14 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import Changes, epoch_weights
+from stream.store import Changes, CountsAsOf, TrackCounts
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v2"
-FUNCTION = "skipcache_commit_v2"
+FUNCTION_LIBRARY = "skipcache_v3"
+FUNCTION = "skipcache_commit_v3"
+READ_TRACKS = "skipcache_tracks_v1"
+UNPACK_CHUNK = 999
+"""Values per call inside a Function (Lua's unpack has a stack limit)."""
 FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
 -- ARGV[1]: F, the fenced offsets (the partition's, then its other inputs'), KEYS[1..F]; ARGV[2..]:
 -- F offsets the batch began at, then F new offsets; then per command: its name, the index of its
@@ -63,6 +66,35 @@ local function commit(keys, args)
   return 1
 end
 redis.register_function('{FUNCTION}', commit)
+
+-- KEYS: a predict partition's settled, stored epoch's and previous epoch's track counts; ARGV: track
+-- ids. Returns the stored epoch, then per key the fields that hold a count, as (index, value) pairs
+-- (index 3i-2, 3i-1, 3i: plays, skips, likes of the i-th track): the client sends each id once.
+local function tracks(keys, args)
+  local fields = {{}}
+  for i = 1, #args do
+    fields[3 * i - 2] = 'n:' .. args[i]
+    fields[3 * i - 1] = 'k:' .. args[i]
+    fields[3 * i] = 'l:' .. args[i]
+  end
+  local out = {{redis.call('HGET', keys[1], 'epoch')}}
+  for j = 1, 3 do
+    local hits = {{}}
+    for lo = 1, #fields, {UNPACK_CHUNK} do
+      local hi = math.min(lo + {UNPACK_CHUNK} - 1, #fields)
+      local got = redis.call('HMGET', keys[j], unpack(fields, lo, hi))
+      for i = 1, #got do
+        if got[i] then
+          hits[#hits + 1] = lo + i - 1
+          hits[#hits + 1] = got[i]
+        end
+      end
+    end
+    out[j + 1] = hits
+  end
+  return out
+end
+redis.register_function{{function_name='{READ_TRACKS}', callback=tracks, flags={{'no-writes'}}}}
 """
 PUSH_CHUNK = 1000
 """Values per RPUSH inside the Function (Lua's unpack has a stack limit)."""
@@ -154,22 +186,15 @@ class RedisStore:
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
         """Users and sessions of ``partition`` (one MGET in its slot) and the global counts of
-        ``tracks`` before ``epoch``: every predict partition's additions, summed (its settled,
-        stored epoch's and previous epoch's counts, three HMGETs each, pipelined)."""
+        ``tracks`` before ``epoch`` (``track_counts``, in the same round trip)."""
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
         if not keys and not tracks:
             return {}, {}, {}
-        fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
-        contributors = range(self.partitions["predict"]) if tracks else ()
-        with self.r.pipeline(transaction=False) as pipe:
-            if keys:  # one slot: a cluster pipeline takes it as one command (its mget() is refused)
-                pipe.execute_command("MGET", *keys)
-            for p in contributors:
-                base = f"{self.slot(p, 'predict')}:tracks"
-                pipe.hmget(base, [*fields, "epoch"])
-                pipe.hmget(f"{base}:now", fields)
-                pipe.hmget(f"{base}:last", fields)
-            replies = pipe.execute()
+        replies = []
+        if keys:
+            with self.r.pipeline(transaction=False) as pipe:  # one slot: a cluster pipeline takes it as one command
+                pipe.execute_command("MGET", *keys)  # (its mget() is refused)
+                replies = pipe.execute()
         loads = orjson.loads
         nu = len(users)
         values = replies[0] if keys else []
@@ -177,25 +202,72 @@ class RedisStore:
         # stored record comes in, so the engine reads one shape
         out_u = {u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None}
         out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
-        out_t = {}
-        if tracks:
-            sums = [0] * len(fields)
-            seen = [False] * len(tracks)
-            counts = replies[1:] if keys else replies
-            for j in range(0, len(counts), 3):
-                settled, now, last = counts[j:j + 3]
-                stored = settled.pop()
-                a, b = epoch_weights(epoch, int(stored) if stored is not None else None)
-                for got, w in ((settled, 1), (now, a), (last, b)):
-                    if w:
-                        for i, v in enumerate(got):
-                            if v is not None:
-                                sums[i] += w * int(v)
-                                seen[i // 3] = True
-            for i, t in enumerate(tracks):
-                if seen[i]:
-                    out_t[t] = [float(sums[3 * i]), float(sums[3 * i + 1]), float(sums[3 * i + 2])]
+        out_t = CountsAsOf(self.track_counts(tracks), epoch).as_dict(tracks) if tracks else {}
         return out_u, out_s, out_t
+
+    def track_counts(self, tracks):
+        """Every predict partition's settled, stored epoch's and previous epoch's counts of
+        ``tracks``: one call of the read Function per predict partition (the ids sent once, the
+        counts that exist come back), pipelined in one round trip; without Functions, three
+        HMGETs each."""
+        if not tracks:
+            return []
+        shared = self._shared
+        if shared["functions"] is None:
+            shared["functions"] = self._load_function()
+        if not shared["functions"]:
+            with self.r.pipeline(transaction=False) as pipe:
+                fields = self._ask_track_counts(pipe, tracks)
+                return self._track_counts(tracks, fields, pipe.execute())
+        with self.r.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions["predict"]):
+                base = f"{self.slot(p, 'predict')}:tracks"
+                pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", *tracks)
+            replies = pipe.execute()
+        out = []
+        for stored, *keys in replies:
+            parts = []
+            for hits in keys:
+                d: dict[str, list] = {}
+                for j in range(0, len(hits), 2):
+                    i = hits[j] - 1
+                    t = tracks[i // 3]
+                    rec = d.get(t)
+                    if rec is None:
+                        rec = d[t] = [0.0, 0.0, 0.0]
+                    rec[i % 3] = float(hits[j + 1])
+                parts.append(d)
+            out.append(TrackCounts(int(stored) if stored is not None else None, *parts))
+        return out
+
+    def _ask_track_counts(self, pipe, tracks: list[str]) -> list[str]:
+        fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
+        if tracks:
+            for p in range(self.partitions["predict"]):
+                base = f"{self.slot(p, 'predict')}:tracks"
+                pipe.hmget(base, [*fields, "epoch"])
+                pipe.hmget(f"{base}:now", fields)
+                pipe.hmget(f"{base}:last", fields)
+        return fields
+
+    @staticmethod
+    def _track_counts(tracks: list[str], fields: list[str], replies: list) -> list[TrackCounts]:
+        out = []
+        for j in range(0, len(replies), 3):
+            settled, now, last = replies[j:j + 3]
+            stored = settled.pop()
+            parts = []
+            for got in (settled, now, last):
+                d: dict[str, list] = {}
+                for i in [i for i, v in enumerate(got) if v is not None]:  # most fields of most keys are empty
+                    t = tracks[i // 3]
+                    rec = d.get(t)
+                    if rec is None:
+                        rec = d[t] = [0.0, 0.0, 0.0]
+                    rec[i % 3] = float(got[i])
+                parts.append(d)
+            out.append(TrackCounts(int(stored) if stored is not None else None, *parts))
+        return out
 
     def epoch_plays(self, partition):
         base = self._k(partition, "tracks")
@@ -222,17 +294,15 @@ class RedisStore:
             cmds.append(("DEL", k(partition, "s", u, s)))
         if changes.tracks is not None:
             tracks_key = k(partition, "tracks")
-            now, last = f"{tracks_key}:now", f"{tracks_key}:last"
-            for turn, epoch, adds in changes.tracks.steps():
-                if turn is not None:  # the stored epoch's additions settle (one key per command: no COPY)
-                    settle, keep = turn
-                    _add_counts(cmds, tracks_key, settle)
-                    cmds.append(("DEL", last))
-                    if keep:
-                        _add_counts(cmds, last, settle)
-                    cmds.append(("DEL", now))
-                    cmds.append(("HSET", tracks_key, "epoch", int(epoch)))
-                _add_counts(cmds, now, adds)
+            now_key, last_key = f"{tracks_key}:now", f"{tracks_key}:last"
+            turns, settle, last, now = changes.tracks.plan()
+            if turns:  # one key per command (the Function's rule): no RENAME or COPY of a bucket
+                _add_counts(cmds, tracks_key, settle)
+                cmds.append(("DEL", last_key))
+                _add_counts(cmds, last_key, last)
+                cmds.append(("DEL", now_key))
+                cmds.append(("HSET", tracks_key, "epoch", int(changes.tracks.by_epoch[-1][0])))
+            _add_counts(cmds, now_key, now)
         if changes.blob is not None:
             cmds.append(("SET", k(partition, "blob"), changes.blob))
         for src, entries in changes.queue_push.items():

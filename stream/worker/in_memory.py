@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import orjson
 
 from models.events import Event
-from models.replay import epoch_rounds
 
 from stream.bootstrap import Worker
 from stream.worker.checkpoint import CheckpointResult
@@ -37,9 +36,8 @@ async def _replay(worker: Worker, events: Sequence[Event], batch_size: int) -> C
     records = partition_records(events, predict.partitions)
     taken = {p: 0 for p in records}
     step = batch_size * predict.partitions  # rounds of the replay's order: the partitions keep pace
-    epoch_seconds = predict.runtime(0).engine_config.track_epoch_seconds
-    for start, stop, _ in epoch_rounds([e.ts for e in events], epoch_seconds, step):  # as the scheduler cuts
-        counts = Counter(partition_of(e.user_id, predict.partitions) for e in events[start:stop])
+    for start in range(0, len(events), step):  # the checkpoint applies a round epoch by epoch
+        counts = Counter(partition_of(e.user_id, predict.partitions) for e in events[start:start + step])
         work = []
         for p, n in counts.items():
             work.append((predict.runtime(p), records[p][taken[p]:taken[p] + n]))

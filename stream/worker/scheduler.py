@@ -14,17 +14,21 @@ partition with more pending records than a batch holds is *held*: not fetched un
 longer ahead (``transport.Consumer.hold``). The warm stage needs none of this (its watermark
 orders sources by event time), so its scheduler applies whatever it has.
 
-The predict stage's batches also never cross an epoch of the track counts (``models/state.py``):
-a batch takes records of the earliest epoch any partition with work is in, so every partition
-has committed its plays of the earlier epochs before any reads the counts as of an epoch's
-start, and two runs of one replay read the same counts whatever the fetches did. A partition
-with records on the broker and none received holds the others at its epoch for at most
-``EPOCH_WAIT_SECONDS`` (a partition whose fetches stopped must not stop the stage).
+The predict stage's batches also never pass the track counts' epoch (``models/state.py``) of a
+record some partition leaves pending: the checkpoint applies a batch epoch by epoch across its
+partitions (``checkpoint.py``), so a partition reads the counts as of an epoch's start only once
+every partition has applied or committed its plays of the earlier epochs, and two runs of one
+replay read the same counts whatever the fetches did. A partition with records on the broker
+and none received holds the others at its epoch for at most ``EPOCH_WAIT_SECONDS`` (a partition
+whose fetches stopped must not stop the stage).
 
 A run is acknowledged to faust once every record of it has been applied (or released, at a
 rebalance, to be re-read from the stored offsets)."""
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -49,6 +53,33 @@ class Pending:
     runs: list[tuple[object, int]] = field(default_factory=list)
     """(faust event, index in ``records`` one past its last record)."""
     first_at: float = 0.0  # monotonic time its oldest pending record arrived
+    times: list[float] = field(default_factory=list)
+    """Each record's event time (-inf for one without), beside ``records``."""
+    _reached: list[float] | None = None
+    seen: float = -math.inf
+    """The latest event time of any record received (applied or not): where the next come from."""
+
+    def reached(self) -> list[float]:
+        """The event time the records have reached at each (a running maximum, so a prefix cut at a
+        time is a bisection)."""
+        if self._reached is None:
+            self._reached = list(itertools.accumulate(self.times, max))
+        return self._reached
+
+    def cut(self, horizon: float) -> int:
+        """How many records (a prefix) lie at or before ``horizon``: up to the first past it."""
+        return bisect.bisect_right(self.reached(), horizon)
+
+    def first_time(self, start: int = 0) -> float | None:
+        return next((t for t in itertools.islice(self.times, start, None) if t != -math.inf), None)
+
+    def last_time(self) -> float | None:
+        return next((t for t in reversed(self.times) if t != -math.inf), None)
+
+    def drop(self, n: int) -> None:
+        del self.records[:n]
+        del self.times[:n]
+        self._reached = None
 
 
 class RunScheduler:
@@ -76,6 +107,13 @@ class RunScheduler:
         if not p.records:
             p.first_at = time.monotonic()
         p.records.extend(records)
+        time_of = self.time_of
+        if time_of is not None:
+            times = [-math.inf if t is None else t for t in map(time_of, records)]
+            p.times += times
+            p._reached = None
+            if times:
+                p.seen = max(p.seen, max(times))
         p.runs.append((run, len(p.records)))
 
     @property
@@ -103,29 +141,33 @@ class RunScheduler:
         if not have:
             return [], []
         cuts = {q: len(p.records) for q, p in have.items()}
-        if self.time_of is not None and (len(have) > 1 or lagging - have.keys()):
+        aligned = self.time_of is not None and (len(have) > 1 or bool(lagging - have.keys()))
+        if aligned:
             self.limit = horizon = self._horizon(have, clocks, set() if force else lagging)
-            cuts = {q: self._cut(p.records, horizon) for q, p in have.items()}
-            if self.epoch_seconds is not None:  # one partition alone reads its own turns (``State.reread``)
-                end = self._epoch_end(have, clocks, lagging)
-                if end < math.inf:
-                    self.limit = last = min(horizon, math.nextafter(end, -math.inf))
-                    cuts = {q: min(cuts[q], self._cut(p.records, last)) for q, p in have.items()}
+            cuts = {q: p.cut(horizon) for q, p in have.items()}
         if floors:
             for q, p in have.items():
                 floor = floors.get(q, math.inf)
                 if floor < math.inf:
-                    cuts[q] = min(cuts[q], self._cut(p.records, floor))
-        budget = self.max_records
+                    cuts[q] = min(cuts[q], p.cut(floor))
+        firsts = {q: p.first_time() for q, p in have.items()}
+        order = sorted(have, key=lambda q: (clocks.get(q, -math.inf) if firsts[q] is None else firsts[q],
+                                            clocks.get(q, -math.inf)))  # the one behind first
+        if sum(cuts.values()) > self.max_records:
+            cuts = self._fill(have, cuts, order)
+        if aligned and self.epoch_seconds is not None:  # one partition alone reads its own turns (``State.reread``)
+            end = self._epoch_end(have, cuts, clocks, lagging)
+            if end < math.inf:
+                self.limit = last = min(self.limit, math.nextafter(end, -math.inf))
+                cuts = {q: min(n, have[q].cut(last)) for q, n in cuts.items()}
         work, done = [], []
-        for q in sorted(have, key=lambda q: clocks.get(q, -math.inf)):  # the one behind first
-            n = min(cuts[q], budget)
+        for q in order:
+            n = cuts[q]
             if n <= 0:
                 continue
-            budget -= n
             p = have[q]
             work.append((q, p.records[:n]))
-            del p.records[:n]
+            p.drop(n)
             runs = p.runs
             k = 0
             while k < len(runs) and runs[k][1] <= n:
@@ -137,24 +179,46 @@ class RunScheduler:
         self.held = {q for q, p in self.pending.items() if len(p.records) >= self.max_records}
         return work, done
 
-    def _epoch_end(self, have: dict[int, Pending], clocks: dict[int, float], lagging: set[int]) -> float:
-        """The end of the earliest epoch a partition with work is in: its clock's epoch, or its
-        first pending record's if later; a partition with nothing received and records on the
-        broker, its clock's (for ``EPOCH_WAIT_SECONDS``)."""
+    def _fill(self, have: dict[int, Pending], cuts: dict[int, int], order: list[int]) -> dict[int, int]:
+        """A full batch: the ``max_records`` earliest records in event time across the partitions
+        (each partition's a prefix), so what a batch leaves is later than what it takes, in every
+        partition alike. Without event times: the partitions in ``order``, each as far as it goes."""
+        budget = self.max_records
+        out = {}
+        if self.time_of is None:
+            for q in order:
+                out[q] = n = max(0, min(cuts[q], budget))
+                budget -= n
+            return out
+        merged = heapq.merge(*(have[q].reached()[:cuts[q]] for q in order))
+        last = next(itertools.islice(merged, budget - 1, None), math.inf)
+        for q in order:
+            out[q] = min(cuts[q], have[q].cut(last))
+        if not any(out.values()):  # a budget of records all at one instant: the first partition's
+            out[order[0]] = min(cuts[order[0]], budget)
+        return out
+
+    def _epoch_end(self, have: dict[int, Pending], cuts: dict[int, int], clocks: dict[int, float],
+                   lagging: set[int]) -> float:
+        """Where a batch must stop so that no partition reads the track counts of an epoch
+        another partition has records of earlier epochs left in: the end of the earliest epoch of
+        a record left pending (or, for a partition with nothing received and records on the
+        broker, of the latest record it received, for ``EPOCH_WAIT_SECONDS``). The checkpoint applies what it takes
+        epoch by epoch (``checkpoint.py``), so a batch may span any number of epochs below it."""
         size = self.epoch_seconds
         epochs = []
         for q, p in have.items():
-            first = next((t for t in map(self.time_of, p.records) if t is not None), None)
-            at = max(clocks.get(q, -math.inf), first if first is not None else -math.inf)
-            if math.isfinite(at):
-                epochs.append(math.floor(at / size))
+            first = p.first_time(cuts[q])
+            if first is not None:
+                epochs.append(math.floor(max(first, clocks.get(q, -math.inf)) / size))
         own = min(epochs) if epochs else math.inf
         now = time.monotonic()
         silent = lagging - have.keys()
         since = self.waiting_since = {q: t for q, t in self.waiting_since.items() if q in silent}
         waiting = []
         for q in silent:
-            clock = clocks.get(q, -math.inf)
+            p = self.pending.get(q)
+            clock = max(clocks.get(q, -math.inf), p.seen if p is not None else -math.inf)
             epoch = math.floor(clock / size) if math.isfinite(clock) else -math.inf
             if epoch < own:
                 started = since.setdefault(q, now)
@@ -176,29 +240,10 @@ class RunScheduler:
         for one with records on the broker only, its clock."""
         reach = []
         for q, p in have.items():
-            t = self._last_time(p.records)
+            t = p.last_time()
             reach.append(t if t is not None else clocks.get(q, -math.inf))
         reach += [clocks.get(q, -math.inf) for q in lagging if q not in have]
         return min(reach)
-
-    def _last_time(self, records: list) -> float | None:
-        time_of = self.time_of
-        for r in reversed(records):
-            t = time_of(r)
-            if t is not None:
-                return t
-        return None
-
-    def _cut(self, records: list, horizon: float) -> int:
-        """How many of ``records`` (a prefix) lie at or before ``horizon``."""
-        time_of = self.time_of
-        n = 0
-        for r in records:
-            t = time_of(r)
-            if t is not None and t > horizon:
-                break
-            n += 1
-        return n
 
     def release(self, partitions: set[int] | None = None) -> list:
         """Forget the pending records of ``partitions`` (default: all); their runs, to acknowledge

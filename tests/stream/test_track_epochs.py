@@ -46,29 +46,39 @@ def test_the_weights_of_a_partitions_counts_by_where_it_is():
     assert epoch_weights(12, 13) == (0, -1)  # ahead: less the reader's own epoch
 
 
-def test_additions_spanning_epochs_settle_in_order():
-    steps = list(TrackAdditions(5, {T: [1, 0, 0]}, [(5, {T: [2, 0, 0]}), (6, {T: [4, 0, 0]}), (8, {T: [8, 0, 0]})]).steps())
-    assert steps[0] == (None, 5, {T: [2, 0, 0]})
-    assert steps[1] == (({T: [3, 0, 0]}, True), 6, {T: [4, 0, 0]})  # epoch 5's, stored and new, settle
-    assert steps[2] == (({T: [4, 0, 0]}, False), 8, {T: [8, 0, 0]})  # 7 had none: nothing to keep
+def test_additions_spanning_epochs_are_written_once():
+    plan = TrackAdditions(5, {T: [1, 0, 0]}, [(5, {T: [2, 0, 0]}), (6, {T: [4, 0, 0]}), (7, {T: [8, 0, 0]})]).plan()
+    assert plan == (True, {T: [7, 0, 0]}, {T: [4, 0, 0]}, {T: [8, 0, 0]})  # 5 and 6 settle; 6 is 7's last
+    plan = TrackAdditions(5, {T: [1, 0, 0]}, [(5, {T: [2, 0, 0]}), (8, {T: [8, 0, 0]})]).plan()
+    assert plan == (True, {T: [3, 0, 0]}, {}, {T: [8, 0, 0]})  # 7 had none: no last epoch to keep
+    assert TrackAdditions(5, {T: [1, 0, 0]}, [(5, {T: [2, 0, 0]})]).plan() == (False, {}, {}, {T: [2, 0, 0]})
+    assert TrackAdditions(None, {}, [(5, {T: [2, 0, 0]})]).plan() == (True, {}, {}, {T: [2, 0, 0]})
 
 
 def _records(start, times):
     return [(start + i, b"", None, t) for i, t in enumerate(times)]
 
 
-def test_a_batch_never_crosses_an_epoch_while_a_partition_is_in_an_earlier_one():
+def test_a_batch_spans_epochs_but_never_passes_one_a_partition_leaves_records_of():
     day = 100.0
     s = RunScheduler(1000, 0.1, time_of=lambda r: r[3])
     s.epoch_seconds = day
     s.add(0, "a", _records(0, [10, 90, 110, 150, 210]))
     s.add(1, "b", _records(0, [50, 120, 260, 270]))
     work, _ = s.take(clocks={0: -math.inf, 1: -math.inf}, lagging=set())
-    assert dict(work) == {0: _records(0, [10, 90]), 1: _records(0, [50])}  # epoch 0 only
-    work, _ = s.take(clocks={0: 90, 1: 50}, lagging=set())
-    assert dict(work) == {0: _records(2, [110, 150]), 1: _records(1, [120])}
-    work, _ = s.take(clocks={0: 150, 1: 120}, lagging=set())
-    assert dict(work) == {0: _records(4, [210])}  # epoch 2, up to the time both have reached
+    # up to the time both reached (210); what 1 leaves is in epoch 2: epochs 0..2 in one batch
+    assert dict(work) == {0: _records(0, [10, 90, 110, 150, 210]), 1: _records(0, [50, 120])}
+    s = RunScheduler(4, 0.1, time_of=lambda r: r[3])  # a batch of 4 records at most
+    s.epoch_seconds = day
+    s.add(0, "a", _records(0, [10, 90, 110, 150, 210]))
+    s.add(1, "b", _records(0, [50, 120, 260, 270]))
+    work, _ = s.take(clocks={0: 5, 1: 40}, lagging=set())
+    # the 4 earliest records of both: what a full batch leaves is later than what it takes
+    assert dict(work) == {0: _records(0, [10, 90, 110]), 1: _records(0, [50])}
+    s.add(1, "c", _records(4, [150]))
+    s.add(0, "d", _records(5, [20]))  # a late record in epoch 0: nothing past epoch 1 goes with it
+    work, _ = s.take(clocks={0: 110, 1: 50}, lagging=set())
+    assert s.limit < 2 * day
 
 
 def test_a_silent_partition_holds_the_others_at_its_epoch_then_is_given_up(monkeypatch):
@@ -82,6 +92,18 @@ def test_a_silent_partition_holds_the_others_at_its_epoch_then_is_given_up(monke
     assert work == []
     now[0] += scheduler.EPOCH_WAIT_SECONDS + 1
     work, _ = s.take(clocks={0: 120, 1: 90}, lagging={1}, force=True)
-    assert dict(work) == {0: _records(0, [150])} and s.gave_up == {1}
-    work, _ = s.take(clocks={0: 150, 1: 90}, lagging={1}, force=True)  # not waited for again
-    assert dict(work) == {0: _records(1, [250])}
+    assert dict(work) == {0: _records(0, [150, 250])} and s.gave_up == {1}
+    s.add(0, "c", _records(2, [350]))
+    work, _ = s.take(clocks={0: 250, 1: 90}, lagging={1}, force=True)  # not waited for again
+    assert dict(work) == {0: _records(2, [350])}
+
+
+def test_a_full_batch_always_takes_the_earliest_records_pending():
+    """A full batch takes the earliest records in event time (not the partition whose clock is
+    behind first): else the epoch cut could leave a full batch empty, and the stage would stall."""
+    s = RunScheduler(4, 0.1, time_of=lambda r: r[3])
+    s.epoch_seconds = 100.0
+    s.add(0, "a", _records(0, [250, 260, 270, 280, 290]))
+    s.add(1, "b", _records(0, [150, 160, 170, 180, 290]))
+    work, _ = s.take(clocks={0: 5, 1: 140}, lagging=set())
+    assert dict(work) == {1: _records(0, [150, 160, 170, 180])}

@@ -27,12 +27,12 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import orjson
 
 from cache_warmer.entries import route
-from cache_warmer.predictor import PredictionLedger, Predictor
+from cache_warmer.predictor import PredictionLedger, Predictor, run_steps
 from models.events import PLAY, SESSION_END, Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
 from models.parsing import TimeWindow, parse_event
@@ -43,7 +43,7 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
-from stream.store import Changes, PartitionStore, TrackAdditions, add_counts
+from stream.store import Changes, CountsAsOf, PartitionStore, TrackAdditions, TrackCounts, add_counts, epoch_weights
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
@@ -145,6 +145,8 @@ class PredictRuntime(PartitionRuntime):
         """The epoch of this partition's stored additions to the track counts, and those additions."""
         self._tracks: TrackAdditions | None = None
         self._batch_tracks: list[str] = []
+        self.peers: tuple = ()
+        """The predict runtimes whose batches the running checkpoint applies with this one's."""
         """The tracks the batch can read (``_prefetch``), read again if its epoch turns."""
         self.engine.state.reread = self._reread
         if blob:
@@ -166,10 +168,14 @@ class PredictRuntime(PartitionRuntime):
                                    ledger=ledger)
 
     def process(self, records: list[tuple]) -> BatchOutput:
+        return run_steps(self.process_steps(records))
+
+    def process_steps(self, records: list[tuple]) -> Generator[int, None, BatchOutput]:
         """``records``: the sessions partition's run; ``inbox``: its repartition partition's. With
         neither, and nothing forwarded due: the partition is waiting for the others to come level
         in event time (``scheduler.py``), not idle; it tells every warm partition its clock, so
-        the warm stage keeps waiting for it rather than taking its silence for idleness."""
+        the warm stage keeps waiting for it rather than taking its silence for idleness. It
+        yields the track counts' epoch before it reads the counts of each (``apply_steps``)."""
         inbox, self.inbox = [r for r in self.inbox if r[0] >= self.rep_next], []
         if inbox and inbox[0][0] != self.rep_next:
             raise OffsetGap(self.partition, self.rep_next, inbox[0][0])
@@ -177,7 +183,7 @@ class PredictRuntime(PartitionRuntime):
         out = BatchOutput(self.stage, self.partition, self.next_offset, self.next_offset)
         fresh = self.take_fresh(records, out)
         if fresh or inbox or self.has_due():
-            self.apply(fresh, out, inbox)
+            yield from self.apply_steps(fresh, out, inbox)
         elif math.isfinite(self.clock):
             for q in range(self.warm_partitions):
                 out.publish.append(("entries", None, encode(self.partition, self.clock, []), q))
@@ -207,6 +213,11 @@ class PredictRuntime(PartitionRuntime):
         return out
 
     def apply(self, records: list[tuple], out: BatchOutput, inbox: list[tuple] = ()) -> None:
+        run_steps(self.apply_steps(records, out, inbox))
+
+    def apply_steps(self, records: list[tuple], out: BatchOutput, inbox: list[tuple] = ()) -> Generator[int, None, None]:
+        """``apply``, yielding the track counts' epoch before it reads the counts of each: first
+        its own (before ``_prefetch``), then each later one its events reach (in the predictor)."""
         events: list[Event] = []
         offsets: list[int] = []
         if records and len(records[0]) <= 3:
@@ -244,11 +255,12 @@ class PredictRuntime(PartitionRuntime):
         start = max(self.clock, events[0].ts) if events else self.clock
         epoch = math.floor(start / st.epoch_seconds) if math.isfinite(start) else None
         if epoch is not None:
+            yield epoch
             st.set_epoch(epoch)
         self._prefetch(events, epoch)
         orphans_before = self.rejections.counts.get("orphan_skip", 0)
         repaired_before = dict(self.engine.repaired)
-        predicted = self.predictor.process(events, offsets)
+        predicted = yield from self.predictor.process_steps(events, offsets)
         out.outcomes = predicted.outcomes
         self._sending = sent = dict(self.sent)
         self._sending_forwarded = sent_forwarded = dict(self.sent_forwarded)
@@ -538,15 +550,49 @@ class PredictRuntime(PartitionRuntime):
                 rec = st.sessions.get((uid, sid))
                 if rec is not None and rec[S_PENDING_TRACK]:
                     tracks.add(rec[S_PENDING_TRACK])
-        self._batch_tracks = list(tracks)
-        if tracks:
-            st.tracks.update(self.store.fetch(self.partition, [], [], self._batch_tracks, epoch)[2])
+        self._parts = self.store.track_counts(list(tracks)) if tracks else []
+        self._tracks_of = tracks
+        st.tracks = CountsAsOf(self._parts, epoch, self._additions(-math.inf, epoch)).as_dict(tracks) \
+            if tracks and epoch is not None else {}
 
-    def _reread(self, epoch: int) -> dict[str, list]:
-        """The global counts of the batch's tracks as of ``epoch``'s start (a batch whose epoch
-        turns: exact where the other partitions have left the earlier epochs, which the
-        scheduler's cuts keep)."""
-        return self.store.fetch(self.partition, [], [], self._batch_tracks, epoch)[2] if self._batch_tracks else {}
+    def _additions(self, start: float, end: int, own: bool = False) -> list[dict[str, list]]:
+        """The additions to the track counts in epochs ``start`` <= e < ``end`` that the store does
+        not hold yet: the other batches' of the running checkpoint (``peers``), which have applied
+        their events of those epochs already (``checkpoint.py``), and with ``own`` this batch's."""
+        out = []
+        for rt in self.peers if own else (peer for peer in self.peers if peer is not self):
+            st = rt.engine.state
+            out += [adds for e, adds in (*st.track_deltas, (st.epoch, st.track_delta)) if start <= e < end and adds]
+        if own and self not in self.peers:
+            st = self.engine.state
+            out += [adds for e, adds in (*st.track_deltas, (st.epoch, st.track_delta)) if start <= e < end and adds]
+        return out
+
+    def _reread(self, old: int, new: int) -> None:
+        """Move the batch's track counts on from epoch ``old``'s start to ``new``'s: add every
+        partition's additions in between (this batch's, the checkpoint's others', and the stored
+        epochs that come into view), each once, for the tracks the batch reads."""
+        counts, tracks = self.engine.state.tracks, self._tracks_of
+        if not tracks:
+            return
+        moves = []
+        for part in self._parts:
+            (a0, b0), (a1, b1) = epoch_weights(old, part.epoch), epoch_weights(new, part.epoch)
+            if a1 != a0:
+                moves.append((part.now, a1 - a0))
+            if b1 != b0:
+                moves.append((part.last, b1 - b0))
+        moves += [(adds, 1) for adds in self._additions(old, new, own=True)]
+        for adds, w in moves:
+            for t, d in adds.items():
+                if t in tracks:
+                    rec = counts.get(t)
+                    if rec is None:
+                        counts[t] = [w * d[0], w * d[1], w * d[2]]
+                    else:
+                        rec[0] += w * d[0]
+                        rec[1] += w * d[1]
+                        rec[2] += w * d[2]
 
 
 _MERGE_RANK = {**TIE_RANK, SESSION_END: 3}
