@@ -241,7 +241,8 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
         print(f"{key}: {min(values):.4f} .. {max(values):.4f} (spread {100 * (max(values) - min(values)):.3f} points)")
     print(f"late entries: {[r['warm_late_entries'] for r in rows]}")
     sim = simulated(work, events, st)
-    same = {key: all(r[key] == sim[key] for r in rows) for key in ("predictions", "accuracy", "promotions", "full_play_hits")}
+    same = {key: all(r[key] == sim[key] for r in rows)
+            for key in ("predictions", "accuracy", "promotions", "full_play_hits")}
     print(f"skipcache simulate, same events, model, thresholds and {st.partitions} partitions: predictions "
           f"{sim['predictions']:,}  accuracy {sim['accuracy']:.4f}  full-play hit ratio {sim['full_play_hit_ratio']:.4f}  "
           f"promotions {sim['promotions']:,}; every run equal to it: {same}")

@@ -76,7 +76,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.track_epoch_seconds < math.inf:
-            raise ValueError(f"track_epoch_seconds must be a positive number of seconds, not {self.track_epoch_seconds}")
+            raise ValueError("track_epoch_seconds must be a positive number of seconds, "
+                             f"not {self.track_epoch_seconds}")
 
     def as_dict(self) -> dict:
         return asdict(self)
