@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 log = logging.getLogger("skipcache.scheduler")
 
 
-EPOCH_WAIT_SECONDS = 5.0
+EPOCH_WAIT_SECONDS = 1.0
 """Longest the stage waits at an epoch's end for a partition that has records on the broker and
 has received none (past it, the others go on: its plays of the earlier epoch may then be read
-late by them, which a log line says)."""
+late by them, which a log line says). A fetch comes within tens of milliseconds; a partition
+silent longer is in a rebalance or a broker fault, and a wait of seconds would make the warm
+stage take the waiting partitions for idle (10 s)."""
 
 
 @dataclass
