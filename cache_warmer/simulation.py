@@ -24,6 +24,7 @@ from models.features import EngineConfig, FeatureEngine
 from models.columns import PLAY_CODE, EventColumns, session_labels
 from models.gc_pause import paused_gc
 from models.replay import epoch_rounds
+from models.state import add_counts
 
 from .experiment import AB, variant_of
 from .warm_pool import WarmStage
@@ -170,10 +171,10 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
                 if shared is not None:  # the shards' additions, read from the next epoch on
                     for predictor in predictors:
                         st = predictor.engine.state
-                        _add_counts(epoch_plays, st.track_delta)
+                        add_counts(epoch_plays, st.track_delta)
                         st.track_delta = {}
                     if turns:
-                        _add_counts(shared, epoch_plays)
+                        add_counts(shared, epoch_plays)
                         epoch_plays = {}
                 warm_up(entries)
                 bar.update(len(batch))
@@ -219,17 +220,6 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
         "policies": figures,
         "daily": {p.name: _daily([ws[i] for ws in warm]) for i, p in enumerate(policies)},
     }
-
-
-def _add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
-    for track, d in delta.items():
-        rec = into.get(track)
-        if rec is None:
-            into[track] = list(d)
-        else:
-            rec[0] += d[0]
-            rec[1] += d[1]
-            rec[2] += d[2]
 
 
 def _daily(warmers: list[CacheWarmer]) -> dict:

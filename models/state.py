@@ -166,3 +166,15 @@ class State:
         self.tracks.clear()
         self.shared_tracks = shared
         self.track_delta = {}
+
+
+def add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
+    """Add track counts (track -> [plays, skips, likes]) into ``into``."""
+    for t, d in delta.items():
+        rec = into.get(t)
+        if rec is None:
+            into[t] = list(d)
+        else:
+            rec[T_N] += d[T_N]
+            rec[T_K] += d[T_K]
+            rec[T_LIKES] += d[T_LIKES]

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from models.state import add_counts
+
 
 @dataclass
 class Changes:
@@ -79,17 +81,6 @@ def merged(parts: list[dict[str, list]]) -> dict[str, list]:
     for part in parts:
         add_counts(out, part)
     return out
-
-
-def add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
-    for t, d in delta.items():
-        rec = into.get(t)
-        if rec is None:
-            into[t] = list(d)
-        else:
-            rec[0] += d[0]
-            rec[1] += d[1]
-            rec[2] += d[2]
 
 
 @dataclass
