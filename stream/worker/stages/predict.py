@@ -43,7 +43,7 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
-from stream.store import Changes, CountsAsOf, PartitionStore, TrackAdditions, TrackCounts, add_counts, epoch_weights
+from stream.store import Changes, CountsAsOf, PartitionStore, TrackAdditions, add_counts, epoch_weights
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
@@ -144,10 +144,12 @@ class PredictRuntime(PartitionRuntime):
         self.track_epoch, self.epoch_plays = self.store.epoch_plays(self.partition)
         """The epoch of this partition's stored additions to the track counts, and those additions."""
         self._tracks: TrackAdditions | None = None
-        self._batch_tracks: list[str] = []
+        self._parts: list = []
+        """Every partition's stored counts (``TrackCounts``) of the tracks the batch can read."""
+        self._tracks_of: set[str] = set()
+        """Those tracks (``_prefetch``): moved on to each later epoch the batch reaches (``_reread``)."""
         self.peers: tuple = ()
         """The predict runtimes whose batches the running checkpoint applies with this one's."""
-        """The tracks the batch can read (``_prefetch``), read again if its epoch turns."""
         self.engine.state.reread = self._reread
         if blob:
             state = orjson.loads(blob)
