@@ -96,10 +96,9 @@ class TrackCounts:
 
 class CountsAsOf:
     """The global track counts as of ``epoch``'s start, from every predict partition's stored
-    parts (read once per batch) and additions not committed yet (``extra``: those of the other
-    batches of a running checkpoint): a track's sum is made when it is first read, so a batch
-    whose epoch turns many times costs no read of the store and no sum it does not use. Read-only,
-    as ``State.shared_tracks``."""
+    parts and additions not committed yet (``extra``: those of the other batches of a running
+    checkpoint); a track's sum is made when it is first read. The stores' ``fetch`` and a predict
+    batch's first read use it; a batch moves its counts on to later epochs itself (``_reread``)."""
 
     __slots__ = ("terms", "extra", "cache")
 

@@ -15,12 +15,14 @@ re-read after a crash forwards the same events again). Its repartition partition
 committed and fenced with its sessions offset. So a user's events are applied where the user's
 state lives, exactly once, in order.
 
-Track counts are global and move in epochs of event time (``models/state.py``): a batch lies in
-one epoch (the scheduler cuts batches at epoch boundaries), reads every partition's counts of its
-tracks as of the epoch's start, and commits its additions with its offset (exactly once), as the
-stored epoch's; its first additions in a later epoch settle the stored epoch's (``TrackAdditions``).
-So whatever the batches, a play reads every play resolved in earlier epochs and none of its own,
-as training and the simulation do (``cache_warmer/simulation.py``)."""
+Track counts are global and move in epochs of event time, days (``models/state.py``): a batch
+reads every partition's stored counts of its tracks once, as of its first epoch's start, and
+moves them on as its events reach later epochs (``_reread``: its own additions and those of the
+checkpoint's other batches, which the checkpoint runs epoch by epoch, ``process_steps``); it
+commits its additions with its offset (exactly once), the stored epoch's settling when it first
+adds in a later one (``TrackAdditions``). So whatever the batches, a play reads every play
+resolved in earlier epochs and none of its own, as training and the simulation do
+(``cache_warmer/simulation.py``)."""
 from __future__ import annotations
 
 import heapq
