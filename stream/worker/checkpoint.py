@@ -45,6 +45,8 @@ the worker runs it in a thread so the event loop (heartbeats, fetches, /healthz)
 Redis; tests and the in-memory replay run it inline."""
 Sensor = Callable[[BatchOutput, float], None]
 """Told of every committed batch, with the seconds from the start of the checkpoint."""
+BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+"""How the worker waits for a dependency that went away (Redis, the broker) between tries."""
 FLUSH_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
 

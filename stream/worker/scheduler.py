@@ -84,6 +84,25 @@ class Pending:
         self._reached = None
 
 
+RESEEK_SECONDS = 1.0
+"""Records fetched before a seek can still arrive after it and move the consumer past the
+position sought; while the awaited offset does not come, the worker seeks again this often."""
+
+
+def contiguous_run(records: list[tuple], start: int) -> list[tuple]:
+    """The records at offsets start, start+1, ... wherever they sit in ``records``: a batch can mix
+    records fetched before a seek with those fetched after it, and only an unbroken run from the
+    partition's next offset may be applied."""
+    if records and records[0][0] == start and records[-1][0] == start + len(records) - 1:
+        return records  # the usual batch: already that run
+    at = {r[0]: r for r in records}
+    run = []
+    while start in at:
+        run.append(at[start])
+        start += 1
+    return run
+
+
 class RunScheduler:
     def __init__(self, max_records: int, within: float, time_of: Callable[[tuple], float | None] | None = None):
         """``time_of``: a record's event time (None: it constrains nothing); None for a stage that

@@ -1,7 +1,8 @@
 """The worker's loop and its recovery, as one object whose methods the Faust wiring (``app.py``)
 calls: the agents hand it runs (``consume``), faust's recovery asks it where partitions resume
 (``positions``), its timers cut overdue batches, release held entries, refresh thresholds and
-check Kafka; ``/healthz`` reads ``readiness``.
+check Kafka; ``/healthz`` reads ``readiness``. Its repartitioning steps (forwarding mis-keyed
+events, clocks, the repartition partitions' positions and inboxes) are in ``forwarding.py``.
 
 Per stage, the runs received wait in a ``RunScheduler`` (``scheduler.py``) until the stage applies
 them: as soon as no more runs are waiting in faust's buffer, when a batch is full, or when the
@@ -18,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import math
-import uuid
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,46 +27,22 @@ from functools import partial
 
 import faust
 from faust.types import TP
-from redis.backoff import ExponentialWithJitterBackoff
 
 from models.events import Event
 from stream.bootstrap import Stage, Worker
 from stream.settings import Settings
-from stream.worker.checkpoint import TRANSIENT, PartitionStopped
+from stream.worker.checkpoint import BACKOFF, TRANSIENT, PartitionStopped
 from stream.worker.health import Dependency, Health
 from stream.worker.log_noise import ClientNoise
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.positions import StateLost, resume_offset
 from stream.stores.redis_store import OldLayout
-from stream.worker.scheduler import RunScheduler
-from stream.worker.stages.predict import FORWARDING_SECONDS, order_of
+from stream.worker.forwarding import Forwarding
+from stream.worker.scheduler import RESEEK_SECONDS, RunScheduler, contiguous_run
 from stream.worker.stages.warm import SourceEnds
 
 log = logging.getLogger("skipcache.worker")
-BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 GC_THRESHOLDS = (50_000, 20, 10)
-READ_ALL_QUIET_SECONDS = 1.0
-"""A predict partition tells the others it has read all only after no run for this long (its
-fetches come every SKIPCACHE_FETCH_MAX_WAIT_MS while there is more)."""
-CLOCK_EVERY_SECONDS = 1.0
-"""A predict partition tells every other its clock at least this often (``worth_sending``)."""
-RESEEK_SECONDS = 1.0
-"""Records fetched before a seek can still arrive after it and move the consumer past the
-position sought; while the awaited offset does not come, the worker seeks again this often."""
-
-
-def contiguous_run(records: list[tuple], start: int) -> list[tuple]:
-    """The records at offsets start, start+1, ... wherever they sit in ``records``: a batch can mix
-    records fetched before a seek with those fetched after it, and only an unbroken run from the
-    partition's next offset may be applied."""
-    if records and records[0][0] == start and records[-1][0] == start + len(records) - 1:
-        return records  # the usual batch: already that run
-    at = {r[0]: r for r in records}
-    run = []
-    while start in at:
-        run.append(at[start])
-        start += 1
-    return run
 
 
 def event_time(record: tuple) -> float | None:
@@ -88,7 +63,7 @@ def _log_failure(task: asyncio.Future) -> None:
         log.error("a timer's task failed: %r", task.exception(), exc_info=task.exception())
 
 
-class WorkerService:
+class WorkerService(Forwarding):
     def __init__(self, app: faust.App, settings: Settings, build: Callable[[Settings], Worker]):
         self.app = app
         self.settings = settings
@@ -110,17 +85,7 @@ class WorkerService:
         self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
-        self.inboxes: dict[int, list[tuple[object, list]]] = {}
-        """Predict partition -> the runs of its repartition partition received, not applied yet
-        (faust event, decoded records): every batch of the partition takes them all."""
-        self._forwarding = asyncio.Lock()  # one flush of the forward sink at a time
-        self.last_run_at: dict[int, float] = {}  # sessions partition -> when its last run arrived (monotonic)
-        self.instance = uuid.uuid4().hex[:12]
-        """This worker, in the messages it forwards (``route_codec.py``)."""
-        self.stamps: dict[tuple[int, int], int] = {}  # (source, partition) -> the last message's count
-        self.stamped_events: dict[tuple[int, int], int] = {}  # ... -> the count of the last that carried events
-        self.last_sent: dict[tuple[int, int], float] = {}  # (source, partition) -> when a message last went
-        self.forwarded_at: dict[tuple[int, int], float] = {}  # ... -> when events last went
+        self.init_forwarding()
 
     # ---- dependencies ---------------------------------------------------------------------------
     async def call(self, fn, *args):
@@ -317,36 +282,9 @@ class WorkerService:
             raise
         return out
 
-    async def forwarded_position(self, stage: Stage, partition: int, earliest: int) -> int:
-        """Where a predict partition's repartition partition resumes: the offset committed with its
-        state (the topic's earliest the first time). Its runtime is loaded by then (co-partitioned
-        with the sessions partition, which faust assigns with it)."""
-        rt = stage.runtimes.get(partition)
-        if rt is None:
-            return earliest
-        while True:
-            try:
-                if await self.call(rt.forwarded_position) is None:
-                    await self.call(rt.start_forwarded_at, earliest)
-                self.redis_ok()
-                break
-            except TRANSIENT as exc:
-                self.redis_failed(exc)
-                await self.wait_for_redis()
-        self.sought[(stage.forward.topic, partition)] = time.monotonic()
-        return rt.rep_next
-
     async def seek(self, stage: Stage, partition: int, offset: int) -> None:
         self.sought[(stage.topic, partition)] = time.monotonic()
         await self.app.consumer.seek_wait({TP(stage.topic, partition): offset})  # in the consumer's thread
-
-    async def seek_forwarded(self, stage: Stage, partition: int) -> None:
-        tp = TP(stage.forward.topic, partition)
-        rt = stage.runtimes.get(partition)
-        if rt is None:
-            return
-        self.sought[(tp.topic, partition)] = time.monotonic()
-        await self.app.consumer.seek_wait({tp: rt.rep_next})
 
     async def relocate(self, stage: Stage, partitions: list[int], applied: dict[int, int]) -> None:
         """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
@@ -378,18 +316,6 @@ class WorkerService:
         if name == "predict":
             self.release_forwarded(partitions)
         self.hold_ahead()
-
-    def release_forwarded(self, partitions: set[int] | None = None) -> None:
-        """Drop the forwarded runs received for ``partitions`` (default: all): they are read
-        again from the offset committed with the state, so the partitions wait for them anew."""
-        stage = self.built.stages.get("predict") if self.built is not None else None
-        for p in list(self.inboxes):
-            if partitions is None or p in partitions:
-                for run, _ in self.inboxes.pop(p):
-                    run.ack()
-                rt = stage.runtimes.get(p) if stage is not None else None
-                if rt is not None:
-                    rt.forget_heard()
 
     def release_all(self) -> None:
         """Before faust waits for in-flight messages at a rebalance (transport.py)."""
@@ -460,94 +386,6 @@ class WorkerService:
             if scheduler.full() or runs.channel.empty():
                 await self.drain(name)
 
-    def stamp(self, source: int, partition: int, carries_events: bool) -> tuple[str, int]:
-        """The next count of this worker's messages from ``source`` to ``partition``."""
-        n = self.stamps[(source, partition)] = self.stamps.get((source, partition), -1) + 1
-        if carries_events:
-            self.stamped_events[(source, partition)] = n
-        return self.instance, n
-
-    def hear_directly(self, stage: Stage, source) -> None:
-        """The partitions of this worker hear ``source``'s clock now, rather than after its trip
-        through Kafka, if they have received every message of this worker's from it that carried
-        events for them (and one at least: what earlier owners sent is then in hand too). Saves
-        the round trip every batch would otherwise wait for when producers key by user."""
-        s = source.partition
-        for q, rt in stage.runtimes.items():
-            if q == s:
-                continue
-            got = rt.heard_from.get(s)
-            if got is not None and got[0] == self.instance and got[1] >= self.stamped_events.get((s, q), -1):
-                rt.hear_clock(s, source.read_clock, source.said_done)
-
-    def worth_sending(self, stage: Stage, source, q: int, now: float) -> bool:
-        """A clock-only message goes to a partition that may be waiting for it: one this source
-        forwarded to recently (it waits for the clock), one not told anything yet by this worker,
-        one of this worker's that has not heard from it (reloaded), and every partition once a
-        second (another worker's, reloaded, waits for a first word). Producers that key by user
-        then cost a message a second per pair, not one per run and a flush on every run's path."""
-        key = (source.partition, q)
-        if source.said_done or q in source.routed_to:
-            return True
-        last = self.last_sent.get(key)
-        if last is None or now - last >= CLOCK_EVERY_SECONDS or now - self.forwarded_at.get(key, -math.inf) < 2 * FORWARDING_SECONDS:
-            return True
-        rt = stage.runtimes.get(q)
-        return rt is not None and source.partition not in rt.heard
-
-    async def forward(self, stage: Stage, messages: list[tuple[int, bytes]], source=None) -> None:
-        """Send a run's forwarded events and clock to the other predict partitions that need them
-        (``worth_sending``), and wait until the broker has them (retrying with backoff while it is
-        away)."""
-        if source is not None:
-            now = time.monotonic()
-            s = source.partition
-            for q in source.routed_to:
-                self.forwarded_at[(s, q)] = now
-            messages = [(q, value) for q, value in messages if self.worth_sending(stage, source, q, now)]
-            for q, _ in messages:
-                self.last_sent[(s, q)] = now
-            self.hear_directly(stage, source)
-        if not messages:
-            return
-        sink = stage.forward
-        async with self._forwarding:
-            for q, value in messages:
-                sink.add(None, value, q)
-            attempt = 0
-            while True:
-                try:
-                    await sink.flush()
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the broker away: the records stay buffered
-                    attempt += 1
-                    self.kafka_failed(exc)
-                    await asyncio.sleep(BACKOFF.compute(attempt))
-            if attempt:
-                self.dependency_ok(self.health.kafka)
-
-    async def tell_read_all(self) -> None:
-        """Timer: a predict partition that has read all its sessions partition holds says so to
-        the others once (they stop waiting for its clock until it reads more). Runs as its own
-        task (the timer returns at once)."""
-        w = self.built
-        stage = w.stages.get("predict") if w is not None else None
-        if stage is not None and stage.forward is not None:
-            self.spawn("tell_read_all", lambda: self._tell_read_all(stage))
-
-    async def _tell_read_all(self, stage: Stage) -> None:
-        """Read all: nothing on the broker past what it received (as far as the fetches say:
-        Tansu reports the end of a partition one producer batch short, INFRA.md), and no run for
-        ``READ_ALL_QUIET_SECONDS``."""
-        lagging = self.lagging(stage)
-        now = time.monotonic()
-        for p, rt in list(stage.runtimes.items()):
-            quiet = now - max(self.last_run_at.get(p, 0.0), rt.since)
-            if not rt.said_done and p not in lagging and quiet >= READ_ALL_QUIET_SECONDS:
-                await self.forward(stage, rt.route([], True, partial(self.stamp, p)), rt)
-
     async def drain(self, name: str, force: bool = False) -> None:
         """Apply what the stage's scheduler lets through now (all of it, batch by batch, while a
         full batch is waiting)."""
@@ -581,44 +419,6 @@ class WorkerService:
                     run.ack()
                 if not scheduler.full():
                     return
-
-    def take_forwarded(self, stage: Stage, work: list, done: list, floors: dict[int, float]) -> tuple[list, list]:
-        """Each predict partition's batch takes its whole inbox, and applies forwarded events up
-        to its cut (``until``: the scheduler's horizon, the partition's reach, its first own record
-        the batch leaves, and, until it has read all, how far it has read); a partition with
-        forwarded events and no records of its own joins the batch with none."""
-        scheduler = self.schedulers["predict"]
-        limit = scheduler.limit
-        worked = {p for p, _ in work}
-        for p, rt in stage.runtimes.items():
-            rt.until = (min(limit, floors.get(p, math.inf)), math.inf)
-            pending = scheduler.pending.get(p)
-            first = next((r[3] for r in pending.records if type(r[3]) is Event), None) if pending else None
-            if first is not None:  # its own records the batch leaves (a full batch): no forwarded event passes them
-                rt.until = min(rt.until, order_of(first))
-            if not rt.said_done:  # nor those it has yet to receive: it has not read all there is
-                rt.until = min(rt.until, (rt.in_hand, math.inf))
-            runs = self.inboxes.pop(p, [])
-            records = [*rt.inbox, *(r for _, recs in runs for r in recs)]
-            rt.inbox = contiguous_run(records, rt.rep_next)
-            done += [run for run, _ in runs]
-            if not rt.inbox and any(r[0] > rt.rep_next for r in records):
-                self.spawn(f"seek_forwarded_{p}", lambda p=p: self.reseek_forwarded(stage, p, records))
-            if p not in worked and (rt.inbox or rt.has_due()):
-                work.append((p, []))
-        return work, done
-
-    async def reseek_forwarded(self, stage: Stage, p: int, records: list) -> None:
-        """The repartition partition's next offset did not come (records fetched before a seek):
-        seek to it again."""
-        tp_topic = stage.forward.topic
-        if time.monotonic() - self.sought.get((tp_topic, p), 0.0) > RESEEK_SECONDS:
-            rt = stage.runtimes.get(p)
-            if rt is not None:
-                log.info("predict partition %d: forwarded offset %d did not come (got %d..%d): seeking to it", p,
-                         rt.rep_next, min(r[0] for r in records), max(r[0] for r in records))
-                self.release_forwarded({p})
-                await self.seek_forwarded(stage, p)
 
     async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
         """``lagging``: the stage's partitions with records on the broker not received yet."""

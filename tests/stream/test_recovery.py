@@ -76,7 +76,7 @@ def test_faust_drops_no_record_of_a_positioned_topic():
 
 
 def test_only_the_unbroken_run_from_the_next_offset_is_applied():
-    from stream.worker.service import contiguous_run
+    from stream.worker.scheduler import contiguous_run
 
     usual = [(o, b"") for o in range(10, 15)]
     assert contiguous_run(usual, 10) is usual
