@@ -205,7 +205,7 @@ class Predictor:
         ahead: list[list[float]] = []
         for e, seq in zip(events, seqs):
             if e.ts >= st.epoch_end:
-                yield math.floor(e.ts / st.epoch_seconds)
+                yield st.epoch_of(e.ts)
             resolved, row, up, play_no = observe(e)
             if row is not None:
                 j = -1

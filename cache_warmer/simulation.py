@@ -91,8 +91,9 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
     shard taking them in replay order. Track statistics follow the worker's rule: a play reads
     every shard's counts as of the start of its epoch (``EngineConfig.track_epoch_seconds``), so
-    rounds (``batch_size`` events of the replay) never span two epochs. With ``ab_share`` and two artifacts, an ``ab`` policy serves the
-    first (A) or the second (B) by user, as an A/B-testing worker does. With ``audit_storage``,
+    rounds (``batch_size`` events of the replay) never span two epochs. With ``ab_share`` and two
+    artifacts, an ``ab`` policy serves the first (A) or the second (B) by user, as an A/B-testing
+    worker does. With ``audit_storage``,
     each policy's figures add a ``storage_audit``: its shards' commands applied to one placement
     (``storage_audit.py``). ``processes``: 2 splits the policies' warming with a forked helper
     (``warm_pool.py``; the figures are the same); default: 2 where there are two cores and at

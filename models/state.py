@@ -7,10 +7,10 @@ partition; track counts are global (every partition's plays of the track, see ``
 
 Track counts move in *epochs* of event time (``EngineConfig.track_epoch_seconds``, a day): a play
 reads the counts of every play resolved in an earlier epoch, none of its own epoch's. That is a
-point in time every partition reaches whatever its batches: the worker cuts its batches at epoch
-boundaries and reads the other partitions' counts as of the epoch's start, so two runs of one
-replay, with any number of partitions, and training and ``simulate`` on one, read the same
-counts (``stream/worker/scheduler.py``, ``stream/store.py``)."""
+point in time every partition reaches whatever its batches: the worker applies its batches epoch
+by epoch across its partitions and never passes the epoch of a record one of them still has
+pending, so two runs of one replay, with any number of partitions, and training and ``simulate``
+on one, read the same counts (``stream/worker/checkpoint.py``, ``scheduler.py``, ``stream/store.py``)."""
 from __future__ import annotations
 
 import math
@@ -129,8 +129,7 @@ class State:
         additions. True if the epoch turned."""
         if ts < self.epoch_end:
             return False
-        size = self.epoch_seconds
-        epoch = math.floor(ts / size)
+        epoch = self.epoch_of(ts)
         if self.track_delta is None:
             if self.epoch_plays:
                 self._count(self.epoch_plays)
@@ -143,6 +142,13 @@ class State:
                 self.reread(self.epoch, epoch)
         self.set_epoch(epoch)
         return True
+
+    def epoch_of(self, ts: float) -> int:
+        return math.floor(ts / self.epoch_seconds)
+
+    def additions(self) -> list[tuple[float, dict[str, list]]]:
+        """This batch's additions to the track counts, (epoch, additions) in ascending epochs."""
+        return [*self.track_deltas, (self.epoch, self.track_delta)] if self.track_delta is not None else []
 
     def _count(self, additions: dict[str, list]) -> None:
         tracks, shared = self.tracks, self.shared_tracks
@@ -168,13 +174,17 @@ class State:
         self.track_delta = {}
 
 
-def add_counts(into: dict[str, list], delta: dict[str, list]) -> None:
-    """Add track counts (track -> [plays, skips, likes]) into ``into``."""
+def add_counts(into: dict[str, list], delta: dict[str, list], weight: int = 1,
+               only: "set[str] | dict | None" = None) -> None:
+    """Add ``weight`` times track counts (track -> [plays, skips, likes]) into ``into``; with
+    ``only``, of those tracks alone."""
     for t, d in delta.items():
+        if only is not None and t not in only:
+            continue
         rec = into.get(t)
         if rec is None:
-            into[t] = list(d)
+            into[t] = [weight * d[T_N], weight * d[T_K], weight * d[T_LIKES]] if weight != 1 else list(d)
         else:
-            rec[T_N] += d[T_N]
-            rec[T_K] += d[T_K]
-            rec[T_LIKES] += d[T_LIKES]
+            rec[T_N] += weight * d[T_N]
+            rec[T_K] += weight * d[T_K]
+            rec[T_LIKES] += weight * d[T_LIKES]

@@ -94,52 +94,24 @@ class TrackCounts:
     last: dict[str, list] = field(default_factory=dict)
 
 
-class CountsAsOf:
-    """The global track counts as of ``epoch``'s start, from every predict partition's stored
-    parts and additions not committed yet (``extra``: those of the other batches of a running
-    checkpoint); a track's sum is made when it is first read. The stores' ``fetch`` and a predict
-    batch's first read use it; a batch moves its counts on to later epochs itself (``_reread``)."""
-
-    __slots__ = ("terms", "extra", "cache")
-
-    def __init__(self, parts: list[TrackCounts], epoch: int | None, extra: list[dict[str, list]] = ()):
-        terms = []
-        for part in parts:
-            a, b = epoch_weights(epoch, part.epoch)
-            terms += [(part.settled, 1), *([(part.now, a)] if a else ()), *([(part.last, b)] if b else ())]
-        self.terms = [(d, w) for d, w in terms if d]
-        self.extra = [d for d in extra if d]
-        self.cache: dict[str, list | None] = {}
-
-    def get(self, track: str, default=None):
-        try:
-            got = self.cache[track]
-        except KeyError:
-            got = self.cache[track] = self._sum(track)
-        return default if got is None else got
-
-    def _sum(self, track: str) -> list | None:
-        total = None
-        for d, w in self.terms:
-            v = d.get(track)
-            if v is not None:
-                if total is None:
-                    total = [0.0, 0.0, 0.0]
-                total[0] += w * v[0]
-                total[1] += w * v[1]
-                total[2] += w * v[2]
-        for d in self.extra:
-            v = d.get(track)
-            if v is not None:
-                if total is None:
-                    total = [0.0, 0.0, 0.0]
-                total[0] += v[0]
-                total[1] += v[1]
-                total[2] += v[2]
-        return total
-
-    def as_dict(self, tracks: list[str]) -> dict[str, list]:
-        return {t: v for t in tracks if (v := self.get(t)) is not None}
+def counts_as_of(parts: list[TrackCounts], epoch: int | None, tracks: "set[str] | list[str]",
+                 extra: list[dict[str, list]] = ()) -> dict[str, list]:
+    """The global counts of ``tracks`` as of ``epoch``'s start: every predict partition's stored
+    parts (``parts``, read for those tracks), weighted by where the partition is
+    (``epoch_weights``), and additions the store does not hold yet (``extra``: those of the other
+    batches of a running checkpoint)."""
+    out: dict[str, list] = {}
+    for part in parts:
+        a, b = epoch_weights(epoch, part.epoch)
+        add_counts(out, part.settled)
+        if a:
+            add_counts(out, part.now, a)
+        if b:
+            add_counts(out, part.last, b)
+    wanted = tracks if isinstance(tracks, set) else set(tracks)
+    for adds in extra:
+        add_counts(out, adds, only=wanted)
+    return out
 
 
 def epoch_weights(epoch: int | None, stored: int | None) -> tuple[int, int]:
@@ -180,10 +152,10 @@ class PartitionStore(Protocol):
         before ``epoch`` (None: all committed)."""
 
     def track_counts(self, tracks: list[str]) -> list[TrackCounts]:
-        """Every predict partition's stored parts of the counts of ``tracks`` (``CountsAsOf``)."""
+        """Every predict partition's stored parts of the counts of ``tracks`` (``counts_as_of``)."""
 
     def epoch_plays(self, partition: int) -> tuple[int | None, dict[str, list]]:
-        """A predict partition's stored epoch and its additions there (``Changes.epoch_turn``)."""
+        """A predict partition's stored epoch and its additions there (``TrackAdditions.held``)."""
 
     def stage(self, name: str) -> "PartitionStore":
         """The same store for another stage's partitions (its own offsets and state; the same

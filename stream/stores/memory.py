@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 
-from stream.store import Changes, CountsAsOf, TrackCounts, add_counts
+from stream.store import Changes, TrackCounts, add_counts, counts_as_of
 
 
 class MemoryStore:
@@ -58,7 +58,7 @@ class MemoryStore:
             return copy.deepcopy(self.queues.get((partition, source), []))
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
-        counts = CountsAsOf(self.track_counts(tracks), epoch).as_dict(tracks) if tracks else {}
+        counts = counts_as_of(self.track_counts(tracks), epoch, tracks) if tracks else {}
         with self._lock:
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},

@@ -16,9 +16,9 @@ slot (a cluster runs the batch's commit on one node, atomically):
     sc:config                                thresholds, experiment start, counter epochs
 
 Nothing is shared between partitions inside a batch: the global track counts are the sum of
-every predict partition's additions before the reader's epoch (``stream/store.py``; read: three
-HMGETs per predict partition, pipelined), the
-counters the sum of every partition's. Resetting counters bumps their epoch in ``sc:config``
+every predict partition's additions before the reader's epoch (``stream/store.py``; read: one
+call of the read Function per predict partition, pipelined), the counters the sum of every
+partition's. Resetting counters bumps their epoch in ``sc:config``
 (written outside any batch): commits move to the new epoch within a threshold refresh (0.5 s).
 
 The commit is fenced inside the server: a Function (``FUNCTION LOAD``, replicated to replicas)
@@ -35,7 +35,7 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import Changes, CountsAsOf, TrackCounts
+from stream.store import Changes, TrackCounts, counts_as_of
 from models.state import upgrade_user
 
 FUNCTION_LIBRARY = "skipcache_v3"
@@ -186,14 +186,15 @@ class RedisStore:
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
         """Users and sessions of ``partition`` (one MGET in its slot) and the global counts of
-        ``tracks`` before ``epoch`` (``track_counts``, in the same round trip)."""
+        ``tracks`` before ``epoch`` (``track_counts``, a second round trip)."""
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
         if not keys and not tracks:
             return {}, {}, {}
         replies = []
         if keys:
-            with self.r.pipeline(transaction=False) as pipe:  # one slot: a cluster pipeline takes it as one command
-                pipe.execute_command("MGET", *keys)  # (its mget() is refused)
+            # one slot: a cluster pipeline takes it as one command (its mget() is refused)
+            with self.r.pipeline(transaction=False) as pipe:
+                pipe.execute_command("MGET", *keys)
                 replies = pipe.execute()
         loads = orjson.loads
         nu = len(users)
@@ -202,28 +203,35 @@ class RedisStore:
         # stored record comes in, so the engine reads one shape
         out_u = {u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None}
         out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
-        out_t = CountsAsOf(self.track_counts(tracks), epoch).as_dict(tracks) if tracks else {}
+        out_t = counts_as_of(self.track_counts(tracks), epoch, tracks) if tracks else {}
         return out_u, out_s, out_t
 
     def track_counts(self, tracks):
         """Every predict partition's settled, stored epoch's and previous epoch's counts of
         ``tracks``: one call of the read Function per predict partition (the ids sent once, the
-        counts that exist come back), pipelined in one round trip; without Functions, three
-        HMGETs each."""
+        counts that exist come back as (field index, value) pairs), pipelined in one round trip;
+        without Functions, three HMGETs each, read into the same pairs."""
         if not tracks:
             return []
         shared = self._shared
         if shared["functions"] is None:
             shared["functions"] = self._load_function()
-        if not shared["functions"]:
-            with self.r.pipeline(transaction=False) as pipe:
-                fields = self._ask_track_counts(pipe, tracks)
-                return self._track_counts(tracks, fields, pipe.execute())
+        bases = [f"{self.slot(p, 'predict')}:tracks" for p in range(self.partitions["predict"])]
         with self.r.pipeline(transaction=False) as pipe:
-            for p in range(self.partitions["predict"]):
-                base = f"{self.slot(p, 'predict')}:tracks"
-                pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", *tracks)
-            replies = pipe.execute()
+            if shared["functions"]:
+                for base in bases:
+                    pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", *tracks)
+                replies = pipe.execute()
+            else:  # the Function's reply, from three HMGETs a partition
+                fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
+                for base in bases:
+                    pipe.hmget(base, [*fields, "epoch"])
+                    pipe.hmget(f"{base}:now", fields)
+                    pipe.hmget(f"{base}:last", fields)
+                got = pipe.execute()
+                replies = [[got[j].pop(), *([x for i, v in enumerate(values) if v is not None for x in (i + 1, v)]
+                                            for values in got[j:j + 3])]
+                           for j in range(0, len(got), 3)]
         out = []
         for stored, *keys in replies:
             parts = []
@@ -236,35 +244,6 @@ class RedisStore:
                     if rec is None:
                         rec = d[t] = [0.0, 0.0, 0.0]
                     rec[i % 3] = float(hits[j + 1])
-                parts.append(d)
-            out.append(TrackCounts(int(stored) if stored is not None else None, *parts))
-        return out
-
-    def _ask_track_counts(self, pipe, tracks: list[str]) -> list[str]:
-        fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
-        if tracks:
-            for p in range(self.partitions["predict"]):
-                base = f"{self.slot(p, 'predict')}:tracks"
-                pipe.hmget(base, [*fields, "epoch"])
-                pipe.hmget(f"{base}:now", fields)
-                pipe.hmget(f"{base}:last", fields)
-        return fields
-
-    @staticmethod
-    def _track_counts(tracks: list[str], fields: list[str], replies: list) -> list[TrackCounts]:
-        out = []
-        for j in range(0, len(replies), 3):
-            settled, now, last = replies[j:j + 3]
-            stored = settled.pop()
-            parts = []
-            for got in (settled, now, last):
-                d: dict[str, list] = {}
-                for i in [i for i, v in enumerate(got) if v is not None]:  # most fields of most keys are empty
-                    t = tracks[i // 3]
-                    rec = d.get(t)
-                    if rec is None:
-                        rec = d[t] = [0.0, 0.0, 0.0]
-                    rec[i % 3] = float(got[i])
                 parts.append(d)
             out.append(TrackCounts(int(stored) if stored is not None else None, *parts))
         return out

@@ -46,8 +46,7 @@ Redis; tests and the in-memory replay run it inline."""
 Sensor = Callable[[BatchOutput, float], None]
 """Told of every committed batch, with the seconds from the start of the checkpoint."""
 BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
-"""How the worker waits for a dependency that went away (Redis, the broker) between tries."""
-FLUSH_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+"""How the worker waits between tries for a dependency that went away (Redis, the broker; a sink's flush)."""
 
 
 def dead_letter_record(out: BatchOutput, offset: int, reason: str, raw: bytes) -> tuple[None, bytes]:
@@ -185,7 +184,7 @@ class Checkpoint:
                 attempt += 1
                 if self.on_flush_error is not None:
                     self.on_flush_error(exc)
-                await asyncio.sleep(FLUSH_BACKOFF.compute(attempt))
+                await asyncio.sleep(BACKOFF.compute(attempt))
                 continue
             if attempt and self.on_flushed is not None:
                 self.on_flushed()

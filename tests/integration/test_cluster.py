@@ -224,13 +224,16 @@ def test_a_slot_without_a_primary_makes_healthz_name_the_node(servers, live_data
 
 def test_track_counts_read_by_epoch_on_a_server_and_on_a_cluster(servers, cluster):
     """The epoch bookkeeping of the track counts (``tests/stream/test_track_epochs.py``), through
-    the commit Function, on one server and on a cluster (each partition's keys in its slot)."""
+    the commit and read Functions, on one server and on a cluster (each partition's keys in its
+    slot), and through WATCH/MULTI and HMGETs where the server has no Functions."""
     from stream.stores.redis_store import RedisStore
     from tests.stream.test_track_epochs import check_epoch_reads
 
     _, server = servers
-    for url in (f"redis://127.0.0.1:{server.port}/0", cluster.url):
+    single = f"redis://127.0.0.1:{server.port}/0"
+    for url, functions in ((single, None), (cluster.url, None), (single, False)):  # False: as on Redis < 7
         store = RedisStore.from_url(url, prefix=f"ep{os.getpid()}{time.monotonic_ns() % 10**6}", partitions=2)
+        store._shared["functions"] = functions
         try:
             check_epoch_reads(store)
         finally:

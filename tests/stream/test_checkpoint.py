@@ -106,7 +106,7 @@ def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(pa
     predict = worker.stages["predict"]
     errors = []
     predict.checkpoint.on_flush_error = errors.append
-    monkeypatch.setattr("stream.worker.checkpoint.FLUSH_BACKOFF.compute", lambda attempt: 0.0)
+    monkeypatch.setattr("stream.worker.checkpoint.BACKOFF.compute", lambda attempt: 0.0)
     store = worker.store
     committed_at_flush = []
     original = ListSink.flush

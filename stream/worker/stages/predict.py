@@ -45,7 +45,7 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
-from stream.store import Changes, CountsAsOf, PartitionStore, TrackAdditions, add_counts, epoch_weights
+from stream.store import Changes, PartitionStore, TrackAdditions, add_counts, counts_as_of, epoch_weights
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
@@ -257,7 +257,7 @@ class PredictRuntime(PartitionRuntime):
         out.events = len(events)
         st = self.engine.state
         start = max(self.clock, events[0].ts) if events else self.clock
-        epoch = math.floor(start / st.epoch_seconds) if math.isfinite(start) else None
+        epoch = st.epoch_of(start) if math.isfinite(start) else None
         if epoch is not None:
             yield epoch
             st.set_epoch(epoch)
@@ -314,8 +314,7 @@ class PredictRuntime(PartitionRuntime):
             if queued := sorted(src for src, q in self.forwarded.items() if q):
                 state["forwarded"] = queued
             push, drop = queue_changes(self._pushed, self._dropped, self._stored)
-        by_epoch = [(e, adds) for e, d in [*st.track_deltas, (st.epoch, st.track_delta)]
-                    if (adds := {t: c for t, c in d.items() if any(c)})]
+        by_epoch = [(e, adds) for e, d in st.additions() if (adds := {t: c for t, c in d.items() if any(c)})]
         self._tracks = TrackAdditions(self.track_epoch, self.epoch_plays, by_epoch) if by_epoch else None
         out.changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
@@ -533,7 +532,6 @@ class PredictRuntime(PartitionRuntime):
         """Users and sessions the partition has not in memory yet; the global counts of every
         track the batch can read, as of the start of its ``epoch``."""
         st = self.engine.state
-        st.tracks.clear()
         # sessions the session-gap rule ends during this batch: their users may not be in it
         gapped = self.engine.due(max(e.ts for e in events)) if events else []
         batch_users = {e.user_id for e in events} | {u for u, _ in gapped}
@@ -556,21 +554,17 @@ class PredictRuntime(PartitionRuntime):
                     tracks.add(rec[S_PENDING_TRACK])
         self._parts = self.store.track_counts(list(tracks)) if tracks else []
         self._tracks_of = tracks
-        st.tracks = CountsAsOf(self._parts, epoch, self._additions(-math.inf, epoch)).as_dict(tracks) \
+        st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
             if tracks and epoch is not None else {}
 
     def _additions(self, start: float, end: int, own: bool = False) -> list[dict[str, list]]:
         """The additions to the track counts in epochs ``start`` <= e < ``end`` that the store does
         not hold yet: the other batches' of the running checkpoint (``peers``), which have applied
         their events of those epochs already (``checkpoint.py``), and with ``own`` this batch's."""
-        out = []
-        for rt in self.peers if own else (peer for peer in self.peers if peer is not self):
-            st = rt.engine.state
-            out += [adds for e, adds in (*st.track_deltas, (st.epoch, st.track_delta)) if start <= e < end and adds]
-        if own and self not in self.peers:
-            st = self.engine.state
-            out += [adds for e, adds in (*st.track_deltas, (st.epoch, st.track_delta)) if start <= e < end and adds]
-        return out
+        runtimes = [rt for rt in self.peers if rt is not self]
+        if own:
+            runtimes.append(self)
+        return [adds for rt in runtimes for e, adds in rt.engine.state.additions() if start <= e < end and adds]
 
     def _reread(self, old: int, new: int) -> None:
         """Move the batch's track counts on from epoch ``old``'s start to ``new``'s: add every
@@ -579,24 +573,14 @@ class PredictRuntime(PartitionRuntime):
         counts, tracks = self.engine.state.tracks, self._tracks_of
         if not tracks:
             return
-        moves = []
         for part in self._parts:
             (a0, b0), (a1, b1) = epoch_weights(old, part.epoch), epoch_weights(new, part.epoch)
             if a1 != a0:
-                moves.append((part.now, a1 - a0))
+                add_counts(counts, part.now, a1 - a0)
             if b1 != b0:
-                moves.append((part.last, b1 - b0))
-        moves += [(adds, 1) for adds in self._additions(old, new, own=True)]
-        for adds, w in moves:
-            for t, d in adds.items():
-                if t in tracks:
-                    rec = counts.get(t)
-                    if rec is None:
-                        counts[t] = [w * d[0], w * d[1], w * d[2]]
-                    else:
-                        rec[0] += w * d[0]
-                        rec[1] += w * d[1]
-                        rec[2] += w * d[2]
+                add_counts(counts, part.last, b1 - b0)
+        for adds in self._additions(old, new, own=True):
+            add_counts(counts, adds, only=tracks)
 
 
 _MERGE_RANK = {**TIE_RANK, SESSION_END: 3}
