@@ -16,12 +16,22 @@ from kafka.partitioner.default import murmur2
 from stream.sinks.sink import Record, Sink
 
 
+MAX_BATCH_BYTES = 1_000_000
+"""One produce batch per partition per flush, up to this (aiokafka's default, 16 KiB, split a
+checkpoint's entries into hundreds of batches, each built and sent on the event loop); under
+Kafka's default ``message.max.bytes`` (1 MiB) and the consumers' 1 MiB per-partition fetch."""
+KEY_CACHE = 200_000
+"""Keys whose partition is remembered (murmur2 in Python was 5% of the event loop's time); a
+track or user key repeats across batches, so a bounded dict answers most."""
+
+
 class SharedProducer:
     def __init__(self, bootstrap_servers: str, **config):
         self.bootstrap_servers = bootstrap_servers
-        self.config = {"acks": "all", "linger_ms": 5, **config}
+        self.config = {"acks": "all", "linger_ms": 5, "max_batch_size": MAX_BATCH_BYTES, **config}
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
+        self._key_partition: dict[str, dict[bytes, int]] = {}
         self._round_robin = itertools.count()
         self._starting: asyncio.Lock | None = None  # made in the loop that first needs it
 
@@ -57,11 +67,19 @@ class SharedProducer:
         producer = await self.get()
         parts = await self.partitions(topic)
         n = len(parts)
+        cache = self._key_partition.setdefault(topic, {})
         builders: dict[int, object] = {}
         pending = []
         for key, value, p in records:
             if p is None:
-                p = parts[(murmur2(key) & 0x7FFFFFFF) % n] if key is not None else parts[next(self._round_robin) % n]
+                if key is None:
+                    p = parts[next(self._round_robin) % n]
+                else:
+                    p = cache.get(key)
+                    if p is None:
+                        if len(cache) >= KEY_CACHE:
+                            cache.clear()
+                        p = cache[key] = parts[(murmur2(key) & 0x7FFFFFFF) % n]
             builder = builders.get(p)
             if builder is None:
                 builder = builders[p] = producer.create_batch()

@@ -208,6 +208,56 @@ def test_sinks_flushing_together_start_one_shared_producer(monkeypatch):
     assert len(started) == 1 and all(p is started[0] for p in got)
 
 
+def test_a_flush_sends_one_batch_per_partition_to_the_default_partitioners_choice(monkeypatch):
+    """aiokafka's 16 KiB default batch split a checkpoint's entries into hundreds of batches; keys
+    keep Kafka's murmur2 partition whether their partition is remembered or not."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from kafka.partitioner.default import murmur2
+
+    import stream.sinks.kafka_topic as kafka_topic
+
+    sent = []
+
+    class Keys:  # aiokafka's real batch (its real size limit), remembering the keys appended
+        def __init__(self, batch):
+            self.batch, self.keys = batch, []
+
+        def append(self, *, key, value, timestamp):
+            meta = self.batch.append(key=key, value=value, timestamp=timestamp)
+            if meta is not None:  # None: full, the record goes to the next batch
+                self.keys.append(key)
+            return meta
+
+        def record_count(self):
+            return self.batch.record_count()
+
+    class Recording(AIOKafkaProducer):  # no broker
+        async def start(self):
+            pass
+
+        async def partitions_for(self, topic):
+            return {0, 1, 2}
+
+        def create_batch(self):
+            return Keys(super().create_batch())
+
+        async def send_batch(self, batch, topic, *, partition):
+            sent.append((partition, batch.keys))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    monkeypatch.setattr(kafka_topic, "AIOKafkaProducer", Recording)
+    monkeypatch.setattr(kafka_topic, "KEY_CACHE", 50)  # remembered, forgotten, remembered again
+    keys = [f"track-{i % 120}".encode() for i in range(20_000)]
+    asyncio.run(kafka_topic.SharedProducer("127.0.0.1:9").publish("entries", [(k, b"x" * 40, None) for k in keys]))
+    assert sorted(p for p, _ in sent) == [0, 1, 2]  # ~1 MB in all: one batch per partition
+    for p, got in sent:
+        assert got == [k for k in keys if (murmur2(k) & 0x7FFFFFFF) % 3 == p]  # all of them, in order
+
+
 def test_misrouted_events_make_health_degraded_for_a_minute_not_unready():
     h = Health()
     h.redis.ok(), h.kafka.ok()
