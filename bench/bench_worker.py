@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -158,6 +159,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         now = time.perf_counter()
         if applied and first is None:
             first = (now, applied)
+            cpu_first = [cpu_seconds(w.pid) for w in workers]
         if applied >= len(events):
             break
         time.sleep(0.05)
@@ -165,6 +167,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
     while not live_figures(st, store, Catalogue())["warm_caught_up"]:
         time.sleep(0.05)
     warmed = time.perf_counter()
+    cpu = sum(cpu_seconds(w.pid) for w in workers) - sum(cpu_first)
     if spy is not None:
         print_profile(spy, args.profile)
     fig = live_figures(st, store, Catalogue())
@@ -177,6 +180,8 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
     print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
           f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
           f"{fig['warm_late_entries']} entries applied out of event-time order")
+    print(f"  worker CPU (user + system, every process):      {1e6 * cpu / (applied - first[1]):>10.1f} µs per event "
+          f"({cpu / (warmed - first[0]) / args.workers:.0%} of a core per process over the run)")
     print(f"  figures: {fig['predictions']:,} predictions, accuracy {fig['accuracy']:.4f} (majority "
           f"{fig['majority_accuracy']:.4f}), full-play hit ratio {fig['full_play_hit_ratio']:.4f}")
     contract = fig["contract"]
@@ -189,6 +194,13 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         w.terminate()
         w.wait(20)
     return end_to_end
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (Linux ``/proc``): the worker's cost per event,
+    steadier than events/s on a machine whose broker I/O varies from run to run."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batch_figures(port: int) -> str:
