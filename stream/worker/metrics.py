@@ -5,12 +5,50 @@ warm stage (the storage's placement); lag, batch time and latency are labelled b
 accuracy gauge per model and variant shows the last N predictions directly."""
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
+from collections import Counter as Tally, deque
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 
 ROLLING_WINDOW = 1000
+
+
+class BatchHistogram:
+    """A labelled histogram observed a batch at a time: prometheus_client's ``observe`` takes a
+    lock and walks the buckets per value, and a batch of thousands of records' latencies cost
+    the event loop ~2% of the worker's time that way. Exposed as a Prometheus histogram like any
+    other (``_bucket``, ``_count``, ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry):
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = np.asarray(buckets, dtype=float)
+        self._series: dict[str, list] = {}  # label value -> [counts per bucket (+Inf last), sum]
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: str, amounts) -> None:
+        """Every amount in ``amounts`` (seconds) under label ``value``."""
+        a = np.asarray(amounts, dtype=float)
+        counts = np.bincount(np.searchsorted(self.bounds, a, side="left"), minlength=len(self.bounds) + 1)
+        with self._lock:
+            series = self._series.get(value)
+            if series is None:
+                series = self._series[value] = [np.zeros(len(self.bounds) + 1, dtype=np.int64), 0.0]
+            series[0] += counts
+            series[1] += float(a.sum())
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        with self._lock:
+            for value, (counts, total) in self._series.items():
+                cumulative = np.cumsum(counts)
+                family.add_metric([value], [(repr(float(b)), int(c)) for b, c in zip(self.bounds, cumulative)]
+                                  + [("+Inf", int(cumulative[-1]))], total)
+        yield family
 
 
 class WorkerMetrics:
@@ -69,10 +107,10 @@ class WorkerMetrics:
         self.batch_seconds = Histogram("skipcache_batch_processing_seconds", "Time to process and commit one partition batch",
                                        ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                                            2.5, 5), registry=r)
-        self.event_latency = Histogram("skipcache_event_latency_seconds", "From a record's Kafka timestamp to its stage "
-                                       "committing it (predict: the session event; warm: the entries message)",
-                                       ["stage"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-                                       registry=r)
+        self.event_latency = BatchHistogram("skipcache_event_latency_seconds", "From a record's Kafka timestamp to "
+                                            "its stage committing it (predict: the session event; warm: the entries "
+                                            "message)", "stage",
+                                            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), r)
         self.duplicate_entries = Counter("skipcache_duplicate_entries", "Entries the warm stage dropped as already "
                                          "applied (re-sent by a predict batch replayed after a crash)", registry=r)
         self.late_entries = Counter("skipcache_late_entries", "Entries the warm stage applied behind event time "
@@ -137,10 +175,8 @@ class WorkerMetrics:
         def committed(out, seconds: float) -> None:
             self.record_batch(out, models)
             self.batch_seconds.labels(out.stage).observe(seconds)
-            now = time.time()
-            latency = self.event_latency.labels(out.stage)
-            for ts in out.timestamps:
-                latency.observe(max(0.0, now - ts))
+            if out.timestamps:
+                self.event_latency.observe(out.stage, np.maximum(0.0, time.time() - np.asarray(out.timestamps)))
 
         return committed
 
@@ -161,16 +197,15 @@ class WorkerMetrics:
                 self.misrouted.labels(name.split(":", 1)[1]).inc(n)
             else:
                 self.repaired.labels(name).inc(n)
-        for outcome in out.outcomes:
-            variant = outcome.variant
-            model = models.get(variant, variant)
-            self.predictions.labels(model, variant, outcome.cell).inc()
-            win = self._window.get((model, variant))
-            if win is None:
-                win = self._window[(model, variant)] = deque(maxlen=self._window_size)
-            win.append(outcome.correct)
-        for (model, variant), win in self._window.items():
-            if win:
+        if out.outcomes:  # counted once per (variant, outcome) a batch, not once per prediction
+            for (variant, cell), n in Tally((o.variant, o.cell) for o in out.outcomes).items():
+                self.predictions.labels(models.get(variant, variant), variant, cell).inc(n)
+            for variant in {o.variant for o in out.outcomes}:
+                model = models.get(variant, variant)
+                win = self._window.get((model, variant))
+                if win is None:
+                    win = self._window[(model, variant)] = deque(maxlen=self._window_size)
+                win.extend(o.correct for o in out.outcomes if o.variant == variant)
                 self.rolling_accuracy.labels(model, variant).set(sum(win) / len(win))
         effects = out.effects
         if effects is None:

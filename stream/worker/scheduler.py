@@ -27,13 +27,14 @@ rebalance, to be re-read from the stored offsets)."""
 from __future__ import annotations
 
 import bisect
-import heapq
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 log = logging.getLogger("skipcache.scheduler")
 
@@ -63,10 +64,19 @@ class Pending:
 
     def reached(self) -> list[float]:
         """The event time the records have reached at each (a running maximum, so a prefix cut at a
-        time is a bisection)."""
+        time is a bisection). Kept up as records come and go: rebuilt whole, it was the stage's
+        largest cost on the event loop (a held partition's thousands of records per take)."""
         if self._reached is None:
             self._reached = list(itertools.accumulate(self.times, max))
         return self._reached
+
+    def extend(self, times: list[float]) -> None:
+        self.times += times
+        reached = self._reached
+        if reached is not None:
+            running = itertools.accumulate(times, max, initial=reached[-1] if reached else -math.inf)
+            next(running)  # the initial value itself
+            reached += running
 
     def cut(self, horizon: float) -> int:
         """How many records (a prefix) lie at or before ``horizon``: up to the first past it."""
@@ -80,8 +90,12 @@ class Pending:
 
     def drop(self, n: int) -> None:
         del self.records[:n]
+        reached = self._reached
+        if reached is not None and 0 < n < len(reached) and reached[n - 1] <= self.times[n]:
+            del reached[:n]  # nothing dropped is later than what follows: the running maximum holds
+        elif n:
+            self._reached = None
         del self.times[:n]
-        self._reached = None
 
 
 RESEEK_SECONDS = 1.0
@@ -131,8 +145,7 @@ class RunScheduler:
         time_of = self.time_of
         if time_of is not None:
             times = [-math.inf if t is None else t for t in map(time_of, records)]
-            p.times += times
-            p._reached = None
+            p.extend(times)
             if times:
                 p.seen = max(p.seen, max(times))
         p.runs.append((run, len(p.records)))
@@ -211,8 +224,8 @@ class RunScheduler:
                 out[q] = n = max(0, min(cuts[q], budget))
                 budget -= n
             return out
-        merged = heapq.merge(*(have[q].reached()[:cuts[q]] for q in order))
-        last = next(itertools.islice(merged, budget - 1, None), math.inf)
+        reached = np.concatenate([np.asarray(have[q].reached()[:cuts[q]], dtype=float) for q in order])
+        last = float(np.partition(reached, budget - 1)[budget - 1]) if budget <= len(reached) else math.inf
         for q in order:
             out[q] = min(cuts[q], have[q].cut(last))
         if not any(out.values()):  # a budget of records all at one instant: the first partition's

@@ -92,3 +92,27 @@ def test_release_hands_back_the_runs_of_the_partitions_given():
     s.add(1, b, _records(0, [2]))
     assert s.release({1}) == [b] and set(s.pending) == {0}
     assert s.release() == [a] and s.size == 0
+
+
+def test_the_running_maximum_kept_up_as_records_come_and_go_equals_one_computed_afresh():
+    """``Pending.reached`` is extended and cut rather than rebuilt per take; records out of order
+    and without times included."""
+    import itertools
+    import random
+
+    from stream.worker.scheduler import Pending
+
+    rng = random.Random(11)
+    p = Pending()
+    for step in range(400):
+        if rng.random() < 0.6:
+            times = [rng.choice((-math.inf, rng.uniform(0, 1000))) if rng.random() < 0.1 else step + rng.uniform(-5, 5)
+                     for _ in range(rng.randrange(0, 30))]
+            p.records += times
+            p.extend(times)
+        else:
+            p.drop(rng.randrange(0, len(p.records) + 1))
+        if rng.random() < 0.5:
+            assert p.reached() == list(itertools.accumulate(p.times, max))
+            horizon = step + rng.uniform(-10, 10)
+            assert p.cut(horizon) == next((i for i, t in enumerate(p.reached()) if t > horizon), len(p.times))
