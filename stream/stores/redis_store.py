@@ -36,6 +36,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from stream.store import Changes, TrackCounts, counts_as_of
+from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
 FUNCTION_LIBRARY = "skipcache_v3"
@@ -147,11 +148,12 @@ class RedisStore:
             auth = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
             user, _, password = auth.partition(":")
             client = RedisCluster(startup_nodes=nodes, ssl=parts.scheme.startswith("rediss"), username=user or None,
+                                  connection_class=connection_class(parts.scheme),
                                   password=password or None, **options,
                                   **({"require_full_coverage": query["full_coverage"][0] != "no"}
                                      if "full_coverage" in query else {}))
         else:
-            client = redis.Redis.from_url(url, **options)
+            client = redis.Redis.from_url(url, connection_class=connection_class(parts.scheme), **options)
         return cls(client, prefix, ttl_seconds, partitions=partitions, warm_partitions=warm_partitions)
 
     # ---- keys -----------------------------------------------------------------------------------

@@ -224,7 +224,8 @@ class RunScheduler:
                 out[q] = n = max(0, min(cuts[q], budget))
                 budget -= n
             return out
-        reached = np.concatenate([np.asarray(have[q].reached()[:cuts[q]], dtype=float) for q in order])
+        # the budget-th earliest lies within the first budget records of every partition
+        reached = np.concatenate([np.asarray(have[q].reached()[:min(cuts[q], budget)], dtype=float) for q in order])
         last = float(np.partition(reached, budget - 1)[budget - 1]) if budget <= len(reached) else math.inf
         for q in order:
             out[q] = min(cuts[q], have[q].cut(last))
