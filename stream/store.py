@@ -114,6 +114,17 @@ def counts_as_of(parts: list[TrackCounts], epoch: int | None, tracks: "set[str] 
     return out
 
 
+def parts_needed(epochs: tuple[int, int] | None, stored: int | None) -> tuple[bool, bool]:
+    """Whether a reader whose epochs run from ``epochs[0]`` to ``epochs[1]`` (None: everything
+    committed) needs a partition's ``now`` and ``last`` parts: a weight of ``epoch_weights`` other
+    than 0 at some epoch of the range. Level with the partition, a reader needs only the settled
+    counts; the store reads no more (the read was the largest server time of a batch)."""
+    if epochs is None or stored is None:
+        return True, False
+    lo, hi = epochs
+    return hi > stored, lo < stored
+
+
 def epoch_weights(epoch: int | None, stored: int | None) -> tuple[int, int]:
     """A reader at ``epoch`` takes a partition's settled counts plus ``a`` times its stored
     epoch's plus ``b`` times the epoch's before that: ``(a, b)``. Behind the reader (or no epoch
@@ -151,8 +162,10 @@ class PartitionStore(Protocol):
         """The records that exist, by key; tracks: the global counts of the plays resolved
         before ``epoch`` (None: all committed)."""
 
-    def track_counts(self, tracks: list[str]) -> list[TrackCounts]:
-        """Every predict partition's stored parts of the counts of ``tracks`` (``counts_as_of``)."""
+    def track_counts(self, tracks: list[str], epochs: tuple[int, int] | None = None) -> list[TrackCounts]:
+        """Every predict partition's stored parts of the counts of ``tracks`` (``counts_as_of``)
+        that a reader at ``epochs`` (its first and last; None: all committed) needs
+        (``parts_needed``); the others come back empty."""
 
     def epoch_plays(self, partition: int) -> tuple[int | None, dict[str, list]]:
         """A predict partition's stored epoch and its additions there (``TrackAdditions.held``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 
-from stream.store import Changes, TrackCounts, add_counts, counts_as_of
+from stream.store import Changes, TrackCounts, add_counts, counts_as_of, parts_needed
 
 
 class MemoryStore:
@@ -58,17 +58,22 @@ class MemoryStore:
             return copy.deepcopy(self.queues.get((partition, source), []))
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
-        counts = counts_as_of(self.track_counts(tracks), epoch, tracks) if tracks else {}
+        counts = counts_as_of(self.track_counts(tracks, None if epoch is None else (epoch, epoch)), epoch, tracks) \
+            if tracks else {}
         with self._lock:
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
                     counts)
 
-    def track_counts(self, tracks):
+    def track_counts(self, tracks, epochs=None):
         with self._lock:
-            return [TrackCounts(part.epoch, *({t: list(d[t]) for t in tracks if t in d}
-                                              for d in (part.settled, part.now, part.last)))
-                    for part in self.tracks.values()]
+            out = []
+            for part in self.tracks.values():
+                now, last = parts_needed(epochs, part.epoch)
+                out.append(TrackCounts(part.epoch, *({t: list(d[t]) for t in tracks if t in d}
+                                                     for d in (part.settled, part.now if now else {},
+                                                               part.last if last else {}))))
+            return out
 
     def epoch_plays(self, partition):
         with self._lock:

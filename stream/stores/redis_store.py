@@ -35,13 +35,13 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import Changes, TrackCounts, counts_as_of
+from stream.store import Changes, TrackCounts, counts_as_of, parts_needed
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v3"
+FUNCTION_LIBRARY = "skipcache_v4"
 FUNCTION = "skipcache_commit_v3"
-READ_TRACKS = "skipcache_tracks_v1"
+READ_TRACKS = "skipcache_tracks_v2"
 UNPACK_CHUNK = 999
 """Values per call inside a Function (Lua's unpack has a stack limit)."""
 FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
@@ -68,20 +68,29 @@ local function commit(keys, args)
 end
 redis.register_function('{FUNCTION}', commit)
 
--- KEYS: a predict partition's settled, stored epoch's and previous epoch's track counts; ARGV: track
--- ids. Returns the stored epoch, then per key the fields that hold a count, as (index, value) pairs
--- (index 3i-2, 3i-1, 3i: plays, skips, likes of the i-th track): the client sends each id once.
+-- KEYS: a predict partition's settled, stored epoch's and previous epoch's track counts; ARGV: the
+-- reader's first and last epoch ('' '': everything committed), then track ids. Returns the stored
+-- epoch, then per key the fields that hold a count, as (index, value) pairs (index 3i-2, 3i-1, 3i:
+-- plays, skips, likes of the i-th track): the client sends each id once. A key the reader does not
+-- need (stream/store.py parts_needed) is not read: its list comes back empty.
 local function tracks(keys, args)
   local fields = {{}}
-  for i = 1, #args do
-    fields[3 * i - 2] = 'n:' .. args[i]
-    fields[3 * i - 1] = 'k:' .. args[i]
-    fields[3 * i] = 'l:' .. args[i]
+  for i = 3, #args do
+    local t = args[i]
+    fields[#fields + 1] = 'n:' .. t
+    fields[#fields + 1] = 'k:' .. t
+    fields[#fields + 1] = 'l:' .. t
   end
-  local out = {{redis.call('HGET', keys[1], 'epoch')}}
+  local epoch = redis.call('HGET', keys[1], 'epoch')
+  local out = {{epoch}}
+  local stored, first, last = tonumber(epoch), tonumber(args[1]), tonumber(args[2])
+  local want = {{true, true, false}}
+  if stored and first then
+    want = {{true, last > stored, first < stored}}
+  end
   for j = 1, 3 do
     local hits = {{}}
-    for lo = 1, #fields, {UNPACK_CHUNK} do
+    for lo = 1, want[j] and #fields or 0, {UNPACK_CHUNK} do
       local hi = math.min(lo + {UNPACK_CHUNK} - 1, #fields)
       local got = redis.call('HMGET', keys[j], unpack(fields, lo, hi))
       for i = 1, #got do
@@ -205,14 +214,16 @@ class RedisStore:
         # stored record comes in, so the engine reads one shape
         out_u = {u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None}
         out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
-        out_t = counts_as_of(self.track_counts(tracks), epoch, tracks) if tracks else {}
+        out_t = counts_as_of(self.track_counts(tracks, None if epoch is None else (epoch, epoch)), epoch, tracks) \
+            if tracks else {}
         return out_u, out_s, out_t
 
-    def track_counts(self, tracks):
+    def track_counts(self, tracks, epochs=None):
         """Every predict partition's settled, stored epoch's and previous epoch's counts of
-        ``tracks``: one call of the read Function per predict partition (the ids sent once, the
-        counts that exist come back as (field index, value) pairs), pipelined in one round trip;
-        without Functions, three HMGETs each, read into the same pairs."""
+        ``tracks``, those a reader at ``epochs`` needs (``parts_needed``): one call of the read
+        Function per predict partition (the ids sent once, the counts that exist come back as
+        (field index, value) pairs), pipelined in one round trip; without Functions, HMGETs of
+        each part (the stored epoch read with the settled counts), read into the same pairs."""
         if not tracks:
             return []
         shared = self._shared
@@ -221,19 +232,25 @@ class RedisStore:
         bases = [f"{self.slot(p, 'predict')}:tracks" for p in range(self.partitions["predict"])]
         with self.r.pipeline(transaction=False) as pipe:
             if shared["functions"]:
+                lo, hi = ("", "") if epochs is None else epochs
                 for base in bases:
-                    pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", *tracks)
+                    pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", lo, hi,
+                                         *tracks)
                 replies = pipe.execute()
-            else:  # the Function's reply, from three HMGETs a partition
+            else:  # the Function's reply, from HMGETs of every part (the stored epoch decides which count)
                 fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
                 for base in bases:
                     pipe.hmget(base, [*fields, "epoch"])
                     pipe.hmget(f"{base}:now", fields)
                     pipe.hmget(f"{base}:last", fields)
                 got = pipe.execute()
-                replies = [[got[j].pop(), *([x for i, v in enumerate(values) if v is not None for x in (i + 1, v)]
-                                            for values in got[j:j + 3])]
-                           for j in range(0, len(got), 3)]
+                replies = []
+                for j in range(0, len(got), 3):
+                    stored = got[j].pop()
+                    now, last = parts_needed(epochs, int(stored) if stored is not None else None)
+                    replies.append([stored, *([x for i, v in enumerate(values) if v is not None for x in (i + 1, v)]
+                                              if wanted else [] for values, wanted in zip(got[j:j + 3],
+                                                                                          (True, now, last)))])
         out = []
         for stored, *keys in replies:
             parts = []

@@ -4,7 +4,7 @@ what was resolved before E (``stream/store.py``). The same checks run on Redis a
 (``tests/integration/test_cluster.py`` calls ``check_epoch_reads``)."""
 import math
 
-from stream.store import Changes, TrackAdditions, epoch_weights
+from stream.store import Changes, TrackAdditions, counts_as_of, epoch_weights
 from stream.stores.memory import MemoryStore
 from stream.worker.scheduler import RunScheduler
 
@@ -33,6 +33,19 @@ def check_epoch_reads(store) -> None:
     assert store.epoch_plays(0) == (14, {T: [8.0, 0.0, 0.0]})
     assert (read(12), read(13), read(14), read(15)) == (19, 19, 23, 31)
     assert store.fetch(1, [], [], [T], 14)[2] == {T: [23.0, 1.0, 1.0]}  # skips and likes alike
+    # a reader whose epochs run from lo to hi reads only the parts it needs (partition 0 stores
+    # 14, partition 1 11), and at each of its epochs counts what reading every part counts
+    everything = store.track_counts([T], (0, 99))
+    assert [(p.epoch, bool(p.now), bool(p.last)) for p in everything] == [(14, True, True), (11, True, False)]
+    for lo in range(10, 17):
+        for hi in range(lo, 17):
+            parts = store.track_counts([T], (lo, hi))
+            for e in range(lo, hi + 1):
+                assert counts_as_of(parts, e, [T]) == counts_as_of(everything, e, [T]), (lo, hi, e)
+    level, behind = store.track_counts([T], (14, 14))
+    assert ([*map(float, level.settled[T])], level.now, level.last) == ([7.0, 1.0, 1.0], {}, {})  # level: settled alone
+    assert [*map(float, behind.now[T])] == [16.0, 0.0, 0.0]
+    assert [bool(p.last) for p in store.track_counts([T], (13, 13))] == [True, False]  # 0 ahead of 13: less its 13
 
 
 def test_a_reader_takes_what_each_partition_resolved_before_its_epoch():

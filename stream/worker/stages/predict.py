@@ -552,7 +552,9 @@ class PredictRuntime(PartitionRuntime):
                 rec = st.sessions.get((uid, sid))
                 if rec is not None and rec[S_PENDING_TRACK]:
                     tracks.add(rec[S_PENDING_TRACK])
-        self._parts = self.store.track_counts(list(tracks)) if tracks else []
+        # the epochs its events reach: a part of the counts none of them reads is not read
+        epochs = (epoch, max(epoch, st.epoch_of(max(e.ts for e in events)))) if epoch is not None and events else None
+        self._parts = self.store.track_counts(list(tracks), epochs) if tracks else []
         self._tracks_of = tracks
         st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
             if tracks and epoch is not None else {}
