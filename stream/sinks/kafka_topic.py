@@ -28,7 +28,8 @@ track or user key repeats across batches, so a bounded dict answers most."""
 class SharedProducer:
     def __init__(self, bootstrap_servers: str, **config):
         self.bootstrap_servers = bootstrap_servers
-        self.config = {"acks": "all", "linger_ms": 5, "max_batch_size": MAX_BATCH_BYTES, **config}
+        # no linger: a flush hands aiokafka whole batches, which would otherwise wait 5 ms each
+        self.config = {"acks": "all", "linger_ms": 0, "max_batch_size": MAX_BATCH_BYTES, **config}
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._key_partition: dict[str, dict[bytes, int]] = {}
