@@ -9,6 +9,7 @@ Run: python bench/bench_predict_api.py [--users 600] [--callers 200] [--seconds 
 from __future__ import annotations
 
 import argparse
+import shutil
 import asyncio
 import random
 import threading
@@ -202,6 +203,7 @@ def main() -> None:
             worker.terminate()
             worker.wait(20)
         stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

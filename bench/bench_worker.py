@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -117,6 +118,7 @@ def main() -> None:
         latency(args, events, settings_for, work)
     finally:
         stack.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the export, the model, the servers' data: ~100 MB a run
 
 
 def throughput(args, events, settings_for, work: Path, redis_url: str | None = None) -> float:
