@@ -19,7 +19,8 @@ from stream.sinks.sink import Record, Sink
 MAX_BATCH_BYTES = 1_000_000
 """One produce batch per partition per flush, up to this (aiokafka's default, 16 KiB, split a
 checkpoint's entries into hundreds of batches, each built and sent on the event loop); under
-Kafka's default ``message.max.bytes`` (1 MiB) and the consumers' 1 MiB per-partition fetch."""
+Kafka's default ``message.max.bytes`` and a consumer's default per-partition fetch (1 MiB each),
+so the cache-commands topic's own consumers read it as they are."""
 KEY_CACHE = 200_000
 """Keys whose partition is remembered (murmur2 in Python was 5% of the event loop's time); a
 track or user key repeats across batches, so a bounded dict answers most."""
