@@ -33,11 +33,6 @@ from stream.worker.transport import Transport
 log = logging.getLogger("skipcache.worker")
 RUN_BUFFER = 16
 """Runs (not records) an agent's buffer holds before faust pauses the partition."""
-FETCH_BYTES_PER_PARTITION = 4 * 1024 * 1024
-"""A fetch's bytes per partition (faust's default, 1 MiB, is ~4,000 session events): a batch
-takes a partition's records only up to where every partition has reached, so one that came in
-smaller fetches left the others' batches small, or waiting on it. A partition with a batch's
-worth pending is not fetched at all (``transport.Consumer.hold``), which bounds the memory."""
 
 
 def exit_if_shutdown_hangs(app: faust.App, grace: float) -> None:
@@ -71,7 +66,6 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         web_host=settings.web_host,
         web_port=settings.web_port,
         stream_buffer_maxsize=RUN_BUFFER,
-        consumer_max_fetch_size=FETCH_BYTES_PER_PARTITION,
         producer_linger_ms=5,
         table_cleanup_interval=3600,
     )
