@@ -31,8 +31,11 @@ from stream.worker.service import WorkerService
 from stream.worker.transport import Transport
 
 log = logging.getLogger("skipcache.worker")
-RUN_BUFFER = 16
-"""Runs (not records) an agent's buffer holds before faust pauses the partition."""
+RUN_BUFFER = 4
+"""Runs (not records) an agent's buffer holds before faust pauses the partition. Few: each run is
+up to a fetch (~4,000 events), decoded as the agent takes it, and a partition's run queued behind
+many of another's reached the scheduler after its 1 s wait for a partition that sends nothing
+(``scheduler.EPOCH_WAIT_SECONDS``); the scheduler holds what a batch needs besides."""
 
 
 def exit_if_shutdown_hangs(app: faust.App, grace: float) -> None:
