@@ -77,8 +77,6 @@ class WorkerService(Forwarding):
         self._noise_said = time.monotonic()
         self.locks = {"predict": asyncio.Lock(), "warm": asyncio.Lock()}
         """One checkpoint at a time per stage (the agent, the batch-deadline timer, the idle timer)."""
-        self.channels: dict[str, object] = {}
-        """Each agent's buffer of runs faust has delivered and the agent not yet taken."""
         self.schedulers = {
             "predict": RunScheduler(settings.batch_size, settings.batch_within, event_time),
             "warm": RunScheduler(settings.batch_size, settings.batch_within)}
@@ -356,7 +354,6 @@ class WorkerService(Forwarding):
     async def _consume(self, name: str, stream) -> None:
         scheduler = self.schedulers[name]
         runs = stream.noack()
-        self.channels[name] = runs.channel
         async for event in runs.events():
             w = await self.worker()
             stage = w.stages[name]
@@ -420,11 +417,7 @@ class WorkerService(Forwarding):
                     await self.relocate(stage, sorted(stage.runtimes), applied)
                 for run in done:
                     run.ack()
-                # runs waiting in the agent's buffer are taken first: a partition's run stuck
-                # behind a stage that kept applying another's backlog looked silent to the
-                # scheduler, which then passed its day (plays read late)
-                channel = self.channels.get(name)
-                if not scheduler.full() or (channel is not None and not channel.empty()):
+                if not scheduler.full():
                     return
 
     async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
