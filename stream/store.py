@@ -114,6 +114,14 @@ def counts_as_of(parts: list[TrackCounts], epoch: int | None, tracks: "set[str] 
     return out
 
 
+def read_counts_as_of(store: "PartitionStore", tracks: list[str], epoch: int | None) -> dict[str, list]:
+    """The global counts of ``tracks`` as of ``epoch``'s start (None: everything committed), read
+    from ``store`` (``PartitionStore.fetch``'s tracks)."""
+    if not tracks:
+        return {}
+    return counts_as_of(store.track_counts(tracks, None if epoch is None else (epoch, epoch)), epoch, tracks)
+
+
 def parts_needed(epochs: tuple[int, int] | None, stored: int | None) -> tuple[bool, bool]:
     """Whether a reader whose epochs run from ``epochs[0]`` to ``epochs[1]`` (None: everything
     committed) needs a partition's ``now`` and ``last`` parts: a weight of ``epoch_weights`` other

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 
-from stream.store import Changes, TrackCounts, add_counts, counts_as_of, parts_needed
+from stream.store import Changes, TrackCounts, add_counts, parts_needed, read_counts_as_of
 
 
 class MemoryStore:
@@ -58,8 +58,7 @@ class MemoryStore:
             return copy.deepcopy(self.queues.get((partition, source), []))
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
-        counts = counts_as_of(self.track_counts(tracks, None if epoch is None else (epoch, epoch)), epoch, tracks) \
-            if tracks else {}
+        counts = read_counts_as_of(self, tracks, epoch)
         with self._lock:
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},

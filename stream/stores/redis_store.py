@@ -35,7 +35,7 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import Changes, TrackCounts, counts_as_of, parts_needed
+from stream.store import Changes, TrackCounts, parts_needed, read_counts_as_of
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
@@ -214,8 +214,7 @@ class RedisStore:
         # stored record comes in, so the engine reads one shape
         out_u = {u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None}
         out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
-        out_t = counts_as_of(self.track_counts(tracks, None if epoch is None else (epoch, epoch)), epoch, tracks) \
-            if tracks else {}
+        out_t = read_counts_as_of(self, tracks, epoch)
         return out_u, out_s, out_t
 
     def track_counts(self, tracks, epochs=None):

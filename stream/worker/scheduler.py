@@ -42,12 +42,12 @@ log = logging.getLogger("skipcache.scheduler")
 EPOCH_WAIT_SECONDS = 2.0
 """Longest the stage waits at an epoch's end for a partition that has records on the broker and
 has received none (past it, the others go on: its plays of the earlier epoch may then be read
-late by them, which a log line says). A fetch usually comes within tens of milliseconds, but in a
-one-process replay of a full topic, with the stages taking both cores' worth of work, a partition's
-fetch was seen to arrive after 1 s in about half the runs (2,000 users): 1 s then gave up and made
-the figures inexact. A partition silent longer is in a rebalance or a broker fault, and a wait of
-5 s made the warm stage take the waiting partitions for idle during a rebalance (71,314 entries
-applied late); 2 s gave none (bench/RESULTS.md)."""
+late by them, which a log line says). A fetch comes within tens of milliseconds, but in
+one-process replays of a full topic (2,000 users) a fetched run sometimes waited over 1 s in
+faust's drain loop for an agent busy applying the other partition's backlog, and 1 s then gave up
+in about half the runs (the figures inexact). A partition silent longer is in a rebalance or a
+broker fault, and a wait of 5 s made the warm stage take the waiting partitions for idle during a
+rebalance (71,314 entries applied late); 2 s gave none (bench/RESULTS.md)."""
 
 
 @dataclass

@@ -533,7 +533,8 @@ class PredictRuntime(PartitionRuntime):
         track the batch can read, as of the start of its ``epoch``."""
         st = self.engine.state
         # sessions the session-gap rule ends during this batch: their users may not be in it
-        gapped = self.engine.due(max(e.ts for e in events)) if events else []
+        last_ts = max(e.ts for e in events) if events else None
+        gapped = self.engine.due(last_ts) if events else []
         batch_users = {e.user_id for e in events} | {u for u, _ in gapped}
         users = list(batch_users - st.users.keys())
         sessions = list(({(e.user_id, e.session_id) for e in events} | set(gapped)) - st.sessions.keys())
@@ -553,7 +554,7 @@ class PredictRuntime(PartitionRuntime):
                 if rec is not None and rec[S_PENDING_TRACK]:
                     tracks.add(rec[S_PENDING_TRACK])
         # the epochs its events reach: a part of the counts none of them reads is not read
-        epochs = (epoch, max(epoch, st.epoch_of(max(e.ts for e in events)))) if epoch is not None and events else None
+        epochs = (epoch, max(epoch, st.epoch_of(last_ts))) if epoch is not None and events else None
         self._parts = self.store.track_counts(list(tracks), epochs) if tracks else []
         self._tracks_of = tracks
         st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
