@@ -105,7 +105,8 @@ def main() -> None:
             clean_runs(args, events, settings_for, work)
             return
         if not args.skip_throughput:
-            single = throughput(args, events, settings_for, work)
+            single = throughput(args, events, settings_for, work,
+                                servers={"broker (Tansu)": kafka.proc.pid, "Redis-protocol server": redis.proc.pid})
             if args.redis_cluster:
                 from stream.cli.services import start_redis_cluster
 
@@ -121,7 +122,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)  # the export, the model, the servers' data: ~100 MB a run
 
 
-def throughput(args, events, settings_for, work: Path, redis_url: str | None = None) -> float:
+def throughput(args, events, settings_for, work: Path, redis_url: str | None = None,
+               servers: dict[str, int] | None = None) -> float:
     """The topic is full before the worker starts: events/s until both stages applied it all
     (returned). ``redis_url``: the state elsewhere than the benchmark's one server (a cluster)."""
     from models.events import Catalogue
@@ -162,6 +164,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         if applied and first is None:
             first = (now, applied)
             cpu_first = [cpu_seconds(w.pid) for w in workers]
+            servers_first = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
         if applied >= len(events):
             break
         time.sleep(0.05)
@@ -170,6 +173,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         time.sleep(0.05)
     warmed = time.perf_counter()
     cpu = sum(cpu_seconds(w.pid) for w in workers) - sum(cpu_first)
+    servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
     if spy is not None:
         print_profile(spy, args.profile)
     fig = live_figures(st, store, Catalogue())
@@ -184,6 +188,9 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
           f"{fig['warm_late_entries']} entries applied out of event-time order")
     print(f"  worker CPU (user + system, every process):      {1e6 * cpu / (applied - first[1]):>10.1f} µs per event "
           f"({cpu / (warmed - first[0]) / args.workers:.0%} of a core per process over the run)")
+    for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
+        print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
+              f"({seconds / (warmed - first[0]):.0%} of a core)")
     print(f"  figures: {fig['predictions']:,} predictions, accuracy {fig['accuracy']:.4f} (majority "
           f"{fig['majority_accuracy']:.4f}), full-play hit ratio {fig['full_play_hit_ratio']:.4f}")
     contract = fig["contract"]

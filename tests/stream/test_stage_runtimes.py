@@ -48,7 +48,9 @@ class Bus:
     def send(self, records, commit=True):
         """A predict batch: its entries reach the topic; then (unless it crashed) it commits."""
         out = self.predict.process(records)
-        self.topic += [(len(self.topic), value) for sink, _, value, _ in out.publish if sink == "entries"]
+        for sink, _, value, _ in out.publish:
+            if sink == "entries":
+                self.topic.append((len(self.topic), value))
         assert not commit or self.predict.commit(out)
         return out
 
@@ -274,3 +276,54 @@ def test_predictions_asked_together_equal_each_asked_alone(setup):
     assert asyncio.run(ask_all()) == alone
     assert batcher.batches == 1  # all waited together
     batcher.close()
+
+
+def test_a_large_batch_s_entries_go_as_several_messages_the_warm_stage_applies_one_by_one(setup, monkeypatch):
+    """Entries of a big predict batch go as messages of ``ENTRIES_PER_MESSAGE`` (none near
+    Kafka's 1 MiB message limit); each but the last carries the time of its latest entry as its
+    clock, so the warm stage, applying every message as its own batch as soon as it comes, gives
+    the simulation's figures exactly (nothing applied early, nothing late)."""
+    from stream.worker.stages import entry_codec
+
+    ds, art, sim, records = setup
+    monkeypatch.setattr(entry_codec, "ENTRIES_PER_MESSAGE", 250)
+    monkeypatch.setattr(entry_codec.encode_batch, "__defaults__", (None, 250))
+    bus = Bus(ds, art)
+    messages = 0
+    for i in range(0, len(records), 3000):
+        out = bus.send(records[i:i + 3000])
+        messages += sum(1 for sink, *_ in out.publish if sink == "entries")
+        while bus.warm.next_offset < len(bus.topic):  # one message per warm batch
+            rest = bus.topic[bus.warm.next_offset:bus.warm.next_offset + 1]
+            applied = bus.warm.process(rest)
+            assert applied.late_entries == 0 and not applied.dead_letters
+            assert bus.warm.commit(applied)
+    assert messages > 3 * (len(records) // 3000)  # every batch went as several messages
+    fig = bus.figures(ds)
+    _assert_same(fig, sim)
+    assert fig["warm_caught_up"]
+
+
+def test_chunked_entries_keep_each_event_whole_and_clocks_below_what_follows():
+    from stream.worker.stages.entry_codec import encode_batch
+
+    entries, origins = [], []
+    for seq in range(400):  # an event's entries share its sequence; some at one instant
+        t = 1.7e9 + seq // 3
+        for kind in ("p", "u") if seq % 2 else ("p",):
+            entries.append([seq, kind, t])
+            origins.append(-1 if seq % 5 else 1)
+    values = encode_batch(0, 1.7e9 + 500, entries, origins, limit=50)
+    assert len(values) > 5
+    seen, clock_before = [], -1.0
+    for value in values:
+        msg = orjson.loads(value)
+        assert all(e[2] <= msg["t"] for e in msg["e"]) and all(e[2] > clock_before for e in msg["e"])
+        assert len(msg["e"]) <= 55  # the limit, plus at most the rest of one instant (3 events)
+        if seen:
+            assert (msg["e"][0][0], msg["o"][0]) != (seen[-1][0][0], seen[-1][1])
+        seen += list(zip(msg["e"], msg["o"]))
+        clock_before = msg["t"]
+    assert [e for e, _ in seen] == entries and [o for _, o in seen] == origins
+    assert encode_batch(0, 1.7e9 + 500, entries[:40], origins[:40], limit=50) == [
+        orjson.dumps({"v": 1, "src": 0, "t": 1.7e9 + 500, "e": entries[:40], "o": origins[:40]})]

@@ -35,14 +35,41 @@ VERSION = 1
 _LENGTH = {PLAY: 8, UPCOMING: 6, RESOLVED: 8}
 _VARIANTS = ("A", "B", None)
 MAX_ENTRIES = 200_000
-"""Entries one message may carry: a predict batch (SKIPCACHE_BATCH_SIZE events) makes at most
-three per event."""
+"""Entries one message may carry (a message with more is rejected)."""
+ENTRIES_PER_MESSAGE = 8_000
+"""Entries the predict stage puts in one message (~600 KB): a batch's entries for a warm partition
+go as several messages past it, so none nears Kafka's default ``message.max.bytes`` (1 MiB)
+whatever SKIPCACHE_BATCH_SIZE is."""
 
 
 def encode(source_partition: int, clock: float, entries: list[tuple], origins: list[int] | None = None) -> bytes:
     if origins is None:
         return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries})
     return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries, "o": origins})
+
+
+def encode_batch(source_partition: int, clock: float, entries: list[tuple], origins: list[int] | None = None,
+                 limit: int = ENTRIES_PER_MESSAGE) -> list[bytes]:
+    """A batch's entries for one warm partition as messages of ``limit`` entries (one, if they
+    fit; a message grows past it only while no entry can end it). A message but the last says, as its clock, the time of its latest entry: the
+    warm stage may apply up to there before the next arrives, so a message ends only where every
+    entry after it is later than every entry in it, and never inside one event's entries (they
+    share a sequence, which the warm stage's duplicate filter reads per message)."""
+    n = len(entries)
+    if n <= limit:
+        return [encode(source_partition, clock, entries, origins)]
+    later = [math.inf] * (n + 1)  # the earliest time from each entry on
+    for i in range(n - 1, -1, -1):
+        later[i] = min(entries[i][2], later[i + 1])
+    out, start, latest = [], 0, -math.inf
+    for i in range(n):
+        if i - start >= limit and latest < later[i] and (
+                entries[i][0] != entries[i - 1][0] or origins is not None and origins[i] != origins[i - 1]):
+            out.append(encode(source_partition, latest, entries[start:i], origins[start:i] if origins else None))
+            start = i
+        latest = max(latest, entries[i][2])
+    out.append(encode(source_partition, clock, entries[start:], origins[start:] if origins else None))
+    return out
 
 
 def stream_of(source: int, origin: int | None, sources: int) -> int:

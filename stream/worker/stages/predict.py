@@ -43,7 +43,7 @@ from models.replay import TIE_RANK
 from models.state import S_PENDING_TRACK, State, U_SESSION
 
 from stream.worker.stages import route_codec
-from stream.worker.stages.entry_codec import encode
+from stream.worker.stages.entry_codec import encode, encode_batch
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
 from stream.store import Changes, PartitionStore, TrackAdditions, add_counts, counts_as_of, epoch_weights
 
@@ -275,7 +275,8 @@ class PredictRuntime(PartitionRuntime):
                 origins = None
                 if forwarded:  # forwarded events' entries keep their place; their origins go beside
                     to_q, origins = _unpack(to_q)
-                out.publish.append(("entries", None, encode(self.partition, clock, to_q, origins), q))
+                for value in encode_batch(self.partition, clock, to_q, origins):
+                    out.publish.append(("entries", None, value, q))
                 if origins is None:
                     if to_q:
                         sent[q] = to_q[-1][0]
