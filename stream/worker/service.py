@@ -84,6 +84,8 @@ class WorkerService(Forwarding):
         self._at: dict[str, tuple[int, int]] = {}  # stage -> (partition, offset) its agent works on
         self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
+        self.channels: dict[str, object] = {}
+        """Stage -> faust's buffer of runs its agent has not taken yet."""
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
         self.init_forwarding()
 
@@ -354,6 +356,7 @@ class WorkerService(Forwarding):
     async def _consume(self, name: str, stream) -> None:
         scheduler = self.schedulers[name]
         runs = stream.noack()
+        self.channels[name] = runs.channel
         async for event in runs.events():
             w = await self.worker()
             stage = w.stages[name]
@@ -502,12 +505,17 @@ class WorkerService(Forwarding):
 
     async def cut_overdue_batches(self) -> None:
         """Timer: a batch whose oldest record waited ``SKIPCACHE_BATCH_WITHIN`` is cut now (not
-        waiting for a partition that sends nothing). The batch runs as its own task, so the
+        waiting for a partition that sends nothing), unless the stage's agent has runs in faust's
+        buffer still to take (a partition behind may be among them). The batch runs as its own task, so the
         timer itself returns at once (faust warns about a timer that overlaps its interval)."""
         if self.built is None:
             return
         now = time.monotonic()
         for name, scheduler in self.schedulers.items():
+            channel = self.channels.get(name)
+            if channel is not None and not channel.empty():
+                continue  # the agent has runs to take: it cuts when through them (a forced cut now, in a
+                # backlog, was a batch of a few records to an epoch's end: a third of the checkpoints)
             if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
                 self.spawn(name, lambda name=name: self.drain(name, force=True))
 
