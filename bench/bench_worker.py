@@ -5,7 +5,7 @@ partitions): its rate counts until the predict stage applied every event, and, e
 the warm stage applied every entry of every predict batch.
 
 Targets (issues 4 and 11): >= 10,000 events/s per worker process; aim for 20,000.
-Run: python bench/bench_worker.py [--users 800] [--workers 2]"""
+Run: python bench/bench_worker.py [--users 800] [--workers 2] (KEEP_WORK=1 keeps the work folder: the workers' logs)"""
 from __future__ import annotations
 
 import argparse
@@ -119,7 +119,10 @@ def main() -> None:
         latency(args, events, settings_for, work)
     finally:
         stack.stop()
-        shutil.rmtree(work, ignore_errors=True)  # the export, the model, the servers' data: ~100 MB a run
+        if os.environ.get("KEEP_WORK"):  # the workers' logs, for a look afterwards
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)  # the export, the model, the servers' data: ~100 MB a run
 
 
 def throughput(args, events, settings_for, work: Path, redis_url: str | None = None,
