@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import threading
 import time
 import uuid
@@ -151,61 +152,67 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         print(f"a do-nothing faust agent, batch delivery (runs):  {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
     store = build_store(st)
     workers, ports = [], []
-    for i in range(args.workers):
-        port = free_port()
-        ports.append(port)
-        w = start_worker({**env, "SKIPCACHE_WEB_PORT": str(port)}, work / f"worker-throughput-{i}.log")
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=w)
-        workers.append(w)
-    if args.workers > 1:
-        time.sleep(8)  # wait for the group to settle with every member before measuring
-    spy = start_profile(workers[0].pid, args.profile) if args.profile else None
-    first = None
-    while True:
-        applied = store.offset(0) + store.offset(1)
-        now = time.perf_counter()
-        if applied and first is None:
-            first = (now, applied)
-            cpu_first = [cpu_seconds(w.pid) for w in workers]
-            servers_first = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
-        if applied >= len(events):
-            break
-        time.sleep(0.05)
-    predicted = now
-    while not live_figures(st, store, Catalogue())["warm_caught_up"]:
-        time.sleep(0.05)
-    warmed = time.perf_counter()
-    cpu = sum(cpu_seconds(w.pid) for w in workers) - sum(cpu_first)
-    servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
-    if spy is not None:
-        print_profile(spy, args.profile)
-    fig = live_figures(st, store, Catalogue())
-    rate = (applied - first[1]) / (predicted - first[0])
-    end_to_end = (applied - first[1]) / (warmed - first[0])
-    print(f"skipcache worker, {args.workers} process(es), batch {st.batch_size}, both stages:")
-    print(f"  predict stage applied every event:              {rate:>10,.0f} events/s  ({rate / raw:.3f}x raw consume)")
-    print(f"  warm stage applied every entry (end to end):    {end_to_end:>10,.0f} events/s  "
-          f"({end_to_end / raw:.3f}x raw consume; the warm stage finished {warmed - predicted:.1f} s after predict)")
-    print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
-          f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
-          f"{fig['warm_late_entries']} entries applied out of event-time order")
-    print(f"  worker CPU (user + system, every process):      {1e6 * cpu / (applied - first[1]):>10.1f} µs per event "
-          f"({cpu / (warmed - first[0]) / args.workers:.0%} of a core per process over the run)")
-    for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
-        print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
-              f"({seconds / (warmed - first[0]):.0%} of a core)")
-    print(f"  figures: {fig['predictions']:,} predictions, accuracy {fig['accuracy']:.4f} (majority "
-          f"{fig['majority_accuracy']:.4f}), full-play hit ratio {fig['full_play_hit_ratio']:.4f}")
-    contract = fig["contract"]
-    if contract.get("misrouted:wrong_partition"):
-        print(f"  forwarded to their users' partitions:           {int(contract['misrouted:wrong_partition']):>10,} events "
-              f"({int(contract.get('repartitioned', 0)):,} applied there, "
-              f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
-    print(f"  batches (per partition, /metrics of the first worker): {batch_figures(ports[0])}")
-    for w in workers:
-        w.terminate()
-        w.wait(20)
-    return end_to_end
+    try:
+        for i in range(args.workers):
+            port = free_port()
+            ports.append(port)
+            w = start_worker({**env, "SKIPCACHE_WEB_PORT": str(port)}, work / f"worker-throughput-{i}.log")
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc=w)
+            workers.append(w)
+        if args.workers > 1:
+            time.sleep(8)  # wait for the group to settle with every member before measuring
+        spy = start_profile(workers[0].pid, args.profile) if args.profile else None
+        first = None
+        while True:
+            applied = store.offset(0) + store.offset(1)
+            now = time.perf_counter()
+            if applied and first is None:
+                first = (now, applied)
+                cpu_first = [cpu_seconds(w.pid) for w in workers]
+                servers_first = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
+            if applied >= len(events):
+                break
+            time.sleep(0.05)
+        predicted = now
+        while not live_figures(st, store, Catalogue())["warm_caught_up"]:
+            time.sleep(0.05)
+        warmed = time.perf_counter()
+        cpu = sum(cpu_seconds(w.pid) for w in workers) - sum(cpu_first)
+        servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
+        if spy is not None:
+            print_profile(spy, args.profile)
+        fig = live_figures(st, store, Catalogue())
+        rate = (applied - first[1]) / (predicted - first[0])
+        end_to_end = (applied - first[1]) / (warmed - first[0])
+        print(f"skipcache worker, {args.workers} process(es), batch {st.batch_size}, both stages:")
+        print(f"  predict stage applied every event:              {rate:>10,.0f} events/s  ({rate / raw:.3f}x raw consume)")
+        print(f"  warm stage applied every entry (end to end):    {end_to_end:>10,.0f} events/s  "
+              f"({end_to_end / raw:.3f}x raw consume; the warm stage finished {warmed - predicted:.1f} s after predict)")
+        print(f"  per process:                                    {end_to_end / args.workers:>10,.0f} events/s; "
+              f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
+              f"{fig['warm_late_entries']} entries applied out of event-time order")
+        print(f"  worker CPU (user + system, every process):      {1e6 * cpu / (applied - first[1]):>10.1f} µs per event "
+              f"({cpu / (warmed - first[0]) / args.workers:.0%} of a core per process over the run)")
+        for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
+            print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
+                  f"({seconds / (warmed - first[0]):.0%} of a core)")
+        print(f"  figures: {fig['predictions']:,} predictions, accuracy {fig['accuracy']:.4f} (majority "
+              f"{fig['majority_accuracy']:.4f}), full-play hit ratio {fig['full_play_hit_ratio']:.4f}")
+        contract = fig["contract"]
+        if contract.get("misrouted:wrong_partition"):
+            print(f"  forwarded to their users' partitions:           {int(contract['misrouted:wrong_partition']):>10,} events "
+                  f"({int(contract.get('repartitioned', 0)):,} applied there, "
+                  f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
+        print(f"  batches (per partition, /metrics of the first worker): {batch_figures(ports[0])}")
+        for w in workers:
+            w.terminate()
+            w.wait(20)
+        return end_to_end
+    finally:  # a benchmark that fails midway leaves no worker running
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -293,8 +300,8 @@ def simulated(work: Path, events, st) -> dict:
 
 
 def start_profile(pid: int, out: Path):
-    import subprocess
-
+    if shutil.which("py-spy") is None:
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--gil",
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -339,47 +346,53 @@ def latency(args, events, settings_for, work: Path) -> None:
     extra = {"SKIPCACHE_FETCH_MAX_WAIT_MS": args.latency_fetch_wait} if args.latency_fetch_wait else {}
     st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN=args.latency_within, **extra)
     worker = start_worker(env, work / "worker-latency.log")
-    wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=worker)
-    time.sleep(3)
-    sent_at: dict[float, float] = {}
-    latencies: list[float] = []
-    stop = threading.Event()
+    try:
+        wait_http(f"http://127.0.0.1:{st.web_port}/healthz", proc=worker)
+        time.sleep(3)
+        sent_at: dict[float, float] = {}
+        latencies: list[float] = []
+        stop = threading.Event()
 
-    def consume() -> None:
-        consumer = KafkaConsumer(st.topic_commands, bootstrap_servers=st.kafka_bootstrap,
-                                 auto_offset_reset="earliest", fetch_max_wait_ms=10)
-        while not stop.is_set():
-            for records in consumer.poll(timeout_ms=100).values():
-                arrived = time.perf_counter()
-                for m in records:
-                    d = orjson.loads(m.value)
-                    t = sent_at.get(d["time"])
-                    if t is not None and d["reason"] == "upcoming":
-                        latencies.append(arrived - t)
-        consumer.close()
+        def consume() -> None:
+            consumer = KafkaConsumer(st.topic_commands, bootstrap_servers=st.kafka_bootstrap,
+                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
+            while not stop.is_set():
+                for records in consumer.poll(timeout_ms=100).values():
+                    arrived = time.perf_counter()
+                    for m in records:
+                        d = orjson.loads(m.value)
+                        t = sent_at.get(d["time"])
+                        if t is not None and d["reason"] == "upcoming":
+                            latencies.append(arrived - t)
+            consumer.close()
 
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
-    producer = make_producer(st.kafka_bootstrap)
-    n = int(2000 * args.latency_seconds)
-    start = time.perf_counter()
-    for i, e in enumerate(events[:n]):
-        due = start + i / 2000.0
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        sent_at.setdefault(e.ts, time.perf_counter())
-        producer.send(st.topic_sessions, key=user_key(e.user_id), value=orjson.dumps(e.to_json()))
-        if i % 200 == 0:
-            producer.flush()
-    producer.flush()
-    achieved = n / (time.perf_counter() - start)
-    time.sleep(3)
-    stop.set()
-    thread.join()
-    stages = stage_latencies(f"http://127.0.0.1:{st.web_port}/metrics")
-    worker.terminate()
-    worker.wait(20)
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        producer = make_producer(st.kafka_bootstrap)
+        n = int(2000 * args.latency_seconds)
+        start = time.perf_counter()
+        for i, e in enumerate(events[:n]):
+            due = start + i / 2000.0
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent_at.setdefault(e.ts, time.perf_counter())
+            producer.send(st.topic_sessions, key=user_key(e.user_id), value=orjson.dumps(e.to_json()))
+            if i % 200 == 0:
+                producer.flush()
+        producer.flush()
+        achieved = n / (time.perf_counter() - start)
+        time.sleep(3)
+        stop.set()
+        thread.join()
+        stages = stage_latencies(f"http://127.0.0.1:{st.web_port}/metrics")
+    finally:  # stopped whatever happened (a failure midway leaves no worker running)
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
     q = statistics.quantiles(latencies, n=100)
     print(f"end-to-end latency, produce -> cache command consumed, at {achieved:,.0f} events/s "
           f"({len(latencies):,} decisions, batch within {st.batch_within} s, fetch wait {st.fetch_max_wait_ms} ms): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
