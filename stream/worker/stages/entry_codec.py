@@ -1,6 +1,7 @@
 """The wire form of the predict stage's entries (``cache_warmer/entries.py``): one Kafka message
 per (predict batch, warm partition), so the warm stage pays Kafka's and Faust's per-message cost
-once per batch rather than once per play.
+once per batch rather than once per play; a large batch's go as several (``encode_batch``), each
+well under Kafka's default 1 MiB message limit.
 
     {"v": 1, "src": <sessions partition>, "t": <event time of its batch's last event>,
      "e": [[seq, kind, ...], ...], "o": [<origin of each entry, -1: src>, ...] (only if any)}
