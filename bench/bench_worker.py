@@ -178,6 +178,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
             time.sleep(0.05)
         warmed = time.perf_counter()
         cpu = sum(cpu_seconds(w.pid) for w in workers) - sum(cpu_first)
+        peak = max(peak_rss(w.pid) for w in workers)
         servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
         if spy is not None:
             print_profile(spy, args.profile)
@@ -193,6 +194,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
               f"{fig['warm_late_entries']} entries applied out of event-time order")
         print(f"  worker CPU (user + system, every process):      {1e6 * cpu / (applied - first[1]):>10.1f} µs per event "
               f"({cpu / (warmed - first[0]) / args.workers:.0%} of a core per process over the run)")
+        print(f"  worker peak memory (VmHWM, largest process):    {peak / 2**20:>10,.0f} MiB")
         for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
             print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
                   f"({seconds / (warmed - first[0]):.0%} of a core)")
@@ -220,6 +222,14 @@ def cpu_seconds(pid: int) -> float:
     steadier than events/s on a machine whose broker I/O varies from run to run."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory in bytes (Linux ``/proc``: VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def batch_figures(port: int) -> str:
