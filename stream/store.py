@@ -145,6 +145,18 @@ def epoch_weights(epoch: int | None, stored: int | None) -> tuple[int, int]:
     return (0, 0) if stored == epoch else (0, -1)
 
 
+class StateMoved(Exception):
+    """A partition's offset in the store is not the one its runtime applied to: the store's state
+    went back (a failover lost acknowledged writes, a restore) or another worker moved it, so what
+    a batch just read from it may not match what the runtime holds. The batch is dropped before
+    anything of it is sent; the worker re-reads the partition (as after a fenced commit)."""
+
+    def __init__(self, stage: str, partition: int, stored: int | None, applied: int):
+        super().__init__(f"{stage} partition {partition}: the store holds offset {stored}, the runtime applied up "
+                         f"to {applied}")
+        self.stage, self.partition, self.stored, self.applied = stage, partition, stored, applied
+
+
 class PartitionStore(Protocol):
     """The state of each Kafka partition and the offset it has reached."""
 

@@ -35,7 +35,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from stream.worker.stages.partition import BatchOutput, PartitionRuntime
 from stream.sinks import Sink
-from stream.store import Changes
+from stream.store import Changes, StateMoved
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def dead_letter_record(out: BatchOutput, offset: int, reason: str, raw: bytes) -
                                **({"error": error} if error else {}), "raw": raw[:4096].decode("utf-8", "replace")})
 
 
-TRANSIENT: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException)
+TRANSIENT: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, StateMoved)
 """Errors of a dependency, not of the records: they go to the worker's recovery (wait, re-read,
 seek), never to the dead letters. A cluster's ``SlotNotCoveredError`` (a primary gone, its
 replica not promoted yet) is not a ``RedisError``."""

@@ -31,6 +31,7 @@ from faust.types import TP
 from models.events import Event
 from stream.bootstrap import Stage, Worker
 from stream.settings import Settings
+from stream.store import StateMoved
 from stream.worker.checkpoint import BACKOFF, TRANSIENT, PartitionStopped
 from stream.worker.health import Dependency, Health
 from stream.worker.log_noise import ClientNoise
@@ -414,9 +415,12 @@ class WorkerService(Forwarding):
                     await self.apply(stage, work, lagging)
                 except TRANSIENT as exc:
                     # the batch may or may not have been committed: Redis's offset will tell
-                    self.redis_failed(exc)
                     applied = {p: rt.next_offset for p, rt in stage.runtimes.items()}
-                    await self.wait_for_redis()
+                    if isinstance(exc, StateMoved):  # Redis answers, with an offset not the runtime's
+                        log.warning("%s; re-reading the stage's partitions before sending anything of the batch", exc)
+                    else:
+                        self.redis_failed(exc)
+                        await self.wait_for_redis()
                     await self.relocate(stage, sorted(stage.runtimes), applied)
                 for run in done:
                     run.ack()

@@ -14,7 +14,7 @@ from stream.kafka_io import partition_of, track_partition_of
 from stream.cli.jobs import live_figures, load_replay, train_model
 from stream.settings import Settings
 from stream.sinks import ListSink
-from stream.store import Changes
+from stream.store import Changes, StateMoved
 from stream.stores.memory import MemoryStore
 from stream.worker.in_memory import list_sinks, partition_records, replay_in_memory
 
@@ -130,8 +130,20 @@ def test_a_fenced_partition_is_reported_not_committed(parts):
     records = partition_records(events[:600], 1)[0]
     predict = worker.stages["predict"]
     rt = predict.runtime(0)
-    # another worker moved the partition on meanwhile
-    assert worker.store.commit(0, 0, 5, Changes())
+    entries = predict.checkpoint.sinks["entries"]
+
+    class Moving(ListSink):  # another worker moves the partition on while the batch is flushed
+        async def flush(self):
+            await super().flush()
+            assert worker.store.commit(0, 0, 5, Changes())
+
+    predict.checkpoint.sinks["entries"] = Moving("entries")
     result = asyncio.run(predict.checkpoint.run([(rt, records)]))
     assert not result.committed and [o.partition for o in result.fenced] == [0]
-    assert worker.store.offset(0) == 5
+    assert worker.store.offset(0) == 5 and rt.next_offset == 5  # reloaded
+    # moved before the batch reads the store: refused before anything of it is sent
+    predict.checkpoint.sinks["entries"] = entries
+    assert worker.store.commit(0, 5, 9, Changes())
+    with pytest.raises(StateMoved):
+        asyncio.run(predict.checkpoint.run([(rt, [r for r in records if r[0] >= 5])]))
+    assert not entries.records and worker.store.offset(0) == 9

@@ -16,6 +16,7 @@ from stream.files import read_dataset
 from stream.cli.jobs import live_figures
 from stream.worker.stages.partition import OffsetGap
 from stream.settings import Settings
+from stream.store import StateMoved
 from stream.stores.memory import MemoryStore
 from stream.worker.in_memory import list_sinks
 
@@ -106,13 +107,17 @@ def test_a_zombie_is_fenced_and_a_gap_is_refused(setup):
     store = MemoryStore()
     a = Bus(ds, art, store)
     a.run(records[:1000])
-    b = Bus(ds, art, store)  # b took the partitions over
+    out = a.predict.process(records[1000:1200])  # a still thinks it owns them
+    b = Bus(ds, art, store)  # meanwhile b took the partitions over
     b.topic = a.topic
     b.run(records[1000:1500])
-    out = a.predict.process(records[1000:1200])  # a still thinks it owns them
     assert a.predict.commit(out) is False and a.predict.next_offset == 1500  # fenced and reloaded
+    b.run(records[1500:1600])
+    # a's next batch finds the store's offset moved as it reads: refused before it sends anything
+    with pytest.raises(StateMoved):
+        a.predict.process(records[1500:1700])
     with pytest.raises(OffsetGap):
-        b.predict.process(records[1600:1700])
+        b.predict.process(records[1700:1800])
     stale = a.warm.process(a.topic[a.warm.next_offset:])
     assert stale.events > 0 and a.warm.commit(stale) is False and a.warm.next_offset == b.warm.next_offset
 

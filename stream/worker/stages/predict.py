@@ -45,7 +45,8 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import encode, encode_batch
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
-from stream.store import Changes, PartitionStore, TrackAdditions, add_counts, counts_as_of, epoch_weights
+from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, add_counts, counts_as_of,
+                          epoch_weights)
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
@@ -560,6 +561,12 @@ class PredictRuntime(PartitionRuntime):
         self._tracks_of = tracks
         st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
             if tracks and epoch is not None else {}
+        # read last: a store that went back (a failover that lost acknowledged commits) before any
+        # of the reads above shows it here, before the batch's entries, computed from what was
+        # read, are sent (re-sent after the replay, they would be dropped as already applied)
+        stored = self.store.position(self.partition)
+        if (stored or 0) != self.next_offset:
+            raise StateMoved(self.stage, self.partition, stored, self.next_offset)
 
     def _additions(self, start: float, end: int, own: bool = False) -> list[dict[str, list]]:
         """The additions to the track counts in epochs ``start`` <= e < ``end`` that the store does
