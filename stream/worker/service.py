@@ -510,16 +510,17 @@ class WorkerService(Forwarding):
     async def cut_overdue_batches(self) -> None:
         """Timer: a batch whose oldest record waited ``SKIPCACHE_BATCH_WITHIN`` is cut now (not
         waiting for a partition that sends nothing), unless the stage's agent has runs in faust's
-        buffer still to take (a partition behind may be among them). The batch runs as its own task, so the
-        timer itself returns at once (faust warns about a timer that overlaps its interval)."""
+        buffer still to take (a partition behind may be among them): in a backlog, a forced cut
+        then was a batch of a few records to an epoch's end, a third of the checkpoints. The
+        batch runs as its own task, so the timer itself returns at once (faust warns about a
+        timer that overlaps its interval)."""
         if self.built is None:
             return
         now = time.monotonic()
         for name, scheduler in self.schedulers.items():
             channel = self.channels.get(name)
             if channel is not None and not channel.empty():
-                continue  # the agent has runs to take: it cuts when through them (a forced cut now, in a
-                # backlog, was a batch of a few records to an epoch's end: a third of the checkpoints)
+                continue  # the agent has runs to take: it cuts when through them
             if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
                 self.spawn(name, lambda name=name: self.drain(name, force=True))
 
