@@ -50,7 +50,6 @@ def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
 def faust_floor_rate(bootstrap: str, topic: str, partitions: int, total: int, work: Path, mode: str) -> float:
     """What faust itself costs: ``faust_floor.py`` in its own process, as the worker runs;
     ``mode``: ``events`` (faust's own delivery) or ``runs`` (the worker's batch delivery)."""
-    import subprocess
     import sys
 
     out = work / f"faust-floor-{mode}.json"
@@ -134,7 +133,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
     from stream.bootstrap import build_store
     from stream.cli.jobs import live_figures
     from stream.producer import replay
-    from stream.cli.services import free_port, start_worker, wait_http
+    from stream.cli.services import free_port, start_worker, stop_process, wait_http
 
     st, env = settings_for(uuid.uuid4().hex[:6], **({"SKIPCACHE_BATCH_SIZE": str(args.batch_size)}
                                                     if args.batch_size else {}),
@@ -206,15 +205,10 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
                   f"({int(contract.get('repartitioned', 0)):,} applied there, "
                   f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
         print(f"  batches (per partition, /metrics of the first worker): {batch_figures(ports[0])}")
-        for w in workers:
-            w.terminate()
-            w.wait(20)
         return end_to_end
-    finally:  # a benchmark that fails midway leaves no worker running
+    finally:  # stopped whatever happened (a failure midway leaves no worker running)
         for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+            stop_process(w, 20)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -255,7 +249,7 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
     from models.events import Catalogue
     from stream.bootstrap import build_store
     from stream.cli.jobs import live_figures
-    from stream.cli.services import start_worker, wait_http
+    from stream.cli.services import start_worker, stop_process, wait_http
     from stream.producer import replay
 
     rows = []
@@ -272,8 +266,7 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
                 break
             time.sleep(0.2)
         fig = live_figures(st, store, Catalogue())
-        w.terminate()
-        w.wait(20)
+        stop_process(w, 20)
         rows.append(fig)
         print(f"  run {i + 1}: predictions {fig['predictions']:,}  accuracy {fig['accuracy']:.4f}  full-play hit ratio "
               f"{fig['full_play_hit_ratio']:.4f}  promotions {fig['promotions']:,}  late entries {fig['warm_late_entries']}")
@@ -351,7 +344,7 @@ def latency(args, events, settings_for, work: Path) -> None:
     from kafka import KafkaConsumer
     from stream.kafka_io import user_key
     from stream.producer import make_producer
-    from stream.cli.services import start_worker, wait_http
+    from stream.cli.services import start_worker, stop_process, wait_http
 
     extra = {"SKIPCACHE_FETCH_MAX_WAIT_MS": args.latency_fetch_wait} if args.latency_fetch_wait else {}
     st, env = settings_for(uuid.uuid4().hex[:6], SKIPCACHE_BATCH_WITHIN=args.latency_within, **extra)
@@ -397,12 +390,7 @@ def latency(args, events, settings_for, work: Path) -> None:
         thread.join()
         stages = stage_latencies(f"http://127.0.0.1:{st.web_port}/metrics")
     finally:  # stopped whatever happened (a failure midway leaves no worker running)
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, 20)
     q = statistics.quantiles(latencies, n=100)
     print(f"end-to-end latency, produce -> cache command consumed, at {achieved:,.0f} events/s "
           f"({len(latencies):,} decisions, batch within {st.batch_within} s, fetch wait {st.fetch_max_wait_ms} ms): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")

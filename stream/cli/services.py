@@ -50,6 +50,17 @@ def tansu_binary() -> Path:
     return path
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Service:
     name: str
@@ -59,13 +70,7 @@ class Service:
     log: Path
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
 
 
 def start_tansu(port: int | None = None, workdir: Path | None = None) -> Service:

@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaProducer
 
 from stream.cli.jobs import live_figures
-from stream.cli.services import free_port, wait_http
+from stream.cli.services import free_port, stop_process, wait_http
 
 from tests.integration.conftest import COMPARED, expected_figures, make_live
 from tests.integration.test_faults import _read_topic, _wait_until
@@ -59,13 +59,7 @@ def _start_faulty(live, fault: str, name: str) -> tuple[subprocess.Popen, int]:
 
 
 def _stop(worker) -> None:
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    stop_process(worker, 30)
 
 
 def _dead_letters(live) -> list[dict]:

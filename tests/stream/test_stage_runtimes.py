@@ -292,7 +292,6 @@ def test_a_large_batch_s_entries_go_as_several_messages_the_warm_stage_applies_o
 
     ds, art, sim, records = setup
     monkeypatch.setattr(entry_codec, "ENTRIES_PER_MESSAGE", 250)
-    monkeypatch.setattr(entry_codec.encode_batch, "__defaults__", (None, 250))
     bus = Bus(ds, art)
     messages = 0
     for i in range(0, len(records), 3000):

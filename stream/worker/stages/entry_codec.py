@@ -50,12 +50,14 @@ def encode(source_partition: int, clock: float, entries: list[tuple], origins: l
 
 
 def encode_batch(source_partition: int, clock: float, entries: list[tuple], origins: list[int] | None = None,
-                 limit: int = ENTRIES_PER_MESSAGE) -> list[bytes]:
-    """A batch's entries for one warm partition as messages of ``limit`` entries (one, if they
-    fit; a message grows past it only while no entry can end it). A message but the last says, as its clock, the time of its latest entry: the
-    warm stage may apply up to there before the next arrives, so a message ends only where every
-    entry after it is later than every entry in it, and never inside one event's entries (they
-    share a sequence, which the warm stage's duplicate filter reads per message)."""
+                 limit: int | None = None) -> list[bytes]:
+    """A batch's entries for one warm partition as messages of ``limit`` entries (default
+    ``ENTRIES_PER_MESSAGE``; one message if they fit; a message grows past it only while no
+    entry can end it). A message but the last says, as its clock, the time of its latest entry:
+    the warm stage may apply up to there before the next arrives, so a message ends only where
+    every entry after it is later than every entry in it, and never inside one event's entries
+    (they share a sequence, which the warm stage's duplicate filter reads per message)."""
+    limit = ENTRIES_PER_MESSAGE if limit is None else limit
     n = len(entries)
     if n <= limit:
         return [encode(source_partition, clock, entries, origins)]
