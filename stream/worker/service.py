@@ -391,8 +391,8 @@ class WorkerService(Forwarding):
                 await self.drain(name)
 
     async def drain(self, name: str, force: bool = False) -> None:
-        """Apply what the stage's scheduler lets through now (all of it, batch by batch, while a
-        full batch is waiting)."""
+        """Apply what the stage's scheduler lets through now (batch by batch while a full batch is
+        waiting, until the agent has runs to take: a partition behind may be among them)."""
         w = await self.worker()
         stage = w.stages[name]
         scheduler = self.schedulers[name]
@@ -424,8 +424,9 @@ class WorkerService(Forwarding):
                     await self.relocate(stage, sorted(stage.runtimes), applied)
                 for run in done:
                     run.ack()
-                if not scheduler.full():
-                    return
+                channel = self.channels.get(name)
+                if not scheduler.full() or (channel is not None and not channel.empty()):
+                    return  # runs faust has delivered are taken first: one could be the partition behind
 
     async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
         """``lagging``: the stage's partitions with records on the broker not received yet."""

@@ -119,9 +119,11 @@ def test_four_and_four_partitions_give_simulates_figures(four_by_four, big_data)
     time leave nothing to the timing of fetches (with no entry applied late)."""
     live, fig = four_by_four
     expected = _simulate(big_data, live.settings, 4)
-    assert fig["warm_late_entries"] == 0
+    said = [line for line in (live.workdir / "w.log").read_text(errors="replace").splitlines()
+            if "read late" in line or "[WARNING]" in line or "[ERROR]" in line]  # why, if they differ
+    assert fig["warm_late_entries"] == 0, said
     for key in ("plays", "predictions", "accuracy", "full_play_hits", "hit_ratio", "promotions", "wasted_promotions"):
-        assert fig[key] == expected[key], (key, fig[key], expected[key])
+        assert fig[key] == expected[key], (key, fig[key], expected[key], said)
 
 
 def test_simulate_cache_figures_do_not_depend_on_the_partitions(four_by_four, big_data):

@@ -111,6 +111,33 @@ def test_a_silent_partition_holds_the_others_at_its_epoch_then_is_given_up(monke
     assert dict(work) == {0: _records(2, [350])}
 
 
+def test_a_caught_up_partition_behind_the_epoch_holds_the_others_briefly(monkeypatch):
+    """Its records of the earlier epoch may be in flight (produced before the others' later ones,
+    on the broker after the fetch that gave those): it is waited for ``EPOCH_IDLE_SECONDS``, once
+    per silence; one that has reached the epoch holds nothing."""
+    import stream.worker.scheduler as scheduler
+    now = [1000.0]
+    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
+    s = RunScheduler(1000, 0.1, time_of=lambda r: r[3])
+    s.epoch_seconds = 100.0
+    s.add(0, "a", _records(0, [90, 150, 250]))
+    work, _ = s.take(clocks={0: 80, 1: 95}, lagging=set(), force=True)  # 1 has nothing on the broker
+    assert dict(work) == {0: _records(0, [90])}  # its own epoch, not past it
+    now[0] += scheduler.EPOCH_IDLE_SECONDS / 2
+    assert s.take(clocks={0: 90, 1: 95}, lagging=set(), force=True)[0] == []
+    now[0] += scheduler.EPOCH_IDLE_SECONDS
+    work, _ = s.take(clocks={0: 90, 1: 95}, lagging=set(), force=True)
+    assert dict(work) == {0: _records(1, [150, 250])} and s.gave_up == {1}
+    s.add(0, "b", _records(3, [350]))
+    work, _ = s.take(clocks={0: 250, 1: 95}, lagging=set(), force=True)  # not waited for again while silent
+    assert dict(work) == {0: _records(3, [350])}
+    s = RunScheduler(1000, 0.1, time_of=lambda r: r[3])
+    s.epoch_seconds = 100.0
+    s.add(0, "a", _records(0, [150, 250]))
+    work, _ = s.take(clocks={0: 120, 1: 310}, lagging=set(), force=True)  # 1 is past them: nothing to wait for
+    assert dict(work) == {0: _records(0, [150, 250])}
+
+
 def test_a_full_batch_always_takes_the_earliest_records_pending():
     """A full batch takes the earliest records in event time (not the partition whose clock is
     behind first): else the epoch cut could leave a full batch empty, and the stage would stall."""
