@@ -125,6 +125,31 @@ def test_events_keyed_by_session_or_by_nothing_give_the_figures_of_events_keyed_
         _same(fig, a)
 
 
+def test_a_large_run_is_forwarded_as_messages_of_bounded_size_with_the_same_figures(setup, monkeypatch):
+    """A fetched run of a producer that keys by nothing is routed in slices of ``FORWARD_BYTES``:
+    each slice's forwarded events a message of their own, its clock how far the slice has read."""
+    import stream.worker.stages.predict as predict
+    _, _, events = setup
+    whole = Topics(setup, events, "none")
+    whole.route_all()
+    assert max(len(v) for m in whole.forwarded.values() for _, v, _ in m) > 20_000  # one message per partition
+    expected = Topics(setup, events, "none").run()
+    monkeypatch.setattr(predict, "FORWARD_BYTES", 20_000)
+    t = Topics(setup, events, "none")
+    fig = t.run()
+    for q, messages in t.forwarded.items():
+        assert len(messages) > 10
+        clocks = []
+        for _, value, _ in messages:
+            msg = orjson.loads(value)
+            assert len(value) < 20_000 + 200 * len(msg["e"]) and msg["e"]  # only the last may be clock-only
+            clocks.append(msg["t"])
+            assert not [e for _, e, _ in route_codec.decode(value, P)[3] if type(e) is not Event]  # none past t
+        assert clocks == sorted(clocks) and orjson.loads(messages[-1][1])["done"]
+    assert fig["contract"]["repartitioned"] == expected["contract"]["repartitioned"] > len(events) // 3
+    _same(fig, expected)
+
+
 def test_every_user_on_either_partition_is_applied_where_it_lives(setup):
     """All users, sent with no key: each partition forwards the other's users and applies its own;
     every event is applied once, and nothing waits at the end."""

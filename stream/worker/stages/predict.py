@@ -61,6 +61,11 @@ counted late if behind, and from then on it is waited for."""
 SOURCE_IDLE_SECONDS = 10.0
 """A partition that forwards events and has said nothing for this long (its worker gone, a long
 rebalance) is not waited for: what it forwards later is applied when it comes (counted late)."""
+FORWARD_BYTES = 512 * 1024
+"""A run's records are routed in slices of at most this many bytes of events, each slice's
+forwarded events a message of their own: a fetched run (up to 32,000 records from Tansu) of a
+producer that keys by nothing would forward megabytes in one message, past a Kafka broker's
+default ``message.max.bytes`` and a producer's default ``max_request_size`` (1 MiB each)."""
 STREAM_BITS = 48
 """Inside a batch an event's sequence carries its source: ``(source + 1) << 48 | offset`` for a
 forwarded event (``source``'s offset), the offset alone for the partition's own."""
@@ -337,6 +342,19 @@ class PredictRuntime(PartitionRuntime):
         the sending worker and its count of messages to that partition."""
         if not self.repartitions:
             return []
+        out: list[tuple[int, bytes]] = []
+        self.routed_to = set()
+        start = size = 0
+        for i, record in enumerate(records):  # slices of FORWARD_BYTES, as if fetched so
+            size += len(record[1])
+            if size > FORWARD_BYTES and i > start:
+                out += self._route(records[start:i], False, stamp, False)
+                start, size = i, len(record[1])
+        return out + self._route(records[start:], done, stamp, True)
+
+    def _route(self, records: list[tuple], done: bool, stamp, last: bool) -> list[tuple[int, bytes]]:
+        """One slice's messages: to every other partition if ``last``, else to those it forwards
+        events to (each says how far this partition has read by the slice's end)."""
         where, mine, clock = self.user_partition, self.partition, self.read_clock
         elsewhere: dict[int, list[tuple[int, bytes]]] = {}
         for offset, value, _, item in records:
@@ -347,10 +365,10 @@ class PredictRuntime(PartitionRuntime):
                 if q != mine:
                     elsewhere.setdefault(q, []).append((offset, value))
         self.read_clock, self.said_done = clock, done
-        self.routed_to = set(elsewhere)
+        self.routed_to |= elsewhere.keys()
         return [(q, route_codec.encode(mine, clock, done, elsewhere.get(q, []),
                                        stamp(q, q in elsewhere) if stamp is not None else None))
-                for q in range(self.sources) if q != mine]
+                for q in (range(self.sources) if last else sorted(elsewhere)) if q != mine]
 
     def decode_forwarded(self, records: list[tuple]) -> list[tuple]:
         """``(offset, value, Kafka timestamp, (source, clock, done, events) or Rejected)`` of each
