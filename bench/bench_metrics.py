@@ -32,7 +32,7 @@ def main() -> None:
     from stream.cli import main as cli
     from stream.cli.jobs import load_replay
     from stream.producer import replay
-    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+    from stream.cli.services import Stack, create_topics, free_port, start_redis, start_tansu, start_worker, stop_process, wait_http
     from stream.settings import Settings
     from stream.bootstrap import build_store
 
@@ -83,8 +83,7 @@ def main() -> None:
                 stop.set()
                 if thread:
                     thread.join()
-                worker.terminate()
-                worker.wait(20)
+                stop_process(worker, 20)
                 results.setdefault(label, []).append(used)
                 print(f"{label:<20} worker CPU {used:6.2f} s for {len(events):,} events ({scrapes[0]} scrapes)")
     finally:

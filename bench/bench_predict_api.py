@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     from bench_worker import print_profile, start_profile
     from stream.bootstrap import build_store
-    from stream.cli.services import Stack, start_redis, start_tansu, start_worker, wait_http
+    from stream.cli.services import Stack, start_redis, start_tansu, start_worker, stop_process, wait_http
     from stream.producer import replay
 
     work, events = trained_replay("skipcache-bench-predict-", args.users)
@@ -200,8 +200,7 @@ def main() -> None:
             drain(store, 2, sent)
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(20)
+            stop_process(worker, 20)
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from stream.producer import replay
+from stream.cli.services import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +85,7 @@ def test_http_api_and_runtime_threshold(live, live_data):
         assert log.count("refused PUT /threshold") <= 2  # once a minute per client, with the count
         assert worker.poll() is None
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
 
 
 def test_without_a_token_changes_are_forbidden_and_reads_stay_open(live):
@@ -100,8 +100,7 @@ def test_without_a_token_changes_are_forbidden_and_reads_stay_open(live):
         assert _call("GET", f"{base}/threshold") == (200, {"threshold": 0.5, "fast_threshold": 0.95})
         assert _call("GET", f"{base}/ab/results")[0] == 200
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
     assert "anything-at-all-here" not in (live.workdir / "no-token.log").read_text()
 
 
@@ -170,5 +169,4 @@ def test_oversized_bodies_get_413_unread_and_status_json(live, live_data, tmp_pa
         status = orjson.loads((tmp_path / "status.json").read_bytes())
         assert sum(status["offsets"]["predict"].values()) == 3000 and status["predictions"] > 0
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)

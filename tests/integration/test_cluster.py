@@ -13,7 +13,7 @@ import redis
 from redis.cluster import ClusterNode
 
 from stream.cli.jobs import live_figures
-from stream.cli.services import start_redis_cluster
+from stream.cli.services import start_redis_cluster, stop_process
 from stream.settings import Settings
 
 from tests.integration.conftest import COMPARED, expected_figures, make_live
@@ -83,8 +83,7 @@ def test_a_replay_on_a_three_primary_cluster_gives_the_one_server_figures(server
         live.wait_applied(len(events), workers=[worker])
         _assert_equal(live, live_data)
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
 
 
 @pytest.mark.parametrize("stage,how", [("predict", "kill"), ("warm", "kill"), ("predict", "failover")])
@@ -113,8 +112,7 @@ def test_a_primary_lost_mid_replay_changes_no_figure(servers, cluster, live_data
         print(f"{how} of the primary of {key}: processing paused at most {pause[0]:.1f} s")
     finally:
         done.set()
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
 
 
 def test_acknowledged_writes_lost_in_a_failover_still_end_equal(servers, cluster, live_data, tmp_path):
@@ -150,8 +148,7 @@ def test_acknowledged_writes_lost_in_a_failover_still_end_equal(servers, cluster
         assert "rolled_back" in log or "rolled back" in log  # said: the state came back older
         print(f"{lost:,} events' commits acknowledged and lost in the failover; replayed, figures equal")
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
         if replica.proc.poll() is None:
             os.kill(replica.proc.pid, signal.SIGCONT)
 
@@ -217,8 +214,7 @@ def test_a_slot_without_a_primary_makes_healthz_name_the_node(servers, live_data
         assert worker.poll() is None  # still waiting
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+            stop_process(worker, 30)
         cluster.stop()
 
 

@@ -13,6 +13,7 @@ from models.events import PLAY
 from stream.cli.jobs import live_figures
 from stream.kafka_io import partition_of
 from stream.producer import replay
+from stream.cli.services import stop_process
 
 from tests.integration.conftest import make_live
 
@@ -45,8 +46,7 @@ def _keyed_run(servers, live_data, workdir, events, key: str) -> dict:
         fig = live_figures(live.settings)
         health = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
     return {"fig": fig, "landed": _landed(live.settings), "health": health, "log": (workdir / "w.log").read_text()}
 
 
@@ -94,8 +94,7 @@ def test_plays_without_upcoming_are_counted(live, live_data):
         live.wait_applied(len(events), workers=[worker])
         contract = live_figures(live.settings)["contract"]
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
     without = sum(1 for e in events if e.kind == PLAY and e.next_track_id is None)
     assert 0 < without < sum(1 for e in events if e.kind == PLAY)
     assert contract["plays_without_upcoming"] == without
@@ -119,8 +118,7 @@ def test_without_session_ends_or_upcoming_tracks_the_gap_rule_resolves_what_simu
         live.wait_applied(len(bare), workers=[worker])
         fig = live_figures(live.settings)
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
     # the stream stops with the plays of its last half hour open: simulate leaves them open too
     # (by default it ends every session where an export ends)
     expected = expected_figures((out, ds, bare, art), live.settings, end_sessions=False)
@@ -174,8 +172,7 @@ def test_skips_sent_before_their_plays_are_matched_as_simulate_matches_them(live
         live.wait_applied(len(events), workers=[worker])
         fig = live_figures(live.settings)
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
     from models.features import EngineConfig, FeatureEngine
 
     engine = FeatureEngine(ds.catalogue, EngineConfig(**art.engine_config))

@@ -16,7 +16,7 @@ from kafka.admin import KafkaAdminClient
 
 from stream.cli.jobs import live_figures
 from stream.producer import replay
-from stream.cli.services import start_redis, start_tansu
+from stream.cli.services import start_redis, start_tansu, stop_process
 
 from tests.integration.conftest import COMPARED, expected_figures, make_live
 
@@ -56,8 +56,7 @@ def _kill(*services) -> None:
 
 def _stop(worker) -> None:
     if worker.poll() is None:
-        worker.terminate()
-        worker.wait(30)
+        stop_process(worker, 30)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from models.evaluation import build_table
 from stream.cli import main
 from stream.cli.dashboard import expressions
 from stream.producer import make_producer, replay
-from stream.cli.services import free_port, wait_for_port
+from stream.cli.services import free_port, stop_process, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -99,10 +99,8 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
         assert len(rules) >= 15 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
         assert _query(prom_port, "skipcache:accuracy:1h") and _query(prom_port, "skipcache:shadow_net_value:1h")
     finally:
-        prom.terminate()
-        worker.terminate()
-        worker.wait(20)
-        prom.wait(20)
+        stop_process(prom, 20)
+        stop_process(worker, 20)
 
 
 def main_status(live):
@@ -175,5 +173,4 @@ def test_ab_report_naive_vs_linear_svc(live, live_data, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ab/results", timeout=5) as resp:
             assert json.loads(resp.read())["variants"]["A"]["predictions"] == 0
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)

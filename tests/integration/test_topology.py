@@ -27,6 +27,7 @@ from stream.cli.jobs import live_figures
 from stream.kafka_io import partition_of, track_partition_of
 from stream.producer import replay
 from stream.synthetic import generate
+from stream.cli.services import stop_process
 
 from tests.integration.conftest import make_live
 
@@ -76,8 +77,7 @@ def four_by_four(servers, big_data, tmp_path_factory):
         live.wait_applied(len(events), workers=[worker], timeout=240)
         fig = live_figures(live.settings, live.store(), ds.catalogue)
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
     return live, fig
 
 

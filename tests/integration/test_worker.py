@@ -13,6 +13,7 @@ from kafka import KafkaConsumer
 
 from stream.cli.jobs import live_figures
 from stream.producer import make_producer, replay
+from stream.cli.services import stop_process
 
 from tests.integration.conftest import COMPARED, SHADOW_COMPARED, expected_figures, expected_shadow_figures, make_live
 
@@ -37,8 +38,7 @@ def test_worker_gives_the_simulations_figures(live, live_data):
         live.wait_applied(len(events), workers=[worker])
         _assert_equal(_figures(live), expected_figures(live_data, live.settings))
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
 
 
 def _assert_shadows(fig, live, live_data):
@@ -77,8 +77,7 @@ def test_shadows_give_the_simulations_figures_at_their_thresholds_and_command_no
         assert {row["threshold"] for row in advice["thresholds"]} == {0.3, 0.6, 0.7}
         assert advice["verdict"] in ("change", "keep", "too_little_time")
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
 
 
 def test_kill_9_mid_replay_then_restart_loses_and_doubles_nothing(servers, live_data, tmp_path):
@@ -101,8 +100,7 @@ def test_kill_9_mid_replay_then_restart_loses_and_doubles_nothing(servers, live_
         _assert_equal(fig, expected_figures(live_data, live.settings))
         _assert_shadows(fig, live, live_data)  # the shadows, committed with the placement: exactly once too
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
         producer.close()
     log = (live.workdir / "second.log").read_text()  # a restart with a backlog: both stages flush at once
     assert "Unclosed AIOKafkaProducer" not in log and "Task was destroyed but it is pending" not in log
@@ -124,9 +122,7 @@ def test_two_workers_one_stopped_mid_replay(live, live_data):
         _assert_equal(_figures(live), expected_figures(live_data, live.settings))
     finally:
         for w in (a, b):
-            if w.poll() is None:
-                w.terminate()
-                w.wait(20)
+            stop_process(w, 20)
 
 
 def test_a_worker_joining_and_the_first_leaving_while_runs_are_in_flight(live, live_data):
@@ -151,9 +147,8 @@ def test_a_worker_joining_and_the_first_leaving_while_runs_are_in_flight(live, l
         _assert_equal(_figures(live), expected_figures(live_data, live.settings))
     finally:
         for w in (a, b):
-            if w is not None and w.poll() is None:
-                w.terminate()
-                w.wait(20)
+            if w is not None:
+                stop_process(w, 20)
 
 
 HOSTILE = 14  # kinds of bad event below
@@ -230,5 +225,4 @@ def test_hostile_events_land_in_the_dead_letter_topic(live, live_data):
         assert "9999" in by_reason["timestamp_in_future"] or "99999999999999" in by_reason["timestamp_in_future"]
         assert worker.poll() is None
     finally:
-        worker.terminate()
-        worker.wait(20)
+        stop_process(worker, 20)
