@@ -7,10 +7,14 @@ from dataclasses import replace
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from stream.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: the command starts without the jobs' imports
+    from stream.cli.jobs import CacheOptions
 
 log = logging.getLogger("skipcache")
 
@@ -23,7 +27,7 @@ def _write_json(path: str | None, payload: dict) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
-def _cache(args) -> "jobs.CacheOptions":
+def _cache(args) -> CacheOptions:
     from stream.cli.jobs import CacheOptions
 
     return CacheOptions(args.fast_capacity, args.medium_capacity, args.transfer_cost, args.cold_after_hours,

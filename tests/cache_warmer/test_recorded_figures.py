@@ -9,8 +9,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 from cache_warmer.simulation import simulate
 from models.evaluation import build_table, evaluate, train_artifact
 from models.features import EngineConfig
