@@ -54,9 +54,10 @@ EPOCH_IDLE_SECONDS = 0.5
 """Longest the stage waits at an epoch's end for a partition that is caught up (nothing on the
 broker as far as the last fetch knows) and has not reached the epoch. Its records of the earlier
 epoch may be in flight: produced just before the others' later ones, on the broker after the
-fetch that gave those (fetches wait at most ``SKIPCACHE_FETCH_MAX_WAIT_MS``). Not waiting for it
-made a live replay read one play late now and then (one prediction in 53,516 differed from
-``simulate``). A partition quiet for longer is idle, and is waited for once per silence."""
+fetch that gave those (fetches wait at most ``SKIPCACHE_FETCH_MAX_WAIT_MS``); passed at once,
+they would be read late by the others (a live replay in CI once differed from ``simulate`` by one
+prediction in 53,516, which this is a way to). A partition quiet for longer is idle, and is
+waited for once per silence."""
 
 
 @dataclass
