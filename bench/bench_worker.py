@@ -284,22 +284,11 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
 
 def simulated(work: Path, events, st) -> dict:
     """What ``skipcache simulate`` says of the same replay (the plays open at its end stay open, as live)."""
-    from cache_warmer.policies import ThresholdPolicy
-    from cache_warmer.simulation import simulate
-    from cache_warmer.tiers import TierConfig
     from models.artifacts import load
-    from stream.cli.jobs import load_replay
-    from stream.kafka_io import partition_of, track_partition_of
+    from stream.cli.jobs import load_replay, simulate_as_worker
 
     ds, _ = load_replay(work / "data", progress=False)
-    tiers = TierConfig.for_catalogue(ds.catalogue, st.fast_capacity, st.medium_capacity, st.transfer_cost,
-                                     st.cold_after_hours)
-    p = st.partitions
-    policy = ThresholdPolicy("model", "model", st.threshold, st.fast_threshold)
-    return simulate(events, ds.catalogue, [load(work / "m.joblib")], tiers, [policy], count_from=float("-inf"),
-                    partitions=p, user_partition=lambda u: partition_of(u, p),
-                    track_partition=lambda t: track_partition_of(t, p), progress=False,
-                    end_sessions=False)["policies"]["model"]
+    return simulate_as_worker(events, ds.catalogue, load(work / "m.joblib"), st, end_sessions=False)
 
 
 def start_profile(pid: int, out: Path):

@@ -16,14 +16,12 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from cache_warmer.policies import ThresholdPolicy
-from cache_warmer.simulation import simulate
-from cache_warmer.tiers import TierConfig
 from models.artifacts import load
 from models.replay import replay_order
 from stream.cli import main
+from stream.cli.jobs import simulate_as_worker
 from stream.files import read_dataset
 from stream.producer import replay
-from stream.kafka_io import partition_of, track_partition_of
 from models.events import Catalogue
 from stream.cli.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
 from stream.settings import Settings
@@ -141,26 +139,15 @@ def expected_figures(live_data, settings: Settings, end_sessions: bool = True) -
     """What `skipcache simulate` says for the same events, model, thresholds and partitions
     (``end_sessions=False``: the plays open when the events end stay open, as live)."""
     _, ds, events, art = live_data
-    base = TierConfig.for_catalogue(ds.catalogue, settings.fast_capacity, settings.medium_capacity,
-                                    settings.transfer_cost, settings.cold_after_hours)
-    p = settings.partitions
-    policy = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
-    return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), partitions=p,
-                    user_partition=lambda u: partition_of(u, p), track_partition=lambda t: track_partition_of(t, p),
-                    progress=False, end_sessions=end_sessions)["policies"]["model"]
+    return simulate_as_worker(events, ds.catalogue, art, settings, end_sessions=end_sessions)
 
 
 def expected_shadow_figures(live_data, settings: Settings) -> dict:
     """What `skipcache simulate --threshold T` says for each of the settings' shadow thresholds
     (one replay, one policy each: their figures are independent)."""
     _, ds, events, art = live_data
-    base = TierConfig.for_catalogue(ds.catalogue, settings.fast_capacity, settings.medium_capacity,
-                                    settings.transfer_cost, settings.cold_after_hours)
-    p = settings.partitions
     policies = [ThresholdPolicy(f"{t:g}", "model", t, max(t, settings.fast_threshold)) for t in settings.shadows]
-    return simulate(events, ds.catalogue, [art], base, policies, count_from=float("-inf"), partitions=p,
-                    user_partition=lambda u: partition_of(u, p), track_partition=lambda t: track_partition_of(t, p),
-                    progress=False)["policies"]
+    return simulate_as_worker(events, ds.catalogue, art, settings, policies=policies)
 
 
 SHADOW_COMPARED = ("plays", "full_play_hits", "hits_by_tier", "promotions", "wasted_promotions", "useful_promotions",

@@ -16,15 +16,13 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from cache_warmer.policies import ThresholdPolicy
-from cache_warmer.simulation import simulate
-from cache_warmer.tiers import TIER_OF, SLOW, TierConfig
+from cache_warmer.tiers import TIER_OF, SLOW
 from models.artifacts import load
 from models.replay import replay_order
 from stream.cli import main
 from stream.files import read_dataset
-from stream.cli.jobs import live_figures
-from stream.kafka_io import partition_of, track_partition_of
+from stream.cli.jobs import live_figures, simulate_as_worker
+from stream.kafka_io import track_partition_of
 from stream.producer import replay
 from stream.synthetic import generate
 from stream.cli.services import stop_process
@@ -57,11 +55,7 @@ def big_data(tmp_path_factory):
 
 def _simulate(big_data, settings, n):
     _, ds, events, art = big_data
-    base = TierConfig.for_catalogue(ds.catalogue)
-    policy = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
-    return simulate(events, ds.catalogue, [art], base, [policy], count_from=float("-inf"), partitions=n,
-                    user_partition=lambda u: partition_of(u, n), track_partition=lambda t: track_partition_of(t, n),
-                    progress=False)["policies"]["model"]
+    return simulate_as_worker(events, ds.catalogue, art, settings, partitions=n)
 
 
 @pytest.fixture(scope="module")
