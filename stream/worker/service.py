@@ -424,9 +424,13 @@ class WorkerService(Forwarding):
                     await self.relocate(stage, sorted(stage.runtimes), applied)
                 for run in done:
                     run.ack()
-                channel = self.channels.get(name)
-                if not scheduler.full() or (channel is not None and not channel.empty()):
+                if not scheduler.full() or self.runs_waiting(name):
                     return  # runs faust has delivered are taken first: one could be the partition behind
+
+    def runs_waiting(self, name: str) -> bool:
+        """Faust's buffer holds runs the stage's agent has not taken yet."""
+        channel = self.channels.get(name)
+        return channel is not None and not channel.empty()
 
     async def apply(self, stage: Stage, work: list[tuple[int, list]], lagging: set[int] = frozenset()) -> None:
         """``lagging``: the stage's partitions with records on the broker not received yet."""
@@ -519,8 +523,7 @@ class WorkerService(Forwarding):
             return
         now = time.monotonic()
         for name, scheduler in self.schedulers.items():
-            channel = self.channels.get(name)
-            if channel is not None and not channel.empty():
+            if self.runs_waiting(name):
                 continue  # the agent has runs to take: it cuts when through them
             if name in self.built.stages and scheduler.overdue(now) and not self.locks[name].locked():
                 self.spawn(name, lambda name=name: self.drain(name, force=True))

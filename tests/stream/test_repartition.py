@@ -21,11 +21,12 @@ from stream.cli.jobs import live_figures
 from stream.files import read_dataset
 from stream.kafka_io import partition_of
 from stream.settings import Settings
+from stream.sinks.kafka_topic import MAX_BATCH_BYTES
 from stream.store import Changes
 from stream.stores.memory import MemoryStore
 from stream.worker.in_memory import list_sinks
 from stream.worker.scheduler import RunScheduler
-from stream.worker.stages import entry_codec, route_codec
+from stream.worker.stages import entry_codec, predict, route_codec
 from stream.worker.stages.predict import SOURCE_IDLE_SECONDS, order_of
 
 P = 2
@@ -128,9 +129,7 @@ def test_events_keyed_by_session_or_by_nothing_give_the_figures_of_events_keyed_
 def test_a_large_run_is_forwarded_as_messages_of_bounded_size_with_the_same_figures(setup, monkeypatch):
     """A fetched run of a producer that keys by nothing is routed in slices of ``FORWARD_BYTES``:
     each slice's forwarded events a message of their own, its clock how far the slice has read."""
-    import stream.worker.stages.predict as predict
     _, _, events = setup
-    from stream.sinks.kafka_topic import MAX_BATCH_BYTES
     whole = Topics(setup, events, "none")
     whole.route_all()
     sizes = [len(v) for m in whole.forwarded.values() for _, v, _ in m]
