@@ -5,7 +5,7 @@ partitions): its rate counts until the predict stage applied every event, and, e
 the warm stage applied every entry of every predict batch.
 
 Targets (issues 4 and 11): >= 10,000 events/s per worker process; aim for 20,000.
-Run: python bench/bench_worker.py [--users 800] [--workers 2] (KEEP_WORK=1 keeps the work folder: the workers' logs)"""
+Run: python bench/bench_worker.py [--users 800] [--workers 2 --users 2000] (KEEP_WORK=1 keeps the work folder: the workers' logs)"""
 from __future__ import annotations
 
 import argparse
@@ -181,6 +181,9 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
         if spy is not None:
             print_profile(spy, args.profile)
+        if applied - first[1] < len(events) // 10:  # the rate would be of a few batches, or a division by zero
+            raise SystemExit(f"only {len(events) - first[1]:,} of {len(events):,} events were left when the measurement "
+                             f"began (the workers consume while the group settles): use more --users")
         fig = live_figures(st, store, Catalogue())
         rate = (applied - first[1]) / (predicted - first[0])
         end_to_end = (applied - first[1]) / (warmed - first[0])
