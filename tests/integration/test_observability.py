@@ -51,6 +51,21 @@ scrape_configs:
     return proc, port
 
 
+def _wait_scraped(prom_port, worker_port, timeout=30.0):
+    """Until Prometheus holds a sample of the worker's plays counter at least as high as it is now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5) as resp:
+        now = sum(float(line.split()[-1]) for line in resp.read().decode().splitlines()
+                  if line.startswith("skipcache_plays_total"))
+    assert now > 0, "the worker counted no plays"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = _query(prom_port, "sum(skipcache_plays_total)")
+        if got and float(got[0]["value"][1]) >= now:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Prometheus scraped no sample of {now} plays in {timeout} s")
+
+
 def _query(port, expr):
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=5) as resp:
@@ -73,7 +88,10 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
         for _ in range(20):
             producer.send(live.settings.topic_sessions, key=str(rnd.randrange(99)).encode(), value=b"{broken")
         producer.flush()
-        time.sleep(4)
+        # a scrape of the first half before the second is sent: without it a fast worker can apply both
+        # between two scrapes, every rate is 0 and every ratio NaN (CI, stop 32)
+        live.wait_applied(half + 20, workers=[worker])
+        _wait_scraped(prom_port, port)
         replay(events[half:], live.settings.kafka_bootstrap, live.settings.topic_sessions, speed=None, progress=False,
                producer=producer)
         producer.close()
