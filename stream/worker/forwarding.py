@@ -13,8 +13,6 @@ import time
 import uuid
 from functools import partial
 
-from faust.types import TP
-
 from models.events import Event
 from stream.bootstrap import Stage
 from stream.worker.checkpoint import BACKOFF, TRANSIENT
@@ -31,8 +29,8 @@ CLOCK_EVERY_SECONDS = 1.0
 
 class Forwarding:
     """Forwarding's state and steps; ``WorkerService`` provides ``app``, ``built``, ``settings``,
-    ``schedulers``, ``health``, ``sought`` and its ``call``, ``spawn``, ``lagging`` and fault
-    handling."""
+    ``schedulers``, ``health``, ``sought`` and its ``call``, ``spawn``, ``seek``, ``lagging`` and
+    fault handling."""
 
     def init_forwarding(self) -> None:
         self.inboxes: dict[int, list[tuple[object, list]]] = {}
@@ -67,12 +65,9 @@ class Forwarding:
         return rt.rep_next
 
     async def seek_forwarded(self, stage: Stage, partition: int) -> None:
-        tp = TP(stage.forward.topic, partition)
         rt = stage.runtimes.get(partition)
-        if rt is None:
-            return
-        self.sought[(tp.topic, partition)] = time.monotonic()
-        await self.app.consumer.seek_wait({tp: rt.rep_next})
+        if rt is not None:
+            await self.seek(stage.forward.topic, partition, rt.rep_next)
 
     def release_forwarded(self, partitions: set[int] | None = None) -> None:
         """Drop the forwarded runs received for ``partitions`` (default: all): they are read

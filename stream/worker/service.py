@@ -285,9 +285,10 @@ class WorkerService(Forwarding):
             raise
         return out
 
-    async def seek(self, stage: Stage, partition: int, offset: int) -> None:
-        self.sought[(stage.topic, partition)] = time.monotonic()
-        await self.app.consumer.seek_wait({TP(stage.topic, partition): offset})  # in the consumer's thread
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Seek in the consumer's thread; when is remembered (runs fetched before it are stale)."""
+        self.sought[(topic, partition)] = time.monotonic()
+        await self.app.consumer.seek_wait({TP(topic, partition): offset})
 
     async def relocate(self, stage: Stage, partitions: list[int], applied: dict[int, int]) -> None:
         """Re-read partitions from Redis and seek them where Redis says (after a Redis outage, a
@@ -308,7 +309,7 @@ class WorkerService(Forwarding):
                 await self.stop_fatally(exc)
                 return
             if p in stage.runtimes:
-                await self.seek(stage, p, offset)
+                await self.seek(stage.topic, p, offset)
                 if stage.forward is not None:
                     await self.seek_forwarded(stage, p)
 
@@ -454,7 +455,7 @@ class WorkerService(Forwarding):
                     log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name,
                              p, rt.next_offset, min(ahead), max(ahead))
                     self.release(stage.name, {p})
-                    await self.seek(stage, p, rt.next_offset)
+                    await self.seek(stage.topic, p, rt.next_offset)
                 continue  # only records already applied, or ones fetched before a seek
             batch.append((rt, run))
         if not any(run or getattr(rt, "inbox", None) or getattr(rt, "has_due", bool)() for rt, run in batch):
