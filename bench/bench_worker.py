@@ -184,6 +184,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
             if applied and first is None:
                 first = (now, applied)
                 cpu_first = [cpu_seconds(w.pid) for w in workers]
+                sys_first = [cpu_seconds(w.pid, system_only=True) for w in workers]
                 servers_first = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
             if applied >= len(events):
                 break
@@ -193,6 +194,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
             time.sleep(0.05)
         warmed = time.perf_counter()
         cpu = sum(cpu_seconds(w.pid) for w in workers) - sum(cpu_first)
+        system = sum(cpu_seconds(w.pid, system_only=True) for w in workers) - sum(sys_first)
         peak = max(peak_rss(w.pid) for w in workers)
         servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
         if spy is not None:
@@ -211,7 +213,8 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
               f"{fig['plays']:,} plays placed, {fig['promotions']:,} promotions, "
               f"{fig['warm_late_entries']} entries applied out of event-time order")
         print(f"  worker CPU (user + system, every process):      {1e6 * cpu / (applied - first[1]):>10.1f} µs per event "
-              f"({cpu / (warmed - first[0]) / workers_n:.0%} of a core per process over the run)")
+              f"({cpu / (warmed - first[0]) / workers_n:.0%} of a core per process over the run; "
+              f"{1e6 * system / (applied - first[1]):.1f} µs of it in the kernel)")
         print(f"  worker peak memory (VmHWM, largest process):    {peak / 2**20:>10,.0f} MiB")
         for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
             print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
@@ -230,11 +233,11 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
             stop_process(w, 20)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, system_only: bool = False) -> float:
     """A process's user + system CPU time so far (Linux ``/proc``): the worker's cost per event,
     steadier than events/s on a machine whose broker I/O varies from run to run."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss(pid: int) -> int:
