@@ -176,7 +176,10 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
             workers.append(w)
         if workers_n > 1:
             time.sleep(8)  # wait for the group to settle with every member before measuring
-        spy = start_profile(workers[0].pid, args.profile) if args.profile else None
+        profile = args.profile
+        if profile is not None and len(args.workers) > 1:  # one file per count
+            profile = profile.with_name(f"{profile.stem}-{workers_n}{profile.suffix}")
+        spy = start_profile(workers[0].pid, profile) if profile else None
         first = None
         while True:
             applied = store.offset(0) + store.offset(1)
@@ -198,7 +201,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         peak = max(peak_rss(w.pid) for w in workers)
         servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
         if spy is not None:
-            print_profile(spy, args.profile)
+            print_profile(spy, profile)
         if applied - first[1] < len(events) // 10:  # the rate would be of a few batches, or a division by zero
             raise SystemExit(f"only {len(events) - first[1]:,} of {len(events):,} events were left when the measurement "
                              f"began (the workers consume while the group settles): use more --users")
