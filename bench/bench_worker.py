@@ -116,6 +116,8 @@ def main() -> None:
             if len(rates) > 1:
                 print(", ".join(f"{n} process(es): {rate:,.0f} events/s end to end ({rate / single:.2f}x)"
                                 for n, rate in rates.items()) + f" -- same run, against {args.workers[0]}")
+                print("this machine, busy Python processes at once (same run): " + ", ".join(
+                    f"{n}: {machine_scaling(n):.2f}x one alone" for n in args.workers if n > 1))
             if args.redis_cluster:
                 from stream.cli.services import start_redis_cluster
 
@@ -132,6 +134,34 @@ def main() -> None:
             print(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)  # the export, the model, the servers' data: ~100 MB a run
+
+
+_BUSY = """
+import random, time
+rnd = random.Random(1)
+d = {i: [0.0] * 12 for i in range(1_000_000)}
+keys = [rnd.randrange(1_000_000) for _ in range(2_500_000)]
+t = time.perf_counter()
+for k in keys:
+    r = d[k]
+    r[0] += 1.0
+    r[3] = r[0] * 0.5
+print(time.perf_counter() - t)
+"""
+
+
+def machine_scaling(n: int) -> float:
+    """What ``n`` busy Python processes at once get done on this machine, as a multiple of one
+    alone (a dict-heavy loop over a few hundred MB, like the worker's state): the ceiling, in the
+    same run, for ``n`` workers' rate against one's."""
+    import sys
+
+    def run(k: int) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, "-c", _BUSY], stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        return [float(p.communicate()[0]) for p in procs]
+
+    alone = min(run(1)[0] for _ in range(2))  # the faster of two: the ceiling is not flattered
+    return sum(alone / t for t in run(n))
 
 
 def _counts(text: str) -> list[int]:
