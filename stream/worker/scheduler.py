@@ -55,9 +55,10 @@ EPOCH_IDLE_SECONDS = 0.5
 broker as far as the last fetch knows) and has not reached the epoch. Its records of the earlier
 epoch may be in flight: produced just before the others' later ones, on the broker after the
 fetch that gave those (fetches wait at most ``SKIPCACHE_FETCH_MAX_WAIT_MS``); passed at once,
-they would be read late by the others (a live replay in CI once differed from ``simulate`` by one
-prediction in 53,516, which this is a way to). A partition quiet for longer is idle, and is
-waited for once per silence."""
+they would be read late by the others. Records held longer than this by their producer are read
+late all the same: no wait can know of a record not produced yet (a live replay produced while
+read, in CI, once differed from ``simulate`` by one prediction in 53,516 so). A partition quiet for
+longer is idle, and is waited for once per silence."""
 
 
 @dataclass

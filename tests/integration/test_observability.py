@@ -25,6 +25,7 @@ from stream.cli import main
 from stream.cli.dashboard import expressions
 from stream.producer import make_producer, replay
 from stream.cli.services import free_port, stop_process, wait_for_port
+from tests.stream.test_worker_metrics import samples
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +55,7 @@ scrape_configs:
 def _wait_scraped(prom_port, worker_port, timeout=30.0):
     """Until Prometheus holds a sample of the worker's plays counter at least as high as it is now."""
     with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5) as resp:
-        now = sum(float(line.split()[-1]) for line in resp.read().decode().splitlines()
-                  if line.startswith("skipcache_plays_total"))
+        now = sum(samples(resp.read().decode(), "skipcache_plays").values())
     assert now > 0, "the worker counted no plays"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
