@@ -195,6 +195,8 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work, "runs")
         print(f"a do-nothing faust agent, batch delivery (runs):  {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
     store = build_store(st)
+    if redis_url is None:
+        store.r.config_resetstat()  # the commandstats printed below are this run's
     workers, ports = [], []
     try:
         for i in range(workers_n):  # started together, so they join the group together
@@ -235,6 +237,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         if applied - first[1] < len(events) // 10:  # the rate would be of a few batches, or a division by zero
             raise SystemExit(f"only {len(events) - first[1]:,} of {len(events):,} events were left when the measurement "
                              f"began (the workers consume while the group settles): use more --users")
+        commands = store.r.info("commandstats") if redis_url is None else {}
         fig = live_figures(st, store, Catalogue())
         rate = (applied - first[1]) / (predicted - first[0])
         end_to_end = (applied - first[1]) / (warmed - first[0])
@@ -252,6 +255,11 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
             print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
                   f"({seconds / (warmed - first[0]):.0%} of a core)")
+        if commands:  # where the server's time went: the commands by their time inside it
+            top = sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:6]
+            print("  Redis commands by server time (µs per event; calls):  " + ", ".join(
+                f"{name.removeprefix('cmdstat_')} {v['usec'] / (applied - first[1]):.2f} ({v['calls']:,})"
+                for name, v in top))
         print(f"  figures: {fig['predictions']:,} predictions, accuracy {fig['accuracy']:.4f} (majority "
               f"{fig['majority_accuracy']:.4f}), full-play hit ratio {fig['full_play_hit_ratio']:.4f}")
         contract = fig["contract"]
