@@ -185,7 +185,8 @@ class FeatureEngine:
         return u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads, ad_before
 
     def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
-                 user_part: tuple | None = None) -> list[float]:
+                 user_part: tuple | None = None, bucket: int | None = None) -> list[float]:
+        """``bucket``: ``_bucket(user_id, track_id)`` if the caller has it already."""
         cfg = self.config
         p = cfg.prior_skip_rate
         st = self.state
@@ -224,7 +225,8 @@ class FeatureEngine:
         if premium is not None:
             row += premium
         if self.use_genres:
-            bucket = self._bucket(user_id, track_id)
+            if bucket is None:
+                bucket = self._bucket(user_id, track_id)
             if u is not None:
                 m = cfg.user_smoothing
                 if bucket == 1:
@@ -310,14 +312,15 @@ class FeatureEngine:
                 self._resolve(key, sess, FULL, e.ts, resolved)
             track = e.track_id
             who = self.user_part(uid, e.ts)
-            row = self.features(uid, track, sess, e.ts, e.hour, who)
+            bucket = self._bucket(uid, track) if self.use_genres else -1
+            row = self.features(uid, track, sess, e.ts, e.hour, who, bucket)
             if u[U_AD] is not None:  # the ad was before this play; the upcoming track has not had one yet
                 u[U_AD] = None
                 who = (*who[:-1], 0.0)
             play_no = sess[S_PLAYS]
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
-            sess[S_PENDING_BUCKET] = self._bucket(uid, track) if self.use_genres else -1
+            sess[S_PENDING_BUCKET] = bucket
             sess[S_PENDING_TS] = e.ts
             st.dirty_sessions.add(key)
             if key not in self._gap_keys:

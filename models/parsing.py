@@ -167,13 +167,16 @@ def parse_event(obj: object) -> Event:
         session_id = _int_id(session_id, "session_id")
     # fast path for the naive ISO stamps of most releases: one cache hit per minute of data
     if type(ts_raw) is str and 19 <= len(ts_raw) <= 26 and ts_raw[10] == "T" and _plain_seconds(ts_raw):
-        minute = _minutes.get(ts_raw[:16])
+        start = _hours.get(ts_raw[:13])
+        if start is None:
+            start = _hour_start(ts_raw)
+        minute = _MINUTE_SECONDS.get(ts_raw[13:16])
         if minute is None:
-            minute = _minute(ts_raw)
+            raise Rejected("bad_timestamp", ts_raw[:40])
         sec = float(ts_raw[17:])
         if not sec < 61.0:
             raise Rejected("bad_timestamp", ts_raw)
-        ts, hour = minute[0] + sec, minute[1]
+        ts, hour = start[0] + minute + sec, start[1]
     else:
         ts, hour = parse_timestamp(ts_raw)
     if kind in TRACK_EVENTS:
@@ -186,7 +189,9 @@ def parse_event(obj: object) -> Event:
     return Event(ts, hour, user_id, session_id, kind, track, nxt)
 
 
-_minutes: dict[str, tuple[float, int]] = {}
+_hours: dict[str, tuple[float, int]] = {}
+_MINUTE_SECONDS = {f":{m:02d}": 60.0 * m for m in range(60)}
+"""``:MM`` -> its seconds: checks and converts a stamp's minute in one lookup."""
 
 
 def _plain_seconds(raw: str) -> bool:
@@ -196,23 +201,24 @@ def _plain_seconds(raw: str) -> bool:
             and (len(s) == 2 or (s[2] == "." and len(s) > 3 and s[3:].isdigit())))
 
 
-_MINUTE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}")
+_HOUR_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")
 
 
-def _minute(raw: str) -> tuple[float, int]:
-    """Epoch seconds and hour of ``YYYY-MM-DDTHH:MM``, validated once and cached."""
+def _hour_start(raw: str) -> tuple[float, int]:
+    """Epoch seconds and hour of ``YYYY-MM-DDTHH``, validated once per hour of data and cached
+    (a sparse export has few events per minute, but many per hour)."""
     try:
-        if not _MINUTE_RE.fullmatch(raw, 0, 16):
+        if not _HOUR_RE.fullmatch(raw, 0, 13):
             raise ValueError
-        hour, minute = int(raw[11:13]), int(raw[14:16])
-        if not (0 <= hour < 24 and 0 <= minute < 60):
+        hour = int(raw[11:13])
+        if not 0 <= hour < 24:
             raise ValueError
-        value = (_midnight(raw[:10]) + hour * 3600 + minute * 60, hour)
+        value = (_midnight(raw[:10]) + hour * 3600, hour)
     except ValueError:
         raise Rejected("bad_timestamp", raw[:40]) from None
-    if len(_minutes) > 1_000_000:
-        _minutes.clear()
-    _minutes[raw[:16]] = value
+    if len(_hours) > 1_000_000:
+        _hours.clear()
+    _hours[raw[:13]] = value
     return value
 
 
