@@ -27,6 +27,7 @@ from functools import partial
 
 import faust
 from faust.types import TP
+from threadpoolctl import threadpool_limits
 
 from models.events import Event
 from stream.bootstrap import Stage, Worker
@@ -44,6 +45,23 @@ from stream.worker.stages.warm import SourceEnds
 
 log = logging.getLogger("skipcache.worker")
 GC_THRESHOLDS = (50_000, 20, 10)
+BLAS_THREADS = 1
+"""A batch's scores are one small matrix product (plays x features). On a batch past a few
+thousand plays OpenBLAS splits it over a thread per core, whose threads then spin waiting for
+more work: on the cores the broker, Redis and a second worker need. One thread cost a batch of
+20,000 one partition's events 15% less CPU per event (bench/RESULTS.md)."""
+
+
+def tune_process() -> None:
+    """Once the worker's parts are built. The catalogue, the model and faust live as long as the
+    process: keep the cyclic collector from rescanning them on every full collection; and collect
+    the young generation less often (a batch allocates ~100 objects per event, and the state it
+    keeps holds no cycles): a quarter of the worker's time went to the collector. And score with
+    ``BLAS_THREADS``."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    threadpool_limits(BLAS_THREADS, user_api="blas")
 
 
 def event_time(record: tuple) -> float | None:
@@ -184,13 +202,7 @@ class WorkerService(Forwarding):
                 ck.on_flush_error = self.kafka_failed
                 ck.on_flushed = lambda: self.dependency_ok(self.health.kafka)
                 ck.offload = self.call
-            # the catalogue, the model and faust live as long as the process: keep the cyclic
-            # collector from rescanning them on every full collection; and collect the young
-            # generation less often (a batch allocates ~100 objects per event, and the state it
-            # keeps holds no cycles): a quarter of the worker's time went to the collector
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)
+            tune_process()
         return self.built
 
     def source_ends(self) -> SourceEnds:

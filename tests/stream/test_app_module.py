@@ -1,4 +1,5 @@
 """Importing the worker's module builds and connects nothing; only faust's entry module does."""
+import json
 import os
 import subprocess
 import sys
@@ -18,3 +19,19 @@ def test_importing_the_app_module_has_no_side_effects():
 def test_the_faust_entry_module_builds_the_app_from_the_settings():
     run = _import("stream.faust_main")
     assert run.returncode != 0 and "at least 16 characters" in run.stderr
+
+
+def test_the_worker_scores_with_one_blas_thread_and_a_tuned_collector():
+    """``tune_process`` (run once the worker's parts are built): in a process of its own, since
+    it changes process-wide settings."""
+    code = ("import gc, json, numpy; from threadpoolctl import threadpool_info; "
+            "from stream.worker.service import tune_process; tune_process(); "
+            "print(json.dumps([[i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'], "
+            "gc.get_threshold()]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    blas, thresholds = json.loads(run.stdout)
+    from stream.worker.service import BLAS_THREADS, GC_THRESHOLDS
+
+    assert blas and all(n == BLAS_THREADS for n in blas)
+    assert tuple(thresholds) == GC_THRESHOLDS
