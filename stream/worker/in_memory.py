@@ -28,11 +28,10 @@ def partition_records(events: Sequence[Event], partitions: int) -> dict[int, lis
     return out
 
 
-async def _replay(worker: Worker, events: Sequence[Event], batch_size: int) -> CheckpointResult:
+async def _replay(worker: Worker, events: Sequence[Event], batch_size: int, total: CheckpointResult) -> None:
     predict, warm = worker.stages["predict"], worker.stages["warm"]
     entries = predict.checkpoint.sinks["entries"]  # a ListSink: the entries topic, in memory
     topic: dict[int, list[tuple[int, bytes]]] = {q: [] for q in range(warm.partitions)}
-    total = CheckpointResult()
     records = partition_records(events, predict.partitions)
     taken = {p: 0 for p in records}
     step = batch_size * predict.partitions  # rounds of the replay's order: the partitions keep pace
@@ -58,13 +57,14 @@ async def _replay(worker: Worker, events: Sequence[Event], batch_size: int) -> C
     result = await warm.checkpoint.run([(rt, []) for rt in warm.runtimes.values()])
     total.committed += result.committed
     total.fenced += result.fenced
-    return total
 
 
 def replay_in_memory(worker: Worker, events: Sequence[Event], batch_size: int = 1000) -> CheckpointResult:
     """Replay ``events`` (in replay order) through ``worker``'s two stages, the entries topic a
     list per partition; returns every committed batch of both stages."""
-    return asyncio.run(_replay(worker, events, batch_size))
+    total = CheckpointResult()
+    asyncio.run(_replay(worker, events, batch_size, total))
+    return total  # not the task's result: asyncio.run's SIGINT check formats that task's repr (seconds of it)
 
 
 def list_sinks() -> dict[str, dict[str, ListSink]]:
