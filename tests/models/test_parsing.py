@@ -97,3 +97,22 @@ def test_reader_handles_compression_and_counts_every_bad_line(tmp_path, suffix, 
                                     "sessions/not_an_event": 1, "sessions/missing_event_type": 1}
     assert ds.rejections.examples["sessions/bad_json"] == "{not json"
     assert ds.missing == ["users", "artists", "tracks", "track_storage"]
+
+
+@pytest.mark.parametrize("raw", ["2023-06-17T10:09:50.547000", "2023-06-17T00:00:00", "2023-06-17T23:59:59.999999",
+                                 "2024-02-29T12:30:05", "2023-12-31T23:59:59"])
+def test_an_events_stamp_reads_as_the_general_parser_reads_it(raw):
+    """``parse_event``'s fast path (an hour's start, cached, and the minute by lookup) gives what
+    ``parse_timestamp`` gives, twice over (the second time from the cache)."""
+    for _ in range(2):
+        e = parse_event({"timestamp": raw, "user_id": 5, "session_id": 3, "track_id": TRACK, "event_type": "play"})
+        assert (e.ts, e.hour) == pytest.approx(parse_timestamp(raw))
+
+
+@pytest.mark.parametrize("raw", ["2023-06-17T10:60:00", "2023-06-17T24:00:00", "2023-02-30T10:00:00",
+                                 "2023-06-17T1a:00:00", "2023-06-17T10:0\u0663:00", "2023-06-17T10-09:00",
+                                 "2023-06-17T10:09:61", "2023-06-17T10:9:00.5"])
+def test_an_events_bad_stamp_is_rejected_by_the_fast_path_too(raw):
+    with pytest.raises(Rejected) as exc:
+        parse_event({"timestamp": raw, "user_id": 5, "session_id": 3, "track_id": TRACK, "event_type": "play"})
+    assert exc.value.reason == "bad_timestamp"
