@@ -43,8 +43,6 @@ def main() -> None:
     work, events = trained_replay("skipcache-bench-stages-", args.users)
     ds, _ = load_replay(work / "data", progress=False)
     artifact = load(work / "m.joblib")
-    records = in_memory.partition_records(events, args.partitions)
-    in_memory.partition_records = lambda _events, _n: records  # made once: not the stages' work
     redis = start_redis(workdir=work / "redis")
     try:
         def settings(tag: str) -> Settings:
@@ -74,8 +72,8 @@ def main() -> None:
         # and the live worker (~1 µs per event in the kernel), do not: it warms up, unreported
         stages("warm-up")
         runs = [stages(f"run{i}") for i in range(args.runs)]
-        # after the stages: past 100,000 events simulate forks a helper for its warm stage, and
-        # every page the parent then writes first faults (copy-on-write): seconds of kernel time
+        # after the stages: past 100,000 events simulate forks a helper for its warm stage, whose
+        # CPU is counted here; the stages' runs never follow a fork of this process
         started = cpu_with_children()
         expected = simulate_as_worker(events, ds.catalogue, artifact, settings("sim"), end_sessions=False)
         baseline = cpu_with_children() - started
@@ -94,8 +92,6 @@ def main() -> None:
             profile.enable()
             stages("profiled")
             profile.disable()
-            if os.environ.get("PROFILE_OUT"):
-                profile.dump_stats(os.environ["PROFILE_OUT"])
             print("profile (cProfile, one more run; its own overhead roughly doubles the times):")
             pstats.Stats(profile).sort_stats("tottime").print_stats(30)
     finally:

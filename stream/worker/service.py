@@ -48,8 +48,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 BLAS_THREADS = 1
 """A batch's scores are one small matrix product (plays x features). On a batch past a few
 thousand plays OpenBLAS splits it over a thread per core, whose threads then spin waiting for
-more work: on the cores the broker, Redis and a second worker need. One thread cost a batch of
-20,000 one partition's events 15% less CPU per event (bench/RESULTS.md)."""
+more work: on the cores the broker, Redis and a second worker need. With one thread, batches of
+20,000 events of one partition cost 15% less CPU per event (bench/RESULTS.md, issue 16)."""
 
 
 def tune_process() -> None:

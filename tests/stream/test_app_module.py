@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from stream.worker.service import BLAS_THREADS, GC_THRESHOLDS
+
 
 def _import(module: str) -> subprocess.CompletedProcess:
     # a configuration create_app refuses at once: importing must not get that far
@@ -31,7 +33,5 @@ def test_the_worker_scores_with_one_blas_thread_and_a_tuned_collector():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     blas, thresholds = json.loads(run.stdout)
-    from stream.worker.service import BLAS_THREADS, GC_THRESHOLDS
-
     assert blas and all(n == BLAS_THREADS for n in blas)
     assert tuple(thresholds) == GC_THRESHOLDS
