@@ -11,7 +11,8 @@ and ``bench_worker.py`` for the worker as a whole.
 
 A first run in the process warms up and is not reported (see ``main``).
 
-Run: python bench/bench_stages.py [--users 800] [--partitions 2] [--batch 2800] [--runs 2] [--profile]"""
+Run: python bench/bench_stages.py [--users 800] [--partitions 2] [--batch 2800] [--runs 2] [--profile [--profile-out F]]
+(the profile covers the two checkpoints alone, as the CPU figure does)"""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2800, help="events per partition per checkpoint")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="cProfile one more run: the functions by their own time")
+    ap.add_argument("--profile-out", help="with --profile: also save the profile here (pstats format)")
     args = ap.parse_args()
     from models.artifacts import load
     from models.events import Catalogue
@@ -49,7 +51,7 @@ def main() -> None:
             return Settings(partitions=args.partitions, warm_partitions=args.partitions,
                             redis_url=f"redis://127.0.0.1:{redis.port}/0", redis_prefix=tag)
 
-        def stages(tag: str) -> tuple[float, dict]:
+        def stages(tag: str, profile=None) -> tuple[float, dict]:
             st = settings(tag)
             store = build_store(st)
             worker = build_worker(st, store=store, catalogue=ds.catalogue, artifact=artifact,
@@ -57,7 +59,7 @@ def main() -> None:
             tune_process()  # as the live worker, once its parts are built
             spent = [0.0]
             for stage in worker.stages.values():  # CPU inside the checkpoints only
-                stage.checkpoint.run = timed(stage.checkpoint.run, spent)
+                stage.checkpoint.run = timed(stage.checkpoint.run, spent, profile)
             in_memory.replay_in_memory(worker, events, args.batch)
             figures = live_figures(st, store, Catalogue())
             del worker
@@ -89,11 +91,12 @@ def main() -> None:
             import pstats
 
             profile = cProfile.Profile()
-            profile.enable()
-            stages("profiled")
-            profile.disable()
-            print("profile (cProfile, one more run; its own overhead roughly doubles the times):")
+            stages("profiled", profile)
+            print("profile (cProfile inside the checkpoints, one more run; its own overhead roughly doubles "
+                  "the times):")
             pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+            if args.profile_out:
+                profile.dump_stats(args.profile_out)
     finally:
         redis.proc.kill()
         redis.proc.wait()
@@ -105,12 +108,16 @@ def cpu_with_children() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def timed(run, spent: list[float]):
+def timed(run, spent: list[float], profile=None):
     async def wrapper(work):
         started = time.process_time()
+        if profile is not None:
+            profile.enable()
         try:
             return await run(work)
         finally:
+            if profile is not None:
+                profile.disable()
             spent[0] += time.process_time() - started
     return wrapper
 

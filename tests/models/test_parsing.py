@@ -100,10 +100,11 @@ def test_reader_handles_compression_and_counts_every_bad_line(tmp_path, suffix, 
 
 
 @pytest.mark.parametrize("raw", ["2023-06-17T10:09:50.547000", "2023-06-17T00:00:00", "2023-06-17T23:59:59.999999",
-                                 "2024-02-29T12:30:05", "2023-12-31T23:59:59"])
+                                 "2024-02-29T12:30:05", "2023-12-31T23:59:59", "2016-12-31T23:59:60.5"])
 def test_an_events_stamp_reads_as_the_general_parser_reads_it(raw):
     """``parse_event``'s fast path (an hour's start, cached, and the minute by lookup) gives what
-    ``parse_timestamp`` gives, twice over (the second time from the cache)."""
+    ``parse_timestamp`` gives, twice over (the second time from the cache); a leap second, which
+    both take, as the next minute's first second, in the hour it is stamped with."""
     for _ in range(2):
         e = parse_event({"timestamp": raw, "user_id": 5, "session_id": 3, "track_id": TRACK, "event_type": "play"})
         assert (e.ts, e.hour) == pytest.approx(parse_timestamp(raw))
