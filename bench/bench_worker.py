@@ -7,7 +7,8 @@ the warm stage applied every entry of every predict batch.
 Targets (issues 4 and 11): >= 10,000 events/s per worker process; aim for 20,000. Issue 16: one
 process >= 30,000 events/s end to end and >= 0.08x raw; two processes >= 1.7x one (``--workers 1,2``:
 both in one run, beside what two busy Python processes get done at once on this machine).
-Run: python bench/bench_worker.py [--users 800] [--workers 1,2 --users 2000] (KEEP_WORK=1 keeps the work folder: the workers' logs)"""
+A single run moves by up to ±10% from the next on this machine kind: ``--repeat N`` gives medians.
+Run: python bench/bench_worker.py [--users 800] [--workers 1,2 --users 2000] [--repeat N] (KEEP_WORK=1 keeps the work folder: the workers' logs)"""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +84,9 @@ def main() -> None:
     ap.add_argument("--workers", type=_counts, default=[1], metavar="N[,N...]",
                     help="worker processes in the group (2 partitions); several (1,2): each in turn, same run, "
                          "and each count's end-to-end rate as a multiple of the first's")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="throughput runs per worker count, the counts taking turns (each on a topic of its own, "
+                         "raw aiokafka in each): each run's rate and ratio, then the medians, which are compared")
     ap.add_argument("--partitions", type=int, default=2, help="sessions and entries partitions")
     ap.add_argument("--clean-runs", type=int, default=0,
                     help="instead: replay the same events this many times through one worker and compare the figures")
@@ -110,7 +114,16 @@ def main() -> None:
             return
         if not args.skip_throughput:
             servers = {"broker (Tansu)": kafka.proc.pid, "Redis-protocol server": redis.proc.pid}
-            rates = {n: throughput(args, events, settings_for, work, servers=servers, workers_n=n) for n in args.workers}
+            runs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.workers}
+            for _ in range(args.repeat):  # the counts take turns: a machine that drifts moves all alike
+                for n in args.workers:
+                    runs[n].append(throughput(args, events, settings_for, work, servers=servers, workers_n=n))
+            rates = {n: statistics.median(rate for rate, _ in got) for n, got in runs.items()}
+            if args.repeat > 1:
+                for n, got in runs.items():
+                    print(f"{n} process(es), {len(got)} runs, end to end: "
+                          + ", ".join(f"{rate:,.0f} ({rate / raw:.3f}x raw)" for rate, raw in got)
+                          + f"; median {rates[n]:,.0f} events/s, {statistics.median(r / w for r, w in got):.3f}x raw")
             single = rates[args.workers[0]]
             if len(rates) > 1:
                 print(", ".join(f"{n} process(es): {rate:,.0f} events/s end to end ({rate / single:.2f}x)"
@@ -121,7 +134,7 @@ def main() -> None:
                 from stream.cli.services import start_redis_cluster
 
                 cluster = stack.add(start_redis_cluster(args.redis_cluster, 1, workdir=work / "cluster"))
-                on_cluster = throughput(args, events, settings_for, work, cluster.url)
+                on_cluster, _ = throughput(args, events, settings_for, work, cluster.url)
                 print(f"on a {args.redis_cluster}-primary cluster (+ replicas): {on_cluster:,.0f} events/s end to end, "
                       f"{on_cluster / single:.2f}x one server's {single:,.0f} in the same run")
         if args.skip_latency:
@@ -171,9 +184,9 @@ def _counts(text: str) -> list[int]:
 
 
 def throughput(args, events, settings_for, work: Path, redis_url: str | None = None,
-               servers: dict[str, int] | None = None, workers_n: int = 1) -> float:
-    """The topic is full before the worker starts: events/s until both stages applied it all
-    (returned). ``redis_url``: the state elsewhere than the benchmark's one server (a cluster)."""
+               servers: dict[str, int] | None = None, workers_n: int = 1) -> tuple[float, float]:
+    """The topic is full before the worker starts: events/s until both stages applied it all,
+    and raw aiokafka's on the same topic (returned). ``redis_url``: the state elsewhere than the benchmark's one server (a cluster)."""
     from models.events import Catalogue
     from stream.bootstrap import build_store
     from stream.cli.jobs import live_figures
@@ -268,7 +281,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
                   f"({int(contract.get('repartitioned', 0)):,} applied there, "
                   f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
         print(f"  batches (per partition, /metrics of the first worker): {batch_figures(ports[0])}")
-        return end_to_end
+        return end_to_end, raw
     finally:  # stopped whatever happened (a failure midway leaves no worker running)
         for w in workers:
             stop_process(w, 20)
