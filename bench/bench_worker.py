@@ -127,7 +127,8 @@ def main() -> None:
             single = rates[args.workers[0]]
             if len(rates) > 1:
                 print(", ".join(f"{n} process(es): {rate:,.0f} events/s end to end ({rate / single:.2f}x)"
-                                for n, rate in rates.items()) + f" -- same run, against {args.workers[0]}")
+                                for n, rate in rates.items())
+                      + f" -- same run{', medians' if args.repeat > 1 else ''}, against {args.workers[0]}")
                 print("this machine, busy Python processes at once (same run): " + ", ".join(
                     f"{n}: {machine_scaling(n):.2f}x one alone" for n in args.workers if n > 1))
             if args.redis_cluster:
@@ -186,7 +187,8 @@ def _counts(text: str) -> list[int]:
 def throughput(args, events, settings_for, work: Path, redis_url: str | None = None,
                servers: dict[str, int] | None = None, workers_n: int = 1) -> tuple[float, float]:
     """The topic is full before the worker starts: events/s until both stages applied it all,
-    and raw aiokafka's on the same topic (returned). ``redis_url``: the state elsewhere than the benchmark's one server (a cluster)."""
+    and raw aiokafka's on the same topic (returned). ``redis_url``: the state elsewhere than the
+    benchmark's one server (a cluster)."""
     from models.events import Catalogue
     from stream.bootstrap import build_store
     from stream.cli.jobs import live_figures
