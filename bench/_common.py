@@ -26,7 +26,7 @@ def bench_data(users: int = 8000, seed: int = 42) -> Path:
 
 def trained_replay(prefix: str, users: int):
     """A fresh work folder with a generated long-profile export of ``users`` users (seed 9) and a
-    linear_svc trained on its first half: (folder, the events in replay order)."""
+    linear_svc trained on its first half: (folder, the export's catalogue, the events in replay order)."""
     import tempfile
 
     from stream.cli import main as cli
@@ -36,7 +36,8 @@ def trained_replay(prefix: str, users: int):
     work = Path(tempfile.mkdtemp(prefix=prefix))
     generate(work / "data", users=users, seed=9, profile="long", progress=False)
     cli(["train", "--data", str(work / "data"), "--out", str(work / "m.joblib"), "--train-fraction", "0.5"])
-    return work, load_replay(work / "data", progress=False)[1]
+    ds, events = load_replay(work / "data", progress=False)
+    return work, ds.catalogue, events
 
 
 def worker_env(tag: str, kafka_port: int, redis_port: int, work: Path, partitions: int, **extra: str):

@@ -127,7 +127,7 @@ def main() -> None:
     from stream.cli.services import Stack, start_redis, start_tansu, start_worker, stop_process, wait_http
     from stream.producer import replay
 
-    work, events = trained_replay("skipcache-bench-predict-", args.users)
+    work, _, events = trained_replay("skipcache-bench-predict-", args.users)
     third = len(events) // 5  # warm-up, a drain without callers, one with, then steady streams
     stack = Stack()
     kafka = stack.add(start_tansu(workdir=work / "tansu"))

@@ -26,18 +26,16 @@ ROUNDS = 3
 def main() -> None:
     from models.artifacts import load
     from stream.bootstrap import build_worker
-    from stream.files import read_dataset
     from stream.settings import Settings
     from stream.stores.memory import MemoryStore
     from stream.worker.in_memory import list_sinks
     from stream.worker.stages.entry_codec import decode
 
     users = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    work, events = trained_replay("bench-shadows-", users)
-    ds = read_dataset(work / "data", progress=False)
+    work, catalogue, events = trained_replay("bench-shadows-", users)
     art = load(work / "m.joblib")
     base = Settings(partitions=1, warm_partitions=1)
-    worker = build_worker(base, store=MemoryStore(), catalogue=ds.catalogue, artifact=art, sinks=list_sinks())
+    worker = build_worker(base, store=MemoryStore(), catalogue=catalogue, artifact=art, sinks=list_sinks())
     predict = worker.predict_runtime(0)
     records = [(i, orjson.dumps(e.to_json())) for i, e in enumerate(events)]
     topic: list[tuple[int, bytes]] = []
@@ -56,7 +54,7 @@ def main() -> None:
 
     def warm(shadows: str, profile: cProfile.Profile | None = None) -> tuple[float, int, dict]:
         settings = Settings(partitions=1, warm_partitions=1, shadow_thresholds=shadows)
-        w = build_worker(settings, store=MemoryStore(), catalogue=ds.catalogue, artifact=art, sinks=list_sinks())
+        w = build_worker(settings, store=MemoryStore(), catalogue=catalogue, artifact=art, sinks=list_sinks())
         rt = w.warm_runtime(0)
         written = 0
         started = time.perf_counter()

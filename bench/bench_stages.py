@@ -36,14 +36,13 @@ def main() -> None:
     from models.artifacts import load
     from models.events import Catalogue
     from stream.bootstrap import build_store, build_worker
-    from stream.cli.jobs import live_figures, load_replay, simulate_as_worker
+    from stream.cli.jobs import live_figures, simulate_as_worker
     from stream.cli.services import start_redis
     from stream.settings import Settings
     from stream.worker.service import tune_process
     import stream.worker.in_memory as in_memory
 
-    work, events = trained_replay("skipcache-bench-stages-", args.users)
-    ds, _ = load_replay(work / "data", progress=False)
+    work, catalogue, events = trained_replay("skipcache-bench-stages-", args.users)
     artifact = load(work / "m.joblib")
     redis = start_redis(workdir=work / "redis")
     try:
@@ -54,7 +53,7 @@ def main() -> None:
         def stages(tag: str, profile=None) -> tuple[float, dict]:
             st = settings(tag)
             store = build_store(st)
-            worker = build_worker(st, store=store, catalogue=ds.catalogue, artifact=artifact,
+            worker = build_worker(st, store=store, catalogue=catalogue, artifact=artifact,
                                   sinks=in_memory.list_sinks())
             tune_process()  # as the live worker, once its parts are built
             spent = [0.0]
@@ -77,7 +76,7 @@ def main() -> None:
         # after the stages: past 100,000 events simulate forks a helper for its warm stage, whose
         # CPU is counted here; the stages' runs never follow a fork of this process
         started = cpu_with_children()
-        expected = simulate_as_worker(events, ds.catalogue, artifact, settings("sim"), end_sessions=False)
+        expected = simulate_as_worker(events, catalogue, artifact, settings("sim"), end_sessions=False)
         baseline = cpu_with_children() - started
         print(f"simulate, same events (the domain work alone):  {1e6 * baseline / n:6.1f} µs per event (CPU)")
         for i, (cpu, fig) in enumerate(runs):

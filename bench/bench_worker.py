@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     from stream.cli.services import Stack, start_redis, start_tansu
 
-    work, events = trained_replay("skipcache-bench-worker-", args.users)
+    work, catalogue, events = trained_replay("skipcache-bench-worker-", args.users)
     stack = Stack()
     kafka = stack.add(start_tansu(workdir=work / "tansu"))
     redis = stack.add(start_redis(workdir=work / "redis"))
@@ -110,7 +110,7 @@ def main() -> None:
             return worker_env(tag, kafka.port, redis.port, work, args.partitions, **extra)
 
         if args.clean_runs:
-            clean_runs(args, events, settings_for, work)
+            clean_runs(args, catalogue, events, settings_for, work)
             return
         if not args.skip_throughput:
             servers = {"broker (Tansu)": kafka.proc.pid, "Redis-protocol server": redis.proc.pid}
@@ -350,7 +350,7 @@ def batch_figures(port: int) -> str:
     return ", ".join(out)
 
 
-def clean_runs(args, events, settings_for, work: Path) -> None:
+def clean_runs(args, catalogue, events, settings_for, work: Path) -> None:
     """The same replay, produced before the worker starts, through a fresh worker (new group, new
     state) several times: how much do two clean runs differ?"""
     from models.events import Catalogue
@@ -381,7 +381,7 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
         values = [r[key] for r in rows]
         print(f"{key}: {min(values):.4f} .. {max(values):.4f} (spread {100 * (max(values) - min(values)):.3f} points)")
     print(f"late entries: {[r['warm_late_entries'] for r in rows]}")
-    sim = simulated(work, events, st)
+    sim = simulated(work, catalogue, events, st)
     same = {key: all(r[key] == sim[key] for r in rows)
             for key in ("predictions", "accuracy", "promotions", "full_play_hits")}
     print(f"skipcache simulate, same events, model, thresholds and {st.partitions} partitions: predictions "
@@ -389,13 +389,12 @@ def clean_runs(args, events, settings_for, work: Path) -> None:
           f"promotions {sim['promotions']:,}; every run equal to it: {same}")
 
 
-def simulated(work: Path, events, st) -> dict:
+def simulated(work: Path, catalogue, events, st) -> dict:
     """What ``skipcache simulate`` says of the same replay (the plays open at its end stay open, as live)."""
     from models.artifacts import load
-    from stream.cli.jobs import load_replay, simulate_as_worker
+    from stream.cli.jobs import simulate_as_worker
 
-    ds, _ = load_replay(work / "data", progress=False)
-    return simulate_as_worker(events, ds.catalogue, load(work / "m.joblib"), st, end_sessions=False)
+    return simulate_as_worker(events, catalogue, load(work / "m.joblib"), st, end_sessions=False)
 
 
 def start_profile(pid: int, out: Path):
