@@ -27,7 +27,7 @@ from models.labels import FULL
 from .effects import Outcome
 from .entries import PLAY, RESOLVED, UPCOMING
 from .experiment import AB
-from .figures import Figures, confusion_cell
+from .figures import Figures
 
 T = TypeVar("T")
 
@@ -70,6 +70,7 @@ class PredictionLedger:
         self.count_from = count_from
         self.keep_scores = keep_scores
         self.figures = {c: Figures() for c in self.columns}
+        self._figures = list(self.figures.values())  # in column order
         self.pending: dict[tuple[int, int], tuple] = {}  # (user, session) -> scores, variant, counted, ts
         self.outcome_at = self.columns.index(outcomes_of) if outcomes_of in self.columns else -1
         self.outcomes: list[Outcome] = []
@@ -88,10 +89,21 @@ class PredictionLedger:
         if not counted:
             return
         full = r.label == FULL
-        for i, (column, score) in enumerate(zip(self.columns, scores)):
-            f = self.figures[column]
-            cell = confusion_cell(score >= 0.5, full)
-            setattr(f, cell, getattr(f, cell) + 1)
+        for i, (f, score) in enumerate(zip(self._figures, scores)):
+            # confusion_cell, spelled out: a counter per cell, for every resolved play
+            if score >= 0.5:
+                if full:
+                    f.tp += 1
+                    cell = "tp"
+                else:
+                    f.fp += 1
+                    cell = "fp"
+            elif full:
+                f.fn += 1
+                cell = "fn"
+            else:
+                f.tn += 1
+                cell = "tn"
             by = f.by_variant.get(variant)
             if by is None:
                 by = f.by_variant[variant] = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
@@ -160,6 +172,13 @@ class Predicted:
     """Resolved predictions of the ledger's ``outcomes_of`` column, with their confusion cell."""
 
 
+def _by_row(columns: list, n: int) -> list[tuple]:
+    """Each of ``n`` rows' values, one per column (None for a column without values)."""
+    if not columns:
+        return [()] * n
+    return list(zip(*[c if c is not None else [None] * n for c in columns]))
+
+
 def run_steps(steps: Generator[object, None, T]) -> T:
     """What a generator of steps (``Predictor.process_steps``) returns, run straight through."""
     try:
@@ -201,6 +220,9 @@ class Predictor:
         steps: list[tuple] = []
         rows: list[list[float]] = []
         up_rows: list[list[float]] = []
+        variant_of = self.variant_of
+        variants: list[str] = []  # of each play (row), and of each upcoming row
+        up_variants: list[str] = []
         lookahead = list(self.lookahead.values())
         ahead: list[list[float]] = []
         for e, seq in zip(events, seqs):
@@ -208,14 +230,17 @@ class Predictor:
                 yield st.epoch_of(e.ts)
             resolved, row, up, play_no = observe(e)
             if row is not None:
+                variant = variant_of(e.user_id) if variant_of is not None else "A"
                 j = -1
                 if up is not None:
                     j = len(up_rows)
                     up_rows.append(up)
+                    up_variants.append(variant)
                     if lookahead:
                         ahead.append([future(e.user_id, e.session_id, play_no + 1) for future in lookahead])
                 steps.append((seq, e, resolved, len(rows), j, play_no))
                 rows.append(row)
+                variants.append(variant)
             elif resolved:
                 steps.append((seq, e, resolved, -1, -1, -1))
         width = len(self.engine.feature_names)
@@ -224,18 +249,24 @@ class Predictor:
         # shape, which must not flip a decision sitting on a threshold
         cur = {name: np.round(scorer(X), 9).tolist() for name, scorer in self.scorers.items()}
         up_s = {name: np.round(scorer(X_up), 9).tolist() for name, scorer in self.scorers.items()}
-        variant_of = self.variant_of
         columns = self.columns
-        # each column's scores (None: a look-ahead's, or the variant's, filled per play)
+        # each column's scores: a scorer's, the variant's (ab), or a look-ahead's (upcoming only);
+        # then, by one zip, each play's and each upcoming row's scores in column order
         cur_cols = [cur.get(c) for c in columns]
         up_cols = [up_s.get(c) for c in columns]
-        ab_at = columns.index(AB) if AB in columns else -1
+        if AB in columns:
+            at = columns.index(AB)
+            cur_cols[at] = [cur[v][i] for i, v in enumerate(variants)]
+            up_cols[at] = [up_s[v][j] for j, v in enumerate(up_variants)]
+        for at, values in zip(self._ahead_at, zip(*ahead)):
+            up_cols[at] = values
+        cur_rows, up_rows_scored = _by_row(cur_cols, len(rows)), _by_row(up_cols, len(up_rows))
+        ledger, ledger_at = self.ledger, self._ledger_at
+        ledger_all = ledger_at == list(range(len(columns)))
         out = Predicted(len(events), len(rows))
         entries = out.entries
         append = entries.append
-        ledger, ledger_at = self.ledger, self._ledger_at
         resolve, open_ = ledger.resolve, ledger.open
-        ahead_at = self._ahead_at
         for seq, e, resolved, i, j, play_no in steps:
             own = None  # the play itself, resolved at once by a skip that came before it
             for r in resolved:
@@ -246,21 +277,11 @@ class Predictor:
                 resolve(r)
             if i < 0:
                 continue
-            variant = variant_of(e.user_id) if variant_of is not None else "A"
-            # a column's score: a scorer's, the variant's (ab), or a look-ahead's (upcoming only)
-            now = [col[i] if col is not None else None for col in cur_cols]
-            if ab_at >= 0:
-                now[ab_at] = cur[variant][i]
+            variant, now = variants[i], cur_rows[i]
             append((seq, PLAY, e.ts, e.user_id, e.session_id, play_no, e.track_id, variant))
-            open_(e.user_id, e.session_id, tuple([now[k] for k in ledger_at]), variant, e.ts)
+            open_(e.user_id, e.session_id, now if ledger_all else tuple([now[k] for k in ledger_at]), variant, e.ts)
             if j >= 0:
-                nxt = [col[j] if col is not None else None for col in up_cols]
-                if ab_at >= 0:
-                    nxt[ab_at] = up_s[variant][j]
-                if lookahead:
-                    for k, value in zip(ahead_at, ahead[j]):
-                        nxt[k] = value
-                append((seq, UPCOMING, e.ts, e.next_track_id, variant, tuple(nxt)))
+                append((seq, UPCOMING, e.ts, e.next_track_id, variant, up_rows_scored[j]))
             if own is not None:
                 append((seq, RESOLVED, own.ts, own.user_id, own.session_id, own.play_no, own.track_id, own.label))
                 resolve(own)

@@ -12,7 +12,7 @@ from datetime import date
 from .events import (AD, AUDIO_FIELDS, BUY_PREMIUM, EVENT_TYPES, LIKE, PLAY, SKIP, TRACK_EVENTS, Event, Storage,
                      Track, User, iso_utc)
 from .contract import (EVENT_TYPE_WHITESPACE, ISO_TIMESTAMP_RE, KIND_ALIASES, MAX_EPOCH_MS, MAX_EVENT_TYPE_LEN,
-                       MAX_ID, MAX_TIMESTAMP_LEN, is_track_id)
+                       MAX_ID, MAX_TIMESTAMP_LEN, TRACK_ID_LEN, is_track_id)
 from .rejections import Rejected
 
 EVENT_ALIASES = {alias: kind for kind, spellings in KIND_ALIASES.items() for alias in spellings}
@@ -166,25 +166,28 @@ def parse_event(obj: object) -> Event:
     if type(session_id) is not int or not 0 <= session_id <= MAX_ID:
         session_id = _int_id(session_id, "session_id")
     # fast path for the naive ISO stamps of most releases: one cache hit per hour of data, the minute by lookup
-    if type(ts_raw) is str and 19 <= len(ts_raw) <= 26 and ts_raw[10] == "T" and _plain_seconds(ts_raw):
+    if (type(ts_raw) is str and 19 <= len(ts_raw) <= 26 and ts_raw[10] == "T" and ts_raw[16] == ":"
+            and (s := ts_raw[17:]).isascii() and s[:2].isdigit()
+            and (len(s) == 2 or (s[2] == "." and len(s) > 3 and s[3:].isdigit()))):  # ":SS" or ":SS.f..."
         start = _hours.get(ts_raw[:13])
         if start is None:
             start = _hour_start(ts_raw)
         minute = _MINUTE_SECONDS.get(ts_raw[13:16])
         if minute is None:
             raise Rejected("bad_timestamp", ts_raw[:40])
-        sec = float(ts_raw[17:])
+        sec = float(s)
         if not sec < 61.0:
             raise Rejected("bad_timestamp", ts_raw)
         ts, hour = start[0] + minute + sec, start[1]
     else:
         ts, hour = parse_timestamp(ts_raw)
+    # is_track_id inlined: this runs for every event
     if kind in TRACK_EVENTS:
-        if not is_track_id(track):
+        if not (type(track) is str and len(track) == TRACK_ID_LEN and track.isascii() and track.isalnum()):
             track = _track_id(track, True)
     elif track is not None:
         track = _track_id(track, False)
-    if nxt is not None:
+    if nxt is not None and not (type(nxt) is str and len(nxt) == TRACK_ID_LEN and nxt.isascii() and nxt.isalnum()):
         nxt = _track_id(nxt, False, "next_track_id")
     return Event(ts, hour, user_id, session_id, kind, track, nxt)
 
@@ -192,13 +195,6 @@ def parse_event(obj: object) -> Event:
 _hours: dict[str, tuple[float, int]] = {}
 _MINUTE_SECONDS = {f":{m:02d}": 60.0 * m for m in range(60)}
 """``:MM`` -> its seconds: checks and converts a stamp's minute in one lookup."""
-
-
-def _plain_seconds(raw: str) -> bool:
-    """``:SS`` or ``:SS.f...`` from the 17th character to the end, ASCII digits only."""
-    s = raw[17:]
-    return (raw[16] == ":" and s.isascii() and s[:2].isdigit()
-            and (len(s) == 2 or (s[2] == "." and len(s) > 3 and s[3:].isdigit())))
 
 
 _HOUR_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")

@@ -208,10 +208,12 @@ class PredictRuntime(PartitionRuntime):
         """``(offset, value, Kafka timestamp, Event or Rejected)`` of each record: the worker
         decodes a run when it arrives, to apply partitions in event-time order (``scheduler.py``)."""
         out = []
+        append = out.append
         check, wall = self.window.check, time.time()
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        for offset, value, *kafka_ts in records:
-            ts = kafka_ts[0] if kafka_ts else None
+        for record in records:  # (offset, value) or (offset, value, Kafka timestamp)
+            offset, value = record[0], record[1]
+            ts = record[2] if len(record) > 2 else None
             try:
                 if value is None:
                     raise Rejected("empty_message")
@@ -224,7 +226,7 @@ class PredictRuntime(PartitionRuntime):
                 item = check(parse_event(obj), ts or wall)
             except Rejected as r:
                 item = r
-            out.append((offset, value, ts, item))
+            append((offset, value, ts, item))
         return out
 
     def apply(self, records: list[tuple], out: BatchOutput, inbox: list[tuple] = ()) -> None:
