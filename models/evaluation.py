@@ -73,7 +73,7 @@ def _build_table(events, catalogue: Catalogue, config: EngineConfig | None, prog
     ts = np.empty(n_plays, np.float64)
     labels = np.full(n_plays, -1, np.int8)
     index: dict[tuple[int, int, int], int] = {}
-    rows: list[list[float]] = []
+    rows: list[tuple] = []  # gathered (FeatureEngine.gather), derived a copy at a time
     done = 0  # rows copied into X
     play = 0  # plays seen
     observe = engine.observe
@@ -90,11 +90,11 @@ def _build_table(events, catalogue: Catalogue, config: EngineConfig | None, prog
                 continue
             rows.append(row)
             if len(rows) == ROWS_PER_COPY:
-                X[done:done + len(rows)] = rows
+                X[done:done + len(rows)] = engine.matrix(rows)
                 done += len(rows)
                 rows.clear()
     if rows:
-        X[done:done + len(rows)] = rows
+        X[done:done + len(rows)] = engine.matrix(rows)
         done += len(rows)
     for r in engine.flush(end_ts):
         labels[index.pop((r.user_id, r.session_id, r.play_no))] = r.label

@@ -5,12 +5,19 @@ at that instant. A play's features are read *before* the play is registered and 
 already resolved (a play's outcome is known when a skip of it, the next play, or the session's end
 arrives), so nothing here can see the future. Training, evaluation, the simulation and the live
 worker all call this class; the state behind it is in memory or loaded from Redis per batch.
+
+What a play reads of the state is gathered per event (``gather``: counts, already decayed, and
+their ``log1p``); the rates, smoothing and catalogue columns are derived from a batch of gathered
+rows at once (``matrix``), the same arithmetic bit for bit, a column at a time.
 """
 from __future__ import annotations
 
 import math
 from heapq import heapify, heappop, heappush
+from itertools import chain
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from .events import AD, AUDIO_FIELDS, BUY_PREMIUM, LIKE, PLAY, SESSION_END, SKIP, Catalogue, Event
 from .labels import FULL, SKIPPED
@@ -40,8 +47,16 @@ _AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
 _AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
 MAX_OPEN_SESSIONS = 4
 _UNSEEN = object()
-_HOUR_SIN = tuple(math.sin(2 * math.pi * h / 24) for h in range(24))
-_HOUR_COS = tuple(math.cos(2 * math.pi * h / 24) for h in range(24))
+_HOUR_SIN_ARRAY = np.array([math.sin(2 * math.pi * h / 24) for h in range(24)])
+_HOUR_COS_ARRAY = np.array([math.cos(2 * math.pi * h / 24) for h in range(24)])
+
+# A gathered row (``FeatureEngine.gather``): the state a play's features are derived from, read at
+# the play; ``matrix`` turns a batch of them into feature rows at once.
+(G_HAS_USER, G_UN, G_LOG_UN, G_UK, G_ULIKES, G_UADS, G_SN, G_SK, G_AD_BEFORE, G_PREMIUM, G_PREMIUM_KNOWN,
+ G_HAS_TRACK, G_TN, G_LOG_TN, G_TK, G_TLIKES,
+ G_HAS_OWN, G_OWN_N, G_LOG_OWN_N, G_OWN_K, G_OWN_LIKED,
+ G_HAS_SESSION, G_PLAYS, G_LOG_PLAYS, G_SKIPS, G_LAST_SKIPPED,
+ G_HOUR, G_BUCKET, G_BN, G_BK, G_TRACK_ROW, G_WIDTH) = range(32)
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,11 @@ class FeatureEngine:
         self._held_heap: list[tuple[float, int, int, str]] = []
         self.repaired: dict[str, int] = {}
         """Events taken though they came out of order, by how (``skip_before_play``)."""
-        self._track_cache: dict[str, tuple] = {}
+        self._track_at: dict[str, int] = {}
+        """Track -> its row of catalogue columns in ``_track_rows`` (``matrix`` takes them by index)."""
+        self._track_rows: list[tuple] = []
+        self._track_matrix = np.empty((0, len(TRACK_FEATURES)))
+        self._tracks_filled = 0  # rows of ``_track_rows`` in ``_track_matrix``
         self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
 
     # ---- reading features -------------------------------------------------------------------
@@ -156,90 +175,132 @@ class FeatureEngine:
         return user.premium and user_id not in cat.buyers
 
     def user_part(self, user_id: int, ts: float) -> tuple:
-        """What a play's features take from its user at ``ts``: computed once for the playing
-        and the upcoming track of one play (the user's state is the same for both)."""
-        cfg = self.config
-        p = cfg.prior_skip_rate
+        """What a play's row takes from its user at ``ts``: (record, decay factor, the row's
+        user values ``G_HAS_USER`` .. ``G_PREMIUM_KNOWN``), once for the playing and the upcoming
+        track of one play (the user's state is the same for both)."""
         u = self.state.users.get(user_id)
         premium_now = self.premium_at(user_id, u, ts)
-        if u is not None:
-            f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
-            un = u[U_N] * f
-            m = cfg.user_smoothing
-            user_rate = (u[U_K] * f + m * p) / (un + m)
-            user_plays = math.log1p(un)
-            user_like = u[U_LIKES] * f / (un + 1.0)
-            user_ads = u[U_ADS] * f / (un + 1.0)
-            if premium_now:
-                sn, sk = u[U_NP] * f, u[U_KP] * f
-            else:
-                sn, sk = (u[U_N] - u[U_NP]) * f, (u[U_K] - u[U_KP]) * f
-            state_rate = (sk + m * user_rate) / (sn + m)
-            ad_before = 1.0 if u[U_AD] is not None else 0.0
+        premium = (0.5, 0.0) if premium_now is None else ((1.0 if premium_now else 0.0), 1.0)
+        if u is None:
+            return None, 1.0, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *premium)
+        f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
+        un = u[U_N] * f
+        if premium_now:
+            sn, sk = u[U_NP] * f, u[U_KP] * f
         else:
-            f = 1.0
-            user_rate, user_plays, user_like, user_ads, state_rate, ad_before = p, 0.0, 0.0, 0.0, p, 0.0
-        premium = None
-        if self.use_users:
-            premium = (0.5, 0.0) if premium_now is None else ((1.0 if premium_now else 0.0), 1.0)
-        return u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads, ad_before
+            sn, sk = (u[U_N] - u[U_NP]) * f, (u[U_K] - u[U_KP]) * f
+        return u, f, (1.0, un, math.log1p(un), u[U_K] * f, u[U_LIKES] * f, u[U_ADS] * f, sn, sk,
+                      1.0 if u[U_AD] is not None else 0.0, *premium)
 
-    def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
-                 user_part: tuple | None = None, bucket: int | None = None) -> list[float]:
-        """``bucket``: ``_bucket(user_id, track_id)`` if the caller has it already."""
-        cfg = self.config
-        p = cfg.prior_skip_rate
+    def gather(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
+               user_part: tuple | None = None, bucket: int | None = None) -> tuple:
+        """The state a play's feature row is derived from, read now (``G_*``; ``matrix`` derives
+        the rows of a batch at once). ``bucket``: ``_bucket(user_id, track_id)`` if the caller
+        has it already."""
         st = self.state
-        u, f, user_rate, user_plays, user_like, premium, state_rate, user_ads, ad_before = user_part or self.user_part(user_id, ts)
+        u, f, who = user_part or self.user_part(user_id, ts)
         t = st.tracks.get(track_id)
         if t is None and st.shared_tracks is not None:
             t = st.shared_tracks.get(track_id)
         own = u[U_TRACKS].get(track_id) if u is not None else None
         if own is not None:
-            own_n, own_k = own[UT_N], own[UT_K]
-            m = cfg.user_track_smoothing
-            mine = (math.log1p(own_n), (own_k + m * user_rate) / (own_n + m), float(own[UT_LIKED]))
+            has_own, own_n, own_k, own_liked = 1.0, own[UT_N], own[UT_K], own[UT_LIKED]
+            log_own_n = math.log1p(own_n)
         else:
-            own_n = own_k = 0
-            mine = (0.0, user_rate, 0.0)
+            has_own = own_n = log_own_n = own_k = own_liked = 0.0
         if t is not None:
-            m = cfg.track_smoothing
-            track_rate = (t[T_K] + m * p) / (t[T_N] + m)
-            track_plays = math.log1p(t[T_N])
-            track_like = t[T_LIKES] / (t[T_N] + 1.0)
-            others = (max(t[T_K] - own_k, 0.0) + m * p) / (max(t[T_N] - own_n, 0.0) + m)
+            has_t, tn, tk, tl = 1.0, t[T_N], t[T_K], t[T_LIKES]
+            log_tn = math.log1p(tn)
         else:
-            track_rate, track_plays, track_like, others = p, 0.0, 0.0, p
+            has_t = tn = log_tn = tk = tl = 0.0
         if session is not None:
-            plays = session[S_PLAYS]
-            m = cfg.session_smoothing
-            sess_rate = (session[S_SKIPS] + m * p) / (plays + m)
-            last = session[S_LAST]
-            row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
-                   math.log1p(plays), sess_rate, 1.0 if last == SKIPPED else 0.0,
-                   1.0 if plays == 0 else 0.0, _HOUR_SIN[hour], _HOUR_COS[hour],
-                   state_rate, ad_before, user_ads, *mine, others]
+            has_s, plays, skips = 1.0, session[S_PLAYS], session[S_SKIPS]
+            log_plays, last = math.log1p(plays), 1.0 if session[S_LAST] == SKIPPED else 0.0
         else:
-            row = [user_rate, user_plays, user_like, track_rate, track_plays, track_like,
-                   0.0, p, 0.0, 1.0, _HOUR_SIN[hour], _HOUR_COS[hour], state_rate, ad_before, user_ads, *mine, others]
-        if premium is not None:
-            row += premium
+            has_s = plays = log_plays = skips = last = 0.0
+        bn = bk = 0.0
         if self.use_genres:
             if bucket is None:
                 bucket = self._bucket(user_id, track_id)
             if u is not None:
-                m = cfg.user_smoothing
                 if bucket == 1:
                     bn, bk = u[U_NM] * f, u[U_KM] * f
                 else:
                     bn, bk = u[U_NO] * f, u[U_KO] * f
-                bucket_rate = (bk + m * user_rate) / (bn + m)
-            else:
-                bucket_rate = user_rate
-            row += (1.0 if bucket == 1 else 0.0, 0.0 if bucket < 0 else 1.0, bucket_rate)
+        return (*who, has_t, tn, log_tn, tk, tl, has_own, own_n, log_own_n, own_k, own_liked,
+                has_s, plays, log_plays, skips, last, hour, -1 if bucket is None else bucket, bn, bk,
+                self._track_index(track_id) if self.use_tracks else 0)
+
+    def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
+                 user_part: tuple | None = None, bucket: int | None = None) -> list[float]:
+        """One play's feature row (``feature_names``), as ``matrix`` derives it."""
+        return self.matrix([self.gather(user_id, track_id, session, ts, hour, user_part, bucket)])[0].tolist()
+
+    def matrix(self, rows: list[tuple]) -> np.ndarray:
+        """The feature rows (``feature_names``) of gathered rows (``gather``, ``observe``), as one
+        float64 matrix: the rates, smoothing and catalogue columns computed a column at a time. The
+        same arithmetic, in the same order, as one row at a time, and ``log1p`` comes gathered
+        (numpy's vectorised one differs from the C library's in the last bit, by position in the
+        array)."""
+        n = len(rows)
+        G = np.fromiter(chain.from_iterable(rows), np.float64, count=n * G_WIDTH).reshape(n, G_WIDTH).T
+        cfg = self.config
+        p = cfg.prior_skip_rate
+        X = np.empty((n, len(self.feature_names)))
+        has_u, un, ukf, ads, sn, sk = G[G_HAS_USER] > 0, G[G_UN], G[G_UK], G[G_UADS], G[G_SN], G[G_SK]
+        m = cfg.user_smoothing
+        X[:, 0] = user_rate = np.where(has_u, (ukf + m * p) / (un + m), p)
+        X[:, 1] = G[G_LOG_UN]
+        X[:, 2] = G[G_ULIKES] / (un + 1.0)
+        has_t, tn, tk = G[G_HAS_TRACK] > 0, G[G_TN], G[G_TK]
+        mt = cfg.track_smoothing
+        X[:, 3] = np.where(has_t, (tk + mt * p) / (tn + mt), p)
+        X[:, 4] = G[G_LOG_TN]
+        X[:, 5] = G[G_TLIKES] / (tn + 1.0)
+        has_s, plays = G[G_HAS_SESSION] > 0, G[G_PLAYS]
+        ms = cfg.session_smoothing
+        X[:, 6] = G[G_LOG_PLAYS]
+        X[:, 7] = np.where(has_s, (G[G_SKIPS] + ms * p) / (plays + ms), p)
+        X[:, 8] = G[G_LAST_SKIPPED]
+        X[:, 9] = np.where(has_s, plays == 0, 1.0)
+        hour = G[G_HOUR].astype(np.intp)
+        X[:, 10] = _HOUR_SIN_ARRAY[hour]
+        X[:, 11] = _HOUR_COS_ARRAY[hour]
+        X[:, 12] = np.where(has_u, (sk + m * user_rate) / (sn + m), p)
+        X[:, 13] = G[G_AD_BEFORE]
+        X[:, 14] = ads / (un + 1.0)
+        has_own, own_n, own_k = G[G_HAS_OWN] > 0, G[G_OWN_N], G[G_OWN_K]
+        mu = cfg.user_track_smoothing
+        X[:, 15] = G[G_LOG_OWN_N]
+        X[:, 16] = np.where(has_own, (own_k + mu * user_rate) / (own_n + mu), user_rate)
+        X[:, 17] = G[G_OWN_LIKED]
+        X[:, 18] = np.where(has_t, (np.maximum(tk - own_k, 0.0) + mt * p) / (np.maximum(tn - own_n, 0.0) + mt), p)
+        at = len(BASE_FEATURES)
+        if self.use_users:
+            X[:, at] = G[G_PREMIUM]
+            X[:, at + 1] = G[G_PREMIUM_KNOWN]
+            at += 2
+        if self.use_genres:
+            bucket = G[G_BUCKET]
+            X[:, at] = bucket == 1
+            X[:, at + 1] = bucket >= 0
+            X[:, at + 2] = np.where(has_u, (G[G_BK] + m * user_rate) / (G[G_BN] + m), user_rate)
+            at += 3
         if self.use_tracks:
-            row += self._track_row(track_id)
-        return row
+            X[:, at:] = self._track_columns()[G[G_TRACK_ROW].astype(np.intp)]
+        return X
+
+    def _track_columns(self) -> np.ndarray:
+        """Every track row made so far as one matrix, grown (doubling) as tracks first show up."""
+        have, rows = self._tracks_filled, self._track_rows
+        if have < len(rows):
+            if len(rows) > len(self._track_matrix):
+                grown = np.empty((max(2 * len(self._track_matrix), len(rows), 1024), len(TRACK_FEATURES)))
+                grown[:have] = self._track_matrix[:have]
+                self._track_matrix = grown
+            self._track_matrix[have:len(rows)] = rows[have:]
+            self._tracks_filled = len(rows)
+        return self._track_matrix
 
     def _bucket(self, user_id: int, track_id: str) -> int:
         """1 if the track's genres meet the user's favourites, 0 if not, -1 if unknown. The
@@ -254,27 +315,32 @@ class FeatureEngine:
             return -1
         return 0 if user.favourite_genres.isdisjoint(genres) else 1
 
+    def _track_index(self, track_id: str) -> int:
+        """The track's row of catalogue columns (``_track_rows``), made on first sight."""
+        at = self._track_at.get(track_id)
+        if at is None:
+            at = self._track_at[track_id] = len(self._track_rows)
+            self._track_rows.append(self._track_row(track_id))
+        return at
+
     def _track_row(self, track_id: str) -> tuple:
-        row = self._track_cache.get(track_id)
-        if row is None:
-            tr = self.catalogue.tracks.get(track_id)
-            if tr is None:
-                row = (0.0, 0.5, 3.7, 0.0, 0.5) + tuple(
-                    _AUDIO_DEFAULT.get(n, 0.5) * _AUDIO_SCALE.get(n, 1.0) for n in AUDIO_FIELDS)
-            else:
-                def val(x: float, default: float) -> float:
-                    return default if math.isnan(x) else x
-                row = (1.0, val(tr.popularity, 50.0) / 100.0, val(tr.duration_ms, 221_000.0) / 60_000.0,
-                       val(tr.explicit, 0.0), (2024.0 - val(tr.release_year, 2000.0)) / 50.0) + tuple(
-                    val(x, _AUDIO_DEFAULT.get(n, 0.5)) * _AUDIO_SCALE.get(n, 1.0)
-                    for n, x in zip(AUDIO_FIELDS, tr.audio))
-            self._track_cache[track_id] = row
-        return row
+        tr = self.catalogue.tracks.get(track_id)
+        if tr is None:
+            return (0.0, 0.5, 3.7, 0.0, 0.5) + tuple(
+                _AUDIO_DEFAULT.get(n, 0.5) * _AUDIO_SCALE.get(n, 1.0) for n in AUDIO_FIELDS)
+
+        def val(x: float, default: float) -> float:
+            return default if math.isnan(x) else x
+        return (1.0, val(tr.popularity, 50.0) / 100.0, val(tr.duration_ms, 221_000.0) / 60_000.0,
+                val(tr.explicit, 0.0), (2024.0 - val(tr.release_year, 2000.0)) / 50.0) + tuple(
+            val(x, _AUDIO_DEFAULT.get(n, 0.5)) * _AUDIO_SCALE.get(n, 1.0)
+            for n, x in zip(AUDIO_FIELDS, tr.audio))
 
     # ---- updating state ---------------------------------------------------------------------
     def observe(self, e: Event) -> tuple[list[Resolution], list[float] | None, list[float] | None, int]:
-        """Apply one event. Returns (resolutions, features of the playing track, features of the
-        upcoming track, play number in session); the feature rows are None unless it is a play."""
+        """Apply one event. Returns (resolutions, the gathered row of the playing track, that of
+        the upcoming track, play number in session); the rows (``matrix`` derives their features)
+        are None unless it is a play."""
         st = self.state
         if e.ts >= st.epoch_end:  # the epoch turns before anything this event resolves
             st.advance(e.ts)
@@ -313,10 +379,11 @@ class FeatureEngine:
             track = e.track_id
             who = self.user_part(uid, e.ts)
             bucket = self._bucket(uid, track) if self.use_genres else -1
-            row = self.features(uid, track, sess, e.ts, e.hour, who, bucket)
+            row = self.gather(uid, track, sess, e.ts, e.hour, who, bucket)
             if u[U_AD] is not None:  # the ad was before this play; the upcoming track has not had one yet
                 u[U_AD] = None
-                who = (*who[:-1], 0.0)
+                values = who[2]
+                who = (who[0], who[1], (*values[:G_AD_BEFORE], 0.0, *values[G_AD_BEFORE + 1:]))
             play_no = sess[S_PLAYS]
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
@@ -328,7 +395,7 @@ class FeatureEngine:
                 heappush(heap, (e.ts, uid, e.session_id))
             upcoming = None
             if e.next_track_id is not None:
-                upcoming = self.features(uid, e.next_track_id, sess, e.ts, e.hour, who)
+                upcoming = self.gather(uid, e.next_track_id, sess, e.ts, e.hour, who)
             if self._held:
                 held = self._held.pop((uid, e.session_id, track), None)
                 if held is not None:

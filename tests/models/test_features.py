@@ -1,9 +1,12 @@
 """The feature engine must never see the future and must agree with the offline label."""
+import math
+
 import numpy as np
 
 from models.evaluation import build_table
 from models.events import PLAY, SESSION_END, SKIP, Event
-from models.features import FeatureEngine
+from models.features import (G_HAS_TRACK, G_HAS_USER, G_OWN_K, G_OWN_N, G_SK, G_SN, G_TK, G_TN, G_UK, G_UN,
+                             EngineConfig, FeatureEngine)
 from models.labels import FULL, SKIPPED, label_session
 from models.replay import replay_order
 from stream.files import read_dataset
@@ -90,6 +93,36 @@ def test_features_are_point_in_time(small_long_data):
     n = len(prefix.y)
     assert n > 1000
     np.testing.assert_array_equal(prefix.X, full.X[:n])
+
+
+def test_a_rows_features_do_not_depend_on_the_batch_it_is_derived_in(small_long_data):
+    """``matrix`` derives a batch's rows at once, the live worker's batches are cut otherwise than
+    the simulation's: a row's features must be the same bits alone, in any batch, and as the
+    scalar formulas give them (``log1p`` comes gathered: numpy's vectorised one differs in the
+    last bit by the element's position in the array)."""
+    ds = read_dataset(small_long_data, progress=False)
+    engine = FeatureEngine(ds.catalogue, EngineConfig(user_half_life_days=14.0))
+    rows = []
+    for e in replay_order(ds.events):
+        _, row, up, _ = engine.observe(e)
+        rows += [r for r in (row, up) if r is not None]
+    assert len(rows) > 1000
+    whole = engine.matrix(rows)
+    alone = np.vstack([engine.matrix([r]) for r in rows[:300]])
+    np.testing.assert_array_equal(whole[:300], alone)
+    for cut in (7, 17, 1001):  # batches of other lengths and offsets
+        np.testing.assert_array_equal(np.vstack([engine.matrix(rows[i:i + cut]) for i in range(0, len(rows), cut)]), whole)
+    names = engine.feature_names
+    cfg, p = engine.config, engine.config.prior_skip_rate
+    m, mt = cfg.user_smoothing, cfg.track_smoothing
+    for g, derived in zip(rows, whole):  # the scalar formulas, row by row (README "Features")
+        x = dict(zip(names, derived))
+        user_rate = (g[G_UK] + m * p) / (g[G_UN] + m) if g[G_HAS_USER] else p
+        assert x["user_skip_rate"] == user_rate and x["user_log_plays"] == math.log1p(g[G_UN])
+        assert x["user_state_skip_rate"] == ((g[G_SK] + m * user_rate) / (g[G_SN] + m) if g[G_HAS_USER] else p)
+        assert x["track_log_plays"] == math.log1p(g[G_TN])
+        assert x["track_others_skip_rate"] == ((max(g[G_TK] - g[G_OWN_K], 0.0) + mt * p)
+                                               / (max(g[G_TN] - g[G_OWN_N], 0.0) + mt) if g[G_HAS_TRACK] else p)
 
 
 def test_replay_marks_session_ends_and_fills_next_track():

@@ -79,7 +79,8 @@ def test_a_purchase_at_the_plays_instant_is_not_before_it():
     engine.observe(ev(100, BUY_PREMIUM))
     _, same, _, _ = engine.observe(ev(100, PLAY, B))
     _, later, _, _ = engine.observe(ev(300, PLAY, C))
-    assert (first[col], same[col], later[col]) == (0.0, 0.0, 1.0)
+    X = engine.matrix([first, same, later])  # observe's rows are gathered; the matrix derives them
+    assert (X[0, col], X[1, col], X[2, col]) == (0.0, 0.0, 1.0)
 
 
 def test_ties_a_skip_stamped_with_the_next_play_goes_first_and_a_play_never_sees_its_own_outcome():
@@ -96,7 +97,7 @@ def test_ties_a_skip_stamped_with_the_next_play_goes_first_and_a_play_never_sees
             resolved, row, _, _ = engine.observe(e)
             labels.update({r.track_id: r.label for r in resolved})
             if row is not None:
-                rows[e.track_id] = row
+                rows[e.track_id] = engine.matrix([row])[0].tolist()
         assert labels[A] == SKIPPED and labels[B] == SKIPPED  # B's: a skip at its own instant, after its scoring
         b = dict(zip(names, rows[B]))
         assert b["sess_last_skipped"] == 1.0 and b["ad_before"] == 1.0  # what ended A, and the ad before B
