@@ -91,18 +91,20 @@ class CacheWarmer:
         last = self._last_ts
         if ts <= last:
             return
-        f = self.figures  # totals: cost accrues in one sum, whatever the batch size
-        if ts > self.count_from:
-            start = max(last, self.count_from)
+        self._last_ts = ts
+        count_from = self.count_from
+        if ts > count_from:  # (called for nearly every entry: the common path inlined)
+            f = self.figures  # totals: cost accrues in one sum, whatever the batch size
+            start = last if last >= count_from else count_from
             if start > -math.inf:
                 cost = self.tiers.cost_per_day * (ts - start) / 86400.0
                 f.cost_area += cost
                 if self.hours is not None:
-                    self._hour(ts)[2] += cost
-            if math.isnan(f.window_start):
+                    row = self._hour_row if ts // HOUR == self._hour_at else self._hour(ts)
+                    row[2] += cost
+            if f.window_start != f.window_start:  # NaN: the counted window's first event
                 f.window_start = ts
             f.window_end = ts
-        self._last_ts = ts
         if ts >= self._next_sweep:
             # sweeps happen at whole hours of event time, so a shard's result depends on its own
             # events only (not on when another shard's events arrived)
