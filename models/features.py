@@ -46,6 +46,8 @@ TRACK_FEATURES = ("track_in_catalogue", "popularity", "duration_min", "explicit"
 _AUDIO_SCALE = {"key": 1 / 11, "loudness": 1 / 60, "tempo": 1 / 250}
 _AUDIO_DEFAULT = {"key": 5.0, "loudness": -9.0, "tempo": 120.0}
 MAX_OPEN_SESSIONS = 4
+_DECAYED = (U_N, U_K, U_LIKES, U_NM, U_KM, U_NO, U_KO, U_NP, U_KP, U_ADS)
+"""The user's counts that decay with time."""
 _UNSEEN = object()
 _HOUR_SIN_ARRAY = np.array([math.sin(2 * math.pi * h / 24) for h in range(24)])
 _HOUR_COS_ARRAY = np.array([math.cos(2 * math.pi * h / 24) for h in range(24)])
@@ -142,6 +144,7 @@ class FeatureEngine:
         half_life = self.config.user_half_life_days
         self._decay_rate = 0.0 if not half_life or math.isinf(half_life) else math.log(2) / (half_life * 86400.0)
         self._gap = self.config.session_gap_seconds
+        self._early_skip = self.config.early_skip_seconds
         self._gap_heap: list[tuple[float, int, int]] = []
         """(start, user, session): one entry per session with a pending play, at that play's
         start or an earlier one of the session (moved to the later one when it comes up), so the
@@ -337,25 +340,26 @@ class FeatureEngine:
             for n, x in zip(AUDIO_FIELDS, tr.audio))
 
     # ---- updating state ---------------------------------------------------------------------
-    def observe(self, e: Event) -> tuple[list[Resolution], list[float] | None, list[float] | None, int]:
+    def observe(self, e: Event) -> tuple[list[Resolution], tuple | None, tuple | None, int]:
         """Apply one event. Returns (resolutions, the gathered row of the playing track, that of
         the upcoming track, play number in session); the rows (``matrix`` derives their features)
         are None unless it is a play."""
         st = self.state
-        if e.ts >= st.epoch_end:  # the epoch turns before anything this event resolves
-            st.advance(e.ts)
+        ts = e.ts
+        if ts >= st.epoch_end:  # the epoch turns before anything this event resolves
+            st.advance(ts)
         resolved: list[Resolution] = []
         heap = self._gap_heap
-        if heap and heap[0][0] < e.ts - self._gap:
-            self._end_gapped(e.ts, resolved)
-        if self._held_heap and self._held_heap[0][0] < e.ts - self.config.early_skip_seconds:
-            self._expire_held(e.ts)
+        if heap and heap[0][0] < ts - self._gap:
+            self._end_gapped(ts, resolved)
+        if self._held_heap and self._held_heap[0][0] < ts - self._early_skip:
+            self._expire_held(ts)
         kind = e.kind
         uid = e.user_id
         key = (uid, e.session_id)
         u = st.users.get(uid)
         if u is None:
-            u = st.users[uid] = new_user(e.ts, e.session_id)
+            u = st.users[uid] = new_user(ts, e.session_id)
         else:
             open_sessions = u[U_SESSION]
             if e.session_id not in open_sessions:
@@ -363,9 +367,9 @@ class FeatureEngine:
                 # (live traffic without session_end markers would otherwise never resolve it)
                 for sid in list(open_sessions):
                     old = st.sessions.get((uid, sid))
-                    if (old is None or e.ts - old[S_PENDING_TS] > self.config.session_idle_seconds
+                    if (old is None or ts - old[S_PENDING_TS] > self.config.session_idle_seconds
                             or len(open_sessions) >= MAX_OPEN_SESSIONS):
-                        self._end_session((uid, sid), e.ts, resolved)
+                        self._end_session((uid, sid), ts, resolved)
                         open_sessions.remove(sid)
                 open_sessions.append(e.session_id)
         st.dirty_users.add(uid)
@@ -375,11 +379,11 @@ class FeatureEngine:
                 sess = st.sessions[key] = new_session()
                 st.deleted_sessions.discard(key)
             elif sess[S_PENDING_TRACK] is not None:
-                self._resolve(key, sess, FULL, e.ts, resolved)
+                self._resolve(key, sess, FULL, ts, resolved)
             track = e.track_id
-            who = self.user_part(uid, e.ts)
+            who = self.user_part(uid, ts)
             bucket = self._bucket(uid, track) if self.use_genres else -1
-            row = self.gather(uid, track, sess, e.ts, e.hour, who, bucket)
+            row = self.gather(uid, track, sess, ts, e.hour, who, bucket)
             if u[U_AD] is not None:  # the ad was before this play; the upcoming track has not had one yet
                 u[U_AD] = None
                 values = who[2]
@@ -388,18 +392,18 @@ class FeatureEngine:
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
             sess[S_PENDING_BUCKET] = bucket
-            sess[S_PENDING_TS] = e.ts
+            sess[S_PENDING_TS] = ts
             st.dirty_sessions.add(key)
             if key not in self._gap_keys:
                 self._gap_keys.add(key)
-                heappush(heap, (e.ts, uid, e.session_id))
+                heappush(heap, (ts, uid, e.session_id))
             upcoming = None
             if e.next_track_id is not None:
-                upcoming = self.gather(uid, e.next_track_id, sess, e.ts, e.hour, who)
+                upcoming = self.gather(uid, e.next_track_id, sess, ts, e.hour, who)
             if self._held:
                 held = self._held.pop((uid, e.session_id, track), None)
                 if held is not None:
-                    if held[0] >= e.ts:  # its skip came first: the play resolves right after its scoring
+                    if held[0] >= ts:  # its skip came first: the play resolves right after its scoring
                         self._resolve(key, sess, SKIPPED, held[0], resolved)
                         self.repaired["skip_before_play"] = self.repaired.get("skip_before_play", 0) + 1
                     else:
@@ -408,34 +412,32 @@ class FeatureEngine:
         if kind == SKIP:
             sess = st.sessions.get(key)
             if sess is not None and sess[S_PENDING_TRACK] == e.track_id:
-                self._resolve(key, sess, SKIPPED, e.ts, resolved)
+                self._resolve(key, sess, SKIPPED, ts, resolved)
                 st.dirty_sessions.add(key)
             elif self.config.early_skip_seconds > 0:  # its play may still come (out of order)
                 held_key = (uid, e.session_id, e.track_id)
                 old = self._held.get(held_key)
                 if old is not None:
                     self.rejections.add("orphan_skip", old[1])
-                self._held[held_key] = (e.ts, e.to_json())
-                heappush(self._held_heap, (e.ts, *held_key))
+                self._held[held_key] = (ts, e.to_json())
+                heappush(self._held_heap, (ts, *held_key))
             else:
                 self.rejections.add("orphan_skip", e.to_json())
         elif kind == LIKE:
-            f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
-            self._decay_user(u, f, e.ts)
+            self._decay_to(u, ts)
             u[U_LIKES] += 1.0
             if e.track_id:
                 touch_track(u, e.track_id)[UT_LIKED] = 1
             st.add_track(e.track_id, 0.0, 0.0, 1.0)
         elif kind == AD:
-            f = math.exp(-self._decay_rate * (e.ts - u[U_TS])) if e.ts > u[U_TS] else 1.0
-            self._decay_user(u, f, e.ts)
+            self._decay_to(u, ts)
             u[U_ADS] += 1.0
             u[U_AD] = e.session_id  # heard since the user's last play: an ad is stamped with the play after it
         elif kind == BUY_PREMIUM:
             if u[U_BOUGHT] is None:
-                u[U_BOUGHT] = e.ts
+                u[U_BOUGHT] = ts
         elif kind == SESSION_END:
-            self._end_session(key, e.ts, resolved)
+            self._end_session(key, ts, resolved)
             if e.session_id in u[U_SESSION]:
                 u[U_SESSION].remove(e.session_id)
         return resolved, None, None, -1
@@ -524,11 +526,15 @@ class FeatureEngine:
         if sess is not None and sess[S_PENDING_TRACK] is not None:
             self._resolve(key, sess, FULL, ts, resolved)
 
-    def _decay_user(self, u: list, f: float, ts: float) -> None:
-        if f != 1.0:
-            for i in (U_N, U_K, U_LIKES, U_NM, U_KM, U_NO, U_KO, U_NP, U_KP, U_ADS):
-                u[i] *= f
-        if ts > u[U_TS]:
+    def _decay_to(self, u: list, ts: float) -> None:
+        """Decay the user's counts to ``ts`` (if it is later than the user's last event)."""
+        last = u[U_TS]
+        if ts > last:
+            if self._decay_rate:
+                f = math.exp(-self._decay_rate * (ts - last))
+                if f != 1.0:
+                    for i in _DECAYED:
+                        u[i] *= f
             u[U_TS] = ts
 
     def _resolve(self, key: tuple[int, int], sess: list, label: int, ts: float,
@@ -539,8 +545,7 @@ class FeatureEngine:
         uid = key[0]
         u = st.users.get(uid)
         if u is not None:
-            f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
-            self._decay_user(u, f, ts)
+            self._decay_to(u, ts)
             u[U_N] += 1.0
             u[U_K] += skipped
             bucket = sess[S_PENDING_BUCKET]
