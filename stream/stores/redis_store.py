@@ -39,15 +39,16 @@ from stream.store import Changes, TrackCounts, parts_needed, read_counts_as_of
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v4"
-FUNCTION = "skipcache_commit_v3"
-READ_TRACKS = "skipcache_tracks_v2"
+FUNCTION_LIBRARY = "skipcache_v5"
+FUNCTION = "skipcache_commit_v4"
+READ_TRACKS = "skipcache_tracks_v3"
 UNPACK_CHUNK = 999
 """Values per call inside a Function (Lua's unpack has a stack limit)."""
 FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
 -- ARGV[1]: F, the fenced offsets (the partition's, then its other inputs'), KEYS[1..F]; ARGV[2..]:
 -- F offsets the batch began at, then F new offsets; then per command: its name, the index of its
--- key in KEYS, how many arguments follow.
+-- key in KEYS, how many arguments follow. HINCRBY may carry many (field, increment) pairs: a
+-- batch's track counts go as one command per key, not one per count.
 local function commit(keys, args)
   local f = tonumber(args[1])
   for j = 1, f do
@@ -57,8 +58,14 @@ local function commit(keys, args)
   end
   local i, n = 2 + 2 * f, #args
   while i <= n do
-    local count = tonumber(args[i + 2])
-    redis.call(args[i], keys[tonumber(args[i + 1])], unpack(args, i + 3, i + 2 + count))
+    local name, key, count = args[i], keys[tonumber(args[i + 1])], tonumber(args[i + 2])
+    if name == 'HINCRBY' then
+      for j = i + 3, i + 1 + count, 2 do
+        redis.call('HINCRBY', key, args[j], args[j + 1])
+      end
+    else
+      redis.call(name, key, unpack(args, i + 3, i + 2 + count))
+    end
     i = i + 3 + count
   end
   for j = 1, f do
@@ -111,10 +118,18 @@ PUSH_CHUNK = 1000
 
 
 def _add_counts(cmds: list[tuple], key: str, counts: dict[str, list]) -> None:
+    """One HINCRBY of every count's (field, increment) pair: the Function and the transaction
+    apply them pair by pair (a command per count cost the client a tuple and four arguments each)."""
+    pairs: list = []
     for t, (n, skips, likes) in counts.items():
-        for c, v in (("n", n), ("k", skips), ("l", likes)):
-            if v:
-                cmds.append(("HINCRBY", key, f"{c}:{t}", int(v)))
+        if n:
+            pairs += (f"n:{t}", int(n))
+        if skips:
+            pairs += (f"k:{t}", int(skips))
+        if likes:
+            pairs += (f"l:{t}", int(likes))
+    if pairs:
+        cmds.append(("HINCRBY", key, *pairs))
 
 
 class OldLayout(RuntimeError):
@@ -280,7 +295,8 @@ class RedisStore:
 
     # ---- the commit -----------------------------------------------------------------------------
     def _commands(self, partition: int, changes: Changes) -> list[tuple]:
-        """The batch's commands: each (name, key, *arguments), keys in the partition's slot."""
+        """The batch's commands: each (name, key, *arguments), keys in the partition's slot;
+        HINCRBY with any number of (field, increment) pairs."""
         dumps, ttl, k = orjson.dumps, self.ttl, self._k
         cmds: list[tuple] = []
         for u, rec in changes.users.items():
@@ -351,8 +367,12 @@ class RedisStore:
                         pipe.unwatch()
                         return False
                 pipe.multi()
-                for cmd in cmds:
-                    pipe.execute_command(*cmd)
+                for name, key, *rest in cmds:
+                    if name == "HINCRBY":  # (field, increment) pairs, as the Function takes them
+                        for j in range(0, len(rest), 2):
+                            pipe.execute_command(name, key, rest[j], rest[j + 1])
+                    else:
+                        pipe.execute_command(name, key, *rest)
                 for key, (_, new) in fences.items():
                     pipe.set(key, new)
                 pipe.execute()

@@ -10,7 +10,7 @@ from stream.stores.redis_store import RedisStore
 pytestmark = pytest.mark.skipif(redis_wire.pack_command is None, reason="hiredis is not installed")
 
 COMMANDS = [
-    ("FCALL", "skipcache_commit_v3", 2, "{sc:predict:0}:offset", "{sc:predict:0}:u:7", 1, 10, 20, "SET", 2, 4,
+    ("FCALL", "skipcache_commit_v4", 2, "{sc:predict:0}:offset", "{sc:predict:0}:u:7", 1, 10, 20, "SET", 2, 4,
      b'[1,2.5,"x"]', "EX", 2_592_000),
     ("HINCRBY", "{sc:predict:1}:tracks:now", "n:0aBcD", -3),
     ("HINCRBYFLOAT", "k", "f", 0.1), ("HINCRBYFLOAT", "k", "f", 1e-300), ("SET", "k", 10**30),
