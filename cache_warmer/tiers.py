@@ -56,7 +56,7 @@ class TierConfig:
                           self.tier_cost, self.transfer_cost, self.cold_after_hours)
 
 
-@dataclass
+@dataclass(slots=True)
 class Move:
     track: str
     src: int

@@ -29,7 +29,9 @@ import heapq
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Generator
+from operator import attrgetter
 
 import orjson
 
@@ -49,6 +51,7 @@ from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, a
                           epoch_weights)
 
 MAX_EVENT_BYTES = 16_384
+_TS, _KIND = attrgetter("ts"), attrgetter("kind")
 MAX_USERS_IN_MEMORY = 500_000
 MISROUTED_LOG_EVERY = 60.0
 """Seconds between a partition's log lines about events of users that belong elsewhere."""
@@ -246,7 +249,7 @@ class PredictRuntime(PartitionRuntime):
             else:
                 out.reject(offset, item.reason, value, item.detail)
         contract = self._contract(events)
-        clock = max(e.ts for e in events) if events else -math.inf  # what it has read, its own or not
+        clock = max(map(_TS, events)) if events else -math.inf  # what it has read, its own or not
         forwarded = 0
         if self.repartitions:
             where, mine = self.user_partition, self.partition
@@ -265,8 +268,8 @@ class PredictRuntime(PartitionRuntime):
                 offsets, events = [o for o, _ in pairs], [e for _, e in pairs]
                 contract["repartitioned"] = forwarded
         kinds = out.kinds
-        for e in events:
-            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        for kind, n in Counter(map(_KIND, events)).items():
+            kinds[kind] = kinds.get(kind, 0) + n
         out.events = len(events)
         st = self.engine.state
         start = max(self.clock, events[0].ts) if events else self.clock
