@@ -83,12 +83,11 @@ def stream_of(source: int, origin: int | None, sources: int) -> int:
     return sources * (1 + source) + origin
 
 
+_INT_END = 2**63
+
+
 def _int(v) -> bool:
-    return type(v) is int and 0 <= v < 2**63
-
-
-def _track(v) -> bool:
-    return type(v) is str and len(v) == TRACK_ID_LEN
+    return type(v) is int and 0 <= v < _INT_END
 
 
 def _bad(entry, why: str) -> Rejected:
@@ -101,16 +100,20 @@ def check_entry(entry, last: int, clock: float, earliest: float) -> int:
     if type(entry) is not list or len(entry) < 3 or _LENGTH.get(entry[1]) != len(entry):
         raise _bad(entry, "not an entry")
     seq, kind, ts = entry[0], entry[1], entry[2]
-    if not _int(seq) or seq < last:
+    # _int and a track id's check spelled out: this runs for every entry the warm stage receives
+    if not (type(seq) is int and 0 <= seq < _INT_END and seq >= last):
         raise _bad(entry, "sequence not a non-negative integer in order")
     if type(ts) not in (float, int) or not earliest <= ts <= clock:
         raise _bad(entry, "time not a number between the era's start and the message's clock")
     if kind == UPCOMING:
-        scores = entry[5]
-        if not _track(entry[3]) or entry[4] not in _VARIANTS or type(scores) is not list or not scores or not all(
+        track, scores = entry[3], entry[5]
+        if not (type(track) is str and len(track) == TRACK_ID_LEN) or entry[4] not in _VARIANTS or type(
+                scores) is not list or not scores or not all(
                 s is None or type(s) in (float, int) and 0.0 <= s <= 1.0 for s in scores):
             raise _bad(entry, "needs a track id, a variant and scores in [0, 1] (or null)")
-    elif not (_int(entry[3]) and _int(entry[4]) and _int(entry[5]) and _track(entry[6])) or (
+    elif not (type(user := entry[3]) is int and 0 <= user < _INT_END and type(session := entry[4]) is int
+              and 0 <= session < _INT_END and type(play := entry[5]) is int and 0 <= play < _INT_END
+              and type(track := entry[6]) is str and len(track) == TRACK_ID_LEN) or (
             entry[7] not in _VARIANTS if kind == PLAY else type(entry[7]) is not int or entry[7] not in (0, 1)):
         raise _bad(entry, "needs user, session and play number as integers, a track id and a "
                    + ("variant" if kind == PLAY else "label of 0 or 1"))
