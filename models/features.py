@@ -157,10 +157,8 @@ class FeatureEngine:
         self.repaired: dict[str, int] = {}
         """Events taken though they came out of order, by how (``skip_before_play``)."""
         self._track_at: dict[str, int] = {}
-        """Track -> its row of catalogue columns in ``_track_rows`` (``matrix`` takes them by index)."""
-        self._track_rows: list[tuple] = []
+        """Track -> its row of catalogue columns in ``_track_matrix`` (``matrix`` takes them by index)."""
         self._track_matrix = np.empty((0, len(TRACK_FEATURES)))
-        self._tracks_filled = 0  # rows of ``_track_rows`` in ``_track_matrix``
         self._genre_cache: dict[str, frozenset[str] | None] = {}  # track -> its genres
 
     # ---- reading features -------------------------------------------------------------------
@@ -290,20 +288,8 @@ class FeatureEngine:
             X[:, at + 2] = np.where(has_u, (G[G_BK] + m * user_rate) / (G[G_BN] + m), user_rate)
             at += 3
         if self.use_tracks:
-            X[:, at:] = self._track_columns()[G[G_TRACK_ROW].astype(np.intp)]
+            X[:, at:] = self._track_matrix[G[G_TRACK_ROW].astype(np.intp)]
         return X
-
-    def _track_columns(self) -> np.ndarray:
-        """Every track row made so far as one matrix, grown (doubling) as tracks first show up."""
-        have, rows = self._tracks_filled, self._track_rows
-        if have < len(rows):
-            if len(rows) > len(self._track_matrix):
-                grown = np.empty((max(2 * len(self._track_matrix), len(rows), 1024), len(TRACK_FEATURES)))
-                grown[:have] = self._track_matrix[:have]
-                self._track_matrix = grown
-            self._track_matrix[have:len(rows)] = rows[have:]
-            self._tracks_filled = len(rows)
-        return self._track_matrix
 
     def _bucket(self, user_id: int, track_id: str) -> int:
         """1 if the track's genres meet the user's favourites, 0 if not, -1 if unknown. The
@@ -319,11 +305,16 @@ class FeatureEngine:
         return 0 if user.favourite_genres.isdisjoint(genres) else 1
 
     def _track_index(self, track_id: str) -> int:
-        """The track's row of catalogue columns (``_track_rows``), made on first sight."""
+        """The track's row of catalogue columns in ``_track_matrix``, made on first sight (the
+        matrix grows by doubling)."""
         at = self._track_at.get(track_id)
         if at is None:
-            at = self._track_at[track_id] = len(self._track_rows)
-            self._track_rows.append(self._track_row(track_id))
+            at = self._track_at[track_id] = len(self._track_at)
+            if at == len(self._track_matrix):
+                grown = np.empty((max(2 * at, 1024), len(TRACK_FEATURES)))
+                grown[:at] = self._track_matrix
+                self._track_matrix = grown
+            self._track_matrix[at] = self._track_row(track_id)
         return at
 
     def _track_row(self, track_id: str) -> tuple:
