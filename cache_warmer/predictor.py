@@ -27,7 +27,7 @@ from models.labels import FULL
 from .effects import Outcome
 from .entries import PLAY, RESOLVED, UPCOMING
 from .experiment import AB
-from .figures import Figures
+from .figures import Figures, confusion_cell
 
 T = TypeVar("T")
 
@@ -90,20 +90,8 @@ class PredictionLedger:
             return
         full = r.label == FULL
         for i, (f, score) in enumerate(zip(self._figures, scores)):
-            # confusion_cell, spelled out: a counter per cell, for every resolved play
-            if score >= 0.5:
-                if full:
-                    f.tp += 1
-                    cell = "tp"
-                else:
-                    f.fp += 1
-                    cell = "fp"
-            elif full:
-                f.fn += 1
-                cell = "fn"
-            else:
-                f.tn += 1
-                cell = "tn"
+            cell = confusion_cell(score >= 0.5, full)
+            vars(f)[cell] += 1  # the cells are plain attributes: one increment, not getattr + setattr
             by = f.by_variant.get(variant)
             if by is None:
                 by = f.by_variant[variant] = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
@@ -212,8 +200,8 @@ class Predictor:
         observe = self.engine.observe
         st = self.engine.state
         steps: list[tuple] = []
-        rows: list[list[float]] = []
-        up_rows: list[list[float]] = []
+        rows: list[tuple] = []  # gathered (``FeatureEngine.gather``)
+        up_rows: list[tuple] = []
         variant_of = self.variant_of
         variants: list[str] = []  # of each play (row), and of each upcoming row
         up_variants: list[str] = []

@@ -12,7 +12,7 @@ from datetime import date
 from .events import (AD, AUDIO_FIELDS, BUY_PREMIUM, EVENT_TYPES, LIKE, PLAY, SKIP, TRACK_EVENTS, Event, Storage,
                      Track, User, iso_utc)
 from .contract import (EVENT_TYPE_WHITESPACE, ISO_TIMESTAMP_RE, KIND_ALIASES, MAX_EPOCH_MS, MAX_EVENT_TYPE_LEN,
-                       MAX_ID, MAX_TIMESTAMP_LEN, TRACK_ID_LEN, is_track_id)
+                       MAX_ID, MAX_TIMESTAMP_LEN, is_track_id)
 from .rejections import Rejected
 
 EVENT_ALIASES = {alias: kind for kind, spellings in KIND_ALIASES.items() for alias in spellings}
@@ -181,13 +181,12 @@ def parse_event(obj: object) -> Event:
         ts, hour = start[0] + minute + sec, start[1]
     else:
         ts, hour = parse_timestamp(ts_raw)
-    # is_track_id inlined: this runs for every event
     if kind in TRACK_EVENTS:
-        if not (type(track) is str and len(track) == TRACK_ID_LEN and track.isascii() and track.isalnum()):
+        if not is_track_id(track):
             track = _track_id(track, True)
     elif track is not None:
         track = _track_id(track, False)
-    if nxt is not None and not (type(nxt) is str and len(nxt) == TRACK_ID_LEN and nxt.isascii() and nxt.isalnum()):
+    if nxt is not None and not is_track_id(nxt):
         nxt = _track_id(nxt, False, "next_track_id")
     return Event(ts, hour, user_id, session_id, kind, track, nxt)
 
