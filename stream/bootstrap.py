@@ -186,6 +186,7 @@ class Worker:
             open_sessions = [(u, rec[U_SESSION][-1]) for u, rec in got_u.items() if rec[U_SESSION]]
             got_s = self.store.fetch(partition, [], open_sessions, [])[1] if open_sessions else {}
             engine = FeatureEngine(self.catalogue, self.engine_config, State(users=got_u, sessions=got_s, tracks=got_t))
+            gathered = []
             for i in idx:
                 user_id, track_id = requests[i]
                 user = got_u.get(user_id)
@@ -194,8 +195,10 @@ class Worker:
                     now = user[U_TS]  # event time of the user's last event: live data and replays alike
                     if user[U_SESSION]:
                         session = got_s.get((user_id, user[U_SESSION][-1]))
-                rows[i] = engine.features(user_id, track_id, session, now, int(now // 3600) % 24)
+                gathered.append(engine.gather(user_id, track_id, session, now, int(now // 3600) % 24))
                 known[i] = (user is not None, track_id in got_t)
+            for i, row in zip(idx, engine.matrix(gathered)):  # the partition's rows derived at once
+                rows[i] = row
         variants = [self.variant(u) for u, _ in requests]
         scores: list = [0.0] * len(requests)
         for variant in set(variants):
