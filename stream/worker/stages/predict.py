@@ -51,7 +51,6 @@ from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, a
                           epoch_weights)
 
 MAX_EVENT_BYTES = 16_384
-_TS, _KIND = attrgetter("ts"), attrgetter("kind")
 MAX_USERS_IN_MEMORY = 500_000
 MISROUTED_LOG_EVERY = 60.0
 """Seconds between a partition's log lines about events of users that belong elsewhere."""
@@ -79,6 +78,7 @@ STREAM_BITS = 48
 forwarded event (``source``'s offset), the offset alone for the partition's own."""
 _OFFSET_MASK = (1 << STREAM_BITS) - 1
 log = logging.getLogger("skipcache.predict")
+_TS, _KIND = attrgetter("ts"), attrgetter("kind")  # an event's time and kind, for map() over a batch
 
 
 class PredictRuntime(PartitionRuntime):
