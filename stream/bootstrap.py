@@ -25,6 +25,7 @@ from models.state import U_SESSION, U_TS, State
 
 from stream.worker.checkpoint import Checkpoint, Sensor
 from stream.kafka_io import partition_of, track_partition_of
+from stream.worker.stages.entry_codec import OwnMessages
 from stream.worker.stages.partition import PartitionRuntime
 from stream.worker.stages.predict import PredictRuntime
 from stream.worker.stages.warm import SourceEnds, WarmRuntime
@@ -107,6 +108,9 @@ class Worker:
     """(medium, fast) in force: read from Redis by refresh_thresholds, not on every access."""
     source_ends: SourceEnds | None = None
     """Where the warm stage reads the sessions partitions' end offsets (set by the live worker)."""
+    own_messages: OwnMessages | None = None
+    """The entries messages the predict stage made, for the warm stage of the same process (both
+    stages here), which takes them as made rather than parsing them again."""
 
     @property
     def variants(self) -> dict[str, Artifact]:
@@ -136,7 +140,8 @@ class Worker:
         return PredictRuntime(partition, self.store, self.catalogue, scorers, self.policy.scorer, self.engine_config,
                               s.warm_partitions, self.track_partition,
                               variant_of=self.variant if self.artifact_b is not None else None,
-                              window=self.window, user_partition=self.user_partition, partitions=s.partitions)
+                              window=self.window, user_partition=self.user_partition, partitions=s.partitions,
+                              own=self.own_messages)
 
     @cached_property
     def user_partition(self):
@@ -154,7 +159,7 @@ class Worker:
         return WarmRuntime(partition, self.store.stage("warm"), self.catalogue, self.policy, self.tier_config,
                            lambda track: owner(track) == partition, self.models, sources=self.settings.partitions,
                            window=self.window, source_ends=self.source_ends,
-                           shadow_thresholds=self.settings.shadows)
+                           shadow_thresholds=self.settings.shadows, own=self.own_messages)
 
     def refresh_thresholds(self) -> None:
         """Read the thresholds operators set in Redis and hand them to every partition."""
@@ -252,6 +257,8 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     if settings.session_gap_seconds > 0:
         engine_config = replace(engine_config, session_gap_seconds=settings.session_gap_seconds)
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue), engine_config, artifact_b)
+    if {"predict", "warm"} <= set(settings.stages):
+        worker.own_messages = OwnMessages()
     sinks = build_sinks(settings) if sinks is None else sinks
     topics = {"predict": (settings.topic_sessions, settings.partitions, worker.predict_runtime, store),
               "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime, store.stage("warm"))}

@@ -24,6 +24,8 @@ offset. What fails is rejected with a reason (dead-lettered, counted), never app
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
 
 import orjson
 
@@ -51,28 +53,76 @@ def encode(source_partition: int, clock: float, entries: list[tuple], origins: l
 
 def encode_batch(source_partition: int, clock: float, entries: list[tuple], origins: list[int] | None = None,
                  limit: int | None = None) -> list[bytes]:
-    """A batch's entries for one warm partition as messages of ``limit`` entries (default
-    ``ENTRIES_PER_MESSAGE``; one message if they fit; a message grows past it only while no
-    entry can end it). A message but the last says, as its clock, the time of its latest entry:
-    the warm stage may apply up to there before the next arrives, so a message ends only where
-    every entry after it is later than every entry in it, and never inside one event's entries
-    (they share a sequence, which the warm stage's duplicate filter reads per message)."""
+    """A batch's entries for one warm partition as messages (``split_batch``)."""
+    return [encode(source_partition, *piece) for piece in split_batch(clock, entries, origins, limit)]
+
+
+def split_batch(clock: float, entries: list[tuple], origins: list[int] | None = None,
+                limit: int | None = None) -> Iterator[tuple[float, list[tuple], list[int] | None]]:
+    """(clock, entries, origins) of each message a batch's entries for one warm partition go as:
+    ``limit`` entries each (default ``ENTRIES_PER_MESSAGE``; one message if they fit; a message
+    grows past it only while no entry can end it). A message but the last says, as its clock,
+    the time of its latest entry: the warm stage may apply up to there before the next arrives,
+    so a message ends only where every entry after it is later than every entry in it, and never
+    inside one event's entries (they share a sequence, which the warm stage's duplicate filter
+    reads per message)."""
     limit = ENTRIES_PER_MESSAGE if limit is None else limit
     n = len(entries)
     if n <= limit:
-        return [encode(source_partition, clock, entries, origins)]
+        yield clock, entries, origins
+        return
     later = [math.inf] * (n + 1)  # the earliest time from each entry on
     for i in range(n - 1, -1, -1):
         later[i] = min(entries[i][2], later[i + 1])
-    out, start, latest = [], 0, -math.inf
+    start, latest = 0, -math.inf
     for i in range(n):
         if i - start >= limit and latest < later[i] and (
                 entries[i][0] != entries[i - 1][0] or origins is not None and origins[i] != origins[i - 1]):
-            out.append(encode(source_partition, latest, entries[start:i], origins[start:i] if origins else None))
+            yield latest, entries[start:i], origins[start:i] if origins else None
             start = i
         latest = max(latest, entries[i][2])
-    out.append(encode(source_partition, clock, entries[start:], origins[start:] if origins else None))
-    return out
+    yield clock, entries[start:], origins[start:] if origins else None
+
+
+class OwnMessages:
+    """The entries messages this process's predict stage made, by their bytes, until its own warm
+    stage reads them back (a worker running both stages reads most of what it wrote): a message
+    read whose bytes are those of one made here is the entries it was made from, so it is neither
+    parsed nor checked again (``decode``). Half the warm stage's cost of taking a message in was
+    parsing and checking entries this same code had just made. Bounded: messages another
+    process's warm stage reads are never read here, and the oldest go past ``limit`` entries."""
+
+    def __init__(self, limit: int = 200_000):
+        self.limit = limit
+        self._made: dict[bytes, tuple] = {}
+        self._entries = 0
+        self._lock = threading.Lock()  # kept by the predict stage's batches, taken by the warm stage's
+        self.taken = 0
+        """Messages read back from here (not parsed)."""
+
+    def keep(self, value: bytes, source_partition: int, clock: float, entries: list[tuple],
+             origins: list[int] | None) -> None:
+        if not entries:  # a clock alone: nothing to save (and its bytes repeat from batch to batch)
+            return
+        with self._lock:
+            if value not in self._made:
+                self._made[value] = (source_partition, clock, entries, origins)
+                self._entries += len(entries)
+            made = self._made
+            while self._entries > self.limit and made:
+                self._entries -= len(made.pop(next(iter(made)))[2])
+
+    def take(self, value: bytes) -> tuple | None:
+        """(source partition, clock, entries, origins) of a message made here, else None."""
+        with self._lock:
+            made = self._made.pop(value, None)
+            if made is not None:
+                self._entries -= len(made[2])
+                self.taken += 1
+            return made
+
+    def __len__(self) -> int:
+        return len(self._made)
 
 
 def stream_of(source: int, origin: int | None, sources: int) -> int:
@@ -135,19 +185,26 @@ def load_message(value: bytes | None, version: int, unknown: str) -> dict:
 
 
 def decode(value: bytes | None, sources: int | None = None, reference: float | None = None,
-           window: TimeWindow = TimeWindow()) -> tuple[int, float, list[list], list[int] | None]:
+           window: TimeWindow = TimeWindow(), own: OwnMessages | None = None
+           ) -> tuple[int, float, list, list[int] | None]:
     """(source partition, its clock, entries, each entry's origin (-1: the source's own; None:
     all are)), or ``Rejected`` saying what is wrong with it.
     ``sources``: the sessions topic's partitions (None: not checked); ``reference``: the message's
-    Kafka timestamp, against which the clock may be at most ``window.max_ahead`` ahead."""
-    msg = load_message(value, VERSION, "unknown_entries_version")
-    src, clock, entries = msg.get("src"), msg.get("t"), msg.get("e")
+    Kafka timestamp, against which the clock may be at most ``window.max_ahead`` ahead; ``own``:
+    the messages this process made (one found there is taken as made, its entries unchecked: they
+    are the ones encoded into these very bytes, by the code whose output the checks below accept).
+    The message's own fields are checked either way: they depend on ``reference``."""
+    made = own.take(value) if own is not None and value is not None else None
+    if made is None:
+        msg = load_message(value, VERSION, "unknown_entries_version")
+        src, clock, entries, origins = msg.get("src"), msg.get("t"), msg.get("e"), msg.get("o")
+    else:
+        src, clock, entries, origins = made
     if (not _int(src) or type(clock) not in (float, int) or not math.isfinite(clock)
             or type(entries) is not list):
         raise Rejected("bad_entries", "needs src (a partition), t (a time) and e (a list)")
     if sources is not None and src >= sources:
         raise Rejected("unknown_source", f"sessions partition {src}: the topic has {sources}")
-    origins = msg.get("o")
     if origins is not None and (type(origins) is not list or len(origins) != len(entries) or not all(
             o == -1 or _int(o) and o != src and (sources is None or o < sources) for o in origins)):
         raise Rejected("unknown_source", "o: not an origin (-1 or another sessions partition) for each entry")
@@ -157,13 +214,14 @@ def decode(value: bytes | None, sources: int | None = None, reference: float | N
         raise Rejected("clock_in_future", f"t={clock} is {clock - reference:,.0f} s past the message's timestamp")
     if len(entries) > MAX_ENTRIES:
         raise Rejected("bad_entries", f"{len(entries):,} entries in one message")
-    earliest = window.earliest
-    if origins is None:
-        last = -1
-        for entry in entries:
-            last = check_entry(entry, last, clock, earliest)
-    else:  # each origin's sequences in order
-        lasts: dict[int, int] = {}
-        for entry, origin in zip(entries, origins):
-            lasts[origin] = check_entry(entry, lasts.get(origin, -1), clock, earliest)
+    if made is None:
+        earliest = window.earliest
+        if origins is None:
+            last = -1
+            for entry in entries:
+                last = check_entry(entry, last, clock, earliest)
+        else:  # each origin's sequences in order
+            lasts: dict[int, int] = {}
+            for entry, origin in zip(entries, origins):
+                lasts[origin] = check_entry(entry, lasts.get(origin, -1), clock, earliest)
     return src, float(clock), entries, origins

@@ -45,7 +45,7 @@ from models.replay import TIE_RANK
 from models.state import S_PENDING_TRACK, State, U_SESSION
 
 from stream.worker.stages import route_codec
-from stream.worker.stages.entry_codec import encode, encode_batch
+from stream.worker.stages.entry_codec import OwnMessages, encode, split_batch
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
 from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, add_counts, counts_as_of,
                           epoch_weights)
@@ -88,13 +88,15 @@ class PredictRuntime(PartitionRuntime):
                  column: str, engine_config: EngineConfig, warm_partitions: int,
                  track_partition: Callable[[str], int], count_from: float = -math.inf, variant_of=None,
                  window: TimeWindow = TimeWindow(), user_partition: Callable[[int], int] | None = None,
-                 partitions: int = 1):
+                 partitions: int = 1, own: OwnMessages | None = None):
         """``column``: the score the warm stage's policy reads (``A``, or ``ab`` for an A/B
         test); ``track_partition``: a track's warm partition; ``user_partition``: the sessions
         partition a user's events are keyed to (the contract), to find producers that key
         otherwise; ``partitions``: the sessions topic's (with ``user_partition``, events keyed
-        otherwise are repartitioned among them)."""
+        otherwise are repartitioned among them); ``own``: where the entries messages it makes are
+        kept for this process's own warm stage (``entry_codec.OwnMessages``)."""
         self.catalogue = catalogue
+        self.own = own
         self.scorers = scorers
         self.column = column
         self.engine_config = engine_config
@@ -291,7 +293,10 @@ class PredictRuntime(PartitionRuntime):
                 origins = None
                 if forwarded:  # forwarded events' entries keep their place; their origins go beside
                     to_q, origins = _unpack(to_q)
-                for value in encode_batch(self.partition, clock, to_q, origins):
+                for piece in split_batch(clock, to_q, origins):
+                    value = encode(self.partition, *piece)
+                    if self.own is not None:
+                        self.own.keep(value, self.partition, *piece)
                     out.publish.append(("entries", None, value, q))
                 if origins is None:
                     if to_q:

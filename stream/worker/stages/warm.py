@@ -44,7 +44,7 @@ from models.events import Catalogue
 from models.parsing import TimeWindow
 from models.rejections import Rejected
 
-from stream.worker.stages.entry_codec import decode, stream_of
+from stream.worker.stages.entry_codec import OwnMessages, decode, stream_of
 from stream.worker.stages.partition import BatchOutput, PartitionRuntime, queue_changes
 from stream.store import Changes, PartitionStore
 
@@ -92,14 +92,16 @@ class WarmRuntime(PartitionRuntime):
     def __init__(self, partition: int, store: PartitionStore, catalogue: Catalogue, policy: CachePolicy,
                  tier_config: TierConfig, owns, models: dict[str, str], sources: int = 1,
                  count_from: float = -math.inf, window: TimeWindow = TimeWindow(),
-                 source_ends: SourceEnds | None = None, shadow_thresholds: tuple[float, ...] = ()):
+                 source_ends: SourceEnds | None = None, shadow_thresholds: tuple[float, ...] = (),
+                 own: OwnMessages | None = None):
         """``owns``: whether a track is this partition's; ``models``: variant -> model name,
         written into every command; ``sources``: the sessions topic's partitions; ``window``:
         the times the sessions topic believes (entries' clocks are checked against it);
         ``source_ends``: where the sessions partitions' end offsets are read (none in the
         in-memory replay, where nobody produces): an entry's sequence is an offset
         there, so one at or past the end was never sent by that source; ``shadow_thresholds``:
-        the shadow placements run beside the live one (``cache_warmer/shadows.py``)."""
+        the shadow placements run beside the live one (``cache_warmer/shadows.py``); ``own``: the
+        entries messages this process's predict stage made (taken as made, not parsed again)."""
         self.catalogue = catalogue
         self.policy = policy
         self.tier_config = tier_config
@@ -110,6 +112,7 @@ class WarmRuntime(PartitionRuntime):
         self.window = window
         self.source_ends = source_ends
         self.shadow_thresholds = tuple(shadow_thresholds)
+        self.own = own
         self.ends: dict[int, int] = {}
         """The sessions partitions' end offsets as last read (read again only for an entry past them)."""
         self.idle_wall_seconds = IDLE_WALL_SECONDS
@@ -214,11 +217,11 @@ class WarmRuntime(PartitionRuntime):
     def apply(self, records: list[tuple], out: BatchOutput) -> None:
         received, clocks, queues, heard = self.received, self.clocks, self.queues, self.heard
         wall = time.time()
-        sources, window, asked = self.sources, self.window, {}
+        sources, window, asked, own = self.sources, self.window, {}, self.own
         for offset, value, *kafka_ts in records:
             sent = kafka_ts[0] if kafka_ts and kafka_ts[0] else wall
             try:
-                src, clock, got, origins = decode(value, sources, sent, window)
+                src, clock, got, origins = decode(value, sources, sent, window, own)
                 if origins is None:
                     if got and got[-1][0] >= self.ends.get(src, -1) and self.source_ends is not None:
                         self._check_sequence(src, got[-1][0], asked)
