@@ -157,3 +157,23 @@ def test_the_store_holds_exactly_the_queues_and_entries_applied_in_their_batch_n
     assert rt.store.queue(rt.partition, 1) == rt.queues.get(1, []) == []
     assert rt.store.queue(rt.partition, 0) == rt.queues[0] != []
     assert pushed == [{0: 1}]  # only 80 was written to the store
+
+
+def test_entries_of_several_sources_merge_in_heapq_merges_order_whether_or_not_each_is_in_time_order():
+    """``merge_by_time`` sorts when every run is in time order and merges otherwise: both must be
+    ``heapq.merge``'s order, ties and out-of-order runs included."""
+    import heapq
+    import random
+
+    from stream.worker.stages.warm import merge_by_time
+
+    rnd = random.Random(5)
+    for trial in range(400):
+        runs = []
+        for src in range(rnd.randint(2, 4)):
+            times = sorted(rnd.choice((1.0, 2.0, 3.0, 4.0, 5.0)) for _ in range(rnd.randint(0, 12)))
+            if trial % 3 == 0 and len(times) > 2:  # a resolution stamped later than entries after it
+                i = rnd.randrange(len(times) - 1)
+                times[i] = times[-1] + 1.0
+            runs.append([(src * 100 + i, 0, t) for i, t in enumerate(times)])
+        assert merge_by_time(runs) == list(heapq.merge(*runs, key=lambda e: e[2])), runs

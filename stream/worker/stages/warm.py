@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 import orjson
 
@@ -303,7 +304,7 @@ class WarmRuntime(PartitionRuntime):
                 del queue[:n]
                 self._dropped[src] = self._dropped.get(src, 0) + n
         if ready:
-            entries = ready[0] if len(ready) == 1 else list(heapq.merge(*ready, key=_event_time))
+            entries = ready[0] if len(ready) == 1 else merge_by_time(ready)
             if entries[0][2] < self.applied_until:
                 out.late_entries = sum(1 for e in entries if e[2] < self.applied_until)
                 self.late += out.late_entries
@@ -349,3 +350,18 @@ def _last_seqs(entries: list, origins: list[int]) -> dict[int, int]:
 
 def _event_time(entry) -> float:
     return entry[2]
+
+
+_TIME = itemgetter(2)
+
+
+def merge_by_time(runs: list[list]) -> list:
+    """The runs' entries in ``heapq.merge``'s order by event time: each run's own order kept, and
+    among equal times the earlier run's first. When every run is in time order already (a run is
+    not when a skip that came before its play resolved the play at the skip's later time), a
+    stable sort of them all, in C, gives the same order at a fraction of the generator's cost."""
+    for run in runs:
+        times = list(map(_TIME, run))
+        if times != sorted(times):
+            return list(heapq.merge(*runs, key=_event_time))
+    return sorted(itertools.chain.from_iterable(runs), key=_TIME)
