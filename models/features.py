@@ -92,9 +92,23 @@ class EngineConfig:
     point every partition of a live stream passes together, at one pause of its batches a day."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.track_epoch_seconds < math.inf:
-            raise ValueError("track_epoch_seconds must be a positive number of seconds, "
-                             f"not {self.track_epoch_seconds}")
+        """A model artifact carries these: one edited or damaged by hand is a clear error here,
+        not NaN features (a smoothing of 0 divides 0 by 0 for a user or track not seen yet)."""
+        def bad(name: str, what: str) -> ValueError:
+            return ValueError(f"EngineConfig.{name} must be {what}, not {getattr(self, name)!r}")
+
+        if not (isinstance(self.prior_skip_rate, (int, float)) and 0.0 <= self.prior_skip_rate <= 1.0):
+            raise bad("prior_skip_rate", "a rate between 0 and 1")
+        for name in ("user_smoothing", "track_smoothing", "session_smoothing", "user_track_smoothing",
+                     "session_idle_seconds", "session_gap_seconds", "track_epoch_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise bad(name, "a positive number")
+        if not (isinstance(self.early_skip_seconds, (int, float)) and 0 <= self.early_skip_seconds < math.inf):
+            raise bad("early_skip_seconds", "a number of seconds, 0 or more")
+        half_life = self.user_half_life_days
+        if half_life is not None and not (isinstance(half_life, (int, float)) and half_life >= 0):
+            raise bad("user_half_life_days", "a number of days or None (no decay)")
 
     def as_dict(self) -> dict:
         return asdict(self)

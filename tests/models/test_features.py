@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from models.evaluation import build_table
 from models.events import PLAY, SESSION_END, SKIP, Event
@@ -131,3 +132,17 @@ def test_replay_marks_session_ends_and_fills_next_track():
     out = replay_order(events)
     assert [e.kind for e in out] == [PLAY, SESSION_END, PLAY, PLAY, SESSION_END]
     assert out[2].next_track_id == B and out[3].next_track_id is None
+
+
+@pytest.mark.parametrize("field,value", [("user_smoothing", 0.0), ("track_smoothing", -1.0),
+                                         ("session_smoothing", float("nan")), ("prior_skip_rate", 1.5),
+                                         ("track_epoch_seconds", float("inf")), ("early_skip_seconds", -5.0),
+                                         ("user_half_life_days", -14.0), ("user_track_smoothing", "2")])
+def test_an_engine_config_that_would_give_nan_or_nonsense_features_is_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        EngineConfig(**{field: value})
+
+
+def test_the_default_engine_config_and_no_decay_are_accepted():
+    assert EngineConfig().user_smoothing > 0
+    assert EngineConfig(user_half_life_days=None, early_skip_seconds=0.0).user_half_life_days is None
