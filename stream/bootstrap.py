@@ -257,8 +257,6 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
     if settings.session_gap_seconds > 0:
         engine_config = replace(engine_config, session_gap_seconds=settings.session_gap_seconds)
     worker = Worker(settings, store, catalogue, artifact, tier_config_for(settings, catalogue), engine_config, artifact_b)
-    if {"predict", "warm"} <= set(settings.stages):
-        worker.own_messages = OwnMessages()
     sinks = build_sinks(settings) if sinks is None else sinks
     topics = {"predict": (settings.topic_sessions, settings.partitions, worker.predict_runtime, store),
               "warm": (settings.topic_entries, settings.warm_partitions, worker.warm_runtime, store.stage("warm"))}
@@ -268,5 +266,7 @@ def build_worker(settings: Settings, *, store=None, catalogue: Catalogue | None 
         forward = stage_sinks.pop("forward", None)  # flushed as runs arrive, not by the checkpoint
         worker.stages[name] = Stage(name, topic, partitions, Checkpoint(stage_sinks, sensors or []), make, stage_store,
                                     forward=forward)
+    if "predict" in worker.stages and "warm" in worker.stages:  # its predict stage's messages, for its warm stage
+        worker.own_messages = OwnMessages(owned=worker.stages["warm"].runtimes.__contains__)
     worker.refresh_thresholds()
     return worker

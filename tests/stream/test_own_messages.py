@@ -39,24 +39,26 @@ def _as_parsed(entries):
 class Checked(OwnMessages):
     """Keeps as the worker does, and parses and checks each message as a warm stage elsewhere would."""
 
-    def __init__(self, sources, window):
-        super().__init__()
-        self.sources, self.window, self.kept = sources, window, 0
+    def __init__(self, sources, window, owned=None):
+        super().__init__(owned=owned)
+        self.sources, self.window, self.kept, self.checked = sources, window, 0, 0
 
-    def keep(self, value, source_partition, clock, entries, origins):
+    def keep(self, warm_partition, value, source_partition, clock, entries, origins):
         src, t, parsed, parsed_origins = decode(value, self.sources, None, self.window)  # raises Rejected if any check fails
         assert (src, t, parsed, parsed_origins) == (source_partition, clock, _as_parsed(entries), origins)
-        self.kept += bool(entries)  # a clock alone is not kept
-        super().keep(value, source_partition, clock, entries, origins)
+        self.checked += 1
+        kept = super().keep(warm_partition, value, source_partition, clock, entries, origins)
+        self.kept += kept
+        return kept
 
 
 @pytest.mark.parametrize("partitions,batch", [(1, 700), (3, 250)])
 def test_own_messages_parse_back_to_what_they_were_made_from_and_give_the_same_figures(noisy, partitions, batch):
     ds, events, _ = noisy
     checked = _worker(noisy, partitions)
-    checked.own_messages = own = Checked(partitions, checked.window)
+    checked.own_messages = own = Checked(partitions, checked.window, checked.stages["warm"].runtimes.__contains__)
     replay_in_memory(checked, events, batch_size=batch)
-    assert own.kept > 50 and own.taken == own.kept and len(own) == 0  # every message made was read back here
+    assert own.checked >= own.kept > 50 and own.taken == own.kept and len(own) == 0  # every message kept was read back here
 
     parsing = _worker(noisy, partitions)
     parsing.own_messages = None  # every message parsed and checked
@@ -100,10 +102,10 @@ def test_a_message_read_back_is_taken_once_and_its_own_fields_are_still_checked(
     own = OwnMessages()
     entries = [(5, 0, 1.7e9, 1, 2, 0, "t" * 22, "A")]
     value = encode(0, 1.7e9, entries)
-    own.keep(value, 0, 1.7e9, entries, None)
+    assert own.keep(0, value, 0, 1.7e9, entries, None)
     assert decode(value, 2, 1.7e9, own=own)[2] is entries  # as made, not parsed
     assert decode(value, 2, 1.7e9, own=own)[2] == _as_parsed(entries)  # read again: parsed
-    own.keep(value, 0, 1.7e9, entries, None)
+    own.keep(0, value, 0, 1.7e9, entries, None)
     with pytest.raises(entry_codec.Rejected) as rejected:  # a message's clock is judged against where it is read
         decode(value, 2, 1.7e9 - 10 * 86400, own=own)
     assert rejected.value.reason == "clock_in_future"
@@ -116,6 +118,14 @@ def test_kept_messages_are_bounded_by_entries_the_oldest_going_first():
     for i in range(5):
         entries = [(i, 0, 1.7e9 + i, 1, 2, j, "t" * 22, "A") for j in range(4)]
         values.append(encode(0, 1.7e9 + i, entries))
-        own.keep(values[-1], 0, 1.7e9 + i, entries, None)
+        own.keep(0, values[-1], 0, 1.7e9 + i, entries, None)
     assert len(own) == 2 and own.take(values[0]) is None and own.take(values[4]) is not None
     assert math.isfinite(decode(values[3], own=own)[1])
+
+
+def test_messages_for_warm_partitions_another_process_reads_are_not_kept():
+    own = OwnMessages(owned={1}.__contains__)
+    entries = [(5, 0, 1.7e9, 1, 2, 0, "t" * 22, "A")]
+    assert not own.keep(0, encode(0, 1.7e9, entries), 0, 1.7e9, entries, None)
+    assert own.keep(1, encode(0, 1.7e9, entries), 0, 1.7e9, entries, None) and len(own) == 1
+    assert not own.keep(1, encode(0, 1.7e9, []), 0, 1.7e9, [], None)  # a clock alone

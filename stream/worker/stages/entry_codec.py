@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -92,18 +92,23 @@ class OwnMessages:
     parsing and checking entries this same code had just made. Bounded: messages another
     process's warm stage reads are never read here, and the oldest go past ``limit`` entries."""
 
-    def __init__(self, limit: int = 200_000):
+    def __init__(self, limit: int = 200_000, owned: Callable[[int], bool] | None = None):
+        """``owned``: whether this process's warm stage holds a warm partition now (None: every
+        one), so messages for partitions another process reads are not kept at all."""
         self.limit = limit
+        self.owned = owned
         self._made: dict[bytes, tuple] = {}
         self._entries = 0
         self._lock = threading.Lock()  # kept by the predict stage's batches, taken by the warm stage's
         self.taken = 0
         """Messages read back from here (not parsed)."""
 
-    def keep(self, value: bytes, source_partition: int, clock: float, entries: list[tuple],
-             origins: list[int] | None) -> None:
-        if not entries:  # a clock alone: nothing to save (and its bytes repeat from batch to batch)
-            return
+    def keep(self, warm_partition: int, value: bytes, source_partition: int, clock: float, entries: list[tuple],
+             origins: list[int] | None) -> bool:
+        """Keep a message made for ``warm_partition`` (if this process reads it, and it has entries:
+        a clock alone is cheap to parse, and its bytes repeat from batch to batch)."""
+        if not entries or self.owned is not None and not self.owned(warm_partition):
+            return False
         with self._lock:
             if value not in self._made:
                 self._made[value] = (source_partition, clock, entries, origins)
@@ -111,6 +116,7 @@ class OwnMessages:
             made = self._made
             while self._entries > self.limit and made:
                 self._entries -= len(made.pop(next(iter(made)))[2])
+        return True
 
     def take(self, value: bytes) -> tuple | None:
         """(source partition, clock, entries, origins) of a message made here, else None."""

@@ -296,7 +296,7 @@ class PredictRuntime(PartitionRuntime):
                 for piece in split_batch(clock, to_q, origins):
                     value = encode(self.partition, *piece)
                     if self.own is not None:
-                        self.own.keep(value, self.partition, *piece)
+                        self.own.keep(q, value, self.partition, *piece)
                     out.publish.append(("entries", None, value, q))
                 if origins is None:
                     if to_q:
