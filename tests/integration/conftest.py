@@ -23,7 +23,7 @@ from stream.cli.jobs import simulate_as_worker
 from stream.files import read_dataset
 from stream.producer import replay
 from models.events import Catalogue
-from stream.cli.services import create_topics, free_port, start_redis, start_tansu, start_worker, wait_http
+from stream.cli.services import create_topics, free_port, start_redis, start_tansu, start_worker, stop_process, wait_http
 from stream.settings import Settings
 from stream.bootstrap import build_store
 from stream.synthetic import generate
@@ -50,6 +50,19 @@ def live_data(tmp_path_factory):
     return out, ds, replay_order(ds.events), load(out / "m.joblib")
 
 
+_STARTED: list = []
+"""Every worker process a test started (``Live.start_worker``), not yet stopped by this module."""
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test():
+    """However a test ends (a failure, or a skip or an error between starting a worker and the
+    test's own ``try``), every worker it started is stopped, by pid, before the next test."""
+    yield
+    while _STARTED:
+        stop_process(_STARTED.pop(), 20)
+
+
 @dataclass
 class Live:
     settings: Settings
@@ -61,6 +74,7 @@ class Live:
         port = web_port or free_port()
         env = {**self.env, "SKIPCACHE_WEB_PORT": str(port)}
         proc = start_worker(env, self.workdir / f"{name}.log")
+        _STARTED.append(proc)
         wait_http(f"http://127.0.0.1:{port}/{'healthz' if ready else 'livez'}", proc=proc)
         return proc, port
 

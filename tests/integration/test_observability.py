@@ -78,8 +78,9 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
     _, ds, events, _ = live_data
     live.env["SKIPCACHE_SHADOW_THRESHOLDS"] = "0.3,0.7"  # the shadow panels need shadows
     worker, port = live.start_worker()
-    prom, prom_port = _prometheus(tmp_path, port)
+    prom = None
     try:
+        prom, prom_port = _prometheus(tmp_path, port)  # skips without prometheus: the worker is stopped below
         producer = make_producer(live.settings.kafka_bootstrap)
         rnd = random.Random(1)
         # two halves a few seconds apart, so rates have samples before and after; some bad lines
@@ -117,7 +118,8 @@ def test_every_dashboard_expression_returns_data(live, live_data, tmp_path):
         assert len(rules) >= 15 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
         assert _query(prom_port, "skipcache:accuracy:1h") and _query(prom_port, "skipcache:shadow_net_value:1h")
     finally:
-        stop_process(prom, 20)
+        if prom is not None:
+            stop_process(prom, 20)
         stop_process(worker, 20)
 
 
