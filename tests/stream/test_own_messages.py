@@ -56,6 +56,7 @@ class Checked(OwnMessages):
 def test_own_messages_parse_back_to_what_they_were_made_from_and_give_the_same_figures(noisy, partitions, batch):
     ds, events, _ = noisy
     checked = _worker(noisy, partitions)
+    assert isinstance(checked.own_messages, OwnMessages)  # a worker with both stages keeps its own messages
     checked.own_messages = own = Checked(partitions, checked.window, checked.stages["warm"].runtimes.__contains__)
     replay_in_memory(checked, events, batch_size=batch)
     assert own.checked >= own.kept > 50 and own.taken == own.kept and len(own) == 0  # every message kept was read back here
@@ -68,7 +69,7 @@ def test_own_messages_parse_back_to_what_they_were_made_from_and_give_the_same_f
     assert a["predictions"] > 0 and a["promotions"] > 0
     for key in ("predictions", "accuracy", "plays", "full_play_hits", "promotions", "evictions", "rejected",
                 "warm_late_entries"):
-        assert a.get(key) == b.get(key), key
+        assert a[key] == b[key], key
 
 
 def _skips_sent_first(events):
