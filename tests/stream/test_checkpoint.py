@@ -8,31 +8,19 @@ import pytest
 
 from cache_warmer.policies import ThresholdPolicy
 from cache_warmer.simulation import simulate
-from models.artifacts import load
-from stream.bootstrap import build_worker, tier_config_for
+from stream.bootstrap import tier_config_for
 from stream.kafka_io import partition_of, track_partition_of
-from stream.cli.jobs import live_figures, load_replay, train_model
+from stream.cli.jobs import live_figures
 from stream.settings import Settings
 from stream.sinks import ListSink
 from stream.store import Changes, StateMoved
-from stream.stores.memory import MemoryStore
 from stream.worker.in_memory import list_sinks, partition_records, replay_in_memory
+from tests.stream.conftest import memory_worker, trained_replay
 
 
 @pytest.fixture(scope="module")
 def parts(small_long_data, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "m.joblib"
-    train_model(small_long_data, path, train_fraction=0.5)
-    ds, events = load_replay(small_long_data, progress=False)
-    return ds, events, load(path)
-
-
-def _worker(parts, partitions=1, sinks=None, sensors=None):
-    ds, _, art = parts
-    settings = Settings(partitions=partitions, warm_partitions=partitions, model_path="/nonexistent",
-                        redis_url="redis://127.0.0.1:1/0")
-    return build_worker(settings, store=MemoryStore(), catalogue=ds.catalogue, artifact=art,
-                        sinks=sinks or list_sinks(), sensors=sensors)
+    return trained_replay(small_long_data, tmp_path_factory, "ck")
 
 
 def _simulate(parts, n):
@@ -46,7 +34,7 @@ def _simulate(parts, n):
 def test_the_checkpoint_gives_the_simulations_figures_and_feeds_sinks_and_sensors(parts):
     ds, events, art = parts
     seen = []
-    worker = _worker(parts, sensors=[lambda out, seconds: seen.append(out)])
+    worker = memory_worker(parts, sensors=[lambda out, seconds: seen.append(out)])
     result = replay_in_memory(worker, events, batch_size=500)
     assert not result.fenced and seen == result.committed
     fig = live_figures(worker.settings, worker.store, ds.catalogue)
@@ -76,7 +64,7 @@ def test_four_and_four_partitions_give_the_simulations_figures_whatever_the_batc
     expected = _simulate(parts, 4)
     assert expected["accuracy"] == _simulate(parts, 1)["accuracy"]
     for batch in (300, 1100):
-        worker = _worker(parts, partitions=4)
+        worker = memory_worker(parts, partitions=4)
         replay_in_memory(worker, events, batch_size=batch)
         fig = live_figures(worker.settings, worker.store, ds.catalogue)
         assert fig["warm_caught_up"] and fig["plays"] == expected["plays"]
@@ -102,7 +90,7 @@ def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(pa
     _, events, _ = parts
     sinks = list_sinks()
     entries = sinks["predict"]["entries"] = FlakySink("entries", failures=2)
-    worker = _worker(parts, sinks=sinks)
+    worker = memory_worker(parts, sinks=sinks)
     predict = worker.stages["predict"]
     errors = []
     predict.checkpoint.on_flush_error = errors.append
@@ -126,7 +114,7 @@ def test_a_failing_sink_is_retried_and_nothing_is_committed_before_it_flushes(pa
 
 def test_a_fenced_partition_is_reported_not_committed(parts):
     _, events, _ = parts
-    worker = _worker(parts)
+    worker = memory_worker(parts)
     records = partition_records(events[:600], 1)[0]
     predict = worker.stages["predict"]
     rt = predict.runtime(0)

@@ -7,29 +7,16 @@ import math
 
 import pytest
 
-from models.artifacts import load
-from stream.bootstrap import build_worker
-from stream.cli.jobs import live_figures, load_replay, train_model
-from stream.settings import Settings
-from stream.stores.memory import MemoryStore
-from stream.worker.in_memory import list_sinks, replay_in_memory
+from stream.cli.jobs import live_figures
+from stream.worker.in_memory import replay_in_memory
 from stream.worker.stages import entry_codec
 from stream.worker.stages.entry_codec import OwnMessages, decode, encode
+from tests.stream.conftest import memory_worker, trained_replay
 
 
 @pytest.fixture(scope="module")
 def noisy(noisy_data, tmp_path_factory):
-    path = tmp_path_factory.mktemp("own") / "m.joblib"
-    train_model(noisy_data, path, train_fraction=0.5)
-    ds, events = load_replay(noisy_data, progress=False)
-    return ds, events, load(path)
-
-
-def _worker(noisy, partitions):
-    ds, _, art = noisy
-    settings = Settings(partitions=partitions, warm_partitions=partitions, model_path="/nonexistent",
-                        redis_url="redis://127.0.0.1:1/0")
-    return build_worker(settings, store=MemoryStore(), catalogue=ds.catalogue, artifact=art, sinks=list_sinks())
+    return trained_replay(noisy_data, tmp_path_factory, "own")
 
 
 def _as_parsed(entries):
@@ -55,13 +42,13 @@ class Checked(OwnMessages):
 @pytest.mark.parametrize("partitions,batch", [(1, 700), (3, 250)])
 def test_own_messages_parse_back_to_what_they_were_made_from_and_give_the_same_figures(noisy, partitions, batch):
     ds, events, _ = noisy
-    checked = _worker(noisy, partitions)
+    checked = memory_worker(noisy, partitions)
     assert isinstance(checked.own_messages, OwnMessages)  # a worker with both stages keeps its own messages
     checked.own_messages = own = Checked(partitions, checked.window, checked.stages["warm"].runtimes.__contains__)
     replay_in_memory(checked, events, batch_size=batch)
     assert own.checked >= own.kept > 50 and own.taken == own.kept and len(own) == 0  # every message kept was read back here
 
-    parsing = _worker(noisy, partitions)
+    parsing = memory_worker(noisy, partitions)
     parsing.own_messages = None  # every message parsed and checked
     replay_in_memory(parsing, events, batch_size=batch)
     a = live_figures(checked.settings, checked.store, ds.catalogue)
@@ -92,7 +79,7 @@ def test_skips_sent_before_their_plays_resolve_in_messages_that_pass_every_check
     ds, events, _ = noisy
     events = _skips_sent_first(events)
     for batch in (7, 23):
-        worker = _worker(noisy, 2)
+        worker = memory_worker(noisy, 2)
         worker.own_messages = own = Checked(2, worker.window)
         replay_in_memory(worker, events, batch_size=batch)
         repaired = sum(rt.engine.repaired.get("skip_before_play", 0) for rt in worker.stages["predict"].runtimes.values())
