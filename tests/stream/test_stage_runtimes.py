@@ -309,7 +309,10 @@ def test_a_large_batch_s_entries_go_as_several_messages_the_warm_stage_applies_o
 
 
 def test_chunked_entries_keep_each_event_whole_and_clocks_below_what_follows():
-    from stream.worker.stages.entry_codec import encode_batch
+    from stream.worker.stages.entry_codec import split_batch
+
+    def encode_batch(src, clock, entries, origins, limit):  # the messages the predict stage sends
+        return [encode(src, *piece) for piece in split_batch(clock, entries, origins, limit)]
 
     entries, origins = [], []
     for seq in range(400):  # an event's entries share its sequence; some at one instant

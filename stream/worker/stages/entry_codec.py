@@ -1,6 +1,6 @@
 """The wire form of the predict stage's entries (``cache_warmer/entries.py``): one Kafka message
 per (predict batch, warm partition), so the warm stage pays Kafka's and Faust's per-message cost
-once per batch rather than once per play; a large batch's go as several (``encode_batch``), each
+once per batch rather than once per play; a large batch's go as several (``split_batch``), each
 well under Kafka's default 1 MiB message limit.
 
     {"v": 1, "src": <sessions partition>, "t": <event time of its batch's last event>,
@@ -49,12 +49,6 @@ def encode(source_partition: int, clock: float, entries: list[tuple], origins: l
     if origins is None:
         return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries})
     return orjson.dumps({"v": VERSION, "src": source_partition, "t": clock, "e": entries, "o": origins})
-
-
-def encode_batch(source_partition: int, clock: float, entries: list[tuple], origins: list[int] | None = None,
-                 limit: int | None = None) -> list[bytes]:
-    """A batch's entries for one warm partition as messages (``split_batch``)."""
-    return [encode(source_partition, *piece) for piece in split_batch(clock, entries, origins, limit)]
 
 
 def split_batch(clock: float, entries: list[tuple], origins: list[int] | None = None,

@@ -348,11 +348,7 @@ def _last_seqs(entries: list, origins: list[int]) -> dict[int, int]:
     return {origin: entry[0] for entry, origin in zip(entries, origins)}
 
 
-def _event_time(entry) -> float:
-    return entry[2]
-
-
-_TIME = itemgetter(2)
+_event_time = itemgetter(2)  # an entry's event time
 
 
 def merge_by_time(runs: list[list]) -> list:
@@ -361,7 +357,7 @@ def merge_by_time(runs: list[list]) -> list:
     not when a skip that came before its play resolved the play at the skip's later time), a
     stable sort of them all, in C, gives the same order at a fraction of the generator's cost."""
     for run in runs:
-        times = list(map(_TIME, run))
+        times = list(map(_event_time, run))
         if times != sorted(times):
             return list(heapq.merge(*runs, key=_event_time))
-    return sorted(itertools.chain.from_iterable(runs), key=_TIME)
+    return sorted(itertools.chain.from_iterable(runs), key=_event_time)
