@@ -103,6 +103,8 @@ class WorkerService(Forwarding):
         self._at: dict[str, tuple[int, int]] = {}  # stage -> (partition, offset) its agent works on
         self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
+        self._draining: dict[str, asyncio.Future] = {}  # stage -> its agent's batch task (``drain_soon``)
+        self._drain_again: set[str] = set()  # stages asked to drain while their batch task ran
         self.channels: dict[str, object] = {}
         """Stage -> faust's buffer of runs its agent has not taken yet."""
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skipcache-redis")
@@ -357,15 +359,20 @@ class WorkerService(Forwarding):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # faust restarts the agent; /livez tells once it keeps crashing
-            where = self._at.get(name)
-            self.health.agent_crashed(name, exc, where)
-            log.error("%s agent crashed%s (%r); faust restarts it, and its partitions are re-read from Redis so "
-                      "what it had received comes again", name,
-                      f" at partition {where[0]} offset {where[1]}" if where else "", exc, exc_info=exc)
-            if self.built is not None and name in self.built.stages:  # what faust handed the dead agent is gone
-                stage = self.built.stages[name]
-                self.spawn(f"recover_{name}", lambda: self.relocate(stage, sorted(stage.runtimes), {}))
+            self.crashed(name, exc, "agent crashed", "faust restarts it, and its")
             raise
+
+    def crashed(self, name: str, exc: BaseException, what: str, then: str) -> None:
+        """A stage's agent or batch task failed on something no check foresaw: counted (/livez
+        tells once it keeps failing), and the stage's partitions re-read from Redis, so what it
+        had received comes again."""
+        where = self._at.get(name)
+        self.health.agent_crashed(name, exc, where)
+        log.error("%s %s%s (%r); %s partitions are re-read from Redis so what it had received comes again", name,
+                  what, f" at partition {where[0]} offset {where[1]}" if where else "", exc, then, exc_info=exc)
+        if self.built is not None and name in self.built.stages:  # what it had received is gone
+            stage = self.built.stages[name]
+            self.spawn(f"recover_{name}", lambda: self.relocate(stage, sorted(stage.runtimes), {}))
 
     async def _consume(self, name: str, stream) -> None:
         scheduler = self.schedulers[name]
@@ -389,7 +396,7 @@ class WorkerService(Forwarding):
                 inbox.append((event, records))
                 rt.hear(records)  # once in the inbox: the next batch takes them with what they allow
                 if runs.channel.empty():
-                    await self.drain(name)
+                    self.drain_soon(name)
                 continue
             self._at[name] = (message.partition, rt.next_offset)
             if name == "predict":
@@ -401,7 +408,31 @@ class WorkerService(Forwarding):
             if stage.forward is not None:  # how far it has read of its own, in hand: bounds what it applies of others'
                 rt.in_hand = rt.read_clock
             if scheduler.full() or runs.channel.empty():
+                self.drain_soon(name)
+
+    def drain_soon(self, name: str) -> None:
+        """Apply what the stage's scheduler lets through, in a task of its own, so the agent goes
+        on taking and decoding the runs faust delivers while a batch is processed, flushed and
+        committed (it decoded the next run only once the batch was committed, and those decodes
+        were gaps between batches). One such task per stage; asked again while it runs, it drains
+        once more after it."""
+        task = self._draining.get(name)
+        if task is not None and not task.done():
+            self._drain_again.add(name)
+            return
+        self._draining[name] = asyncio.ensure_future(self._drain_while_asked(name))
+
+    async def _drain_while_asked(self, name: str) -> None:
+        try:
+            while True:
+                self._drain_again.discard(name)
                 await self.drain(name)
+                if name not in self._drain_again:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # what the agent's crash did when it drained inline
+            self.crashed(name, exc, "batch failed", "its")
 
     async def drain(self, name: str, force: bool = False) -> None:
         """Apply what the stage's scheduler lets through now (batch by batch while a full batch is
@@ -724,6 +755,12 @@ class WorkerService(Forwarding):
         self.health.unowned = unowned  # its gauges: at the next readiness (every second, and each scrape)
 
     async def close_sinks(self) -> None:
+        """At shutdown: the stages' batch tasks stop first (as the agents they ran in did: a batch
+        not committed is read again from Redis's offset), then the sinks close."""
+        tasks = [t for t in self._draining.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         w = self.built
         if w is not None:
             for stage in w.stages.values():
