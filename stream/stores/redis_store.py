@@ -81,12 +81,13 @@ redis.register_function('{FUNCTION}', commit)
 -- plays, skips, likes of the i-th track): the client sends each id once. A key the reader does not
 -- need (stream/store.py parts_needed) is not read: its list comes back empty.
 local function tracks(keys, args)
-  local fields = {{}}
+  local fields, nf = {{}}, 0  -- lengths counted, not taken with # (a search, per element appended)
   for i = 3, #args do
     local t = args[i]
-    fields[#fields + 1] = 'n:' .. t
-    fields[#fields + 1] = 'k:' .. t
-    fields[#fields + 1] = 'l:' .. t
+    fields[nf + 1] = 'n:' .. t
+    fields[nf + 2] = 'k:' .. t
+    fields[nf + 3] = 'l:' .. t
+    nf = nf + 3
   end
   local epoch = redis.call('HGET', keys[1], 'epoch')
   local out = {{epoch}}
@@ -96,14 +97,16 @@ local function tracks(keys, args)
     want = {{true, last > stored, first < stored}}
   end
   for j = 1, 3 do
-    local hits = {{}}
-    for lo = 1, want[j] and #fields or 0, {UNPACK_CHUNK} do
-      local hi = math.min(lo + {UNPACK_CHUNK} - 1, #fields)
+    local hits, nh = {{}}, 0
+    for lo = 1, want[j] and nf or 0, {UNPACK_CHUNK} do
+      local hi = math.min(lo + {UNPACK_CHUNK} - 1, nf)
       local got = redis.call('HMGET', keys[j], unpack(fields, lo, hi))
-      for i = 1, #got do
-        if got[i] then
-          hits[#hits + 1] = lo + i - 1
-          hits[#hits + 1] = got[i]
+      for i = 1, hi - lo + 1 do
+        local v = got[i]
+        if v then
+          hits[nh + 1] = lo + i - 1
+          hits[nh + 2] = v
+          nh = nh + 2
         end
       end
     end
