@@ -1,11 +1,13 @@
 """The agent hands a stage's batches to a task of their own (``WorkerService.drain_soon``), so it
 goes on taking runs while a batch is processed, flushed and committed: no request to drain is lost
-or run twice at once, a batch that fails is counted and its partitions re-read, and shutdown stops
-the task before the sinks close."""
+or run twice at once, a batch that fails is counted, its runs released and its partitions re-read,
+and shutdown stops the task before the sinks close."""
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+
+import pytest
 
 from stream.settings import Settings
 from stream.worker.service import WorkerService
@@ -82,5 +84,33 @@ def test_shutdown_stops_a_running_batch_before_the_sinks_close():
         assert calls == ["predict"] and not task.done()
         await svc.close_sinks()
         assert task.cancelled()
+
+    asyncio.run(go())
+
+
+def test_a_batch_that_fails_releases_its_runs_to_faust():
+    """Not left unacknowledged: faust waits for every delivered run at a rebalance. The crash's
+    recovery reads them again from Redis's offsets."""
+    class Run:
+        acked = False
+
+        def ack(self):
+            self.acked = True
+
+    async def go():
+        svc = WorkerService(None, Settings(), lambda st: None)
+        stage = SimpleNamespace(name="warm", topic="entries", forward=None, runtimes={0: SimpleNamespace()})
+        svc.built = SimpleNamespace(stages={"warm": stage})
+
+        async def apply(stage, work, lagging=frozenset()):
+            assert [len(records) for _, records in work] == [3]
+            raise TypeError("a record no check foresaw")
+
+        svc.apply = apply
+        run = Run()
+        svc.schedulers["warm"].add(0, run, [(0, b"a"), (1, b"b"), (2, b"c")])
+        with pytest.raises(TypeError):
+            await svc.drain("warm")
+        assert run.acked
 
     asyncio.run(go())
