@@ -466,12 +466,9 @@ class WorkerService(Forwarding):
                         self.redis_failed(exc)
                         await self.wait_for_redis()
                     await self.relocate(stage, sorted(stage.runtimes), applied)
-                except BaseException:  # a fault no check foresaw, or shutdown: not applied, and
-                    for run in done:  # released as at a rebalance (faust would wait on them there);
-                        run.ack()  # the crash's recovery re-reads them from Redis's offsets
-                    raise
-                for run in done:
-                    run.ack()
+                finally:  # applied, or not (a fault, shutdown): released either way, as at a rebalance
+                    for run in done:  # (faust would wait on them there); what was not applied is
+                        run.ack()  # re-read from Redis's offsets
                 if not scheduler.full() or self.runs_waiting(name):
                     return  # runs faust has delivered are taken first: one could be the partition behind
 
