@@ -37,9 +37,11 @@ class Changes:
     """The partition's whole-value state (pending predictions; or the cache shard)."""
     counters: dict[str, dict[str, float]] = field(default_factory=dict)  # hash -> field -> increment
     queue_push: dict[int, list] = field(default_factory=dict)
-    """Warm: entries appended to the partition's held-back queue of each source..."""
+    """Entries appended to the partition's held-back queue of each source, as one element...
+    (``stream/worker/stages/held.py``)"""
     queue_drop: dict[int, int] = field(default_factory=dict)
-    """...then how many leave the head of each (applied): a commit writes what changed, not the queue."""
+    """...then how many elements leave the head of each (applied): a commit writes what changed,
+    not the queue."""
     inputs: dict[str, tuple[int, int]] = field(default_factory=dict)
     """The partition's other inputs (predict: ``repartition``, the events other partitions
     forwarded): name -> (offset the batch began at, new offset), fenced like the main offset,
@@ -174,7 +176,8 @@ class PartitionStore(Protocol):
         """The partition's serialized whole-value state (``Changes.blob``)."""
 
     def queue(self, partition: int, source: int) -> list:
-        """The entries a warm partition holds back for ``source`` (``Changes.queue_push``)."""
+        """The elements of the queue a partition holds back for ``source``, oldest first: each
+        a commit's additions (``Changes.queue_push``), decoded."""
 
     def fetch(self, partition: int, users: list[int], sessions: list[tuple[int, int]],
               tracks: list[str], epoch: int | None = None

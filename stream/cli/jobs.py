@@ -27,6 +27,7 @@ from stream.export_summary import summarize_export
 from stream.files import Dataset, DataError, read_dataset
 from stream.kafka_io import partition_of, track_partition_of
 from stream.worker.stages.entry_codec import stream_of
+from stream.worker.stages.held import HeldQueues
 from stream.worker import advice
 from stream.settings import Settings
 
@@ -221,7 +222,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
             load_warmer_state(w, state)
             received[q] = state["received"]
             queued += sum(len(entries) for entries in state.get("queues", {}).values())  # the older layout
-            queued += sum(len(warm_store.queue(q, int(src))) for src in state.get("queued", ()))
+            queued += sum(map(len, HeldQueues().load(warm_store, q, state, "queued").values()))
             late += state.get("late", 0)
             for name, shadow_state in state.get("shadows", {}).items():
                 t = float(name)
@@ -241,7 +242,7 @@ def live_figures(settings: Settings, store=None, catalogue: Catalogue | None = N
             for key, seq in state.get("sent_forwarded", {}).items():  # entries of events forwarded to p
                 q, origin = map(int, key.split(":"))
                 behind += received.get(q, {}).get(str(stream_of(p, origin, settings.partitions)), -1) < seq
-            held += sum(len(store.queue(p, src)) for src in state.get("forwarded", ()))
+            held += sum(map(len, HeldQueues().load(store, p, state, "forwarded").values()))
     fig = policy_figures(warmers, accuracy)
     contract, rejected = store.counters("contract"), store.counters("rejected")
     # forwarded by one predict partition, not yet taken in by the other (still on the topic)

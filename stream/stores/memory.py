@@ -100,7 +100,7 @@ class MemoryStore:
             if changes.blob is not None:
                 self.blobs[partition] = changes.blob
             for src, entries in changes.queue_push.items():
-                self.queues.setdefault((partition, src), []).extend(copy.deepcopy(entries))
+                self.queues.setdefault((partition, src), []).append(copy.deepcopy(entries))
             for src, n in changes.queue_drop.items():
                 del self.queues.setdefault((partition, src), [])[:n]
             for name, fields in changes.counters.items():

@@ -8,6 +8,7 @@ slot (a cluster runs the batch's commit on one node, atomically):
     {sc:predict:P}:blob    :offset           pending predictions; the next offset to apply
     {sc:predict:P}:offset:repartition        the next offset of its repartition partition
     {sc:predict:P}:queue:S                   events partition S forwarded, held until their time
+                                             (a list, one element per commit: held.py)
     {sc:predict:P}:tracks                    this partition's settled additions to the track
                                              counts (fields n:TRACK, k:TRACK, l:TRACK; epoch)
     {sc:predict:P}:tracks:now  :tracks:last  its additions in its stored epoch, the one before
@@ -116,8 +117,6 @@ local function tracks(keys, args)
 end
 redis.register_function{{function_name='{READ_TRACKS}', callback=tracks, flags={{'no-writes'}}}}
 """
-PUSH_CHUNK = 1000
-"""Values per RPUSH inside the Function (Lua's unpack has a stack limit)."""
 
 
 def _add_counts(cmds: list[tuple], key: str, counts: dict[str, list]) -> None:
@@ -321,9 +320,8 @@ class RedisStore:
             _add_counts(cmds, now_key, now)
         if changes.blob is not None:
             cmds.append(("SET", k(partition, "blob"), changes.blob))
-        for src, entries in changes.queue_push.items():
-            for i in range(0, len(entries), PUSH_CHUNK):
-                cmds.append(("RPUSH", k(partition, "queue", src), *map(dumps, entries[i:i + PUSH_CHUNK])))
+        for src, entries in changes.queue_push.items():  # one element: a commit's additions
+            cmds.append(("RPUSH", k(partition, "queue", src), dumps(entries)))
         for src, n in changes.queue_drop.items():
             if n:
                 cmds.append(("LTRIM", k(partition, "queue", src), n, -1))

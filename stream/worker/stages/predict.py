@@ -46,7 +46,8 @@ from models.state import S_PENDING_TRACK, State, U_SESSION
 
 from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import OwnMessages, encode, split_batch
-from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime, queue_changes
+from stream.worker.stages.held import STATE_KEY as HELD_KEY, HeldQueues
+from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime
 from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, add_counts, counts_as_of,
                           epoch_weights)
 
@@ -141,9 +142,8 @@ class PredictRuntime(PartitionRuntime):
         self.forwarded: dict[int, list[tuple[int, Event, dict]]] = {}
         """Source -> its forwarded events taken in, not applied yet (past the cut): (offset,
         event, as produced). Stored apart from the blob, as lists the commits append to and trim."""
-        self._pushed: dict[int, list] = {}
-        self._dropped: dict[int, int] = {}
-        self._stored: dict[int, int] = {}
+        self.held = HeldQueues()
+        """``forwarded`` as the store holds it (``held.py``)."""
         self.sent_forwarded: dict[str, int] = {}
         """``warm partition:source`` -> the last offset of ``source`` whose entries went there."""
         self.heard: dict[int, tuple[float, bool, float]] = {}
@@ -177,10 +177,8 @@ class PredictRuntime(PartitionRuntime):
             self.via = {int(src): o for src, o in state.get("via", {}).items()}
             self.sent_forwarded = state.get("sent_forwarded", {})
             self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
-            for src in state.get("forwarded", ()):
-                queued = self.store.queue(self.partition, src)
+            for src, queued in self.held.load(self.store, self.partition, state, "forwarded").items():
                 self.forwarded[src] = [(o, parse_event(obj), obj) for o, obj in queued]
-                self._stored[src] = len(queued)
         self.engine.watch(ledger.pending)  # the pending plays come under the session-gap rule again
         if blob:
             self.engine.load_held(state.get("held", []))
@@ -333,9 +331,7 @@ class PredictRuntime(PartitionRuntime):
                 state["via"] = {str(src): o for src, o in self.via.items()}
             if sent_forwarded:
                 state["sent_forwarded"] = sent_forwarded
-            if queued := sorted(src for src, q in self.forwarded.items() if q):
-                state["forwarded"] = queued
-            push, drop = queue_changes(self._pushed, self._dropped, self._stored)
+            push, drop, state[HELD_KEY] = self.held.changes()
         by_epoch = [(e, adds) for e, d in st.additions() if (adds := {t: c for t, c in d.items() if any(c)})]
         self._tracks = TrackAdditions(self.track_epoch, self.epoch_plays, by_epoch) if by_epoch else None
         out.changes = Changes(
@@ -497,7 +493,7 @@ class PredictRuntime(PartitionRuntime):
             src, _, _, events, _ = item
             high = via.get(src, -1)
             queue = queues.setdefault(src, [])
-            pushed = self._pushed.setdefault(src, [])
+            pushed = self.held.pushed.setdefault(src, [])
             for seq, event, obj in events:
                 if seq <= high:
                     out.skipped_duplicates += 1
@@ -518,7 +514,7 @@ class PredictRuntime(PartitionRuntime):
                 tag = (src + 1) << STREAM_BITS
                 due.append([(tag | seq, e) for seq, e, _ in queue[:n]])
                 del queue[:n]
-                self._dropped[src] = self._dropped.get(src, 0) + n
+                self.held.dropped[src] = self.held.dropped.get(src, 0) + n
         return due
 
     def _contract(self, events: list[Event]) -> dict[str, int]:
@@ -558,8 +554,7 @@ class PredictRuntime(PartitionRuntime):
             if self.repartitions:
                 self.rep_next = self._rep_to
                 self.sent_forwarded = self._sending_forwarded
-                self._stored = {src: len(q) for src, q in self.forwarded.items() if q}
-        self._pushed, self._dropped = {}, {}
+        self.held.committed(ok)
         if ok and len(st.users) > MAX_USERS_IN_MEMORY:  # bound memory: everything is in the store
             self.load()
 

@@ -46,7 +46,8 @@ from models.parsing import TimeWindow
 from models.rejections import Rejected
 
 from stream.worker.stages.entry_codec import OwnMessages, decode, stream_of
-from stream.worker.stages.partition import BatchOutput, PartitionRuntime, queue_changes
+from stream.worker.stages.held import STATE_KEY as HELD_KEY, HeldQueues
+from stream.worker.stages.partition import BatchOutput, PartitionRuntime
 from stream.store import Changes, PartitionStore
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,9 @@ class WarmRuntime(PartitionRuntime):
         """Source partition -> the event time it has reached."""
         self.queues: dict[int, list] = {}
         """Source partition -> its entries taken in but not applied yet (ahead of the watermark).
-        Stored apart from the blob, as lists the commits append to and trim: a source that lags
-        does not make every commit rewrite all that is held back."""
-        self._pushed: dict[int, list] = {}  # this batch's additions to the queues, by source
-        self._dropped: dict[int, int] = {}  # this batch's entries taken off the queues' heads
-        self._stored: dict[int, int] = {}  # source -> the length of its queue in the store
+        Stored apart from the blob (``held.py``): a source that lags does not make every commit
+        rewrite all that is held back."""
+        self.held = HeldQueues()
         self.applied_until = -math.inf
         """The newest event time applied: an entry older than it is applied late (out of order)."""
         self.late = 0
@@ -153,10 +152,9 @@ class WarmRuntime(PartitionRuntime):
             self.clocks = {int(p): t for p, t in state["clocks"].items()}
             if "queues" in state:  # the layout before the queues had keys of their own: move them there
                 self.queues = {int(p): q for p, q in state["queues"].items()}
-                self._pushed = {p: list(q) for p, q in self.queues.items()}
+                self.held.pushed = {p: list(q) for p, q in self.queues.items()}
             else:
-                self.queues = {int(p): self.store.queue(self.partition, int(p)) for p in state.get("queued", ())}
-                self._stored = {p: len(q) for p, q in self.queues.items()}
+                self.queues = self.held.load(self.store, self.partition, state, "queued")
             self.applied_until = state.get("applied_until", -math.inf)
             self.late = state.get("late", 0)
             self.shadows.load_state(state.get("shadows", {}))
@@ -244,7 +242,7 @@ class WarmRuntime(PartitionRuntime):
             out.skipped_duplicates += len(got) - len(fresh)
             if fresh:
                 queues.setdefault(src, []).extend(fresh)
-                self._pushed.setdefault(src, []).extend(fresh)
+                self.held.pushed.setdefault(src, []).extend(fresh)
             if clock > clocks.get(src, -math.inf):
                 clocks[src] = clock
             if self.stream_time == -math.inf:  # the first message read since loading
@@ -302,7 +300,7 @@ class WarmRuntime(PartitionRuntime):
             if n:
                 ready.append(queue[:n])
                 del queue[:n]
-                self._dropped[src] = self._dropped.get(src, 0) + n
+                self.held.dropped[src] = self.held.dropped.get(src, 0) + n
         if ready:
             entries = ready[0] if len(ready) == 1 else merge_by_time(ready)
             if entries[0][2] < self.applied_until:
@@ -326,21 +324,18 @@ class WarmRuntime(PartitionRuntime):
         state = warmer_state(self.warmer)
         state["received"] = {str(p): o for p, o in self.received.items()}
         state["clocks"] = {str(p): t for p, t in self.clocks.items()}
-        state["queued"] = sorted(p for p, q in self.queues.items() if q)
         state["late"] = self.late
         if self.shadows:
             state["shadows"] = self.shadows.to_state()
         if math.isfinite(self.applied_until):
             state["applied_until"] = self.applied_until
         rejected = self.rejected_counts(out)
-        push, drop = queue_changes(self._pushed, self._dropped, self._stored)
+        push, drop, state[HELD_KEY] = self.held.changes()
         out.changes = Changes(blob=orjson.dumps(state), counters={"rejected": rejected} if rejected else {},
                               queue_push=push, queue_drop=drop)
 
     def committed(self, ok: bool) -> None:
-        if ok:
-            self._stored = {p: len(q) for p, q in self.queues.items() if q}
-        self._pushed, self._dropped = {}, {}
+        self.held.committed(ok)
 
 
 def _last_seqs(entries: list, origins: list[int]) -> dict[int, int]:
