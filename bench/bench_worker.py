@@ -400,6 +400,7 @@ def simulated(work: Path, catalogue, events, st) -> dict:
 def start_profile(pid: int, out: Path):
     if shutil.which("py-spy") is None:
         raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    out.parent.mkdir(parents=True, exist_ok=True)  # py-spy writes nothing, and says nothing, into a missing folder
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--gil",
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
