@@ -55,7 +55,7 @@ def main() -> None:
             store = build_store(st)
             worker = build_worker(st, store=store, catalogue=catalogue, artifact=artifact,
                                   sinks=in_memory.list_sinks())
-            tune_process()  # as the live worker, once its parts are built
+            tune_process(args.batch * args.partitions)  # as the live worker (its batch: over the partitions)
             spent = [0.0]
             for stage in worker.stages.values():  # CPU inside the checkpoints only
                 stage.checkpoint.run = timed(stage.checkpoint.run, spent, profile)

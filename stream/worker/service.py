@@ -44,7 +44,16 @@ from stream.worker.scheduler import RESEEK_SECONDS, RunScheduler, contiguous_run
 from stream.worker.stages.warm import SourceEnds
 
 log = logging.getLogger("skipcache.worker")
-GC_THRESHOLDS = (50_000, 20, 10)
+GC_YOUNG_PER_RECORD = 50
+"""The young generation is collected after this many net container allocations per record a
+batch may hold (``SKIPCACHE_BATCH_SIZE``). A batch keeps ~20 containers per record alive until
+it ends (runs, events, rows, entries), two stages' batches run at once, and none of it is ever
+cyclic: below that peak, every batch set off collections that traversed all of it, again and
+again (with a fixed 50,000: ~50 collections of ~25 ms per run, 4-9% of the worker's CPU). Cyclic
+garbage, the only kind the collector frees, is rare here (tens of objects per run) and itself
+counts towards the threshold, so it stays bounded."""
+GC_YOUNG_MIN = 50_000
+GC_OLDER = (20, 10)
 BLAS_THREADS = 1
 """A batch's scores are one small matrix product (plays x features). On a batch past a few
 thousand plays OpenBLAS splits it over a thread per core, whose threads then spin waiting for
@@ -52,15 +61,18 @@ more work: on the cores the broker, Redis and a second worker need. With one thr
 20,000 events of one partition cost 15% less CPU per event (bench/RESULTS.md, issue 16)."""
 
 
-def tune_process() -> None:
+def gc_thresholds(batch_size: int) -> tuple[int, int, int]:
+    return max(GC_YOUNG_MIN, GC_YOUNG_PER_RECORD * batch_size), *GC_OLDER
+
+
+def tune_process(batch_size: int) -> None:
     """Once the worker's parts are built. The catalogue, the model and faust live as long as the
     process: keep the cyclic collector from rescanning them on every full collection; and collect
-    the young generation less often (a batch allocates ~100 objects per event, and the state it
-    keeps holds no cycles): a quarter of the worker's time went to the collector. And score with
-    ``BLAS_THREADS``."""
+    the young generation only past what a batch holds (``GC_YOUNG_PER_RECORD``; at the default,
+    a quarter of the worker's time once went to the collector). And score with ``BLAS_THREADS``."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*gc_thresholds(batch_size))
     threadpool_limits(BLAS_THREADS, user_api="blas")
 
 
@@ -204,7 +216,7 @@ class WorkerService(Forwarding):
                 ck.on_flush_error = self.kafka_failed
                 ck.on_flushed = lambda: self.dependency_ok(self.health.kafka)
                 ck.offload = self.call
-            tune_process()
+            tune_process(w.settings.batch_size)
         return self.built
 
     def source_ends(self) -> SourceEnds:

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from stream.worker.service import BLAS_THREADS, GC_THRESHOLDS
+from stream.worker.service import BLAS_THREADS, gc_thresholds
 
 
 def _import(module: str) -> subprocess.CompletedProcess:
@@ -27,11 +27,12 @@ def test_the_worker_scores_with_one_blas_thread_and_a_tuned_collector():
     """``tune_process`` (run once the worker's parts are built): in a process of its own, since
     it changes process-wide settings."""
     code = ("import gc, json, numpy; from threadpoolctl import threadpool_info; "
-            "from stream.worker.service import tune_process; tune_process(); "
+            "from stream.worker.service import tune_process; tune_process(10_000); "
             "print(json.dumps([[i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'], "
             "gc.get_threshold()]))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     blas, thresholds = json.loads(run.stdout)
     assert blas and all(n == BLAS_THREADS for n in blas)
-    assert tuple(thresholds) == GC_THRESHOLDS
+    assert tuple(thresholds) == gc_thresholds(10_000) == (500_000, 20, 10)
+    assert gc_thresholds(100)[0] == 50_000  # never below the floor, whatever the batch
