@@ -768,9 +768,10 @@ class WorkerService(Forwarding):
         self.health.unowned = unowned  # its gauges: at the next readiness (every second, and each scrape)
 
     async def close_sinks(self) -> None:
-        """At shutdown: the stages' batch tasks stop first (as the agents they ran in did: a batch
-        not committed is read again from Redis's offset), then the sinks close."""
-        tasks = [t for t in self._draining.values() if not t.done()]
+        """At shutdown: the stages' batch tasks stop first, and so do the timers' (a batch cut at
+        its deadline, a recovery, a check): a batch not committed is read again from Redis's
+        offset. Then the sinks close, with nothing left to add to them."""
+        tasks = [t for t in (*self._draining.values(), *self._cutting.values()) if not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -88,6 +88,26 @@ def test_shutdown_stops_a_running_batch_before_the_sinks_close():
     asyncio.run(go())
 
 
+def test_shutdown_stops_a_batch_the_deadline_timer_cut_before_the_sinks_close():
+    async def go():
+        svc, calls, _ = service_with_fake_drain()
+        closed = []
+
+        class Sink:
+            async def close(self):
+                closed.append(task.cancelled())  # the batch had stopped by then
+
+        svc.built = SimpleNamespace(stages={"predict": SimpleNamespace(checkpoint=SimpleNamespace(sinks={"s": Sink()}))})
+        svc.spawn("predict", lambda: svc.drain("predict", force=True))  # as cut_overdue_batches does
+        await asyncio.sleep(0)
+        task = svc._cutting["predict"]
+        assert calls == ["predict"] and not task.done()
+        await svc.close_sinks()
+        assert task.cancelled() and closed == [True]
+
+    asyncio.run(go())
+
+
 def test_a_batch_that_fails_releases_its_runs_to_faust():
     """Not left unacknowledged: faust waits for every delivered run at a rebalance. The crash's
     recovery reads them again from Redis's offsets."""
