@@ -58,24 +58,6 @@ class OffsetGap(Exception):
         self.partition, self.expected, self.got = partition, expected, got
 
 
-def queue_changes(pushed: dict[int, list], dropped: dict[int, int], stored: dict[int, int]
-                  ) -> tuple[dict[int, list], dict[int, int]]:
-    """What a commit does to a partition's stored queues (one per source, ``Changes.queue_push``
-    and ``queue_drop``): what was taken in (``pushed``) and applied (``dropped`` off the head) in
-    the same batch never reaches the store; the stored head (``stored`` long) is trimmed by what
-    was applied of it."""
-    push, drop = {}, {}
-    for src in pushed.keys() | dropped.keys():
-        n, have = dropped.get(src, 0), stored.get(src, 0)
-        trimmed = min(n, have)
-        rest = pushed.get(src, [])[n - trimmed:]
-        if trimmed:
-            drop[src] = trimmed
-        if rest:
-            push[src] = rest
-    return push, drop
-
-
 def fence_cause(stored: int | None, expected: int) -> str:
     """Why a commit was fenced, from the offset the store holds now."""
     if stored is None:
