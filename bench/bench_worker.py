@@ -234,6 +234,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
             if applied and first is None:
                 first = (now, applied)
                 cpu_first = [cpu_seconds(w.pid) for w in workers]
+                gc_first = gc_collections(ports[0])
                 sys_first = [cpu_seconds(w.pid, system_only=True) for w in workers]
                 servers_first = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
             if applied >= len(events):
@@ -283,6 +284,9 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
                   f"({int(contract.get('repartitioned', 0)):,} applied there, "
                   f"{int(contract.get('repartitioned_late', 0)):,} behind their partition's clock)")
         print(f"  batches (per partition, /metrics of the first worker): {batch_figures(ports[0])}")
+        collections = [b - a for a, b in zip(gc_first, gc_collections(ports[0]))]
+        print(f"  garbage collections in the run (first worker), generations 0/1/2: "
+              f"{'/'.join(f'{n:.0f}' for n in collections)}")
         return end_to_end, raw
     finally:  # stopped whatever happened (a failure midway leaves no worker running)
         for w in workers:
@@ -348,6 +352,16 @@ def batch_figures(port: int) -> str:
                 total = float(line.rsplit(" ", 1)[1])
         out.append(f"{stage} {count:,.0f} (mean {1000 * total / count if count else 0:.0f} ms)")
     return ", ".join(out)
+
+
+def gc_collections(port: int) -> list[float]:
+    """The worker's garbage collections so far, by generation (its /metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found = {line.split('generation="')[1][0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith("python_gc_collections_total{")}
+    return [found.get(g, 0.0) for g in "012"]
 
 
 def clean_runs(args, catalogue, events, settings_for, work: Path) -> None:

@@ -10,7 +10,7 @@ import time
 from collections import Counter as Tally, deque
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 
 ROLLING_WINDOW = 1000
@@ -54,6 +54,10 @@ class BatchHistogram:
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, window: int = ROLLING_WINDOW):
         r = self.registry = registry or CollectorRegistry()
+        # the process's CPU, memory and collector (python_gc_collections_total by generation):
+        # the worker's cost per event moved with its collector's settings (tune_process)
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.predictions = Counter("skipcache_predictions", "Resolved predictions by outcome of the 'played in full' class",
                                    ["model", "variant", "outcome"], registry=r)
         self.rolling_accuracy = Gauge("skipcache_rolling_accuracy", f"Accuracy of the last {window} resolved predictions",

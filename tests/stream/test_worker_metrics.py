@@ -58,3 +58,18 @@ def test_predictions_and_the_rolling_accuracy_are_counted_per_batch_as_per_predi
         assert gauge[("skipcache_rolling_accuracy", (("model", model), ("variant", variant)))] == sum(last) / len(last)
     latency = samples(m.render().decode(), "skipcache_event_latency_seconds")
     assert latency[("skipcache_event_latency_seconds_count", (("stage", "predict"),))] == len(seen)
+
+
+def test_the_metrics_tell_the_process_s_collections_and_memory():
+    """Operators see the collector's work beside the worker's (``tune_process`` sets it by the
+    batch size); a collection run here shows in the next scrape."""
+    import gc
+
+    m = WorkerMetrics()
+    before = samples(m.render().decode(), "python_gc_collections")
+    gc.collect(0)
+    after = samples(m.render().decode(), "python_gc_collections")
+    key = ("python_gc_collections_total", (("generation", "0"),))
+    assert after[key] >= before[key] + 1
+    memory = samples(m.render().decode(), "process_resident_memory_bytes")
+    assert memory[("process_resident_memory_bytes", ())] > 10_000_000
