@@ -337,30 +337,32 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def batch_figures(port: int) -> str:
-    """How many partition batches each stage committed and their mean processing-and-commit time."""
+def metric_samples(url: str) -> list:
+    """Every sample a worker's /metrics exposes, read by prometheus_client's parser."""
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def batch_figures(port: int) -> str:
+    """How many partition batches each stage committed and their mean processing-and-commit time."""
+    found = {(s.name, s.labels.get("stage")): s.value for s in metric_samples(f"http://127.0.0.1:{port}/metrics")
+             if s.name.startswith("skipcache_batch_processing_seconds_")}
     out = []
     for stage in ("predict", "warm"):
-        count = total = 0.0
-        for line in text.splitlines():
-            if line.startswith("skipcache_batch_processing_seconds_count") and f'stage="{stage}"' in line:
-                count = float(line.rsplit(" ", 1)[1])
-            if line.startswith("skipcache_batch_processing_seconds_sum") and f'stage="{stage}"' in line:
-                total = float(line.rsplit(" ", 1)[1])
+        count = found.get(("skipcache_batch_processing_seconds_count", stage), 0.0)
+        total = found.get(("skipcache_batch_processing_seconds_sum", stage), 0.0)
         out.append(f"{stage} {count:,.0f} (mean {1000 * total / count if count else 0:.0f} ms)")
     return ", ".join(out)
 
 
 def gc_collections(port: int) -> list[float]:
     """The worker's garbage collections so far, by generation (its /metrics)."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found = {line.split('generation="')[1][0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-             if line.startswith("python_gc_collections_total{")}
+    found = {s.labels["generation"]: s.value for s in metric_samples(f"http://127.0.0.1:{port}/metrics")
+             if s.name == "python_gc_collections_total"}
     return [found.get(g, 0.0) for g in "012"]
 
 
@@ -511,18 +513,10 @@ def latency(args, events, settings_for, work: Path) -> None:
 
 def stage_latencies(url: str) -> dict[str, tuple[float, float]]:
     """p50 and p99 (bucket upper bounds) of skipcache_event_latency_seconds, by stage."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
     buckets: dict[str, list[tuple[float, float]]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "skipcache_event_latency_seconds":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                buckets.setdefault(sample.labels["stage"], []).append((float(sample.labels["le"]), sample.value))
+    for sample in metric_samples(url):
+        if sample.name == "skipcache_event_latency_seconds_bucket":
+            buckets.setdefault(sample.labels["stage"], []).append((float(sample.labels["le"]), sample.value))
     out = {}
     for stage, rows in buckets.items():
         rows.sort()
