@@ -232,8 +232,9 @@ def cmd_state(args) -> int:
     from stream.bootstrap import build_store
 
     store = build_store(args.settings)
-    moved = store.migrate_layout()
-    print(f"moved {moved:,} keys under their partitions' hash tags (prefix {args.settings.redis_prefix!r})")
+    moved, packed = store.migrate_layout()
+    print(f"moved {moved:,} keys under their partitions' hash tags, and packed the track counts of {packed:,} keys "
+          f"into one field per track (prefix {args.settings.redis_prefix!r})")
     return 0
 
 
@@ -376,8 +377,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_ab_report)
 
     s = sub.add_parser("state", help="maintain the live state in Redis")
-    s.add_argument("action", choices=["migrate"], help="migrate: move the layout before hash tags under them "
-                   "(once, with every worker stopped)")
+    s.add_argument("action", choices=["migrate"], help="migrate: move state of older layouts into this "
+                   "one: keys under their partitions' hash tags, a track's counts in one field (once, with every "
+                   "worker stopped)")
     s.set_defaults(func=cmd_state)
 
     s = sub.add_parser("dashboard", help="write the Grafana dashboard JSON (generated from code)")

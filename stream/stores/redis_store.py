@@ -10,7 +10,7 @@ slot (a cluster runs the batch's commit on one node, atomically):
     {sc:predict:P}:queue:S                   events partition S forwarded, held until their time
                                              (a list, one element per commit: held.py)
     {sc:predict:P}:tracks                    this partition's settled additions to the track
-                                             counts (fields n:TRACK, k:TRACK, l:TRACK; epoch)
+                                             counts (a field per track, COUNTS; epoch)
     {sc:predict:P}:tracks:now  :tracks:last  its additions in its stored epoch, the one before
     {sc:warm:Q}:blob  :offset  :queue:P      the cache shard; held-back entries of source P
     {sc:STAGE:N}:counters:NAME:EPOCH         this partition's counts (events, rejected, ab:A ...)
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+import struct
+
 import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -40,16 +42,16 @@ from stream.store import Changes, TrackCounts, parts_needed, read_counts_as_of
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v5"
-FUNCTION = "skipcache_commit_v4"
-READ_TRACKS = "skipcache_tracks_v3"
+FUNCTION_LIBRARY = "skipcache_v6"
+FUNCTION = "skipcache_commit_v5"
+READ_TRACKS = "skipcache_tracks_v4"
 UNPACK_CHUNK = 999
 """Values per call inside a Function (Lua's unpack has a stack limit)."""
 FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
 -- ARGV[1]: F, the fenced offsets (the partition's, then its other inputs'), KEYS[1..F]; ARGV[2..]:
 -- F offsets the batch began at, then F new offsets; then per command: its name, the index of its
--- key in KEYS, how many arguments follow. HINCRBY may carry many (field, increment) pairs: a
--- batch's track counts go as one command per key, not one per count.
+-- key in KEYS, how many arguments follow. HINCRBY may carry many (field, increment) pairs, and
+-- TRACKADD many (track, packed additions) pairs: a batch's track counts go as one command per key.
 local function commit(keys, args)
   local f = tonumber(args[1])
   for j = 1, f do
@@ -63,6 +65,17 @@ local function commit(keys, args)
     if name == 'HINCRBY' then
       for j = i + 3, i + 1 + count, 2 do
         redis.call('HINCRBY', key, args[j], args[j + 1])
+      end
+    elseif name == 'TRACKADD' then  -- (track, packed additions) pairs, added to the packed counts
+      for j = i + 3, i + 1 + count, 2 do
+        local t = args[j]
+        local dn, dk, dl = struct.unpack('<ddd', args[j + 1])
+        local cur = redis.call('HGET', key, t)
+        if cur then
+          local cn, ck, cl = struct.unpack('<ddd', cur)
+          dn, dk, dl = dn + cn, dk + ck, dl + cl
+        end
+        redis.call('HSET', key, t, struct.pack('<ddd', dn, dk, dl))
       end
     else
       redis.call(name, key, unpack(args, i + 3, i + 2 + count))
@@ -78,18 +91,10 @@ redis.register_function('{FUNCTION}', commit)
 
 -- KEYS: a predict partition's settled, stored epoch's and previous epoch's track counts; ARGV: the
 -- reader's first and last epoch ('' '': everything committed), then track ids. Returns the stored
--- epoch, then per key the fields that hold a count, as (index, value) pairs (index 3i-2, 3i-1, 3i:
--- plays, skips, likes of the i-th track): the client sends each id once. A key the reader does not
--- need (stream/store.py parts_needed) is not read: its list comes back empty.
+-- epoch, then per key the tracks that hold counts, as (index, packed counts) pairs: the i-th
+-- track's, so the ids are sent once and come back as numbers. A key the reader does not need
+-- (stream/store.py parts_needed) is not read: its list comes back empty.
 local function tracks(keys, args)
-  local fields, nf = {{}}, 0  -- lengths counted, not taken with # (a search, per element appended)
-  for i = 3, #args do
-    local t = args[i]
-    fields[nf + 1] = 'n:' .. t
-    fields[nf + 2] = 'k:' .. t
-    fields[nf + 3] = 'l:' .. t
-    nf = nf + 3
-  end
   local epoch = redis.call('HGET', keys[1], 'epoch')
   local out = {{epoch}}
   local stored, first, last = tonumber(epoch), tonumber(args[1]), tonumber(args[2])
@@ -97,15 +102,16 @@ local function tracks(keys, args)
   if stored and first then
     want = {{true, last > stored, first < stored}}
   end
+  local nt = #args
   for j = 1, 3 do
-    local hits, nh = {{}}, 0
-    for lo = 1, want[j] and nf or 0, {UNPACK_CHUNK} do
-      local hi = math.min(lo + {UNPACK_CHUNK} - 1, nf)
-      local got = redis.call('HMGET', keys[j], unpack(fields, lo, hi))
+    local hits, nh = {{}}, 0  -- lengths counted, not taken with # (a search, per element appended)
+    for lo = 3, want[j] and nt or 0, {UNPACK_CHUNK} do
+      local hi = math.min(lo + {UNPACK_CHUNK} - 1, nt)
+      local got = redis.call('HMGET', keys[j], unpack(args, lo, hi))
       for i = 1, hi - lo + 1 do
         local v = got[i]
         if v then
-          hits[nh + 1] = lo + i - 1
+          hits[nh + 1] = lo + i - 3
           hits[nh + 2] = v
           nh = nh + 2
         end
@@ -119,19 +125,36 @@ redis.register_function{{function_name='{READ_TRACKS}', callback=tracks, flags={
 """
 
 
+COUNTS = struct.Struct("<ddd")
+"""A track's counts in a ``:tracks`` hash, one field per track (its id): plays, skips and likes
+as three little-endian doubles (exact integers up to 2**53), packed and added by the Functions'
+Lua (``struct``). One field, not one per count: the read of a batch's tracks, the largest server
+time of a batch, then looks up a third of the fields and builds no field names."""
+
+
 def _add_counts(cmds: list[tuple], key: str, counts: dict[str, list]) -> None:
-    """One HINCRBY of every count's (field, increment) pair: the Function and the transaction
-    apply them pair by pair (a command per count cost the client a tuple and four arguments each)."""
+    """One TRACKADD of every track's (id, packed additions) pair: the Function adds them to the
+    stored counts (the transaction, read first under WATCH)."""
+    pack = COUNTS.pack
     pairs: list = []
     for t, (n, skips, likes) in counts.items():
-        if n:
-            pairs += (f"n:{t}", int(n))
-        if skips:
-            pairs += (f"k:{t}", int(skips))
-        if likes:
-            pairs += (f"l:{t}", int(likes))
+        if n or skips or likes:
+            pairs += (t, pack(n, skips, likes))
     if pairs:
-        cmds.append(("HINCRBY", key, *pairs))
+        cmds.append(("TRACKADD", key, *pairs))
+
+
+def _added(stored: bytes | None, additions: bytes) -> bytes:
+    """Packed counts plus packed additions (what TRACKADD does in the Function)."""
+    if stored is None:
+        return additions
+    return COUNTS.pack(*(a + b for a, b in zip(COUNTS.unpack(stored), COUNTS.unpack(additions))))
+
+
+def _unpacked(hits: list, tracks: list[str]) -> dict[str, list]:
+    """track -> [plays, skips, likes] from the read Function's (index, packed counts) pairs."""
+    unpack = COUNTS.unpack
+    return {tracks[hits[j] - 1]: list(unpack(hits[j + 1])) for j in range(0, len(hits), 2)}
 
 
 class OldLayout(RuntimeError):
@@ -254,11 +277,10 @@ class RedisStore:
                                          *tracks)
                 replies = pipe.execute()
             else:  # the Function's reply, from HMGETs of every part (the stored epoch decides which count)
-                fields = [f"{c}:{t}" for t in tracks for c in "nkl"]
                 for base in bases:
-                    pipe.hmget(base, [*fields, "epoch"])
-                    pipe.hmget(f"{base}:now", fields)
-                    pipe.hmget(f"{base}:last", fields)
+                    pipe.hmget(base, [*tracks, "epoch"])
+                    pipe.hmget(f"{base}:now", tracks)
+                    pipe.hmget(f"{base}:last", tracks)
                 got = pipe.execute()
                 replies = []
                 for j in range(0, len(got), 3):
@@ -267,21 +289,8 @@ class RedisStore:
                     replies.append([stored, *([x for i, v in enumerate(values) if v is not None for x in (i + 1, v)]
                                               if wanted else [] for values, wanted in zip(got[j:j + 3],
                                                                                           (True, now, last)))])
-        out = []
-        for stored, *keys in replies:
-            parts = []
-            for hits in keys:
-                d: dict[str, list] = {}
-                for j in range(0, len(hits), 2):
-                    i = hits[j] - 1
-                    t = tracks[i // 3]
-                    rec = d.get(t)
-                    if rec is None:
-                        rec = d[t] = [0.0, 0.0, 0.0]
-                    rec[i % 3] = float(hits[j + 1])
-                parts.append(d)
-            out.append(TrackCounts(int(stored) if stored is not None else None, *parts))
-        return out
+        return [TrackCounts(int(stored) if stored is not None else None, *(_unpacked(hits, tracks) for hits in parts))
+                for stored, *parts in replies]
 
     def epoch_plays(self, partition):
         base = self._k(partition, "tracks")
@@ -289,11 +298,8 @@ class RedisStore:
             pipe.hget(base, "epoch")
             pipe.hgetall(f"{base}:now")
             stored, now = pipe.execute()
-        plays: dict[str, list] = {}
-        for f, v in now.items():
-            c, _, t = f.decode().partition(":")
-            plays.setdefault(t, [0.0, 0.0, 0.0])["nkl".index(c)] = float(v)
-        return (int(stored) if stored is not None else None), plays
+        unpack = COUNTS.unpack
+        return (int(stored) if stored is not None else None), {t.decode(): list(unpack(v)) for t, v in now.items()}
 
     # ---- the commit -----------------------------------------------------------------------------
     def _commands(self, partition: int, changes: Changes) -> list[tuple]:
@@ -367,11 +373,23 @@ class RedisStore:
                     if (int(current) if current is not None else 0) != expected:
                         pipe.unwatch()
                         return False
+                # what each TRACKADD adds to: the counts stored now (only this partition's owner
+                # writes them, moving the watched offset with them), or none after a DEL (a turn)
+                held: dict[str, dict] = {}
+                deleted = set()
+                for name, key, *rest in cmds:
+                    if name == "DEL":
+                        deleted.add(key)
+                    elif name == "TRACKADD":
+                        fields = rest[0::2]
+                        held[key] = {} if key in deleted else dict(zip(fields, pipe.hmget(key, fields)))
                 pipe.multi()
                 for name, key, *rest in cmds:
                     if name == "HINCRBY":  # (field, increment) pairs, as the Function takes them
                         for j in range(0, len(rest), 2):
                             pipe.execute_command(name, key, rest[j], rest[j + 1])
+                    elif name == "TRACKADD":
+                        pipe.hset(key, mapping={t: _added(held[key].get(t), d) for t, d in zip(rest[0::2], rest[1::2])})
                     else:
                         pipe.execute_command(name, key, *rest)
                 for key, (_, new) in fences.items():
@@ -433,25 +451,67 @@ class RedisStore:
         self.r.hincrby(f"{self.root}:config", f"epoch:{name}", 1)
 
     def check_layout(self) -> None:
-        """Refuse (with what to do) a Redis holding this prefix's state in the layout before
-        partitions had hash tags: the worker would otherwise start over beside it, silently."""
+        """Refuse (with what to do) a Redis holding this prefix's state in an older layout: before
+        partitions had hash tags, or with a track's counts in three fields (``n:``, ``k:``,
+        ``l:`` TRACK) rather than one (``COUNTS``). The worker would otherwise start over beside
+        it, or misread it, silently."""
         old = [key for key in (f"{self.root}:tracks", f"{self.root}:0:offset", f"{self.root}:warm:0:offset")
                if self.r.exists(key)]
+        old += self._counts_by_field()
         if old:
             raise OldLayout(
-                f"Redis holds skipcache state in the layout before partitions had hash tags (keys "
-                f"{', '.join(old)}). Run `skipcache state migrate` once with every worker stopped (it moves each "
-                f"partition's keys under its hash tag), or start over from the topics with a new "
-                f"SKIPCACHE_REDIS_PREFIX.")
+                f"Redis holds skipcache state in an older layout (keys {', '.join(old[:4])}"
+                f"{' ...' if len(old) > 4 else ''}). Run `skipcache state migrate` once with every worker stopped "
+                f"(it moves each partition's keys under its hash tag and packs each track's counts into one "
+                f"field), or start over from the topics with a new SKIPCACHE_REDIS_PREFIX.")
 
-    def migrate_layout(self) -> int:
-        """Move state of the layout before hash tags under the partitions' tags (single server,
-        every worker stopped): the global track counts and counters become predict partition 0's
-        contributions (their sums are unchanged). Returns the keys moved."""
-        if self.cluster:
-            raise OldLayout("the layout before hash tags only ever lived on one server: migrate there, then move "
-                            "the keys to the cluster")
+    def _counts_by_field(self) -> list[str]:
+        """The predict partitions' ``:tracks`` hashes that hold a track's counts in three fields:
+        told by the first field of a scan that is not ``epoch`` (each holds one layout)."""
+        old = []
+        for p in range(self.partitions["predict"]):
+            base = f"{self.slot(p, 'predict')}:tracks"
+            for key in (base, f"{base}:now", f"{base}:last"):
+                cursor = 0
+                while True:
+                    cursor, fields = self.r.hscan(key, cursor, count=64)
+                    told = next((f for f in fields if f != b"epoch"), None)
+                    if told is not None or not cursor:
+                        if told is not None and b":" in told:
+                            old.append(key)
+                        break
+        return old
+
+    def migrate_layout(self) -> tuple[int, int]:
+        """Move state of the older layouts into this one (every worker stopped): keys of the layout
+        before hash tags under the partitions' tags (single server; the global track counts and
+        counters become predict partition 0's contributions, their sums unchanged), then every
+        track's counts from three fields into one. Returns the keys moved, and those rewritten."""
+        moved, packed = self._move_under_tags(), 0
+        for key in self._counts_by_field():
+            stored = self.r.hgetall(key)
+            counts: dict[str, list] = {}
+            for f, v in stored.items():
+                c, _, t = f.decode().partition(":")
+                if t:
+                    counts.setdefault(t, [0.0, 0.0, 0.0])["nkl".index(c)] = float(v)
+            with self.r.pipeline(transaction=True) as pipe:  # one key: one slot, atomic
+                pipe.delete(key)
+                if b"epoch" in stored:
+                    pipe.hset(key, "epoch", stored[b"epoch"])
+                if counts:
+                    pipe.hset(key, mapping={t: COUNTS.pack(*c) for t, c in counts.items()})
+                pipe.execute()
+            packed += 1
+        return moved, packed
+
+    def _move_under_tags(self) -> int:
         root, moved = self.root, 0
+        if self.cluster:
+            if any(self.r.exists(key) for key in (f"{root}:tracks", f"{root}:0:offset", f"{root}:warm:0:offset")):
+                raise OldLayout("the layout before hash tags only ever lived on one server: migrate there, then "
+                                "move the keys to the cluster")
+            return 0
         for raw in list(self.r.scan_iter(match=f"{root}:*", count=1000)):
             key = raw.decode()
             rest = key[len(root) + 1:].split(":")

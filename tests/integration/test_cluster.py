@@ -180,12 +180,39 @@ def test_state_in_the_layout_before_hash_tags_is_refused_then_migrated(servers, 
         store.check_layout()
     out = subprocess.run([sys.executable, "-m", "stream.cli", "state", "migrate"], env={**os.environ, **env},
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "moved 7 keys" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "moved 7 keys" in out.stdout and "of 1 keys" in out.stdout, out.stdout + out.stderr
     store.check_layout()
     assert (store.offset(0), store.offset(1), store.stage("warm").offset(0)) == (120, 80, 33)
     assert store.fetch(1, [7], [], ["t" * 22]) == ({7: [1]}, {}, {"t" * 22: [5.0, 0.0, 1.0]})
     assert store.counters("events") == {"play": 200}
     assert store.stage("warm").queue(0, 1) == [[1, 0, 2.0]]
+
+
+def test_track_counts_in_three_fields_are_refused_then_packed(servers, cluster):
+    """Track counts stored by an earlier version, three fields per track (``n:``, ``k:``, ``l:``):
+    the store refuses them, saying what to do, and ``migrate_layout`` packs each track's into one
+    field (``COUNTS``), on one server and on a cluster; the counts read the same after."""
+    from stream.stores.redis_store import OldLayout, RedisStore
+
+    _, server = servers
+    t, u = "t" * 22, "u" * 22
+    for url in (f"redis://127.0.0.1:{server.port}/0", cluster.url):
+        store = RedisStore.from_url(url, prefix=f"tf{os.getpid()}{time.monotonic_ns() % 10**6}", partitions=2)
+        try:
+            base = f"{store.slot(1, 'predict')}:tracks"
+            store.r.hset(base, mapping={f"n:{t}": 5, f"k:{t}": 2, f"l:{t}": 1, f"n:{u}": 3, "epoch": 11})
+            store.r.hset(f"{base}:now", mapping={f"n:{t}": 4, f"l:{u}": 1})
+            with pytest.raises(OldLayout, match="skipcache state migrate"):
+                store.check_layout()
+            assert store.migrate_layout() == (0, 2)
+            store.check_layout()
+            assert store.migrate_layout() == (0, 0)  # once
+            assert store.epoch_plays(1) == (11, {t: [4.0, 0.0, 0.0], u: [0.0, 0.0, 1.0]})
+            _, part = store.track_counts([u, t], (11, 11))
+            assert (part.epoch, part.settled) == (11, {t: [5.0, 2.0, 1.0], u: [3.0, 0.0, 0.0]})
+            assert store.fetch(0, [], [], [t, u], 12)[2] == {t: [9.0, 2.0, 1.0], u: [3.0, 0.0, 1.0]}
+        finally:
+            store.r.close()
 
 
 def test_a_slot_without_a_primary_makes_healthz_name_the_node(servers, live_data, tmp_path):
