@@ -30,9 +30,8 @@ is refused, and the worker re-reads the partition. Servers without Functions (Re
 server only) use WATCH/MULTI/EXEC, which redis-py's single-server client does not retry."""
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
-
 import struct
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import redis
