@@ -55,9 +55,8 @@ class Settings:
     batch_size: int = _env("SKIPCACHE_BATCH_SIZE", 10000, "most records one batch of a stage applies, over its "
                            "partitions (a batch takes what has been received, up to this: it binds only while the "
                            "worker is behind)")
-    """10,000: with it two workers on 2 cores applied 1.51-1.96x one worker's events/s, with 20,000
-    1.69-1.71x (since the worker scores with one BLAS thread), holding 100-160 MiB more per worker
-    (bench/RESULTS.md, issue 16)."""
+    """10,000: 20,000 gave one worker ~4% more events/s while catching up and two workers nothing,
+    for ~25% more peak memory (120-160 MiB at 2,000 users; bench/RESULTS.md, issue 16)."""
     batch_within: float = _env("SKIPCACHE_BATCH_WITHIN", 0.1, "longest a received record waits for its batch (the "
                                "event-time alignment waits for a partition behind at most this)")
     fetch_max_wait_ms: int = _env("SKIPCACHE_FETCH_MAX_WAIT_MS", 50, "longest a consumer fetch waits for data (faust's own is 1500)")
