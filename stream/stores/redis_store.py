@@ -454,15 +454,18 @@ class RedisStore:
         partitions had hash tags, or with a track's counts in three fields (``n:``, ``k:``,
         ``l:`` TRACK) rather than one (``COUNTS``). The worker would otherwise start over beside
         it, or misread it, silently."""
-        old = [key for key in (f"{self.root}:tracks", f"{self.root}:0:offset", f"{self.root}:warm:0:offset")
-               if self.r.exists(key)]
-        old += self._counts_by_field()
+        old = self._untagged() + self._counts_by_field()
         if old:
             raise OldLayout(
                 f"Redis holds skipcache state in an older layout (keys {', '.join(old[:4])}"
                 f"{' ...' if len(old) > 4 else ''}). Run `skipcache state migrate` once with every worker stopped "
                 f"(it moves each partition's keys under its hash tag and packs each track's counts into one "
                 f"field), or start over from the topics with a new SKIPCACHE_REDIS_PREFIX.")
+
+    def _untagged(self) -> list[str]:
+        """Keys that only the layout before hash tags has."""
+        root = self.root
+        return [key for key in (f"{root}:tracks", f"{root}:0:offset", f"{root}:warm:0:offset") if self.r.exists(key)]
 
     def _counts_by_field(self) -> list[str]:
         """The predict partitions' ``:tracks`` hashes that hold a track's counts in three fields:
@@ -507,7 +510,7 @@ class RedisStore:
     def _move_under_tags(self) -> int:
         root, moved = self.root, 0
         if self.cluster:
-            if any(self.r.exists(key) for key in (f"{root}:tracks", f"{root}:0:offset", f"{root}:warm:0:offset")):
+            if self._untagged():
                 raise OldLayout("the layout before hash tags only ever lived on one server: migrate there, then "
                                 "move the keys to the cluster")
             return 0
