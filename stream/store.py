@@ -147,6 +147,18 @@ def epoch_weights(epoch: int | None, stored: int | None) -> tuple[int, int]:
     return (0, 0) if stored == epoch else (0, -1)
 
 
+@dataclass
+class BatchRead:
+    """What a predict batch reads before it applies (``PartitionStore.read_batch``)."""
+
+    users: dict[int, list]
+    sessions: dict[tuple[int, int], list]
+    tracks: list[TrackCounts]
+    """``track_counts``'s parts (empty without tracks)."""
+    position: int | None
+    """The partition's offset, read after the rest."""
+
+
 class StateMoved(Exception):
     """A partition's offset in the store is not the one its runtime applied to: the store's state
     went back (a failover lost acknowledged writes, a restore) or another worker moved it, so what
@@ -184,6 +196,12 @@ class PartitionStore(Protocol):
               ) -> tuple[dict[int, list], dict[tuple[int, int], list], dict[str, list]]:
         """The records that exist, by key; tracks: the global counts of the plays resolved
         before ``epoch`` (None: all committed)."""
+
+    def read_batch(self, partition: int, users: list[int], sessions: list[tuple[int, int]], tracks: list[str],
+                   epochs: tuple[int, int] | None = None) -> BatchRead:
+        """``fetch``'s records, ``track_counts``'s parts and, read last, the partition's
+        ``position``, in one round trip: a store that went back (a failover that lost
+        acknowledged commits) before the other reads shows it in the offset."""
 
     def track_counts(self, tracks: list[str], epochs: tuple[int, int] | None = None) -> list[TrackCounts]:
         """Every predict partition's stored parts of the counts of ``tracks`` (``counts_as_of``)

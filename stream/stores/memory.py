@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 
-from stream.store import Changes, TrackCounts, add_counts, parts_needed, read_counts_as_of
+from stream.store import BatchRead, Changes, TrackCounts, add_counts, parts_needed, read_counts_as_of
 
 
 class MemoryStore:
@@ -63,6 +63,10 @@ class MemoryStore:
             return ({u: copy.deepcopy(self.users[(partition, u)]) for u in users if (partition, u) in self.users},
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
                     counts)
+
+    def read_batch(self, partition, users, sessions, tracks, epochs=None):
+        got_u, got_s, _ = self.fetch(partition, users, sessions, [])
+        return BatchRead(got_u, got_s, self.track_counts(tracks, epochs) if tracks else [], self.position(partition))
 
     def track_counts(self, tracks, epochs=None):
         with self._lock:

@@ -37,7 +37,7 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import Changes, TrackCounts, parts_needed, read_counts_as_of
+from stream.store import BatchRead, Changes, TrackCounts, parts_needed, read_counts_as_of
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
@@ -156,6 +156,15 @@ def _unpacked(hits: list, tracks: list[str]) -> dict[str, list]:
     return {tracks[hits[j] - 1]: list(unpack(hits[j + 1])) for j in range(0, len(hits), 2)}
 
 
+def _records(users: list[int], sessions: list[tuple[int, int]], values: list) -> tuple[dict, dict]:
+    """The users and sessions that exist, from an MGET of their keys. A user record an older
+    version stored grows the fields added since, here where every stored record comes in, so the
+    engine reads one shape."""
+    loads, nu = orjson.loads, len(users)
+    return ({u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None},
+            {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None})
+
+
 class OldLayout(RuntimeError):
     """Redis holds state in the layout before partitions had hash tags."""
 
@@ -237,24 +246,34 @@ class RedisStore:
     def fetch(self, partition, users, sessions, tracks, epoch=None):
         """Users and sessions of ``partition`` (one MGET in its slot) and the global counts of
         ``tracks`` before ``epoch`` (``track_counts``, a second round trip)."""
-        keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
+        keys = self._record_keys(partition, users, sessions)
         if not keys and not tracks:
             return {}, {}, {}
-        replies = []
+        values = []
         if keys:
-            # one slot: a cluster pipeline takes it as one command (its mget() is refused)
             with self.r.pipeline(transaction=False) as pipe:
+                pipe.execute_command("MGET", *keys)  # one slot: a cluster pipeline takes it as one command
+                values = pipe.execute()[0]
+        return *_records(users, sessions, values), read_counts_as_of(self, tracks, epoch)
+
+    def read_batch(self, partition, users, sessions, tracks, epochs=None):
+        """One pipeline, in this order: the records (an MGET in the partition's slot), the read
+        Function for each predict partition, the offset (a GET in the slot, after the others)."""
+        keys = self._record_keys(partition, users, sessions)
+        with self.r.pipeline(transaction=False) as pipe:
+            if keys:
                 pipe.execute_command("MGET", *keys)
-                replies = pipe.execute()
-        loads = orjson.loads
-        nu = len(users)
-        values = replies[0] if keys else []
-        # a record an older version stored grows the fields added since, here where every
-        # stored record comes in, so the engine reads one shape
-        out_u = {u: upgrade_user(loads(v)) for u, v in zip(users, values[:nu]) if v is not None}
-        out_s = {k: loads(v) for k, v in zip(sessions, values[nu:]) if v is not None}
-        out_t = read_counts_as_of(self, tracks, epoch)
-        return out_u, out_s, out_t
+            if tracks:
+                self._read_tracks(pipe, tracks, epochs)
+            pipe.get(self._offset_key(partition))
+            got = pipe.execute()
+        position = got.pop()
+        got_u, got_s = _records(users, sessions, got.pop(0)) if keys else ({}, {})
+        return BatchRead(got_u, got_s, self._track_counts(got, tracks, epochs) if tracks else [],
+                         int(position) if position is not None else None)
+
+    def _record_keys(self, partition, users, sessions) -> list[str]:
+        return [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
 
     def track_counts(self, tracks, epochs=None):
         """Every predict partition's settled, stored epoch's and previous epoch's counts of
@@ -264,30 +283,39 @@ class RedisStore:
         each part (the stored epoch read with the settled counts), read into the same pairs."""
         if not tracks:
             return []
+        with self.r.pipeline(transaction=False) as pipe:
+            self._read_tracks(pipe, tracks, epochs)
+            return self._track_counts(pipe.execute(), tracks, epochs)
+
+    def _read_tracks(self, pipe, tracks, epochs) -> None:
+        """Queue ``track_counts``'s reads on ``pipe``."""
         shared = self._shared
         if shared["functions"] is None:
             shared["functions"] = self._load_function()
         bases = [f"{self.slot(p, 'predict')}:tracks" for p in range(self.partitions["predict"])]
-        with self.r.pipeline(transaction=False) as pipe:
-            if shared["functions"]:
-                lo, hi = ("", "") if epochs is None else epochs
-                for base in bases:
-                    pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", lo, hi,
-                                         *tracks)
-                replies = pipe.execute()
-            else:  # the Function's reply, from HMGETs of every part (the stored epoch decides which count)
-                for base in bases:
-                    pipe.hmget(base, [*tracks, "epoch"])
-                    pipe.hmget(f"{base}:now", tracks)
-                    pipe.hmget(f"{base}:last", tracks)
-                got = pipe.execute()
-                replies = []
-                for j in range(0, len(got), 3):
-                    stored = got[j].pop()
-                    now, last = parts_needed(epochs, int(stored) if stored is not None else None)
-                    replies.append([stored, *([x for i, v in enumerate(values) if v is not None for x in (i + 1, v)]
-                                              if wanted else [] for values, wanted in zip(got[j:j + 3],
-                                                                                          (True, now, last)))])
+        if shared["functions"]:
+            lo, hi = ("", "") if epochs is None else epochs
+            for base in bases:
+                pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", lo, hi, *tracks)
+        else:
+            for base in bases:
+                pipe.hmget(base, [*tracks, "epoch"])
+                pipe.hmget(f"{base}:now", tracks)
+                pipe.hmget(f"{base}:last", tracks)
+
+    def _track_counts(self, got: list, tracks, epochs) -> list[TrackCounts]:
+        """``_read_tracks``'s replies, decoded. Without Functions, the Function's reply made of
+        the HMGETs' (the stored epoch decides which parts count)."""
+        if self._shared["functions"]:
+            replies = got
+        else:
+            replies = []
+            for j in range(0, len(got), 3):
+                stored = got[j].pop()
+                now, last = parts_needed(epochs, int(stored) if stored is not None else None)
+                replies.append([stored, *([x for i, v in enumerate(values) if v is not None for x in (i + 1, v)]
+                                          if wanted else [] for values, wanted in zip(got[j:j + 3],
+                                                                                      (True, now, last)))])
         return [TrackCounts(int(stored) if stored is not None else None, *(_unpacked(hits, tracks) for hits in parts))
                 for stored, *parts in replies]
 

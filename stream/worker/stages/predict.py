@@ -560,7 +560,9 @@ class PredictRuntime(PartitionRuntime):
 
     def _prefetch(self, events: list[Event], epoch: int | None) -> None:
         """Users and sessions the partition has not in memory yet; the global counts of every
-        track the batch can read, as of the start of its ``epoch``."""
+        track the batch can read, as of the start of its ``epoch``; and, read last, the
+        partition's offset: one round trip (``read_batch``), but after loading users (a first
+        batch, or memory freed), whose open sessions and the tracks they wait on are read next."""
         st = self.engine.state
         # sessions the session-gap rule ends during this batch: their users may not be in it
         last_ts = max(e.ts for e in events) if events else None
@@ -568,33 +570,41 @@ class PredictRuntime(PartitionRuntime):
         batch_users = {e.user_id for e in events} | {u for u, _ in gapped}
         users = list(batch_users - st.users.keys())
         sessions = list(({(e.user_id, e.session_id) for e in events} | set(gapped)) - st.sessions.keys())
-        got_u, got_s, _ = self.store.fetch(self.partition, users, sessions, []) if users or sessions else ({}, {}, {})
-        st.users.update(got_u)
-        st.sessions.update(got_s)
-        # sessions still open for users just loaded (the engine may end them)
-        more = [(u, s) for u in got_u for s in got_u[u][U_SESSION] if (u, s) not in st.sessions]
-        if more:
-            st.sessions.update(self.store.fetch(self.partition, [], more, [])[1])
+        # the epochs its events reach: a part of the counts none of them reads is not read
+        epochs = (epoch, max(epoch, st.epoch_of(last_ts))) if epoch is not None and events else None
+        tracks = self._tracks_read(events, batch_users)
+        read = self.store.read_batch(self.partition, users, sessions, list(tracks), epochs)
+        st.users.update(read.users)
+        st.sessions.update(read.sessions)
+        if read.users:
+            more = [(u, s) for u in read.users for s in read.users[u][U_SESSION] if (u, s) not in st.sessions]
+            if more:
+                st.sessions.update(self.store.fetch(self.partition, [], more, [])[1])
+            tracks = self._tracks_read(events, batch_users)
+            read = self.store.read_batch(self.partition, [], [], list(tracks), epochs)
+        self._parts = read.tracks
+        self._tracks_of = tracks
+        st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
+            if tracks and epoch is not None else {}
+        # a store that went back (a failover that lost acknowledged commits) before any of the
+        # reads shows it in the offset, read last, before the batch's entries, computed from what
+        # was read, are sent (re-sent after the replay, they would be dropped as already applied)
+        if (read.position or 0) != self.next_offset:
+            raise StateMoved(self.stage, self.partition, read.position, self.next_offset)
+
+    def _tracks_read(self, events: list[Event], batch_users: set[int]) -> set[str]:
+        """The tracks a batch can read the counts of: its events' (playing and next), and those
+        of plays pending in its users' sessions (resolving one updates a track an earlier batch
+        played)."""
+        st = self.engine.state
         tracks = {t for e in events for t in (e.track_id, e.next_track_id) if t}
-        # resolving a pending play updates its track, which an earlier batch played
         for uid in batch_users:
             u = st.users.get(uid)
             for sid in (u[U_SESSION] if u is not None else ()):
                 rec = st.sessions.get((uid, sid))
                 if rec is not None and rec[S_PENDING_TRACK]:
                     tracks.add(rec[S_PENDING_TRACK])
-        # the epochs its events reach: a part of the counts none of them reads is not read
-        epochs = (epoch, max(epoch, st.epoch_of(last_ts))) if epoch is not None and events else None
-        self._parts = self.store.track_counts(list(tracks), epochs) if tracks else []
-        self._tracks_of = tracks
-        st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
-            if tracks and epoch is not None else {}
-        # read last: a store that went back (a failover that lost acknowledged commits) before any
-        # of the reads above shows it here, before the batch's entries, computed from what was
-        # read, are sent (re-sent after the replay, they would be dropped as already applied)
-        stored = self.store.position(self.partition)
-        if (stored or 0) != self.next_offset:
-            raise StateMoved(self.stage, self.partition, stored, self.next_offset)
+        return tracks
 
     def _additions(self, start: float, end: int, own: bool = False) -> list[dict[str, list]]:
         """The additions to the track counts in epochs ``start`` <= e < ``end`` that the store does
