@@ -101,7 +101,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
         agent(name)
 
     app.timer(min(0.05, settings.batch_within / 2))(service.cut_overdue_batches)
-    app.timer(0.25)(service.release_idle_entries)  # returns at once unless entries wait on a quiet source
+    app.timer(0.1)(service.release_idle_entries)  # returns at once unless entries wait on a quiet source
     app.timer(0.2)(service.tell_read_all)
     app.timer(0.5)(service.refresh_thresholds)
     app.timer(1.0)(service.check_group)

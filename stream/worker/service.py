@@ -41,7 +41,7 @@ from stream.worker.positions import StateLost, resume_offset
 from stream.stores.redis_store import OldLayout
 from stream.worker.forwarding import Forwarding
 from stream.worker.scheduler import RESEEK_SECONDS, RunScheduler, contiguous_run
-from stream.worker.stages.warm import SourceEnds
+from stream.worker.stages.warm import BEHIND_WALL_SECONDS, SourceEnds
 
 log = logging.getLogger("skipcache.worker")
 GC_YOUNG_PER_RECORD = 50
@@ -649,13 +649,14 @@ class WorkerService(Forwarding):
     async def backlog(self, topic: str, store, partitions: list[int]) -> dict[int, tuple[int, int]] | None:
         """Partition -> (its offset in Redis, records on the broker past it), for any worker's
         partitions (None: the broker or Redis away now; their own checks report it)."""
-        tps = [TP(topic, p) for p in partitions]
-        try:
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
-            offsets = await self.call(lambda: [store.offset(p) for p in partitions])
-        except Exception:  # noqa: BLE001 - a timeout, the broker's or Redis's error
+        ends = await self.ends(topic, partitions)
+        if ends is None:
             return None
-        return {p: (offset, ends.get(tp, 0) - offset) for p, tp, offset in zip(partitions, tps, offsets)}
+        try:
+            offsets = await self.call(lambda: [store.offset(p) for p in partitions])
+        except Exception:  # noqa: BLE001 - Redis's error
+            return None
+        return {p: (offset, ends[p] - offset) for p, offset in zip(partitions, offsets)}
 
     async def sources_behind(self, w: Worker) -> set[int] | None:
         """Sessions partitions holding records their predict stage has not committed (None: not
@@ -666,24 +667,36 @@ class WorkerService(Forwarding):
 
     async def release_idle_entries(self) -> None:
         """The warm stage holds entries back until every predict partition's clock has passed
-        them; once a source goes quiet (idle), what it held back is released here."""
+        them; once a source goes quiet (idle), what it held back is released here. Quiet is not
+        enough: the check reads, from the broker and Redis, which sessions partitions hold
+        records predict has not committed (those are waited for), then whether the warm
+        partition has taken in every entry on the broker (a batch's entries go out before its
+        commit), all under the stage's lock, so nothing arrives between the check and the
+        release. A source that passes it has sent every entry of every record produced before
+        the check; what it sends next comes of records produced after, which a producer in event
+        time order (live traffic, a replay) stamps no earlier than anything released now."""
         w = self.built
         warm = w.stages.get("warm") if w is not None else None
         if warm is None:
             return
         now = time.time()
         waiting = {q: rt for q, rt in list(warm.runtimes.items()) if rt.waits_on_quiet_source(now)}
-        if not waiting:  # a steady flow: the batches themselves move the watermark
+        quiet = set().union(*(rt.quiet_sources(now) for rt in waiting.values()))
+        if not quiet:  # a steady flow: the batches themselves move the watermark
             return
-        behind = await self.sources_behind(w)
-        if behind is not None:
-            for rt in warm.runtimes.values():
-                rt.behind = behind
-        # only a partition that has read all there is can tell a silent source from its own lag
-        done = [rt for q, rt in waiting.items() if self.lag(warm.topic, q, rt.next_offset) == 0]
-        if not done:
-            return
+        if quiet <= self.predicting(w) and not any(rt.quiet_sources(now, BEHIND_WALL_SECONDS) for rt in waiting.values()):
+            return  # slow here, as this process's consumer knows for free: no round trip to find it out
         async with self.locks["warm"]:
+            behind = await self.sources_behind(w)
+            if behind is not None:
+                for rt in warm.runtimes.values():
+                    rt.behind = behind
+            # only a partition that has read all there is can tell a silent source from its own lag
+            ends = await self.ends(warm.topic, list(waiting))
+            done = [rt for q, rt in waiting.items()
+                    if (rt.next_offset >= ends[q] if ends is not None else self.lag(warm.topic, q, rt.next_offset) == 0)]
+            if not done:
+                return
             try:
                 result = await warm.checkpoint.run([(rt, []) for rt in done])
             except TRANSIENT as exc:
@@ -692,6 +705,23 @@ class WorkerService(Forwarding):
         self.settled("warm", result)
         for out in result.fenced:
             await self.relocate(warm, [out.partition], {out.partition: out.start_offset})
+
+    def predicting(self, w: Worker) -> set[int]:
+        """Sessions partitions this process predicts that hold records it has not committed (by
+        its consumer's high-watermark, free to read): slow, not quiet."""
+        stage = w.stages.get("predict")
+        if stage is None:
+            return set()
+        return {p for p, rt in stage.runtimes.items() if (self.lag(stage.topic, p, rt.next_offset) or 0) > 0}
+
+    async def ends(self, topic: str, partitions: list[int]) -> dict[int, int] | None:
+        """The partitions' end offsets, read from the broker now (None: it did not answer)."""
+        tps = [TP(topic, p) for p in partitions]
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
+        except Exception:  # noqa: BLE001 - a timeout, the broker's error
+            return None
+        return {tp.partition: ends.get(tp, 0) for tp in tps}
 
     async def refresh_thresholds(self) -> None:
         w = self.built

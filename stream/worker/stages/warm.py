@@ -16,12 +16,14 @@ are applied in time order. A play then finds the placement as it was at its time
 partition's later promotions left it. Every sessions partition is a source from the start, heard
 from or not. A source is not waited for once it is idle: silent for ``IDLE_WALL_SECONDS`` while
 others sent (judged by the messages' Kafka timestamps, so a warm stage that is itself behind does
-not take its own lag for silence), or while this partition has read all there is (the worker's
-timer asks then). The timer also reads which sessions partitions hold records their predict stage
-has not committed (``behind``): a silent source among them is slow, not idle, and is waited for up
-to ``BEHIND_WALL_SECONDS`` (a predict stage that is down must not stop the cache); one not among
-them has sent all it has, and is not waited for after ``CAUGHT_UP_SECONDS`` (the end of a replay
-does not hold the last entries for ten seconds). Nor is anything held beyond
+not take its own lag for silence), or while this partition has read all there is on the broker
+(the worker's timer checks then). The timer also reads which sessions partitions hold records
+their predict stage has not committed (``behind``): a silent source among them is slow, not idle,
+and is waited for up to ``BEHIND_WALL_SECONDS`` (a predict stage that is down must not stop the
+cache); one not among them has sent all it has, and is not waited for once quiet for
+``CAUGHT_UP_SECONDS`` (the end of a replay, a partition without traffic: what it sends next comes
+of records produced after the check, stamped no earlier than what is released now by a producer
+in event-time order). Nor is anything held beyond
 ``MAX_QUEUED_ENTRIES`` (the oldest go). Entries applied behind what was already applied are
 counted (``late``), never dropped. With one source this changes nothing."""
 from __future__ import annotations
@@ -57,11 +59,12 @@ IDLE_WALL_SECONDS = 10.0
 long rebalance can be silent longer: what it sends then comes late (counted)."""
 BEHIND_WALL_SECONDS = 60.0
 """How long a silent source with records not predicted yet is waited for (a predict stage down)."""
-CAUGHT_UP_SECONDS = 1.0
-"""Above a batch's wait and the time from an event's produce to its predict batch's commit (p99
-180 ms at 2,000 events/s). Only a replay's end waits this long: a source with nothing on the
-broker sends next what is produced next, and live events are stamped about when they are produced,
-after anything applied meanwhile."""
+CAUGHT_UP_SECONDS = 0.25
+"""Above a batch's wait (SKIPCACHE_BATCH_WITHIN, 0.1 s): a source that sends is heard from more
+often, so a quieter one is checked (``WorkerService.release_idle_entries``): one that has sent
+all it has is not waited for (the end of a replay, a partition without traffic), one with
+records not predicted yet is (``BEHIND_WALL_SECONDS``). It was 1 s before the check was exact,
+which held a replay's last entries for a second."""
 SEQUENCE_SLACK = 10_000
 """Offsets past a sessions partition's reported end an entry's sequence may have: Tansu reports
 the end as the start of its last record batch + 1 (INFRA.md), so the true end can be a producer
@@ -191,8 +194,12 @@ class WarmRuntime(PartitionRuntime):
 
     def waits_on_quiet_source(self, now: float) -> bool:
         """Entries held back while a source has been quiet for ``CAUGHT_UP_SECONDS``: only then
-        does the worker need to know which sources are behind (reading it costs the consumer)."""
-        return any(self.queues.values()) and any(now - t >= CAUGHT_UP_SECONDS for t in self._last_heard().values())
+        does the worker need to know which sources are behind (reading it costs a round trip)."""
+        return any(self.queues.values()) and bool(self.quiet_sources(now))
+
+    def quiet_sources(self, now: float, seconds: float = CAUGHT_UP_SECONDS) -> set[int]:
+        """The sources not heard from for ``seconds``."""
+        return {p for p, t in self._last_heard().items() if now - t >= seconds}
 
     def _last_heard(self) -> dict[int, float]:
         """Every source (each sessions partition, and any other that sent) -> when it last sent."""
