@@ -76,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=800)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--latency-rate", type=float, default=2000.0, help="events/s the latency run produces")
     ap.add_argument("--batch-size", type=int, default=None, help="SKIPCACHE_BATCH_SIZE for the throughput run")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--latency-within", default="0.05", help="SKIPCACHE_BATCH_WITHIN for the latency run")
@@ -452,10 +453,15 @@ def print_profile(spy, out: Path, top: int = 25) -> None:
 
 
 def latency(args, events, settings_for, work: Path) -> None:
-    """Produce -> cache command consumed, at a steady 2,000 events/s."""
+    """Produce -> cache command consumed, at a steady 2,000 events/s (``--latency-rate``); and
+    the entries the warm stage applied out of event-time order meanwhile (a source it stopped
+    waiting for that was not done)."""
     from kafka import KafkaConsumer
     from stream.kafka_io import user_key
     from stream.producer import make_producer
+    from models.events import Catalogue
+    from stream.bootstrap import build_store
+    from stream.cli.jobs import live_figures
     from stream.cli.services import start_worker, stop_process, wait_http
 
     extra = {"SKIPCACHE_FETCH_MAX_WAIT_MS": args.latency_fetch_wait} if args.latency_fetch_wait else {}
@@ -484,10 +490,10 @@ def latency(args, events, settings_for, work: Path) -> None:
         thread = threading.Thread(target=consume, daemon=True)
         thread.start()
         producer = make_producer(st.kafka_bootstrap)
-        n = int(2000 * args.latency_seconds)
+        n = int(args.latency_rate * args.latency_seconds)
         start = time.perf_counter()
         for i, e in enumerate(events[:n]):
-            due = start + i / 2000.0
+            due = start + i / args.latency_rate
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -501,11 +507,13 @@ def latency(args, events, settings_for, work: Path) -> None:
         stop.set()
         thread.join()
         stages = stage_latencies(f"http://127.0.0.1:{st.web_port}/metrics")
+        late = live_figures(st, build_store(st), Catalogue())["warm_late_entries"]
     finally:  # stopped whatever happened (a failure midway leaves no worker running)
         stop_process(worker, 20)
     q = statistics.quantiles(latencies, n=100)
     print(f"end-to-end latency, produce -> cache command consumed, at {achieved:,.0f} events/s "
-          f"({len(latencies):,} decisions, batch within {st.batch_within} s, fetch wait {st.fetch_max_wait_ms} ms): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
+          f"({len(latencies):,} decisions, batch within {st.batch_within} s, fetch wait {st.fetch_max_wait_ms} ms): p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms; "
+          f"{late} entries applied out of event-time order")
     for stage, (p50, p99) in stages.items():
         print(f"  of which {stage} stage, a record's Kafka timestamp -> its batch committed (worker's histogram): "
               f"p50 <= {p50 * 1000:.0f} ms, p99 <= {p99 * 1000:.0f} ms")
