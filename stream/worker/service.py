@@ -54,6 +54,9 @@ garbage, the only kind the collector frees, is rare here (tens of objects per ru
 counts towards the threshold, so it stays bounded."""
 GC_YOUNG_MIN = 50_000
 GC_OLDER = (20, 10)
+QUIET_CHECK_SECONDS = 1.0
+"""How long a warm partition's end offset read at a quiet-source check stands while the partition
+works towards it (records still on their way); then it is read again."""
 BLAS_THREADS = 1
 """A batch's scores are one small matrix product (plays x features). On a batch past a few
 thousand plays OpenBLAS splits it over a thread per core, whose threads then spin waiting for
@@ -114,6 +117,9 @@ class WorkerService(Forwarding):
         self.sought: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last sought
         self._at: dict[str, tuple[int, int]] = {}  # stage -> (partition, offset) its agent works on
         self._others: dict[str, tuple[int, float]] = {}  # other workers' partitions with lag -> (offset, since)
+        self._quiet_ends: dict[int, tuple[int, float]] = {}
+        """Warm partition -> (its end offset on the broker at the last quiet-source check, when):
+        it releases what a quiet source held back once it has applied up to there."""
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
         self._draining: dict[str, asyncio.Future] = {}  # stage -> its agent's batch task (``drain_soon``)
         self._drain_again: set[str] = set()  # stages asked to drain while their batch task ran
@@ -668,13 +674,13 @@ class WorkerService(Forwarding):
     async def release_idle_entries(self) -> None:
         """The warm stage holds entries back until every predict partition's clock has passed
         them; once a source goes quiet (idle), what it held back is released here. Quiet is not
-        enough: the check reads, from the broker and Redis, which sessions partitions hold
-        records predict has not committed (those are waited for), then whether the warm
-        partition has taken in every entry on the broker (a batch's entries go out before its
-        commit), all under the stage's lock, so nothing arrives between the check and the
-        release. A source that passes it has sent every entry of every record produced before
-        the check; what it sends next comes of records produced after, which a producer in event
-        time order (live traffic, a replay) stamps no earlier than anything released now."""
+        enough: a check reads, from the broker and Redis, which sessions partitions hold records
+        predict has not committed (those are waited for), then the warm partition's end offset
+        on the broker; what the quiet sources held back is released once the partition has
+        applied up to that end (a batch's entries go out before its commit), so every entry of
+        every record they had before the check is in. What they send next comes of records
+        produced after it, which a producer in event-time order (live traffic, a replay) stamps
+        no earlier than anything released now."""
         w = self.built
         warm = w.stages.get("warm") if w is not None else None
         if warm is None:
@@ -683,20 +689,29 @@ class WorkerService(Forwarding):
         waiting = {q: rt for q, rt in list(warm.runtimes.items()) if rt.waits_on_quiet_source(now)}
         quiet = set().union(*(rt.quiet_sources(now) for rt in waiting.values()))
         if not quiet:  # a steady flow: the batches themselves move the watermark
+            self._quiet_ends.clear()
             return
         if quiet <= self.predicting(w) and not any(rt.quiet_sources(now, BEHIND_WALL_SECONDS) for rt in waiting.values()):
             return  # slow here, as this process's consumer knows for free: no round trip to find it out
-        async with self.locks["warm"]:
+        checked, ends = time.monotonic(), self._quiet_ends
+        unchecked = [q for q in waiting if q not in ends or checked - ends[q][1] > QUIET_CHECK_SECONDS]
+        if unchecked:
             behind = await self.sources_behind(w)
             if behind is not None:
                 for rt in warm.runtimes.values():
                     rt.behind = behind
             # only a partition that has read all there is can tell a silent source from its own lag
-            ends = await self.ends(warm.topic, list(waiting))
-            done = [rt for q, rt in waiting.items()
-                    if (rt.next_offset >= ends[q] if ends is not None else self.lag(warm.topic, q, rt.next_offset) == 0)]
-            if not done:
-                return
+            fresh = await self.ends(warm.topic, unchecked)
+            for q in unchecked:
+                end = fresh[q] if fresh is not None else self.highwater(warm.topic, q)
+                if end is not None:
+                    ends[q] = (end, checked)
+        done = [rt for q, rt in waiting.items() if q in ends and rt.next_offset >= ends[q][0]]
+        if not done:
+            return
+        for rt in done:
+            del ends[rt.partition]
+        async with self.locks["warm"]:
             try:
                 result = await warm.checkpoint.run([(rt, []) for rt in done])
             except TRANSIENT as exc:
