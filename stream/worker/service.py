@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,7 +42,7 @@ from stream.worker.positions import StateLost, resume_offset
 from stream.stores.redis_store import OldLayout
 from stream.worker.forwarding import Forwarding
 from stream.worker.scheduler import RESEEK_SECONDS, RunScheduler, contiguous_run
-from stream.worker.stages.warm import BEHIND_WALL_SECONDS, SourceEnds
+from stream.worker.stages.warm import BEHIND_WALL_SECONDS, CAUGHT_UP_SECONDS, SourceEnds
 
 log = logging.getLogger("skipcache.worker")
 GC_YOUNG_PER_RECORD = 50
@@ -120,6 +121,7 @@ class WorkerService(Forwarding):
         self._quiet_ends: dict[int, tuple[int, float]] = {}
         """Warm partition -> (its end offset on the broker at the last quiet-source check, when):
         it releases what a quiet source held back once it has applied up to there."""
+        self._quiet_checked = -math.inf  # when the last such check began (monotonic)
         self._cutting: dict[str, asyncio.Future] = {}  # stage (or check) -> the task running it
         self._draining: dict[str, asyncio.Future] = {}  # stage -> its agent's batch task (``drain_soon``)
         self._drain_again: set[str] = set()  # stages asked to drain while their batch task ran
@@ -691,15 +693,21 @@ class WorkerService(Forwarding):
         if not quiet:  # a steady flow: the batches themselves move the watermark
             self._quiet_ends.clear()
             return
-        if quiet <= self.predicting(w) and not any(rt.quiet_sources(now, BEHIND_WALL_SECONDS) for rt in waiting.values()):
+        given_up = any(rt.quiet_sources(now, BEHIND_WALL_SECONDS) for rt in waiting.values())
+        if quiet <= self.predicting(w) and not given_up:
             return  # slow here, as this process's consumer knows for free: no round trip to find it out
         checked, ends = time.monotonic(), self._quiet_ends
         unchecked = [q for q in waiting if q not in ends or checked - ends[q][1] > QUIET_CHECK_SECONDS]
         if unchecked:
+            if checked - self._quiet_checked < CAUGHT_UP_SECONDS:
+                return  # one check per quiet spell's length: a slow source is not asked about ten times a second
+            self._quiet_checked = checked
             behind = await self.sources_behind(w)
             if behind is not None:
                 for rt in warm.runtimes.values():
                     rt.behind = behind
+                if quiet <= behind and not given_up:
+                    return  # every quiet source is slow: nothing to release (nor a commit to write)
             # only a partition that has read all there is can tell a silent source from its own lag
             fresh = await self.ends(warm.topic, unchecked)
             for q in unchecked:
