@@ -668,10 +668,13 @@ class WorkerService(Forwarding):
 
     async def sources_behind(self, w: Worker) -> set[int] | None:
         """Sessions partitions holding records their predict stage has not committed (None: not
-        known now). A silent source among them is slow, not idle (``stages/warm.py``)."""
+        known now). A silent source among them is slow, not idle (``stages/warm.py``). Those this
+        process predicts are known by its consumer too, from the fetches' high-watermark: exact
+        where the broker's end offset is not (Tansu's counts only the first record of the last
+        record batch, INFRA.md)."""
         s = self.settings
         behind = await self.backlog(s.topic_sessions, w.store, list(range(s.partitions)))
-        return None if behind is None else {p for p, (_, lag) in behind.items() if lag > 0}
+        return None if behind is None else {p for p, (_, lag) in behind.items() if lag > 0} | self.predicting(w)
 
     async def release_idle_entries(self) -> None:
         """The warm stage holds entries back until every predict partition's clock has passed
