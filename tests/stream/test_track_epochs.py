@@ -46,6 +46,14 @@ def check_epoch_reads(store) -> None:
     assert ([*map(float, level.settled[T])], level.now, level.last) == ([7.0, 1.0, 1.0], {}, {})  # level: settled alone
     assert [*map(float, behind.now[T])] == [16.0, 0.0, 0.0]
     assert [bool(p.last) for p in store.track_counts([T], (13, 13))] == [True, False]  # 0 ahead of 13: less its 13
+    # a batch's reads in one round trip: the same parts, the records that exist, and the offset
+    user, session = [1.0, 2.0], [3.0]
+    assert store.commit(1, 1, 2, Changes(users={7: user}, sessions={(7, 70): session}))
+    for epochs in ((13, 14), (14, 14), (10, 16), None):
+        got = store.read_batch(1, [7, 8], [(7, 70), (7, 71)], [T, "u" * 22], epochs)
+        assert got.tracks == store.track_counts([T, "u" * 22], epochs), epochs
+        assert (got.users, got.sessions, got.position) == ({7: user}, {(7, 70): session}, 2)
+    assert store.read_batch(0, [], [], [], (14, 14)).position == 3 and store.read_batch(5, [], [], [T]).position is None
 
 
 def test_a_reader_takes_what_each_partition_resolved_before_its_epoch():
