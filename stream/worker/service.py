@@ -664,7 +664,7 @@ class WorkerService(Forwarding):
             offsets = await self.call(lambda: [store.offset(p) for p in partitions])
         except Exception:  # noqa: BLE001 - Redis's error
             return None
-        return {p: (offset, ends[p] - offset) for p, offset in zip(partitions, offsets)}
+        return {p: (offset, ends.get(p, 0) - offset) for p, offset in zip(partitions, offsets)}
 
     async def sources_behind(self, w: Worker) -> set[int] | None:
         """Sessions partitions holding records their predict stage has not committed (None: not
@@ -714,7 +714,7 @@ class WorkerService(Forwarding):
             # only a partition that has read all there is can tell a silent source from its own lag
             fresh = await self.ends(warm.topic, unchecked)
             for q in unchecked:
-                end = fresh[q] if fresh is not None else self.highwater(warm.topic, q)
+                end = fresh.get(q) if fresh is not None else self.highwater(warm.topic, q)
                 if end is not None:
                     ends[q] = (end, checked)
         done = [rt for q, rt in waiting.items() if q in ends and rt.next_offset >= ends[q][0]]
@@ -741,13 +741,14 @@ class WorkerService(Forwarding):
         return {p for p, rt in stage.runtimes.items() if (self.lag(stage.topic, p, rt.next_offset) or 0) > 0}
 
     async def ends(self, topic: str, partitions: list[int]) -> dict[int, int] | None:
-        """The partitions' end offsets, read from the broker now (None: it did not answer)."""
+        """The partitions' end offsets, read from the broker now, of those it answered for (None:
+        it did not answer)."""
         tps = [TP(topic, p) for p in partitions]
         try:
             ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 2.0)
         except Exception:  # noqa: BLE001 - a timeout, the broker's error
             return None
-        return {tp.partition: ends.get(tp, 0) for tp in tps}
+        return {tp.partition: ends[tp] for tp in tps if tp in ends}
 
     async def refresh_thresholds(self) -> None:
         w = self.built
