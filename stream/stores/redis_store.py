@@ -37,7 +37,7 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import BatchRead, Changes, TrackCounts, parts_needed, read_counts_as_of
+from stream.store import BatchRead, Changes, TrackCounts, counts_as_of, parts_needed
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
@@ -244,22 +244,18 @@ class RedisStore:
         return [orjson.loads(v) for v in self.r.lrange(self._k(partition, "queue", source), 0, -1)]
 
     def fetch(self, partition, users, sessions, tracks, epoch=None):
-        """Users and sessions of ``partition`` (one MGET in its slot) and the global counts of
-        ``tracks`` before ``epoch`` (``track_counts``, a second round trip)."""
-        keys = self._record_keys(partition, users, sessions)
-        if not keys and not tracks:
+        """Users and sessions of ``partition`` and the global counts of ``tracks`` before
+        ``epoch``: ``read_batch``'s round trip."""
+        if not users and not sessions and not tracks:
             return {}, {}, {}
-        values = []
-        if keys:
-            with self.r.pipeline(transaction=False) as pipe:
-                pipe.execute_command("MGET", *keys)  # one slot: a cluster pipeline takes it as one command
-                values = pipe.execute()[0]
-        return *_records(users, sessions, values), read_counts_as_of(self, tracks, epoch)
+        read = self.read_batch(partition, users, sessions, tracks, None if epoch is None else (epoch, epoch))
+        return read.users, read.sessions, counts_as_of(read.tracks, epoch, tracks) if tracks else {}
 
     def read_batch(self, partition, users, sessions, tracks, epochs=None):
-        """One pipeline, in this order: the records (an MGET in the partition's slot), the read
-        Function for each predict partition, the offset (a GET in the slot, after the others)."""
-        keys = self._record_keys(partition, users, sessions)
+        """One pipeline, in this order: the records (an MGET in the partition's slot: a cluster
+        pipeline takes it as one command), the read Function for each predict partition, the
+        offset (a GET in the slot, after the others)."""
+        keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
         with self.r.pipeline(transaction=False) as pipe:
             if keys:
                 pipe.execute_command("MGET", *keys)
@@ -271,9 +267,6 @@ class RedisStore:
         got_u, got_s = _records(users, sessions, got.pop(0)) if keys else ({}, {})
         return BatchRead(got_u, got_s, self._track_counts(got, tracks, epochs) if tracks else [],
                          int(position) if position is not None else None)
-
-    def _record_keys(self, partition, users, sessions) -> list[str]:
-        return [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
 
     def track_counts(self, tracks, epochs=None):
         """Every predict partition's settled, stored epoch's and previous epoch's counts of
