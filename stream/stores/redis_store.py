@@ -41,11 +41,13 @@ from stream.store import BatchRead, Changes, TrackCounts, counts_as_of, parts_ne
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v6"
-FUNCTION = "skipcache_commit_v5"
-READ_TRACKS = "skipcache_tracks_v4"
+FUNCTION_LIBRARY = "skipcache_v7"
+FUNCTION = "skipcache_commit_v6"
+READ_TRACKS = "skipcache_tracks_v5"
 UNPACK_CHUNK = 999
 """Values per call inside a Function (Lua's unpack has a stack limit)."""
+TRACK_CHUNK = UNPACK_CHUNK // 2
+"""Tracks per HMGET and HSET when a commit adds to the track counts (an HSET takes two values each)."""
 FUNCTION_CODE = f"""#!lua name={FUNCTION_LIBRARY}
 -- ARGV[1]: F, the fenced offsets (the partition's, then its other inputs'), KEYS[1..F]; ARGV[2..]:
 -- F offsets the batch began at, then F new offsets; then per command: its name, the index of its
@@ -65,16 +67,30 @@ local function commit(keys, args)
       for j = i + 3, i + 1 + count, 2 do
         redis.call('HINCRBY', key, args[j], args[j + 1])
       end
-    elseif name == 'TRACKADD' then  -- (track, packed additions) pairs, added to the packed counts
-      for j = i + 3, i + 1 + count, 2 do
-        local t = args[j]
-        local dn, dk, dl = struct.unpack('<ddd', args[j + 1])
-        local cur = redis.call('HGET', key, t)
-        if cur then
-          local cn, ck, cl = struct.unpack('<ddd', cur)
-          dn, dk, dl = dn + cn, dk + ck, dl + cl
+    elseif name == 'TRACKADD' then  -- (track, packed additions) pairs, added to the packed counts:
+      -- one HMGET and one HSET per {TRACK_CHUNK} tracks (a call per track was most of the commit's time)
+      local last = i + 2 + count
+      for lo = i + 3, last, {2 * TRACK_CHUNK} do
+        local hi = math.min(lo + {2 * TRACK_CHUNK} - 1, last)
+        local fields, nf = {{}}, 0
+        for j = lo, hi, 2 do
+          nf = nf + 1
+          fields[nf] = args[j]
         end
-        redis.call('HSET', key, t, struct.pack('<ddd', dn, dk, dl))
+        local cur = redis.call('HMGET', key, unpack(fields))
+        local out = {{}}
+        for q = 1, nf do
+          local j = lo + 2 * q - 2
+          local v, c = args[j + 1], cur[q]
+          if c then
+            local dn, dk, dl = struct.unpack('<ddd', v)
+            local cn, ck, cl = struct.unpack('<ddd', c)
+            v = struct.pack('<ddd', dn + cn, dk + ck, dl + cl)
+          end
+          out[2 * q - 1] = args[j]
+          out[2 * q] = v
+        end
+        redis.call('HSET', key, unpack(out))
       end
     else
       redis.call(name, key, unpack(args, i + 3, i + 2 + count))
