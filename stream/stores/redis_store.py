@@ -68,7 +68,7 @@ local function commit(keys, args)
         redis.call('HINCRBY', key, args[j], args[j + 1])
       end
     elseif name == 'TRACKADD' then  -- (track, packed additions) pairs, added to the packed counts:
-      -- one HMGET and one HSET per {TRACK_CHUNK} tracks (two calls per track took a third more server time)
+      -- one HMGET and one HSET per {TRACK_CHUNK} tracks (with two calls per track the commit took 1.6x the server time)
       local last = i + 2 + count
       for lo = i + 3, last, {2 * TRACK_CHUNK} do
         local hi = math.min(lo + {2 * TRACK_CHUNK} - 1, last)
