@@ -18,6 +18,7 @@ reader at epoch E takes from each partition what was resolved before E (``epoch_
 exact while the partition is at most one epoch ahead, which the worker's batches keep."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,6 +97,22 @@ class TrackCounts:
     last: dict[str, list] = field(default_factory=dict)
 
 
+    def only(self, tracks: "set[str] | list[str]") -> "TrackCounts":
+        """The parts of ``tracks`` alone (what a read of those tracks gives; the lists shared)."""
+        return TrackCounts(self.epoch, *({t: v for t in tracks if (v := d.get(t)) is not None}
+                                         for d in (self.settled, self.now, self.last)))
+
+    def add(self, tracks: "TrackAdditions") -> None:
+        """What a commit of ``tracks`` does to the partition's stored parts (as every backend
+        stores them: ``stores/memory.py``, the Redis Function's TRACKADD)."""
+        turns, settle, last, now = tracks.plan()
+        if turns:
+            add_counts(self.settled, settle)
+            self.last, self.now, self.epoch = {}, {}, tracks.by_epoch[-1][0]
+            add_counts(self.last, last)
+        add_counts(self.now, now)
+
+
 def counts_as_of(parts: list[TrackCounts], epoch: int | None, tracks: "set[str] | list[str]",
                  extra: list[dict[str, list]] = ()) -> dict[str, list]:
     """The global counts of ``tracks`` as of ``epoch``'s start: every predict partition's stored
@@ -153,8 +170,8 @@ class BatchRead:
 
     users: dict[int, list]
     sessions: dict[tuple[int, int], list]
-    tracks: list[TrackCounts]
-    """``track_counts``'s parts (empty without tracks)."""
+    tracks: list[TrackCounts | None]
+    """``track_counts``'s parts (empty without tracks; None for a partition skipped)."""
     position: int | None
     """The partition's offset, read after the rest."""
 
@@ -198,10 +215,16 @@ class PartitionStore(Protocol):
         before ``epoch`` (None: all committed)."""
 
     def read_batch(self, partition: int, users: list[int], sessions: list[tuple[int, int]], tracks: list[str],
-                   epochs: tuple[int, int] | None = None) -> BatchRead:
+                   epochs: tuple[int, int] | None = None, skip: "Collection[int]" = ()) -> BatchRead:
         """``fetch``'s records, ``track_counts``'s parts and, read last, the partition's
         ``position``, in one round trip: a store that went back (a failover that lost
-        acknowledged commits) before the other reads shows it in the offset."""
+        acknowledged commits) before the other reads shows it in the offset. ``skip``: predict
+        partitions whose parts the caller holds (``stored_counts``): not read, None in their place."""
+
+    def stored_counts(self, partition: int, limit: int) -> TrackCounts | None:
+        """A predict partition's stored parts of the track counts, every track's (None: more than
+        ``limit`` tracks): its owner keeps them as its commits change them (``TrackCounts.add``)
+        and reads no more of them."""
 
     def track_counts(self, tracks: list[str], epochs: tuple[int, int] | None = None) -> list[TrackCounts]:
         """Every predict partition's stored parts of the counts of ``tracks`` (``counts_as_of``)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 
-from stream.store import BatchRead, Changes, TrackCounts, add_counts, parts_needed, read_counts_as_of
+from stream.store import BatchRead, Changes, TrackCounts, parts_needed, read_counts_as_of
 
 
 class MemoryStore:
@@ -64,19 +64,30 @@ class MemoryStore:
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
                     counts)
 
-    def read_batch(self, partition, users, sessions, tracks, epochs=None):
+    def read_batch(self, partition, users, sessions, tracks, epochs=None, skip=()):
         got_u, got_s, _ = self.fetch(partition, users, sessions, [])
-        return BatchRead(got_u, got_s, self.track_counts(tracks, epochs) if tracks else [], self.position(partition))
+        return BatchRead(got_u, got_s, self.track_counts(tracks, epochs, skip) if tracks else [],
+                         self.position(partition))
 
-    def track_counts(self, tracks, epochs=None):
+    def track_counts(self, tracks, epochs=None, skip=()):
         with self._lock:
             out = []
-            for part in self.tracks.values():
+            for p, part in self.tracks.items():
+                if p in skip:
+                    out.append(None)
+                    continue
                 now, last = parts_needed(epochs, part.epoch)
                 out.append(TrackCounts(part.epoch, *({t: list(d[t]) for t in tracks if t in d}
                                                      for d in (part.settled, part.now if now else {},
                                                                part.last if last else {}))))
             return out
+
+    def stored_counts(self, partition, limit):
+        with self._lock:
+            part = self.tracks.get(partition)
+            if part is None:
+                return TrackCounts()
+            return copy.deepcopy(part) if len(part.settled) <= limit else None
 
     def epoch_plays(self, partition):
         with self._lock:
@@ -95,12 +106,7 @@ class MemoryStore:
             for k in changes.deleted_sessions:
                 self.sessions.pop((partition, *k), None)
             if changes.tracks is not None:
-                part = self.tracks.setdefault(partition, TrackCounts())
-                turns, settle, last, now = changes.tracks.plan()
-                if turns:
-                    add_counts(part.settled, settle)
-                    part.last, part.now, part.epoch = copy.deepcopy(last), {}, changes.tracks.by_epoch[-1][0]
-                add_counts(part.now, now)
+                self.tracks.setdefault(partition, TrackCounts()).add(changes.tracks)
             if changes.blob is not None:
                 self.blobs[partition] = changes.blob
             for src, entries in changes.queue_push.items():

@@ -267,22 +267,41 @@ class RedisStore:
         read = self.read_batch(partition, users, sessions, tracks, None if epoch is None else (epoch, epoch))
         return read.users, read.sessions, counts_as_of(read.tracks, epoch, tracks) if tracks else {}
 
-    def read_batch(self, partition, users, sessions, tracks, epochs=None):
+    def read_batch(self, partition, users, sessions, tracks, epochs=None, skip=()):
         """One pipeline, in this order: the records (an MGET in the partition's slot: a cluster
-        pipeline takes it as one command), the read Function for each predict partition, the
-        offset (a GET in the slot, after the others)."""
+        pipeline takes it as one command), the read Function for each predict partition not in
+        ``skip``, the offset (a GET in the slot, after the others)."""
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
+        read = [p for p in range(self.partitions["predict"]) if p not in skip] if tracks else []
         with self.r.pipeline(transaction=False) as pipe:
             if keys:
                 pipe.execute_command("MGET", *keys)
-            if tracks:
-                self._read_tracks(pipe, tracks, epochs)
+            if read:
+                self._read_tracks(pipe, tracks, epochs, read)
             pipe.get(self._offset_key(partition))
             got = pipe.execute()
         position = got.pop()
         got_u, got_s = _records(users, sessions, got.pop(0)) if keys else ({}, {})
-        return BatchRead(got_u, got_s, self._track_counts(got, tracks, epochs) if tracks else [],
-                         int(position) if position is not None else None)
+        counts: list[TrackCounts | None] = []
+        if tracks:
+            parts = iter(self._track_counts(got, tracks, epochs))
+            counts = [None if p in skip else next(parts) for p in range(self.partitions["predict"])]
+        return BatchRead(got_u, got_s, counts, int(position) if position is not None else None)
+
+    def stored_counts(self, partition, limit):
+        """HGETALLs of the partition's three parts (after an HLEN: none past ``limit``), in its slot."""
+        base = self._k(partition, "tracks")
+        if self.r.hlen(base) > limit + 1:  # its fields: the tracks and the epoch
+            return None
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(base)
+            pipe.hgetall(f"{base}:now")
+            pipe.hgetall(f"{base}:last")
+            settled, now, last = pipe.execute()
+        stored = settled.pop(b"epoch", None)
+        unpack = COUNTS.unpack
+        return TrackCounts(int(stored) if stored is not None else None,
+                           *({t.decode(): list(unpack(v)) for t, v in part.items()} for part in (settled, now, last)))
 
     def track_counts(self, tracks, epochs=None):
         """Every predict partition's settled, stored epoch's and previous epoch's counts of
@@ -296,12 +315,14 @@ class RedisStore:
             self._read_tracks(pipe, tracks, epochs)
             return self._track_counts(pipe.execute(), tracks, epochs)
 
-    def _read_tracks(self, pipe, tracks, epochs) -> None:
-        """Queue ``track_counts``'s reads on ``pipe``."""
+    def _read_tracks(self, pipe, tracks, epochs, partitions: list[int] | None = None) -> None:
+        """Queue ``track_counts``'s reads on ``pipe`` (of ``partitions``, default every one)."""
         shared = self._shared
         if shared["functions"] is None:
             shared["functions"] = self._load_function()
-        bases = [f"{self.slot(p, 'predict')}:tracks" for p in range(self.partitions["predict"])]
+        if partitions is None:
+            partitions = list(range(self.partitions["predict"]))
+        bases = [f"{self.slot(p, 'predict')}:tracks" for p in partitions]
         if shared["functions"]:
             lo, hi = ("", "") if epochs is None else epochs
             for base in bases:

@@ -102,6 +102,29 @@ def test_a_predict_crash_re_sends_entries_and_the_warm_stage_drops_them(setup):
     _assert_same(bus.figures(ds), sim)
 
 
+def test_a_partition_keeps_its_stored_track_counts_as_the_store_holds_them(setup):
+    """The predict partition reads its own parts of the track counts from memory (they change
+    only by its commits): after a replay, after a batch processed and never committed, and after a
+    fenced commit, what it keeps is what the store holds."""
+    ds, art, sim, records = setup
+    store = MemoryStore()
+    a = Bus(ds, art, store)
+    a.run(records[:2000])
+    kept = a.predict.stored_counts
+    assert kept is not None and kept.settled and kept == store.stored_counts(0, 10**6)
+    a.predict.process(records[2000:2500])  # never committed: nothing of it is kept
+    assert a.predict.stored_counts == store.stored_counts(0, 10**6)
+    out = a.predict.process(records[2000:2500])
+    b = Bus(ds, art, store)  # another worker takes the partition over and goes on
+    b.topic = a.topic
+    b.run(records[2000:3000])
+    assert a.predict.commit(out) is False  # fenced: it reads the store again
+    assert a.predict.stored_counts == b.predict.stored_counts == store.stored_counts(0, 10**6)
+    b.run(records[3000:])
+    assert b.predict.stored_counts == store.stored_counts(0, 10**6)
+    _assert_same(b.figures(ds), sim)
+
+
 def test_a_zombie_is_fenced_and_a_gap_is_refused(setup):
     ds, art, _, records = setup
     store = MemoryStore()

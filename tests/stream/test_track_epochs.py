@@ -4,33 +4,44 @@ what was resolved before E (``stream/store.py``). The same checks run on Redis a
 (``tests/integration/test_cluster.py`` calls ``check_epoch_reads``)."""
 import math
 
-from stream.store import Changes, TrackAdditions, counts_as_of, epoch_weights
+from stream.store import Changes, TrackAdditions, TrackCounts, counts_as_of, epoch_weights
 from stream.stores.memory import MemoryStore
 from stream.worker.scheduler import RunScheduler
 
 T = "t" * 22
 
 
-def _commit(store, partition, since, held, by_epoch):
+def _commit(store, partition, since, held, by_epoch, kept=None):
+    """``kept``: partition -> the stored parts as the partition's owner keeps them (``TrackCounts.add``)."""
     offset = store.offset(partition)
     assert store.commit(partition, offset, offset + 1, Changes(tracks=TrackAdditions(since, held, by_epoch)))
+    if kept is not None:
+        kept.setdefault(partition, TrackCounts()).add(TrackAdditions(since, held, by_epoch))
+        assert store.stored_counts(partition, 10) == kept[partition], partition  # what the store holds
 
 
 def check_epoch_reads(store) -> None:
     """Partition 0 adds 1 play in epoch 10, 2 in 11, then (one batch spanning two epochs) 4 in 13
-    and 8 in 14; partition 1 adds 16 in epoch 11. Each reader epoch sees what came before it."""
+    and 8 in 14; partition 1 adds 16 in epoch 11. Each reader epoch sees what came before it.
+    The owner of each partition keeps its stored parts as its commits change them: they equal
+    the store's after every commit."""
     def read(epoch):
         got = store.fetch(0, [], [], [T], epoch)[2]
         return got.get(T, [0.0, 0.0, 0.0])[0]
 
-    _commit(store, 0, None, {}, [(10, {T: [1, 1, 0]})])
+    kept: dict[int, TrackCounts] = {}
+    assert store.stored_counts(0, 10) == TrackCounts()  # nothing stored yet
+
+    _commit(store, 0, None, {}, [(10, {T: [1, 1, 0]})], kept)
     assert store.epoch_plays(0) == (10, {T: [1.0, 1.0, 0.0]})
     assert (read(10), read(11), read(None)) == (0, 1, 1)
-    _commit(store, 0, 10, {T: [1, 1, 0]}, [(11, {T: [2, 0, 1]})])
-    _commit(store, 1, None, {}, [(11, {T: [16, 0, 0]})])
+    _commit(store, 0, 10, {T: [1, 1, 0]}, [(11, {T: [2, 0, 1]})], kept)
+    _commit(store, 1, None, {}, [(11, {T: [16, 0, 0]})], kept)
     assert (read(10), read(11), read(12)) == (0, 1, 19)  # partition 0 one epoch ahead of 10: less its 11
-    _commit(store, 0, 11, {T: [2, 0, 1]}, [(13, {T: [4, 0, 0]}), (14, {T: [8, 0, 0]})])
+    _commit(store, 0, 11, {T: [2, 0, 1]}, [(13, {T: [4, 0, 0]}), (14, {T: [8, 0, 0]})], kept)
     assert store.epoch_plays(0) == (14, {T: [8.0, 0.0, 0.0]})
+    assert kept[0] == TrackCounts(14, {T: [7, 1, 1]}, {T: [8, 0, 0]}, {T: [4, 0, 0]})
+    assert store.stored_counts(0, 0) is None  # past the limit: read like other processes' partitions
     assert (read(12), read(13), read(14), read(15)) == (19, 19, 23, 31)
     assert store.fetch(1, [], [], [T], 14)[2] == {T: [23.0, 1.0, 1.0]}  # skips and likes alike
     # a reader whose epochs run from lo to hi reads only the parts it needs (partition 0 stores
@@ -53,6 +64,10 @@ def check_epoch_reads(store) -> None:
         got = store.read_batch(1, [7, 8], [(7, 70), (7, 71)], [T, "u" * 22], epochs)
         assert got.tracks == store.track_counts([T, "u" * 22], epochs), epochs
         assert (got.users, got.sessions, got.position) == ({7: user}, {(7, 70): session}, 2)
+        for skip in ({0}, {1}, {0, 1}):  # the partitions a batch holds the parts of are not read
+            without = store.read_batch(1, [7], [], [T, "u" * 22], epochs, skip)
+            assert without.tracks == [None if p in skip else part for p, part in enumerate(got.tracks)], skip
+            assert (without.users, without.position) == ({7: user}, 2)
     assert store.read_batch(0, [], [], [], (14, 14)).position == 3 and store.read_batch(5, [], [], [T]).position is None
 
 

@@ -53,6 +53,10 @@ from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, a
 
 MAX_EVENT_BYTES = 16_384
 MAX_USERS_IN_MEMORY = 500_000
+MIRRORED_TRACKS = 200_000
+"""Most tracks a predict partition keeps its stored parts of the track counts of in memory
+(``PredictRuntime.stored_counts``; ~200 bytes each): a partition with more reads its own parts
+from the store, like other processes' partitions."""
 MISROUTED_LOG_EVERY = 60.0
 """Seconds between a partition's log lines about events of users that belong elsewhere."""
 REPARTITION = "repartition"
@@ -159,7 +163,13 @@ class PredictRuntime(PartitionRuntime):
         self.forwarding: dict[int, float] = {}
         """Source -> when it last forwarded events here (monotonic): only those are waited for."""
         self._sending, self._sending_forwarded = self.sent, self.sent_forwarded
-        self.track_epoch, self.epoch_plays = self.store.epoch_plays(self.partition)
+        self.stored_counts = self.store.stored_counts(self.partition, MIRRORED_TRACKS)
+        """This partition's stored parts of the track counts, as its commits leave them
+        (``TrackCounts.add``): the batches of the partitions in this process read those here, not
+        from the store (None: past ``MIRRORED_TRACKS``, read from the store like the others')."""
+        self.track_epoch, self.epoch_plays = ((self.stored_counts.epoch, self.stored_counts.now)
+                                              if self.stored_counts is not None
+                                              else self.store.epoch_plays(self.partition))
         """The epoch of this partition's stored additions to the track counts, and those additions."""
         self._tracks: TrackAdditions | None = None
         self._parts: list = []
@@ -542,10 +552,14 @@ class PredictRuntime(PartitionRuntime):
     def committed(self, ok: bool) -> None:
         st = self.engine.state
         if ok and self._tracks is not None:  # what the stored epoch holds now
-            last, adds = self._tracks.by_epoch[-1]
-            if last != self.track_epoch:
-                self.track_epoch, self.epoch_plays = last, {}
-            add_counts(self.epoch_plays, adds)
+            if self.stored_counts is not None:
+                self.stored_counts.add(self._tracks)
+                self.track_epoch, self.epoch_plays = self.stored_counts.epoch, self.stored_counts.now
+            else:
+                last, adds = self._tracks.by_epoch[-1]
+                if last != self.track_epoch:
+                    self.track_epoch, self.epoch_plays = last, {}
+                add_counts(self.epoch_plays, adds)
         self._tracks = None
         st.clear_changes()
         if ok:
@@ -573,7 +587,8 @@ class PredictRuntime(PartitionRuntime):
         # the epochs its events reach: a part of the counts none of them reads is not read
         epochs = (epoch, max(epoch, st.epoch_of(last_ts))) if epoch is not None and events else None
         tracks = self._tracks_read(events, batch_users)
-        read = self.store.read_batch(self.partition, users, sessions, list(tracks), epochs)
+        here = {rt.partition: rt.stored_counts for rt in {self, *self.peers} if rt.stored_counts is not None}
+        read = self.store.read_batch(self.partition, users, sessions, list(tracks), epochs, here.keys())
         st.users.update(read.users)
         st.sessions.update(read.sessions)
         if read.users:
@@ -581,8 +596,10 @@ class PredictRuntime(PartitionRuntime):
             if more:
                 st.sessions.update(self.store.fetch(self.partition, [], more, [])[1])
             tracks = self._tracks_read(events, batch_users)
-            read = self.store.read_batch(self.partition, [], [], list(tracks), epochs)
-        self._parts = read.tracks
+            read = self.store.read_batch(self.partition, [], [], list(tracks), epochs, here.keys())
+        # the stored parts of the partitions here, as their commits left them (what the store holds)
+        self._parts = [part for part in read.tracks if part is not None] + [
+            part.only(tracks) for part in here.values()] if tracks else []
         self._tracks_of = tracks
         st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
             if tracks and epoch is not None else {}
