@@ -60,19 +60,23 @@ class TrackAdditions:
     held: dict[str, list]
     by_epoch: list[tuple[int, dict[str, list]]]
     """(epoch, additions) in ascending epochs, none empty."""
+    _plan: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def plan(self) -> tuple[bool, dict[str, list], dict[str, list], dict[str, list]]:
         """``(turns, settle, last, now)``: whether the stored epoch moves on (to the last epoch
         here); the additions that join the settled counts (the stored epoch's and every epoch
         here but the last, written once however many epochs the batch spans); the new stored
-        epoch's previous epoch's (empty unless it is the one just before); the new stored epoch's."""
-        final, now = self.by_epoch[-1]
-        if final == self.since:
-            return False, {}, {}, now
-        epochs = ([(self.since, self.held)] if self.since is not None else []) + self.by_epoch[:-1]
-        settle = merged([adds for _, adds in epochs]) if epochs else {}
-        before = merged([adds for e, adds in epochs if e == final - 1])
-        return True, settle, before, now
+        epoch's previous epoch's (empty unless it is the one just before); the new stored epoch's.
+        Made once: the store's commit and the partition's own copy (``TrackCounts.add``) take it."""
+        if self._plan is None:
+            final, now = self.by_epoch[-1]
+            if final == self.since:
+                self._plan = False, {}, {}, now
+            else:
+                epochs = ([(self.since, self.held)] if self.since is not None else []) + self.by_epoch[:-1]
+                settle = merged([adds for _, adds in epochs]) if epochs else {}
+                self._plan = True, settle, merged([adds for e, adds in epochs if e == final - 1]), now
+        return self._plan
 
 
 def merged(parts: list[dict[str, list]]) -> dict[str, list]:
