@@ -100,7 +100,6 @@ class TrackCounts:
     now: dict[str, list] = field(default_factory=dict)
     last: dict[str, list] = field(default_factory=dict)
 
-
     def only(self, tracks: "set[str] | list[str]") -> "TrackCounts":
         """The parts of ``tracks`` alone (what a read of those tracks gives; the lists shared)."""
         return TrackCounts(self.epoch, *({t: v for t in tracks if (v := d.get(t)) is not None}
