@@ -105,6 +105,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Worker] = build_w
     app.timer(0.2)(service.tell_read_all)
     app.timer(0.5)(service.refresh_thresholds)
     app.timer(1.0)(service.check_group)
+    app.timer(1.0)(service.check_stored_offsets)  # an idle stage reads no offset otherwise
     relevant = {n: (topics[n][0][0], topics[n][1]) for n in built}
 
     @app.timer(1.0)

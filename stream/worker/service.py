@@ -785,6 +785,33 @@ class WorkerService(Forwarding):
         self.summarise_noise()
         self.readiness()
 
+    async def check_stored_offsets(self) -> None:
+        """Timer: the offsets the store holds for an idle stage's partitions, against what they
+        applied. A batch finds a store that went back when it reads (``StateMoved``); a stage with
+        nothing to apply reads nothing, and a failover that lost its last acknowledged commits
+        (asynchronous replication) would leave it believing it is done, silently. A busy stage (its
+        lock held) is skipped: its next batch reads."""
+        w = self.built
+        if w is None:
+            return
+        for name, stage in w.stages.items():
+            lock = self.locks[name]
+            if lock.locked() or not stage.runtimes:
+                continue
+            async with lock:
+                runtimes = dict(stage.runtimes)
+                try:
+                    stored = await self.call(lambda: {p: rt.store.position(p) for p, rt in runtimes.items()})
+                except TRANSIENT:
+                    return  # away: the batches' and the health checks' own waits tell it
+                moved = {p: (stored[p], rt.next_offset) for p, rt in runtimes.items()
+                         if stage.runtimes.get(p) is rt and stored[p] != rt.next_offset}
+                if moved:
+                    log.warning("%s partitions %s: the store holds offsets %s, the runtimes applied up to %s (the "
+                                "store went back, or another worker moved them); re-reading them", name, sorted(moved),
+                                [moved[p][0] for p in sorted(moved)], [moved[p][1] for p in sorted(moved)])
+                    await self.relocate(stage, sorted(moved), {p: applied for p, (_, applied) in moved.items()})
+
     async def check_group(self) -> None:
         self.spawn("check_group", self._check_group)
 

@@ -108,6 +108,34 @@ def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
         _stop(worker)
 
 
+def test_an_idle_worker_notices_redis_going_back_and_replays(live, live_data):
+    """Redis goes back to an older copy while the worker has nothing left to apply (a failover
+    that lost the last acknowledged commits, after the last batch): no batch reads, so without a
+    check the worker would believe it is done. It compares the stored offsets with what its
+    partitions applied, replays from the older ones and ends with an uninterrupted run's figures."""
+    _, _, events, _ = live_data
+    cut = len(events) * 2 // 5
+    store = live.store()
+    worker, _ = live.start_worker("idle")
+    try:
+        replay(events[:cut], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(cut, workers=[worker])
+        snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"*{live.settings.redis_prefix}:*")}
+        replay(events[cut:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+        live.wait_applied(len(events), workers=[worker])
+        with store.r.pipeline(transaction=True) as pipe:  # at once, as a failover does
+            pipe.delete(*store.r.scan_iter(f"*{live.settings.redis_prefix}:*"))
+            for key, value in snapshot.items():
+                pipe.restore(key, 0, value)
+            pipe.execute()
+        assert live.applied() < len(events)
+        live.wait_applied(len(events), workers=[worker], timeout=60)
+        _assert_uninterrupted(live, live_data)
+        assert "the store holds offsets" in (live.workdir / "idle.log").read_text()
+    finally:
+        _stop(worker)
+
+
 def _kill_redis_mid_replay(live, own_servers, live_data):
     """A worker a third of the way through a replay when its Redis is killed -9."""
     redis = own_servers[1]
