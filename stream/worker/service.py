@@ -805,7 +805,8 @@ class WorkerService(Forwarding):
                 except TRANSIENT:
                     return  # away: the batches' and the health checks' own waits tell it
                 moved = {p: (stored[p], rt.next_offset) for p, rt in runtimes.items()
-                         if stage.runtimes.get(p) is rt and stored[p] != rt.next_offset}
+                         if stage.runtimes.get(p) is rt and stored[p] != rt.next_offset
+                         and not (stored[p] is None and rt.next_offset == 0)}  # (fresh, being positioned)
                 if moved:
                     log.warning("%s partitions %s: the store holds offsets %s, the runtimes applied up to %s (the "
                                 "store went back, or another worker moved them); re-reading them", name, sorted(moved),
