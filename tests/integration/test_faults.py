@@ -75,6 +75,17 @@ def own_live(own_servers, live_data, tmp_path):
     return make_live(kafka.port, redis.port, live_data, tmp_path, SKIPCACHE_BATCH_SIZE="200")
 
 
+def _replay_with_a_copy_at(live, store, worker, events, cut: int) -> dict:
+    """Replay ``events`` through ``worker``, returning a copy of Redis's keys (DUMPs) taken once
+    both stages had applied the first ``cut``."""
+    replay(events[:cut], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+    live.wait_applied(cut, workers=[worker])
+    snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"*{live.settings.redis_prefix}:*")}
+    replay(events[cut:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
+    live.wait_applied(len(events), workers=[worker])
+    return snapshot
+
+
 def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
     """The stall of issue 9.1: faust's recovery used to seek to the broker's committed offset and
     drop every record below it, while the worker waited for Redis's offset forever. Here Redis
@@ -84,11 +95,7 @@ def test_a_broker_offset_ahead_of_redis_resumes_from_redis(live, live_data):
     store = live.store()
     worker, _ = live.start_worker("first")
     try:
-        replay(events[:cut], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
-        live.wait_applied(cut, workers=[worker])
-        snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"*{live.settings.redis_prefix}:*")}
-        replay(events[cut:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
-        live.wait_applied(len(events), workers=[worker])
+        snapshot = _replay_with_a_copy_at(live, store, worker, events, cut)
     finally:
         _stop(worker)  # a clean stop: faust commits the group's offsets to the broker
     admin = KafkaAdminClient(bootstrap_servers=live.settings.kafka_bootstrap)
@@ -118,11 +125,7 @@ def test_an_idle_worker_notices_redis_going_back_and_replays(live, live_data):
     store = live.store()
     worker, _ = live.start_worker("idle")
     try:
-        replay(events[:cut], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
-        live.wait_applied(cut, workers=[worker])
-        snapshot = {key: store.r.dump(key) for key in store.r.scan_iter(f"*{live.settings.redis_prefix}:*")}
-        replay(events[cut:], live.settings.kafka_bootstrap, live.settings.topic_sessions, progress=False)
-        live.wait_applied(len(events), workers=[worker])
+        snapshot = _replay_with_a_copy_at(live, store, worker, events, cut)
         with store.r.pipeline(transaction=True) as pipe:  # at once, as a failover does
             pipe.delete(*store.r.scan_iter(f"*{live.settings.redis_prefix}:*"))
             for key, value in snapshot.items():
