@@ -166,6 +166,12 @@ def _added(stored: bytes | None, additions: bytes) -> bytes:
     return COUNTS.pack(*(a + b for a, b in zip(COUNTS.unpack(stored), COUNTS.unpack(additions))))
 
 
+def _hash_counts(fields: dict[bytes, bytes]) -> dict[str, list]:
+    """track -> [plays, skips, likes] from an HGETALL of a ``:tracks`` hash (its ``epoch`` taken out)."""
+    unpack = COUNTS.unpack
+    return {t.decode(): list(unpack(v)) for t, v in fields.items()}
+
+
 def _unpacked(hits: list, tracks: list[str]) -> dict[str, list]:
     """track -> [plays, skips, likes] from the read Function's (index, packed counts) pairs."""
     unpack = COUNTS.unpack
@@ -299,9 +305,7 @@ class RedisStore:
             pipe.hgetall(f"{base}:last")
             settled, now, last = pipe.execute()
         stored = settled.pop(b"epoch", None)
-        unpack = COUNTS.unpack
-        return TrackCounts(int(stored) if stored is not None else None,
-                           *({t.decode(): list(unpack(v)) for t, v in part.items()} for part in (settled, now, last)))
+        return TrackCounts(int(stored) if stored is not None else None, *map(_hash_counts, (settled, now, last)))
 
     def track_counts(self, tracks, epochs=None):
         """Every predict partition's settled, stored epoch's and previous epoch's counts of
@@ -355,8 +359,7 @@ class RedisStore:
             pipe.hget(base, "epoch")
             pipe.hgetall(f"{base}:now")
             stored, now = pipe.execute()
-        unpack = COUNTS.unpack
-        return (int(stored) if stored is not None else None), {t.decode(): list(unpack(v)) for t, v in now.items()}
+        return (int(stored) if stored is not None else None), _hash_counts(now)
 
     # ---- the commit -----------------------------------------------------------------------------
     def _commands(self, partition: int, changes: Changes) -> list[tuple]:
