@@ -801,12 +801,12 @@ class WorkerService(Forwarding):
             async with lock:
                 runtimes = dict(stage.runtimes)
                 try:
-                    stored = await self.call(lambda: {p: rt.store.position(p) for p, rt in runtimes.items()})
+                    stored = await self.call(lambda: {p: rt.store.offset(p) for p, rt in runtimes.items()})
                 except TRANSIENT:
                     return  # away: the batches' and the health checks' own waits tell it
+                # (none stored reads as 0, as a fresh partition being positioned has applied)
                 moved = {p: (stored[p], rt.next_offset) for p, rt in runtimes.items()
-                         if stage.runtimes.get(p) is rt and stored[p] != rt.next_offset
-                         and not (stored[p] is None and rt.next_offset == 0)}  # (fresh, being positioned)
+                         if stage.runtimes.get(p) is rt and stored[p] != rt.next_offset}
                 if moved:
                     log.warning("%s partitions %s: the store holds offsets %s, the runtimes applied up to %s (the "
                                 "store went back, or another worker moved them); re-reading them", name, sorted(moved),
