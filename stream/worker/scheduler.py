@@ -139,6 +139,8 @@ class RunScheduler:
         self.within = within
         self.time_of = time_of
         self.pending: dict[int, Pending] = {}
+        self.received_to: dict[int, int] = {}
+        """Partition -> the offset after the last record received (``expected``), until released."""
         self.held: set[int] = set()
         self.limit = math.inf
         """The event time the last ``take`` cut at (inf: nothing aligned)."""
@@ -149,6 +151,26 @@ class RunScheduler:
         self.gave_up: set[int] = set()
         """Those waited for ``EPOCH_WAIT_SECONDS`` (said once, not waited for again while silent)."""
 
+    def expected(self, partition: int, applied: int) -> int:
+        """The offset the partition's next record must have: the one after the last it received
+        (pending, or taken by a batch still on its way), or ``applied`` (the partition's next
+        offset) when it has received none since it was last released."""
+        return self.received_to.get(partition, applied)
+
+    def continuing(self, partition: int, records: list, applied: int) -> list | None:
+        """What of a fetched run continues the partition's records (``expected``): all of it,
+        its part from there (records had already: fetched again after a seek), or None when it
+        starts past it. Such a run was fetched before a seek, ahead of the position sought, and
+        arrived after it: held pending, its later event times would keep the batches' horizon
+        from ever reaching the records the seek brings, while a partition that fills a batch is
+        no longer fetched (``held``), and the partition would stall."""
+        expected = self.expected(partition, applied)
+        if not records or records[0][0] == expected:
+            return records
+        if records[0][0] > expected:
+            return None
+        return [r for r in records if r[0] >= expected]
+
     def add(self, partition: int, run: object, records: list) -> None:
         p = self.pending.get(partition)
         if p is None:
@@ -156,6 +178,8 @@ class RunScheduler:
         if not p.records:
             p.first_at = time.monotonic()
         p.records.extend(records)
+        if records:
+            self.received_to[partition] = records[-1][0] + 1
         time_of = self.time_of
         if time_of is not None:
             times = [-math.inf if t is None else t for t in map(time_of, records)]
@@ -306,6 +330,9 @@ class RunScheduler:
         """Forget the pending records of ``partitions`` (default: all); their runs, to acknowledge
         unapplied (a rebalance: they are re-read from the stored offsets)."""
         out = []
+        for q in list(self.received_to):
+            if partitions is None or q in partitions:
+                del self.received_to[q]
         for q in list(self.pending):
             if partitions is None or q in partitions:
                 out += [run for run, _ in self.pending.pop(q).runs]

@@ -419,16 +419,38 @@ class WorkerService(Forwarding):
                     self.drain_soon(name)
                 continue
             self._at[name] = (message.partition, rt.next_offset)
+            records = scheduler.continuing(message.partition, records, rt.next_offset)
+            if records is None:  # fetched before a seek, ahead of it: what the seek brings comes first
+                event.ack()
+                self.seek_if_lost(stage, message.partition, scheduler.expected(message.partition, rt.next_offset),
+                                  event.value)
+                continue
             if name == "predict":
                 records = await self.call(rt.decode, records)
             if stage.forward is not None:  # forwarded (and flushed) before any of the run can be committed
                 self.last_run_at[message.partition] = time.monotonic()
                 await self.forward(stage, rt.route(records, False, partial(self.stamp, message.partition)), rt)
+            if stage.runtimes.get(message.partition) is not rt:  # re-read meanwhile: the seek brings it again
+                event.ack()
+                continue
             scheduler.add(message.partition, event, records)
             if stage.forward is not None:  # how far it has read of its own, in hand: bounds what it applies of others'
                 rt.in_hand = rt.read_clock
             if scheduler.full() or runs.channel.empty():
                 self.drain_soon(name)
+
+    def seek_if_lost(self, stage: Stage, partition: int, expected: int, records: list) -> None:
+        """A run past the offset the partition's records continue from was dropped: stale, or the
+        consumer went past the position sought (records fetched before the seek moved it); past
+        ``RESEEK_SECONDS`` since the last seek, the consumer is sent back to that offset. In a
+        task of its own: the agent must go on taking runs (faust's delivery of the next one, which
+        a seek waits for, waits for room in the agent's buffer)."""
+        key = (stage.topic, partition)
+        if time.monotonic() - self.sought.get(key, 0.0) > RESEEK_SECONDS:
+            log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name, partition,
+                     expected, records[0][0], records[-1][0])
+            self.sought[key] = time.monotonic()
+            self.spawn(f"seek {stage.topic} {partition}", lambda: self.seek(stage.topic, partition, expected))
 
     def drain_soon(self, name: str) -> None:
         """Apply what the stage's scheduler lets through, in a task of its own, so the agent goes
