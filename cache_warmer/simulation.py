@@ -85,11 +85,11 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
              track_partition: Callable[[str], int] | None = None, batch_size: int = 20_000,
              objective: Objective = Objective(), progress: bool = True, ab_share: float | None = None,
              audit_storage: bool = False, processes: int | None = None, session_gap: float | None = None,
-             end_sessions: bool = True) -> dict:
+             end_sessions: bool = True, warm_partitions: int | None = None) -> dict:
     """Replay ``events`` (in replay order) through the worker's topology and return the figures
     of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
-    entries go to ``partitions`` warm shards keyed by track (``track_partition``), each warm
-    shard taking them in replay order. Track statistics follow the worker's rule: a play reads
+    entries go to ``warm_partitions`` warm shards (default: as many) keyed by track
+    (``track_partition``), each warm shard taking them in replay order. Track statistics follow the worker's rule: a play reads
     every shard's counts as of the start of its epoch (``EngineConfig.track_epoch_seconds``), so
     rounds (``batch_size`` events of the replay) never span two epochs. With ``ab_share`` and two
     artifacts, an ``ab`` policy serves the first (A) or the second (B) by user, as an A/B-testing
@@ -131,21 +131,22 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     n = max(1, partitions)
     # once per id: partitioners hash in Python
     user_partition = cache(user_partition or (lambda user_id: user_id % n))
-    track_partition = cache(track_partition or (lambda track: zlib.crc32(track.encode()) % n))
+    m = max(1, warm_partitions or n)
+    track_partition = cache(track_partition or (lambda track: zlib.crc32(track.encode()) % m))
     columns = [*scorers, *([AB] if variant else []), *(lookahead or ())]
     predictors = [Predictor(FeatureEngine(catalogue, config), scorers, columns, lookahead, variant,
                             PredictionLedger([c for c in columns if c != ORACLE], count_from, keep_scores=True))
                   for _ in range(n)]
-    shard_tiers = tier_config.split(n)
+    shard_tiers = tier_config.split(m)
     warm: list[list[CacheWarmer]] = [
-        [CacheWarmer(p, TierState(shard_tiers, catalogue, None if n == 1 else (lambda t, q=q: track_partition(t) == q)),
+        [CacheWarmer(p, TierState(shard_tiers, catalogue, None if m == 1 else (lambda t, q=q: track_partition(t) == q)),
                      count_from, trace=audit_storage, columns=columns) for p in policies]
-        for q in range(n)]
+        for q in range(m)]
     shared: dict[str, list] | None = {} if n > 1 else None  # every shard's counts as of the epoch's start
     epoch_plays: dict[str, list] = {}  # and their additions since
     if processes is None:  # a helper pays off past its fork and the warmers' trip back
         processes = min(2, os.cpu_count() or 1) if len(events) >= HELPER_FROM_EVENTS else 1
-    stage = WarmStage(warm, track_partition, audit_storage, processes)
+    stage = WarmStage(warm, track_partition, audit_storage, processes, merged=n > 1)
     warm_up = stage.apply
 
     started = time.perf_counter()

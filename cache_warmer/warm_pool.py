@@ -24,9 +24,13 @@ class WarmStage:
     returns every warmer (the helper's, as it left them) and every shard's storage trace."""
 
     def __init__(self, warm: list[list[CacheWarmer]], track_partition: Callable[[str], int],
-                 audit: bool, processes: int = 1):
+                 audit: bool, processes: int = 1, merged: bool | None = None):
+        """``merged``: a batch's entries come shard after shard of the predict stage, to be put
+        back in replay order (default: with more than one warm shard, as the simulation had
+        one count for both stages)."""
         self.warm = warm
         self.shards = len(warm)
+        self.merged = self.shards > 1 if merged is None else merged
         self.track_partition = track_partition
         self.audit = audit
         n_policies = len(warm[0]) if warm else 0
@@ -52,7 +56,7 @@ class WarmStage:
 
     def _apply(self, entries: list[tuple], policies: list[int]) -> None:
         for q, mine in enumerate(route(entries, self.track_partition, self.shards)):
-            if self.shards > 1:
+            if self.merged:
                 mine.sort(key=by_seq)  # the replay's order; stable: one event's entries keep theirs
             for i in policies:
                 w = self.warm[q][i]

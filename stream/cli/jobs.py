@@ -176,17 +176,18 @@ def simulate_as_worker(events, catalogue: Catalogue, artifact: Artifact, setting
                        partitions: int | None = None, end_sessions: bool = True,
                        policies: list[ThresholdPolicy] | None = None) -> dict:
     """What ``skipcache simulate`` says of ``events`` with the worker's settings: its model,
-    thresholds, cache and partitions (``partitions``: both stages', default the settings'
-    sessions partitions), every event counted; the figures the worker must give (the
+    thresholds, cache and partitions (``partitions``: both stages', default the settings' sessions
+    and warm partitions), every event counted; the figures the worker must give (the
     integration tests, the benchmark). ``end_sessions=False``: the plays open at the end stay
     open, as live. ``policies``: these instead of the live one, their figures by name."""
     n = partitions or settings.partitions
+    m = partitions or settings.warm_partitions
     tiers = TierConfig.for_catalogue(catalogue, settings.fast_capacity, settings.medium_capacity,
                                      settings.transfer_cost, settings.cold_after_hours)
     live = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
     result = simulate(events, catalogue, [artifact], tiers, policies or [live], count_from=-math.inf, partitions=n,
-                      user_partition=lambda u: partition_of(u, n), track_partition=lambda t: track_partition_of(t, n),
-                      progress=False, end_sessions=end_sessions)["policies"]
+                      user_partition=lambda u: partition_of(u, n), track_partition=lambda t: track_partition_of(t, m),
+                      progress=False, end_sessions=end_sessions, warm_partitions=m)["policies"]
     return result if policies else result["model"]
 
 

@@ -145,8 +145,7 @@ def test_a_batch_that_finds_redis_moved_mid_backlog_is_read_again_and_the_worker
     test's size they did not, but in the benchmark's replay (317,045 events, 2 partitions) every
     time (bench/RESULTS.md, issue 16)."""
     kafka, redis_server = servers
-    live = make_live(kafka.port, redis_server.port, live_data, tmp_path, SKIPCACHE_PARTITIONS="2",
-                     SKIPCACHE_WARM_PARTITIONS="2")
+    live = make_live(kafka.port, redis_server.port, live_data, tmp_path, SKIPCACHE_PARTITIONS="2")
     _, _, events, _ = live_data
     live.send(events)  # all of it first: the consumer's buffers are full when the batch finds it moved
     worker, _ = _start_faulty(live, f"moved_at={len(events) // 3}", "faulty")
