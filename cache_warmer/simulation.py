@@ -215,7 +215,7 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
         "tiers": {"fast_capacity": tier_config.fast_capacity, "medium_capacity": tier_config.medium_capacity,
                   "tier_cost_per_day": dict(zip(TIER_NAMES, tier_config.tier_cost)),
                   "transfer_cost": tier_config.transfer_cost, "cold_after_hours": tier_config.cold_after_hours,
-                  "partitions": n},
+                  "partitions": n, "warm_partitions": m},
         "objective": {"hit_value": objective.hit_value},
         "seconds": seconds,
         "events_per_second": len(events) / seconds if seconds else None,

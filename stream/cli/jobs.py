@@ -155,17 +155,21 @@ class CacheOptions:
 
 def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOptions, threshold: float = 0.5,
                       partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None,
-                      audit_storage: bool = False, session_gap: float | None = None) -> dict:
+                      audit_storage: bool = False, session_gap: float | None = None,
+                      warm_partitions: int | None = None) -> dict:
+    """``partitions``: the sessions topic's (predict shards by user); ``warm_partitions``: the
+    entries topic's (warm shards by track; default as many), as the worker's settings."""
     artifacts = [load(m) for m in models]
     timings: dict = {}
     ds, events = load_replay(data, timings=timings)
     n = max(1, partitions)
+    m = max(1, warm_partitions or n)
     result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
                       fast_threshold=cache.fast_threshold, count_from=cache.count_from,
                       objective=Objective(cache.hit_value), batch_size=batch_size, partitions=n,
                       user_partition=lambda user_id: partition_of(user_id, n),
-                      track_partition=lambda track: track_partition_of(track, n), ab_share=ab_share,
-                      audit_storage=audit_storage, session_gap=session_gap)
+                      track_partition=lambda track: track_partition_of(track, m), ab_share=ab_share,
+                      audit_storage=audit_storage, session_gap=session_gap, warm_partitions=m)
     result["rejected"] = ds.rejections.as_dict()
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["timings"] = {**timings, "replay_loop_s": round(result["seconds"], 2)}

@@ -104,7 +104,8 @@ def cmd_simulate(args) -> int:
     from stream.cli.reports import render_simulation
 
     result = simulate_policies(args.data, args.model, _cache(args), args.threshold, args.partitions,
-                               args.batch_size, args.ab_share, args.audit_storage, args.session_gap or None)
+                               args.batch_size, args.ab_share, args.audit_storage, args.session_gap or None,
+                               warm_partitions=args.warm_partitions)
     print(render_simulation(result))
     _write_json(args.json, result)
     if args.plot:
@@ -317,6 +318,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                    help="with two --model: add an 'ab' policy serving the second model to this share of users")
     s.add_argument("--partitions", type=int, default=1,
                    help="shard state and cache like a worker on a topic with this many partitions")
+    s.add_argument("--warm-partitions", type=int, default=None,
+                   help="the warm stage's partitions (SKIPCACHE_WARM_PARTITIONS), if not as many")
     s.add_argument("--audit-storage", action="store_true",
                    help="apply every shard's commands to one placement and report where shards were wrong")
     s.add_argument("--session-gap", type=float, default=settings.session_gap_seconds,
