@@ -89,8 +89,9 @@ def simulate(events: "Sequence[Event] | EventColumns", catalogue: Catalogue, art
     """Replay ``events`` (in replay order) through the worker's topology and return the figures
     of every policy: ``partitions`` predict shards keyed by user (``user_partition``), whose
     entries go to ``warm_partitions`` warm shards (default: as many) keyed by track
-    (``track_partition``), each warm shard taking them in replay order. Track statistics follow the worker's rule: a play reads
-    every shard's counts as of the start of its epoch (``EngineConfig.track_epoch_seconds``), so
+    (``track_partition``), each warm shard taking them in replay order. Track statistics follow
+    the worker's rule: a play reads every shard's counts as of the start of its epoch
+    (``EngineConfig.track_epoch_seconds``), so
     rounds (``batch_size`` events of the replay) never span two epochs. With ``ab_share`` and two
     artifacts, an ``ab`` policy serves the first (A) or the second (B) by user, as an A/B-testing
     worker does. With ``audit_storage``,

@@ -24,13 +24,12 @@ class WarmStage:
     returns every warmer (the helper's, as it left them) and every shard's storage trace."""
 
     def __init__(self, warm: list[list[CacheWarmer]], track_partition: Callable[[str], int],
-                 audit: bool, processes: int = 1, merged: bool | None = None):
+                 audit: bool, processes: int = 1, merged: bool = False):
         """``merged``: a batch's entries come shard after shard of the predict stage, to be put
-        back in replay order (default: with more than one warm shard, as the simulation had
-        one count for both stages)."""
+        back in replay order."""
         self.warm = warm
         self.shards = len(warm)
-        self.merged = self.shards > 1 if merged is None else merged
+        self.merged = merged
         self.track_partition = track_partition
         self.audit = audit
         n_policies = len(warm[0]) if warm else 0

@@ -153,6 +153,15 @@ class CacheOptions:
         return -math.inf if self.count == "all" else None
 
 
+def sharded_as_worker(partitions: int, warm_partitions: int | None = None) -> dict:
+    """``simulate``'s shards as the worker's partitions: users and tracks placed by Kafka's
+    default partitioner (murmur2 of the key), ``warm_partitions`` default as many."""
+    m = max(1, warm_partitions or partitions)
+    return {"partitions": partitions, "warm_partitions": m,
+            "user_partition": lambda user_id: partition_of(user_id, partitions),
+            "track_partition": lambda track: track_partition_of(track, m)}
+
+
 def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOptions, threshold: float = 0.5,
                       partitions: int = 1, batch_size: int = 20_000, ab_share: float | None = None,
                       audit_storage: bool = False, session_gap: float | None = None,
@@ -162,14 +171,11 @@ def simulate_policies(data: str | Path, models: list[str | Path], cache: CacheOp
     artifacts = [load(m) for m in models]
     timings: dict = {}
     ds, events = load_replay(data, timings=timings)
-    n = max(1, partitions)
-    m = max(1, warm_partitions or n)
     result = simulate(events, ds.catalogue, artifacts, cache.tiers(ds.catalogue, events), threshold=threshold,
                       fast_threshold=cache.fast_threshold, count_from=cache.count_from,
-                      objective=Objective(cache.hit_value), batch_size=batch_size, partitions=n,
-                      user_partition=lambda user_id: partition_of(user_id, n),
-                      track_partition=lambda track: track_partition_of(track, m), ab_share=ab_share,
-                      audit_storage=audit_storage, session_gap=session_gap, warm_partitions=m)
+                      objective=Objective(cache.hit_value), batch_size=batch_size, ab_share=ab_share,
+                      audit_storage=audit_storage, session_gap=session_gap,
+                      **sharded_as_worker(max(1, partitions), warm_partitions))
     result["rejected"] = ds.rejections.as_dict()
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["timings"] = {**timings, "replay_loop_s": round(result["seconds"], 2)}
@@ -184,14 +190,13 @@ def simulate_as_worker(events, catalogue: Catalogue, artifact: Artifact, setting
     and warm partitions), every event counted; the figures the worker must give (the
     integration tests, the benchmark). ``end_sessions=False``: the plays open at the end stay
     open, as live. ``policies``: these instead of the live one, their figures by name."""
-    n = partitions or settings.partitions
-    m = partitions or settings.warm_partitions
     tiers = TierConfig.for_catalogue(catalogue, settings.fast_capacity, settings.medium_capacity,
                                      settings.transfer_cost, settings.cold_after_hours)
     live = ThresholdPolicy("model", "model", settings.threshold, settings.fast_threshold)
-    result = simulate(events, catalogue, [artifact], tiers, policies or [live], count_from=-math.inf, partitions=n,
-                      user_partition=lambda u: partition_of(u, n), track_partition=lambda t: track_partition_of(t, m),
-                      progress=False, end_sessions=end_sessions, warm_partitions=m)["policies"]
+    result = simulate(events, catalogue, [artifact], tiers, policies or [live], count_from=-math.inf,
+                      progress=False, end_sessions=end_sessions,
+                      **sharded_as_worker(partitions or settings.partitions,
+                                          partitions or settings.warm_partitions))["policies"]
     return result if policies else result["model"]
 
 

@@ -422,8 +422,13 @@ class WorkerService(Forwarding):
             records = scheduler.continuing(message.partition, records, rt.next_offset)
             if records is None:  # fetched before a seek, ahead of it: what the seek brings comes first
                 event.ack()
-                self.seek_if_lost(stage, message.partition, scheduler.expected(message.partition, rt.next_offset),
-                                  event.value)
+                expected = scheduler.expected(message.partition, rt.next_offset)
+                if self.lost(stage, message.partition, expected, [r[0] for r in event.value]):
+                    # in a task of its own: the agent must go on taking runs (faust's delivery
+                    # of the next one, which a seek waits for, waits for room in its buffer)
+                    self.sought[(stage.topic, message.partition)] = time.monotonic()
+                    self.spawn(f"seek {stage.topic} {message.partition}",
+                               partial(self.seek, stage.topic, message.partition, expected))
                 continue
             if name == "predict":
                 records = await self.call(rt.decode, records)
@@ -439,18 +444,15 @@ class WorkerService(Forwarding):
             if scheduler.full() or runs.channel.empty():
                 self.drain_soon(name)
 
-    def seek_if_lost(self, stage: Stage, partition: int, expected: int, records: list) -> None:
-        """A run past the offset the partition's records continue from was dropped: stale, or the
-        consumer went past the position sought (records fetched before the seek moved it); past
-        ``RESEEK_SECONDS`` since the last seek, the consumer is sent back to that offset. In a
-        task of its own: the agent must go on taking runs (faust's delivery of the next one, which
-        a seek waits for, waits for room in the agent's buffer)."""
-        key = (stage.topic, partition)
-        if time.monotonic() - self.sought.get(key, 0.0) > RESEEK_SECONDS:
-            log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name, partition,
-                     expected, records[0][0], records[-1][0])
-            self.sought[key] = time.monotonic()
-            self.spawn(f"seek {stage.topic} {partition}", lambda: self.seek(stage.topic, partition, expected))
+    def lost(self, stage: Stage, partition: int, expected: int, got: list[int]) -> bool:
+        """Offsets past ``expected`` came instead of it (stale, or the consumer went past the
+        position sought: records fetched before the seek moved it): whether it is time to seek
+        the partition back to it, ``RESEEK_SECONDS`` since the last seek (said in the log)."""
+        if time.monotonic() - self.sought.get((stage.topic, partition), 0.0) <= RESEEK_SECONDS:
+            return False
+        log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name, partition,
+                 expected, min(got), max(got))
+        return True
 
     def drain_soon(self, name: str) -> None:
         """Apply what the stage's scheduler lets through, in a task of its own, so the agent goes
@@ -537,9 +539,7 @@ class WorkerService(Forwarding):
                 batch.append((rt, []))  # its forwarded events at least
             if not run:
                 ahead = [r[0] for r in records if r[0] > rt.next_offset]
-                if ahead and time.monotonic() - self.sought.get((stage.topic, p), 0.0) > RESEEK_SECONDS:
-                    log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name,
-                             p, rt.next_offset, min(ahead), max(ahead))
+                if ahead and self.lost(stage, p, rt.next_offset, ahead):
                     self.release(stage.name, {p})
                     await self.seek(stage.topic, p, rt.next_offset)
                 continue  # only records already applied, or ones fetched before a seek
