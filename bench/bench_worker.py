@@ -230,7 +230,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         spy = start_profile(workers[0].pid, profile) if profile else None
         first = None
         while True:
-            applied = store.offset(0) + store.offset(1)
+            applied = sum(store.offset(p) for p in range(st.partitions))
             now = time.perf_counter()
             if applied and first is None:
                 first = (now, applied)
@@ -238,6 +238,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
                 gc_first = gc_collections(ports[0])
                 sys_first = [cpu_seconds(w.pid, system_only=True) for w in workers]
                 servers_first = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
+                idle_first = machine_idle()
             if applied >= len(events):
                 break
             time.sleep(0.05)
@@ -249,6 +250,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         system = sum(cpu_seconds(w.pid, system_only=True) for w in workers) - sum(sys_first)
         peak = max(peak_rss(w.pid) for w in workers)
         servers_cpu = {name: cpu_seconds(pid) - servers_first[name] for name, pid in (servers or {}).items()}
+        idle = [b - a for a, b in zip(idle_first, machine_idle())]
         if spy is not None:
             print_profile(spy, profile)
         if applied - first[1] < len(events) // 10:  # the rate would be of a few batches, or a division by zero
@@ -272,6 +274,7 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
         for name, seconds in servers_cpu.items():  # the machine's other tenants: two workers share its cores with them
             print(f"  {name} CPU, same run:{' ' * (33 - len(name))}{1e6 * seconds / (applied - first[1]):>10.1f} µs per event "
                   f"({seconds / (warmed - first[0]):.0%} of a core)")
+        print(f"  machine idle over the run (every core):         {idle[0] / idle[1]:>10.0%} of {os.cpu_count()} cores' time")
         if commands:  # where the server's time went: the commands by their time inside it
             top = sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:6]
             print("  Redis commands by server time (µs per event; calls):  " + ", ".join(
@@ -328,6 +331,14 @@ def cpu_seconds(pid: int, system_only: bool = False) -> float:
     steadier than events/s on a machine whose broker I/O varies from run to run."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[float, float]:
+    """(idle, all) CPU seconds of the whole machine so far (Linux ``/proc/stat``, every core):
+    whether processes that do not use their cores wait (the cores idle) or are crowded out."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (fields[3] + fields[4]) / tick, sum(fields[:8]) / tick  # idle + iowait; all but guest time
 
 
 def peak_rss(pid: int) -> int:
