@@ -3,17 +3,23 @@ an upgrade changes them (their source is pinned by hash: read the new version, p
 into stream/worker/transport.py, then update the hashes), and check that a run is acknowledged
 as every one of its offsets."""
 import asyncio
+import contextlib
 import hashlib
 import inspect
 from types import SimpleNamespace
 
+import aiokafka
 import faust
 import pytest
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from stream.worker.transport import Run, Transport, interleaved
+from stream.worker.transport import BatchRecords, Run, RunResults, Transport, interleaved
 
 PINNED = {
     # what transport.Consumer replaces or relies on, and the sha256 of its source in 0.15.3
@@ -25,6 +31,13 @@ PINNED = {
     (faust_consumer.Consumer, "wait_empty"): "e4662fe24f09",
     (faust_aiokafka.Consumer, "_to_message"): "7c24f6511b2f",
     (faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records"): "39a2c6c79fc1",
+    # aiokafka 0.14.0's, which BatchRecords and RunResults rely on: a fetched result is set in
+    # Fetcher._records by item, its PartitionRecords iterates what _unpack_records yields
+    (aiokafka_fetcher.PartitionRecords, "__init__"): "8ec1c2ae6ea1",
+    (aiokafka_fetcher.PartitionRecords, "_unpack_records"): "b803e6d46480",
+    (aiokafka_fetcher.FetchResult, "getall"): "3e717e30de50",
+    (aiokafka_fetcher.Fetcher, "fetched_records"): "be4348896b9b",
+    (aiokafka_fetcher.Fetcher, "_proc_fetch_request"): "59bf948fff47",
 }
 
 
@@ -34,6 +47,7 @@ def _digest(owner, name) -> str:
 
 def test_faust_is_the_version_the_transport_was_written_for():
     assert faust.__version__.startswith("0.15."), faust.__version__
+    assert aiokafka.__version__.startswith("0.14."), aiokafka.__version__
 
 
 @pytest.mark.parametrize("owner,name", sorted(PINNED, key=lambda k: (k[0].__module__, k[1])),
@@ -106,3 +120,65 @@ def test_topics_take_turns():
     s0, s1, e0 = TP("s", 0), TP("s", 1), TP("e", 0)
     order = [tp for tp, _ in interleaved({s0: [1], s1: [2], e0: [3]})]
     assert order == [s0, e0, s1]
+
+
+def _batches(*spans: tuple[int, int]) -> bytes:
+    """Kafka record batches (v2, as the broker sends them) holding offsets ``start`` .. ``end - 1`` each."""
+    data = b""
+    for start, end in spans:
+        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+        for offset in range(start, end):
+            builder.append(offset - start, timestamp=1_700_000_000_000 + offset, key=None,
+                           value=b"v%d" % offset, headers=[])
+        batch = bytearray(builder.build())
+        batch[0:8] = start.to_bytes(8, "big")  # the batch's base offset
+        data += bytes(batch)
+    return data
+
+
+def _fetched(topic: str, data: bytes, fetch_offset: int, results: RunResults) -> tuple[list, object]:
+    """What aiokafka's fetcher hands out of a result set in ``results``, as its fetch does."""
+    tp = TP(topic, 0)
+    partition_records = aiokafka_fetcher.PartitionRecords(tp, MemoryRecords(data), [], fetch_offset, None, None, True,
+                                                          aiokafka_fetcher.READ_UNCOMMITTED)
+    results[tp] = SimpleNamespace(_partition_records=partition_records)
+    got = list(results[tp]._partition_records)
+    return got, partition_records
+
+
+def test_a_positioned_topics_records_come_from_the_batch_reader_from_the_fetch_offset_on():
+    results = RunResults({}, frozenset({"sessions"}))
+    got, partition_records = _fetched("sessions", _batches((0, 5), (5, 9)), 3, results)
+    assert type(partition_records) is BatchRecords
+    assert [r.offset for r in got] == [3, 4, 5, 6, 7, 8]  # a batch fetched from inside it: the first go
+    assert not isinstance(got[0], aiokafka.structs.ConsumerRecord)
+    assert partition_records.next_fetch_offset == 9  # where aiokafka fetches next
+    run = Run(TP("sessions", 0), got, generation_id=1)
+    assert run.value[0] == (3, b"v3", 1_700_000_000.003) and (run.first_offset, run.offset) == (3, 8)
+
+
+def test_other_topics_records_stay_aiokafkas():
+    results = RunResults({}, frozenset({"sessions"}))
+    got, partition_records = _fetched("faust-internal", _batches((0, 3)), 0, results)
+    assert type(partition_records) is aiokafka_fetcher.PartitionRecords
+    assert [type(r) for r in got] == [aiokafka.structs.ConsumerRecord] * 3
+
+
+def test_a_damaged_batch_is_refused_as_aiokafka_refuses_it():
+    data = bytearray(_batches((0, 3)))
+    data[-1] ^= 0xFF  # a byte of the last record's value
+    results = RunResults({}, frozenset({"sessions"}))
+    with pytest.raises(CorruptRecordException):
+        _fetched("sessions", bytes(data), 0, results)
+
+
+def test_the_workers_consumer_reads_through_run_results():
+    thread = _consumer()._new_consumer_thread()
+    async def fetched_records(partitions, timeout=0, max_records=None):
+        return {}
+
+    fetcher = SimpleNamespace(_records={}, _closed=False, fetched_records=fetched_records,
+                              _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext))
+    aiokafka_consumer = SimpleNamespace(_fetcher=fetcher, _closed=False)
+    asyncio.run(thread._fetch_records(aiokafka_consumer, set(), timeout=0))
+    assert type(fetcher._records) is RunResults and fetcher._records.topics == {"sessions"}
