@@ -32,7 +32,7 @@ upgrade changes them).
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -96,12 +96,12 @@ class BatchRecords(PartitionRecords):
             self.next_fetch_offset = batch.next_offset
 
 
-class RunResults(dict):
+class RunResults(OrderedDict):
     """aiokafka's fetcher's results by partition (``Fetcher._records``), in which a new result of
     a positioned topic iterates its records as ``BatchRecords``. Set in this worker's consumer
     only (``ConsumerThread._fetch_records``): nothing process-wide changes."""
 
-    def __init__(self, results: dict, topics: frozenset[str]):
+    def __init__(self, results: OrderedDict, topics: frozenset[str]):
         super().__init__(results)  # results already there stay as they are (one may be half read)
         self.topics = topics
 
@@ -125,7 +125,7 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
                              max_records: int | None = None) -> Any:
         """faust's, in an aiokafka fetcher whose positioned topics' results are ``RunResults``."""
         fetcher = consumer._fetcher
-        if fetcher is not None and type(fetcher._records) is dict:
+        if fetcher is not None and not isinstance(fetcher._records, RunResults):
             fetcher._records = RunResults(fetcher._records, self.consumer.transport.positioned_topics)
         return await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
 

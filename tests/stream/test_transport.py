@@ -3,6 +3,7 @@ an upgrade changes them (their source is pinned by hash: read the new version, p
 into stream/worker/transport.py, then update the hashes), and check that a run is acknowledged
 as every one of its offsets."""
 import asyncio
+import collections
 import contextlib
 import hashlib
 import inspect
@@ -36,6 +37,7 @@ PINNED = {
     (aiokafka_fetcher.PartitionRecords, "__init__"): "8ec1c2ae6ea1",
     (aiokafka_fetcher.PartitionRecords, "_unpack_records"): "b803e6d46480",
     (aiokafka_fetcher.FetchResult, "getall"): "3e717e30de50",
+    (aiokafka_fetcher.Fetcher, "__init__"): "bf21ecb7e0f2",  # its results: an OrderedDict
     (aiokafka_fetcher.Fetcher, "fetched_records"): "be4348896b9b",
     (aiokafka_fetcher.Fetcher, "_proc_fetch_request"): "59bf948fff47",
 }
@@ -147,7 +149,7 @@ def _fetched(topic: str, data: bytes, fetch_offset: int, results: RunResults) ->
 
 
 def test_a_positioned_topics_records_come_from_the_batch_reader_from_the_fetch_offset_on():
-    results = RunResults({}, frozenset({"sessions"}))
+    results = RunResults(collections.OrderedDict(), frozenset({"sessions"}))
     got, partition_records = _fetched("sessions", _batches((0, 5), (5, 9)), 3, results)
     assert type(partition_records) is BatchRecords
     assert [r.offset for r in got] == [3, 4, 5, 6, 7, 8]  # a batch fetched from inside it: the first go
@@ -158,7 +160,7 @@ def test_a_positioned_topics_records_come_from_the_batch_reader_from_the_fetch_o
 
 
 def test_other_topics_records_stay_aiokafkas():
-    results = RunResults({}, frozenset({"sessions"}))
+    results = RunResults(collections.OrderedDict(), frozenset({"sessions"}))
     got, partition_records = _fetched("faust-internal", _batches((0, 3)), 0, results)
     assert type(partition_records) is aiokafka_fetcher.PartitionRecords
     assert [type(r) for r in got] == [aiokafka.structs.ConsumerRecord] * 3
@@ -167,7 +169,7 @@ def test_other_topics_records_stay_aiokafkas():
 def test_a_damaged_batch_is_refused_as_aiokafka_refuses_it():
     data = bytearray(_batches((0, 3)))
     data[-1] ^= 0xFF  # a byte of the last record's value
-    results = RunResults({}, frozenset({"sessions"}))
+    results = RunResults(collections.OrderedDict(), frozenset({"sessions"}))
     with pytest.raises(CorruptRecordException):
         _fetched("sessions", bytes(data), 0, results)
 
@@ -177,7 +179,7 @@ def test_the_workers_consumer_reads_through_run_results():
     async def fetched_records(partitions, timeout=0, max_records=None):
         return {}
 
-    fetcher = SimpleNamespace(_records={}, _closed=False, fetched_records=fetched_records,
+    fetcher = SimpleNamespace(_records=collections.OrderedDict(), _closed=False, fetched_records=fetched_records,
                               _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext))
     aiokafka_consumer = SimpleNamespace(_fetcher=fetcher, _closed=False)
     asyncio.run(thread._fetch_records(aiokafka_consumer, set(), timeout=0))
