@@ -102,8 +102,10 @@ class RunResults(OrderedDict):
     only (``ConsumerThread._fetch_records``): nothing process-wide changes."""
 
     def __init__(self, results: OrderedDict, topics: frozenset[str]):
-        super().__init__(results)  # results already there stay as they are (one may be half read)
+        super().__init__()
         self.topics = topics
+        for tp, result in results.items():  # as they are: one may be half read
+            super().__setitem__(tp, result)
 
     def __setitem__(self, tp: Any, result: Any) -> None:
         records = getattr(result, "_partition_records", None)

@@ -159,6 +159,17 @@ def test_a_positioned_topics_records_come_from_the_batch_reader_from_the_fetch_o
     assert run.value[0] == (3, b"v3", 1_700_000_000.003) and (run.first_offset, run.offset) == (3, 8)
 
 
+def test_results_fetched_before_the_worker_reads_through_run_results_stay_aiokafkas():
+    tp = TP("sessions", 0)
+    half_read = aiokafka_fetcher.PartitionRecords(tp, MemoryRecords(_batches((0, 5))), [], 0, None, None, True,
+                                                  aiokafka_fetcher.READ_UNCOMMITTED)
+    first = next(half_read)
+    results = RunResults(collections.OrderedDict({tp: SimpleNamespace(_partition_records=half_read)}),
+                         frozenset({"sessions"}))
+    assert type(results[tp]._partition_records) is aiokafka_fetcher.PartitionRecords
+    assert [first.offset] + [r.offset for r in half_read] == [0, 1, 2, 3, 4]  # none lost
+
+
 def test_other_topics_records_stay_aiokafkas():
     results = RunResults(collections.OrderedDict(), frozenset({"sessions"}))
     got, partition_records = _fetched("faust-internal", _batches((0, 3)), 0, results)
