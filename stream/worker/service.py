@@ -426,7 +426,6 @@ class WorkerService(Forwarding):
                 if self.lost(stage, message.partition, expected, [r[0] for r in event.value]):
                     # in a task of its own: the agent must go on taking runs (faust's delivery
                     # of the next one, which a seek waits for, waits for room in its buffer)
-                    self.sought[(stage.topic, message.partition)] = time.monotonic()
                     self.spawn(f"seek {stage.topic} {message.partition}",
                                partial(self.seek, stage.topic, message.partition, expected))
                 continue
@@ -447,9 +446,13 @@ class WorkerService(Forwarding):
     def lost(self, stage: Stage, partition: int, expected: int, got: list[int]) -> bool:
         """Offsets past ``expected`` came instead of it (stale, or the consumer went past the
         position sought: records fetched before the seek moved it): whether it is time to seek
-        the partition back to it, ``RESEEK_SECONDS`` since the last seek (said in the log)."""
-        if time.monotonic() - self.sought.get((stage.topic, partition), 0.0) <= RESEEK_SECONDS:
+        the partition back to it, ``RESEEK_SECONDS`` since the last seek (said in the log). A yes
+        counts as the seek from now on, so the runs still arriving before the caller's seek is
+        done ask for none again."""
+        now = time.monotonic()
+        if now - self.sought.get((stage.topic, partition), 0.0) <= RESEEK_SECONDS:
             return False
+        self.sought[(stage.topic, partition)] = now
         log.info("%s partition %d: offset %d did not come (got %d..%d): seeking to it", stage.name, partition,
                  expected, min(got), max(got))
         return True
