@@ -30,7 +30,7 @@ from stream.worker.stages.partition import PartitionRuntime
 from stream.worker.stages.predict import PredictRuntime
 from stream.worker.stages.warm import SourceEnds, WarmRuntime
 from stream.settings import Settings
-from stream.store import PartitionStore, StateStore
+from stream.store import Mirror, PartitionStore, StateStore
 from stream.sinks import KafkaSink, SharedProducer, Sink
 from stream.stores import store_from_url
 
@@ -111,6 +111,9 @@ class Worker:
     own_messages: OwnMessages | None = None
     """The entries messages the predict stage made, for the warm stage of the same process (both
     stages here), which takes them as made rather than parsing them again."""
+    mirrors: dict[int, Mirror] = field(default_factory=dict)
+    """The process's copy of each predict partition's track counts that it reads from another
+    process's commits (``stream/store.py``), shared by its predict runtimes."""
 
     @property
     def variants(self) -> dict[str, Artifact]:
@@ -141,7 +144,7 @@ class Worker:
                               s.warm_partitions, self.track_partition,
                               variant_of=self.variant if self.artifact_b is not None else None,
                               window=self.window, user_partition=self.user_partition, partitions=s.partitions,
-                              own=self.own_messages)
+                              own=self.own_messages, mirrors=self.mirrors)
 
     @cached_property
     def user_partition(self):

@@ -100,20 +100,78 @@ class TrackCounts:
     now: dict[str, list] = field(default_factory=dict)
     last: dict[str, list] = field(default_factory=dict)
 
-    def only(self, tracks: "set[str] | list[str]") -> "TrackCounts":
-        """The parts of ``tracks`` alone (what a read of those tracks gives; the lists shared)."""
+    def only(self, tracks: "set[str] | list[str]", copy: bool = False) -> "TrackCounts":
+        """The parts of ``tracks`` alone (what a read of those tracks gives; the lists shared,
+        or with ``copy`` copied: a ``Mirror`` changes in place while a batch reads them)."""
+        if copy:
+            return TrackCounts(self.epoch, *({t: list(v) for t in tracks if (v := d.get(t)) is not None}
+                                             for d in (self.settled, self.now, self.last)))
         return TrackCounts(self.epoch, *({t: v for t in tracks if (v := d.get(t)) is not None}
                                          for d in (self.settled, self.now, self.last)))
 
     def add(self, tracks: "TrackAdditions") -> None:
         """What a commit of ``tracks`` does to the partition's stored parts (as every backend
         stores them: ``stores/memory.py``, the Redis Function's TRACKADD)."""
-        turns, settle, last, now = tracks.plan()
+        self.apply(tracks.by_epoch[-1][0], *tracks.plan())
+
+    def apply(self, epoch: int, turns: bool, settle: dict[str, list], last: dict[str, list],
+              now: dict[str, list]) -> None:
+        """``add`` of a commit's plan (``TrackAdditions.plan``) whose last epoch is ``epoch``: a
+        ``Mirror`` applies the plans another process's commits logged."""
         if turns:
             add_counts(self.settled, settle)
-            self.last, self.now, self.epoch = {}, {}, tracks.by_epoch[-1][0]
+            self.last, self.now, self.epoch = {}, {}, epoch
             add_counts(self.last, last)
         add_counts(self.now, now)
+
+
+@dataclass
+class CountsLog:
+    """What became of a predict partition's stored parts of the track counts since a reader's
+    ``Mirror`` of them (``PartitionStore.read_batch``'s ``mirrors``): the plans its commits
+    logged after the mirror's, in order, or, where those no longer follow on from the mirror (too
+    far behind, the store went back, no mirror yet), the parts whole (``full``)."""
+
+    seq: int
+    """How many commits have logged a plan: the last one's number (0: none)."""
+    position: int | None
+    """The partition's offset after that commit (None: none)."""
+    plans: list[tuple] = field(default_factory=list)
+    """``TrackCounts.apply``'s arguments, one commit's each."""
+    full: TrackCounts | None = None
+    too_big: bool = False
+    """The parts hold more tracks than the reader keeps: it reads them per batch instead."""
+
+
+@dataclass
+class Mirror:
+    """A predict partition's stored parts of the track counts, held by a process that does not
+    own it: kept as the store holds them by applying the plans the owner's commits log (a few
+    hundred tracks a batch), where a batch would otherwise read its tracks' counts of every such
+    partition from the store (the largest server time of a batch when two processes share the
+    partitions: ``bench/RESULTS.md``, issue 16)."""
+
+    seq: int = -1
+    """Of the last plan applied (``CountsLog.seq``; -1: nothing held yet)."""
+    position: int | None = None
+    counts: TrackCounts | None = None
+    too_big: bool = False
+
+    def since(self) -> tuple[int, int | None]:
+        """What the store checks the plans it sends follow on from."""
+        return self.seq, self.position
+
+    def update(self, log: CountsLog) -> TrackCounts | None:
+        """The parts as the store held them at the read (None: too big to hold)."""
+        if log.too_big:
+            self.seq, self.position, self.counts, self.too_big = -1, None, None, True
+            return None
+        if log.full is not None:
+            self.counts = log.full
+        for plan in log.plans:
+            self.counts.apply(*plan)
+        self.seq, self.position = log.seq, log.position
+        return self.counts
 
 
 def counts_as_of(parts: list[TrackCounts], epoch: int | None, tracks: "set[str] | list[str]",
@@ -177,6 +235,8 @@ class BatchRead:
     """``track_counts``'s parts (empty without tracks; None for a partition skipped)."""
     position: int | None
     """The partition's offset, read after the rest."""
+    logs: dict[int, CountsLog] = field(default_factory=dict)
+    """Of the partitions the reader mirrors (``Mirror``): their parts' news, in ``tracks``' stead."""
 
 
 class StateMoved(Exception):
@@ -218,11 +278,15 @@ class PartitionStore(Protocol):
         before ``epoch`` (None: all committed)."""
 
     def read_batch(self, partition: int, users: list[int], sessions: list[tuple[int, int]], tracks: list[str],
-                   epochs: tuple[int, int] | None = None, skip: "Collection[int]" = ()) -> BatchRead:
+                   epochs: tuple[int, int] | None = None, skip: "Collection[int]" = (),
+                   mirrors: "dict[int, tuple[int, int | None]] | None" = None) -> BatchRead:
         """``fetch``'s records, ``track_counts``'s parts and, read last, the partition's
         ``position``, in one round trip: a store that went back (a failover that lost
         acknowledged commits) before the other reads shows it in the offset. ``skip``: predict
-        partitions whose parts the caller holds (``stored_counts``): not read, None in their place."""
+        partitions whose parts the caller holds (``stored_counts``): not read, None in their place.
+        ``mirrors``: partition -> ``Mirror.since()`` of those the caller mirrors: their news
+        (``BatchRead.logs``) instead of their parts, read with the rest (a backend that logs no
+        plans reads their parts instead). None of either without ``tracks``."""
 
     def stored_counts(self, partition: int, limit: int) -> TrackCounts | None:
         """A predict partition's stored parts of the track counts, every track's (None: more than

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 
-from stream.store import BatchRead, Changes, TrackCounts, parts_needed, read_counts_as_of
+from stream.store import BatchRead, Changes, CountsLog, TrackCounts, parts_needed, read_counts_as_of
 
 
 class MemoryStore:
@@ -64,10 +64,18 @@ class MemoryStore:
                     {k: copy.deepcopy(self.sessions[(partition, *k)]) for k in sessions if (partition, *k) in self.sessions},
                     counts)
 
-    def read_batch(self, partition, users, sessions, tracks, epochs=None, skip=()):
+    def read_batch(self, partition, users, sessions, tracks, epochs=None, skip=(), mirrors=None, mirror_limit=200_000):
+        """A mirrored partition's news are its parts whole, every time (one process: nothing to save)."""
         got_u, got_s, _ = self.fetch(partition, users, sessions, [])
-        return BatchRead(got_u, got_s, self.track_counts(tracks, epochs, skip) if tracks else [],
-                         self.position(partition))
+        mirrors = mirrors if tracks and mirrors else {}
+        logs = {}
+        with self._lock:
+            for p in mirrors:
+                part = self.tracks.get(p, TrackCounts())
+                logs[p] = (CountsLog(0, None, full=copy.deepcopy(part)) if len(part.settled) <= mirror_limit
+                           else CountsLog(0, None, too_big=True))
+        return BatchRead(got_u, got_s, self.track_counts(tracks, epochs, {*skip, *mirrors}) if tracks else [],
+                         self.position(partition), logs)
 
     def track_counts(self, tracks, epochs=None, skip=()):
         with self._lock:

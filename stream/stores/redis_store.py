@@ -12,13 +12,16 @@ slot (a cluster runs the batch's commit on one node, atomically):
     {sc:predict:P}:tracks                    this partition's settled additions to the track
                                              counts (a field per track, COUNTS; epoch)
     {sc:predict:P}:tracks:now  :tracks:last  its additions in its stored epoch, the one before
+    {sc:predict:P}:tracks:log  :tracks:seq   its last commits' plans of those additions (LOG_KEEP)
+                                             and how many it logged: other processes' ``Mirror``s
     {sc:warm:Q}:blob  :offset  :queue:P      the cache shard; held-back entries of source P
     {sc:STAGE:N}:counters:NAME:EPOCH         this partition's counts (events, rejected, ab:A ...)
     sc:config                                thresholds, experiment start, counter epochs
 
 Nothing is shared between partitions inside a batch: the global track counts are the sum of
 every predict partition's additions before the reader's epoch (``stream/store.py``; read: one
-call of the read Function per predict partition, pipelined), the counters the sum of every
+call of the read Function per predict partition, pipelined, or, for a partition the reader
+mirrors, of the log-read Function: the plans since its copy), the counters the sum of every
 partition's. Resetting counters bumps their epoch in ``sc:config``
 (written outside any batch): commits move to the new epoch within a threshold refresh (0.5 s).
 
@@ -37,13 +40,16 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from stream.store import BatchRead, Changes, TrackCounts, counts_as_of, parts_needed
+from stream.store import BatchRead, Changes, CountsLog, TrackCounts, counts_as_of, parts_needed
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
-FUNCTION_LIBRARY = "skipcache_v7"
+FUNCTION_LIBRARY = "skipcache_v8"
 FUNCTION = "skipcache_commit_v6"
 READ_TRACKS = "skipcache_tracks_v5"
+READ_SINCE = "skipcache_tracks_since_v1"
+LOG_KEEP = 32
+"""Plans a predict partition's log keeps (``Mirror``): a reader further behind reads the parts whole."""
 UNPACK_CHUNK = 999
 """Values per call inside a Function (Lua's unpack has a stack limit)."""
 TRACK_CHUNK = UNPACK_CHUNK // 2
@@ -137,6 +143,37 @@ local function tracks(keys, args)
   return out
 end
 redis.register_function{{function_name='{READ_TRACKS}', callback=tracks, flags={{'no-writes'}}}}
+
+-- KEYS: a predict partition's log of its commits' plans (the last {LOG_KEEP}, each '<offset> <plan>'), how
+-- many it logged, its settled, stored epoch's and previous epoch's track counts; ARGV: the number of the
+-- reader's last plan (-1: none), the offset it gave, the most tracks the reader holds. Returns that
+-- number now, then 1 and the plans after the reader's, if they follow on from it (the reader's plan
+-- is still logged, with its offset); else 2, the last plan's offset and the three parts whole
+-- (HGETALLs); 0 if they hold more tracks than the reader holds (its settled part: the others are
+-- its last two epochs').
+local function since(keys, args)
+  local n = tonumber(redis.call('GET', keys[2])) or 0
+  if redis.call('HLEN', keys[3]) > tonumber(args[3]) + 1 then
+    return {{n, 0}}
+  end
+  local len = redis.call('LLEN', keys[1])
+  local first, s, p = n - len + 1, tonumber(args[1]), args[2]
+  if s == n and n == 0 then
+    return {{n, 1, {{}}}}
+  end
+  if s > 0 and s <= n and s >= first then
+    local e = redis.call('LINDEX', keys[1], s - first)
+    if string.sub(e, 1, #p + 1) == p .. ' ' then
+      return {{n, 1, redis.call('LRANGE', keys[1], s - first + 1, -1)}}
+    end
+  end
+  local at = ''
+  if len > 0 then
+    at = string.match(redis.call('LINDEX', keys[1], -1), '^(%d+) ')
+  end
+  return {{n, 2, at, redis.call('HGETALL', keys[3]), redis.call('HGETALL', keys[4]), redis.call('HGETALL', keys[5])}}
+end
+redis.register_function{{function_name='{READ_SINCE}', callback=since, flags={{'no-writes'}}}}
 """
 
 
@@ -176,6 +213,25 @@ def _unpacked(hits: list, tracks: list[str]) -> dict[str, list]:
     """track -> [plays, skips, likes] from the read Function's (index, packed counts) pairs."""
     unpack = COUNTS.unpack
     return {tracks[hits[j] - 1]: list(unpack(hits[j + 1])) for j in range(0, len(hits), 2)}
+
+
+def _counts_log(reply: list, since: tuple[int, int | None]) -> CountsLog:
+    """``READ_SINCE``'s reply: the plans after the mirror's (``since``), or the parts whole."""
+    n, how = int(reply[0]), int(reply[1])
+    if how == 0:
+        return CountsLog(n, None, too_big=True)
+    if how == 1:
+        position, plans, loads = since[1], [], orjson.loads
+        for entry in reply[2]:
+            at, _, plan = entry.partition(b" ")
+            plans.append(tuple(loads(plan)))
+            position = int(at)
+        return CountsLog(n, position, plans)
+    at, *parts = reply[2:]
+    settled, now, last = ({f: v for f, v in zip(flat[0::2], flat[1::2])} for flat in parts)
+    stored = settled.pop(b"epoch", None)
+    full = TrackCounts(int(stored) if stored is not None else None, *map(_hash_counts, (settled, now, last)))
+    return CountsLog(n, int(at) if at else None, full=full)
 
 
 def _records(users: list[int], sessions: list[tuple[int, int]], values: list) -> tuple[dict, dict]:
@@ -273,26 +329,38 @@ class RedisStore:
         read = self.read_batch(partition, users, sessions, tracks, None if epoch is None else (epoch, epoch))
         return read.users, read.sessions, counts_as_of(read.tracks, epoch, tracks) if tracks else {}
 
-    def read_batch(self, partition, users, sessions, tracks, epochs=None, skip=()):
+    def read_batch(self, partition, users, sessions, tracks, epochs=None, skip=(), mirrors=None,
+                   mirror_limit: int = 200_000):
         """One pipeline, in this order: the records (an MGET in the partition's slot: a cluster
-        pipeline takes it as one command), the read Function for each predict partition not in
-        ``skip``, the offset (a GET in the slot, after the others)."""
+        pipeline takes it as one command), the log-read Function (``READ_SINCE``) for each
+        partition in ``mirrors`` and the read Function for each other predict partition not in
+        ``skip``, the offset (a GET in the slot, after the others). ``mirror_limit``: the most
+        tracks a mirror holds (a partition with more is read per batch)."""
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
-        read = [p for p in range(self.partitions["predict"]) if p not in skip] if tracks else []
+        shared = self._shared
+        if tracks and mirrors and shared["functions"] is None:
+            shared["functions"] = self._load_function()
+        mirrors = mirrors if tracks and mirrors and shared["functions"] else {}
+        read = [p for p in range(self.partitions["predict"]) if p not in skip and p not in mirrors] if tracks else []
         with self.r.pipeline(transaction=False) as pipe:
             if keys:
                 pipe.execute_command("MGET", *keys)
+            for p, (seq, at) in mirrors.items():
+                base = f"{self.slot(p, 'predict')}:tracks"
+                pipe.execute_command("FCALL_RO", READ_SINCE, 5, f"{base}:log", f"{base}:seq", base, f"{base}:now",
+                                     f"{base}:last", seq, "" if at is None else at, mirror_limit)
             if read:
                 self._read_tracks(pipe, tracks, epochs, read)
             pipe.get(self._offset_key(partition))
             got = pipe.execute()
         position = got.pop()
         got_u, got_s = _records(users, sessions, got.pop(0)) if keys else ({}, {})
+        logs = {p: _counts_log(got.pop(0), since) for p, since in mirrors.items()}
         counts: list[TrackCounts | None] = []
         if tracks:
             parts = iter(self._track_counts(got, tracks, epochs))
-            counts = [None if p in skip else next(parts) for p in range(self.partitions["predict"])]
-        return BatchRead(got_u, got_s, counts, int(position) if position is not None else None)
+            counts = [None if p in skip or p in logs else next(parts) for p in range(self.partitions["predict"])]
+        return BatchRead(got_u, got_s, counts, int(position) if position is not None else None, logs)
 
     def stored_counts(self, partition, limit):
         """HGETALLs of the partition's three parts (after an HLEN: none past ``limit``), in its slot."""
@@ -362,9 +430,10 @@ class RedisStore:
         return (int(stored) if stored is not None else None), _hash_counts(now)
 
     # ---- the commit -----------------------------------------------------------------------------
-    def _commands(self, partition: int, changes: Changes) -> list[tuple]:
+    def _commands(self, partition: int, changes: Changes, new_offset: int) -> list[tuple]:
         """The batch's commands: each (name, key, *arguments), keys in the partition's slot;
-        HINCRBY with any number of (field, increment) pairs."""
+        HINCRBY with any number of (field, increment) pairs. A batch that adds to the track counts
+        also logs its plan, with ``new_offset``, for other processes' ``Mirror``s (``READ_SINCE``)."""
         dumps, ttl, k = orjson.dumps, self.ttl, self._k
         cmds: list[tuple] = []
         for u, rec in changes.users.items():
@@ -384,6 +453,11 @@ class RedisStore:
                 cmds.append(("DEL", now_key))
                 cmds.append(("HSET", tracks_key, "epoch", int(changes.tracks.by_epoch[-1][0])))
             _add_counts(cmds, now_key, now)
+            log_key = f"{tracks_key}:log"
+            plan = [int(changes.tracks.by_epoch[-1][0]), turns, settle if turns else {}, last if turns else {}, now]
+            cmds.append(("RPUSH", log_key, b"%d " % new_offset + dumps(plan)))
+            cmds.append(("LTRIM", log_key, -LOG_KEEP, -1))
+            cmds.append(("INCR", f"{tracks_key}:seq"))
         if changes.blob is not None:
             cmds.append(("SET", k(partition, "blob"), changes.blob))
         for src, entries in changes.queue_push.items():  # one element: a commit's additions
@@ -398,7 +472,7 @@ class RedisStore:
         return cmds
 
     def commit(self, partition: int, expected_offset: int, new_offset: int, changes: Changes) -> bool:
-        cmds = self._commands(partition, changes)
+        cmds = self._commands(partition, changes, new_offset)
         fences = {self._offset_key(partition): (expected_offset, new_offset),
                   **{self._offset_key(partition, name): pair for name, pair in changes.inputs.items()}}
         shared = self._shared

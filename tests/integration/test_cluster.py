@@ -248,16 +248,22 @@ def test_a_slot_without_a_primary_makes_healthz_name_the_node(servers, live_data
 def test_track_counts_read_by_epoch_on_a_server_and_on_a_cluster(servers, cluster):
     """The epoch bookkeeping of the track counts (``tests/stream/test_track_epochs.py``), through
     the commit and read Functions, on one server and on a cluster (each partition's keys in its
-    slot), and through WATCH/MULTI and HMGETs where the server has no Functions."""
+    slot), and through WATCH/MULTI and HMGETs where the server has no Functions; and another
+    process's mirror of a partition's counts, kept by the plans its commits log."""
     from stream.stores.redis_store import RedisStore
-    from tests.stream.test_track_epochs import check_epoch_reads
+    from stream.stores.redis_store import LOG_KEEP
+    from tests.stream.test_track_epochs import check_epoch_reads, check_mirrors
 
     _, server = servers
     single = f"redis://127.0.0.1:{server.port}/0"
     for url, functions in ((single, None), (cluster.url, None), (single, False)):  # False: as on Redis < 7
         store = RedisStore.from_url(url, prefix=f"ep{os.getpid()}{time.monotonic_ns() % 10**6}", partitions=2)
         store._shared["functions"] = functions
+        mirrored = RedisStore.from_url(url, prefix=store.root + "m", partitions=2)
+        mirrored._shared["functions"] = functions
         try:
             check_epoch_reads(store)
+            check_mirrors(mirrored, "unlogged" if functions is False else "logged", LOG_KEEP)
         finally:
             store.r.close()
+            mirrored.r.close()

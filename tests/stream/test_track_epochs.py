@@ -1,10 +1,10 @@
 """Track counts move by epoch (``models/state.py``): each predict partition stores its additions
 as settled, its stored epoch's and the one before's, and a reader at epoch E takes from each
 what was resolved before E (``stream/store.py``). The same checks run on Redis and on a cluster
-(``tests/integration/test_cluster.py`` calls ``check_epoch_reads``)."""
+(``tests/integration/test_cluster.py`` calls ``check_epoch_reads`` and ``check_mirrors``)."""
 import math
 
-from stream.store import Changes, TrackAdditions, TrackCounts, counts_as_of, epoch_weights
+from stream.store import Changes, Mirror, TrackAdditions, TrackCounts, counts_as_of, epoch_weights
 from stream.stores.memory import MemoryStore
 from stream.worker.scheduler import RunScheduler
 
@@ -71,8 +71,59 @@ def check_epoch_reads(store) -> None:
     assert store.read_batch(0, [], [], [], (14, 14)).position == 3 and store.read_batch(5, [], [], [T]).position is None
 
 
+def check_mirrors(store, how: str, keep: int = 0) -> None:
+    """Another process's ``Mirror`` of partition 0's parts equals what the store holds after
+    every read. ``how``: ``logged`` (the store logs each commit's plan and keeps ``keep`` of
+    them: a mirror that follows on gets the new plans alone), ``whole`` (it sends the parts
+    whole every time) or ``unlogged`` (no Functions: the parts are read, as without a mirror).
+    A mirror that fell behind the log, or whose last plan the store no longer holds (it went
+    back), gets the parts whole; parts past the limit are not mirrored."""
+    mirror = Mirror()
+    logged = how == "logged"
+
+    def read(limit: int = 10**6):
+        got = store.read_batch(1, [], [], [T, "u" * 22], (13, 15), (), {0: mirror.since()}, limit)
+        if how == "unlogged":
+            assert got.logs == {} and got.tracks == store.track_counts([T, "u" * 22], (13, 15))
+            return None
+        assert set(got.logs) == {0} and all(part is None or part == TrackCounts() for part in got.tracks)
+        log = got.logs[0]
+        held = mirror.update(log)
+        assert held == store.stored_counts(0, limit)
+        return log
+
+    if how == "unlogged":
+        _commit(store, 0, None, {}, [(10, {T: [1, 1, 0]})])
+        read()
+        return
+    assert read().full == TrackCounts() and mirror.seq == 0  # nothing committed yet
+    _commit(store, 0, None, {}, [(10, {T: [1, 1, 0]})])
+    assert read().full is not None  # the first plan after nothing: whole
+    _commit(store, 0, 10, {T: [1, 1, 0]}, [(11, {T: [2, 0, 1]})])
+    _commit(store, 0, 11, {T: [2, 0, 1]}, [(13, {T: [4, 0, 0]}), (14, {T: [8, 0, 0]})])
+    log = read()
+    assert (log.full is None, len(log.plans)) == ((True, 2) if logged else (False, 0))
+    assert mirror.counts == TrackCounts(14, {T: [7, 1, 1]}, {T: [8, 0, 0]}, {T: [4, 0, 0]})
+    log = read()
+    assert (log.full is None, log.plans) == (logged, [])  # nothing new
+    if logged:
+        for _ in range(keep + 1):  # more commits than the log keeps: whole
+            _commit(store, 0, 14, {}, [(14, {"u" * 22: [1, 0, 0]})])
+        assert read().full is not None
+        seq, at = mirror.since()
+        _commit(store, 0, 14, {}, [(14, {"u" * 22: [1, 0, 0]})])
+        assert read().plans and mirror.seq == seq + 1
+        mirror.position = at  # what the store's plan of that number says no longer matches: whole
+        assert read().full is not None and mirror.since() == (seq + 1, at + 1)
+    assert read(limit=0).too_big and mirror.too_big and mirror.counts is None
+
+
 def test_a_reader_takes_what_each_partition_resolved_before_its_epoch():
     check_epoch_reads(MemoryStore())
+
+
+def test_a_mirror_of_another_process_partition_is_what_the_store_holds():
+    check_mirrors(MemoryStore(), "whole")
 
 
 def test_the_weights_of_a_partitions_counts_by_where_it_is():

@@ -48,7 +48,7 @@ from stream.worker.stages import route_codec
 from stream.worker.stages.entry_codec import OwnMessages, encode, split_batch
 from stream.worker.stages.held import STATE_KEY as HELD_KEY, HeldQueues
 from stream.worker.stages.partition import BatchOutput, OffsetGap, PartitionRuntime
-from stream.store import (Changes, PartitionStore, StateMoved, TrackAdditions, add_counts, counts_as_of,
+from stream.store import (Changes, Mirror, PartitionStore, StateMoved, TrackAdditions, add_counts, counts_as_of,
                           epoch_weights)
 
 MAX_EVENT_BYTES = 16_384
@@ -93,14 +93,16 @@ class PredictRuntime(PartitionRuntime):
                  column: str, engine_config: EngineConfig, warm_partitions: int,
                  track_partition: Callable[[str], int], count_from: float = -math.inf, variant_of=None,
                  window: TimeWindow = TimeWindow(), user_partition: Callable[[int], int] | None = None,
-                 partitions: int = 1, own: OwnMessages | None = None):
+                 partitions: int = 1, own: OwnMessages | None = None, mirrors: "dict[int, Mirror] | None" = None):
         """``column``: the score the warm stage's policy reads (``A``, or ``ab`` for an A/B
         test); ``track_partition``: a track's warm partition; ``user_partition``: the sessions
         partition a user's events are keyed to (the contract), to find producers that key
         otherwise; ``partitions``: the sessions topic's (with ``user_partition``, events keyed
         otherwise are repartitioned among them); ``own``: where the entries messages it makes are
-        kept for this process's own warm stage (``entry_codec.OwnMessages``)."""
+        kept for this process's own warm stage (``entry_codec.OwnMessages``); ``mirrors``: the
+        process's ``Mirror`` of each predict partition another process owns, shared by its runtimes."""
         self.catalogue = catalogue
+        self.mirrors: dict[int, Mirror] = mirrors if mirrors is not None else {}
         self.own = own
         self.scorers = scorers
         self.column = column
@@ -588,7 +590,7 @@ class PredictRuntime(PartitionRuntime):
         epochs = (epoch, max(epoch, st.epoch_of(last_ts))) if epoch is not None and events else None
         tracks = self._tracks_read(events, batch_users)
         here = {rt.partition: rt.stored_counts for rt in {self, *self.peers} if rt.stored_counts is not None}
-        read = self.store.read_batch(self.partition, users, sessions, list(tracks), epochs, here.keys())
+        read, mirrored = self._read(users, sessions, tracks, epochs, here)
         st.users.update(read.users)
         st.sessions.update(read.sessions)
         if read.users:
@@ -596,10 +598,13 @@ class PredictRuntime(PartitionRuntime):
             if more:
                 st.sessions.update(self.store.fetch(self.partition, [], more, [])[1])
             tracks = self._tracks_read(events, batch_users)
-            read = self.store.read_batch(self.partition, [], [], list(tracks), epochs, here.keys())
-        # the stored parts of the partitions here, as their commits left them (what the store holds)
+            read, mirrored = self._read([], [], tracks, epochs, here)
+        # the stored parts of the partitions here, as their commits left them (what the store
+        # holds), and of those mirrored, as the store held them at the read: copied, as a batch
+        # of another partition here may move a mirror on while this one still reads them
         self._parts = [part for part in read.tracks if part is not None] + [
-            part.only(tracks) for part in here.values()] if tracks else []
+            part.only(tracks) for part in here.values()] + [
+            part.only(tracks, copy=True) for part in mirrored.values() if part is not None] if tracks else []
         self._tracks_of = tracks
         st.tracks = counts_as_of(self._parts, epoch, tracks, self._additions(-math.inf, epoch)) \
             if tracks and epoch is not None else {}
@@ -608,6 +613,23 @@ class PredictRuntime(PartitionRuntime):
         # was read, are sent (re-sent after the replay, they would be dropped as already applied)
         if (read.position or 0) != self.next_offset:
             raise StateMoved(self.stage, self.partition, read.position, self.next_offset)
+
+    def _read(self, users: list[int], sessions: list[tuple[int, int]], tracks: set[str],
+              epochs: tuple[int, int] | None, here: dict) -> tuple:
+        """``read_batch``, and the mirrored partitions' parts as the store held them then
+        (``Mirror``); a partition whose parts turn out too big to mirror is read again, and
+        per batch from then on."""
+        mirrors = self.mirrors
+        for p in range(self.sources):
+            if p not in here and p not in mirrors:
+                mirrors[p] = Mirror()
+        while True:
+            since = {p: m.since() for p, m in mirrors.items() if p not in here and not m.too_big}
+            read = self.store.read_batch(self.partition, users, sessions, list(tracks), epochs, here.keys(), since,
+                                         MIRRORED_TRACKS)
+            mirrored = {p: mirrors[p].update(log) for p, log in read.logs.items()}
+            if None not in mirrored.values():
+                return read, mirrored
 
     def _tracks_read(self, events: list[Event], batch_users: set[int]) -> set[str]:
         """The tracks a batch can read the counts of: its events' (playing and next), and those
