@@ -60,6 +60,10 @@ class TrackAdditions:
     held: dict[str, list]
     by_epoch: list[tuple[int, dict[str, list]]]
     """(epoch, additions) in ascending epochs, none empty."""
+    stored: "TrackCounts | None" = field(default=None, compare=False)
+    """The partition's stored parts the batch began from, as its runtime keeps them
+    (``PredictRuntime.stored_counts``; None: not kept): a store whose commit is fenced on that
+    offset may write the sums rather than add in the server."""
     _plan: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def plan(self) -> tuple[bool, dict[str, list], dict[str, list], dict[str, list]]:

@@ -196,6 +196,20 @@ def _add_counts(cmds: list[tuple], key: str, counts: dict[str, list]) -> None:
         cmds.append(("TRACKADD", key, *pairs))
 
 
+def _set_counts(cmds: list[tuple], key: str, counts: dict[str, list], base: dict[str, list]) -> None:
+    """HSETs of every track's counts plus its additions, packed: the sums a TRACKADD would make,
+    when the committer knows what the key holds (``TrackAdditions.stored``, true under the commit's
+    fence); the server then only stores them (``TRACK_CHUNK`` tracks a command: Lua's unpack limit)."""
+    pack, get = COUNTS.pack, base.get
+    pairs: list = []
+    for t, (n, skips, likes) in counts.items():
+        if n or skips or likes:
+            held = get(t)
+            pairs += (t, pack(n + held[0], skips + held[1], likes + held[2]) if held is not None else pack(n, skips, likes))
+    for lo in range(0, len(pairs), 2 * TRACK_CHUNK):
+        cmds.append(("HSET", key, *pairs[lo:lo + 2 * TRACK_CHUNK]))
+
+
 def _added(stored: bytes | None, additions: bytes) -> bytes:
     """Packed counts plus packed additions (what TRACKADD does in the Function)."""
     if stored is None:
@@ -446,13 +460,20 @@ class RedisStore:
             tracks_key = k(partition, "tracks")
             now_key, last_key = f"{tracks_key}:now", f"{tracks_key}:last"
             turns, settle, last, now = changes.tracks.plan()
+            stored = changes.tracks.stored  # known: the sums are written (else added in the server)
             if turns:  # one key per command (the Function's rule): no RENAME or COPY of a bucket
-                _add_counts(cmds, tracks_key, settle)
+                if stored is not None:
+                    _set_counts(cmds, tracks_key, settle, stored.settled)
+                else:
+                    _add_counts(cmds, tracks_key, settle)
                 cmds.append(("DEL", last_key))
-                _add_counts(cmds, last_key, last)
+                _set_counts(cmds, last_key, last, {})
                 cmds.append(("DEL", now_key))
                 cmds.append(("HSET", tracks_key, "epoch", int(changes.tracks.by_epoch[-1][0])))
-            _add_counts(cmds, now_key, now)
+            if turns or stored is not None:
+                _set_counts(cmds, now_key, now, {} if turns else stored.now)
+            else:
+                _add_counts(cmds, now_key, now)
             log_key = f"{tracks_key}:log"
             plan = [int(changes.tracks.by_epoch[-1][0]), turns, settle if turns else {}, last if turns else {}, now]
             cmds.append(("RPUSH", log_key, b"%d " % new_offset + dumps(plan)))

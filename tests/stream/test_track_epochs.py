@@ -12,9 +12,11 @@ T = "t" * 22
 
 
 def _commit(store, partition, since, held, by_epoch, kept=None):
-    """``kept``: partition -> the stored parts as the partition's owner keeps them (``TrackCounts.add``)."""
+    """``kept``: partition -> the stored parts as the partition's owner keeps them (``TrackCounts.add``),
+    given to the store with the commit (it may then write the sums rather than add in the server)."""
     offset = store.offset(partition)
-    assert store.commit(partition, offset, offset + 1, Changes(tracks=TrackAdditions(since, held, by_epoch)))
+    stored = kept.get(partition) if kept is not None else None
+    assert store.commit(partition, offset, offset + 1, Changes(tracks=TrackAdditions(since, held, by_epoch, stored)))
     if kept is not None:
         kept.setdefault(partition, TrackCounts()).add(TrackAdditions(since, held, by_epoch))
         assert store.stored_counts(partition, 10) == kept[partition], partition  # what the store holds
@@ -107,8 +109,9 @@ def check_mirrors(store, how: str, keep: int = 0) -> None:
     log = read()
     assert (log.full is None, log.plans) == (logged, [])  # nothing new
     if logged:
+        kept = {0: store.stored_counts(0, 10**6)}  # the owner's copy: its commits write the sums
         for _ in range(keep + 1):  # more commits than the log keeps: whole
-            _commit(store, 0, 14, {}, [(14, {"u" * 22: [1, 0, 0]})])
+            _commit(store, 0, 14, kept[0].now, [(14, {"u" * 22: [1, 0, 0]})], kept)
         assert read().full is not None
         seq, at = mirror.since()
         _commit(store, 0, 14, {}, [(14, {"u" * 22: [1, 0, 0]})])

@@ -345,7 +345,8 @@ class PredictRuntime(PartitionRuntime):
                 state["sent_forwarded"] = sent_forwarded
             push, drop, state[HELD_KEY] = self.held.changes()
         by_epoch = [(e, adds) for e, d in st.additions() if (adds := {t: c for t, c in d.items() if any(c)})]
-        self._tracks = TrackAdditions(self.track_epoch, self.epoch_plays, by_epoch) if by_epoch else None
+        self._tracks = TrackAdditions(self.track_epoch, self.epoch_plays, by_epoch, self.stored_counts) \
+            if by_epoch else None
         out.changes = Changes(
             users={u: st.users[u] for u in st.dirty_users if u in st.users},
             sessions={k: st.sessions[k] for k in st.dirty_sessions if k in st.sessions},
