@@ -166,12 +166,16 @@ class Mirror:
         return self.seq, self.position
 
     def update(self, log: CountsLog) -> TrackCounts | None:
-        """The parts as the store held them at the read (None: too big to hold)."""
+        """The parts as the store held them at the read (None: too big to hold, or nothing to
+        apply the plans to: the next read gets the parts whole)."""
         if log.too_big:
             self.seq, self.position, self.counts, self.too_big = -1, None, None, True
             return None
         if log.full is not None:
             self.counts = log.full
+        elif self.counts is None:  # plans without what they follow on from: read whole next time
+            self.seq, self.position = -1, None
+            return None
         for plan in log.plans:
             self.counts.apply(*plan)
         self.seq, self.position = log.seq, log.position

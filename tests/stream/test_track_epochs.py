@@ -224,3 +224,13 @@ def test_a_full_batch_always_takes_the_earliest_records_pending():
     s.add(1, "b", _records(0, [150, 160, 170, 180, 290]))
     work, _ = s.take(clocks={0: 5, 1: 140}, lagging=set())
     assert dict(work) == {1: _records(0, [150, 160, 170, 180])}
+
+
+def test_a_mirror_given_plans_without_what_they_follow_asks_for_the_parts_whole():
+    from stream.store import CountsLog
+    mirror = Mirror()
+    assert mirror.update(CountsLog(3, 30, [(14, False, {}, {}, {T: [1, 0, 0]})])) is None
+    assert mirror.since() == (-1, None) and not mirror.too_big
+    held = mirror.update(CountsLog(3, 30, full=TrackCounts(14, {}, {T: [1, 0, 0]}, {})))
+    assert held == TrackCounts(14, {}, {T: [1, 0, 0]}, {}) and mirror.since() == (3, 30)
+    assert mirror.update(CountsLog(4, 31, [(14, False, {}, {}, {T: [2, 0, 0]})])).now == {T: [3, 0, 0]}

@@ -619,7 +619,7 @@ class PredictRuntime(PartitionRuntime):
               epochs: tuple[int, int] | None, here: dict) -> tuple:
         """``read_batch``, and the mirrored partitions' parts as the store held them then
         (``Mirror``); a partition whose parts turn out too big to mirror is read again, and
-        per batch from then on."""
+        per batch from then on (one whose mirror had nothing to apply plans to, again whole)."""
         mirrors = self.mirrors
         for p in range(self.sources):
             if p not in here and p not in mirrors:
