@@ -45,8 +45,10 @@ from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
 
 FUNCTION_LIBRARY = "skipcache_v8"
-FUNCTION = "skipcache_commit_v6"
-READ_TRACKS = "skipcache_tracks_v5"
+"""A new library renames every function it registers: a server that holds the previous library
+refuses to load a function name that library already has (``tests/integration/test_cluster.py``)."""
+FUNCTION = "skipcache_commit_v7"
+READ_TRACKS = "skipcache_tracks_v6"
 READ_SINCE = "skipcache_tracks_since_v1"
 LOG_KEEP = 32
 """Plans a predict partition's log keeps (``Mirror``): a reader further behind reads the parts whole."""

@@ -267,3 +267,38 @@ def test_track_counts_read_by_epoch_on_a_server_and_on_a_cluster(servers, cluste
         finally:
             store.r.close()
             mirrored.r.close()
+
+
+PREVIOUS_LIBRARIES = {"skipcache_v7": ("skipcache_commit_v6", "skipcache_tracks_v5"),
+                      "skipcache_v6": ("skipcache_commit_v5", "skipcache_tracks_v4"),
+                      "skipcache_v5": ("skipcache_commit_v4", "skipcache_tracks_v3")}
+"""Libraries earlier versions loaded, and the functions they registered."""
+
+
+def test_a_server_holding_an_earlier_function_library_loads_this_one(servers):
+    """Function names are global across a server's libraries: an upgraded worker whose library
+    registered a name the previous one has would be refused at its first commit."""
+    import redis as redis_py
+
+    from stream.stores.redis_store import FUNCTION, FUNCTION_LIBRARY, READ_SINCE, READ_TRACKS, RedisStore
+    from tests.stream.test_track_epochs import check_epoch_reads
+
+    names = {FUNCTION, READ_TRACKS, READ_SINCE}
+    assert FUNCTION_LIBRARY not in PREVIOUS_LIBRARIES
+    assert not names & {f for fs in PREVIOUS_LIBRARIES.values() for f in fs}
+    _, server = servers
+    r = redis_py.Redis(port=server.port)
+    try:
+        library, functions = next(iter(PREVIOUS_LIBRARIES.items()))
+        r.execute_command("FUNCTION", "LOAD", "REPLACE", f"#!lua name={library}\n" + "".join(
+            f"redis.register_function('{f}', function() return 1 end)\n" for f in functions))
+        store = RedisStore.from_url(f"redis://127.0.0.1:{server.port}/0", prefix=f"up{os.getpid()}", partitions=2)
+        try:
+            check_epoch_reads(store)  # loads this library beside it, then commits and reads through it
+            listed = {lib[b"library_name"].decode() for lib in r.execute_command("FUNCTION", "LIST")}
+            assert {library, FUNCTION_LIBRARY} <= listed
+        finally:
+            store.r.close()
+    finally:
+        r.execute_command("FUNCTION", "DELETE", library)
+        r.close()
