@@ -115,7 +115,7 @@ class TrackCounts:
 
     def add(self, tracks: "TrackAdditions") -> None:
         """What a commit of ``tracks`` does to the partition's stored parts (as every backend
-        stores them: ``stores/memory.py``, the Redis Function's TRACKADD)."""
+        stores them: ``stores/memory.py``, the Redis commit's sums or its Function's TRACKADD)."""
         self.apply(tracks.by_epoch[-1][0], *tracks.plan())
 
     def apply(self, epoch: int, turns: bool, settle: dict[str, list], last: dict[str, list],
