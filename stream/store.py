@@ -107,11 +107,10 @@ class TrackCounts:
     def only(self, tracks: "set[str] | list[str]", copy: bool = False) -> "TrackCounts":
         """The parts of ``tracks`` alone (what a read of those tracks gives; the lists shared,
         or with ``copy`` copied: a ``Mirror`` changes in place while a batch reads them)."""
+        parts = ({t: v for t in tracks if (v := d.get(t)) is not None} for d in (self.settled, self.now, self.last))
         if copy:
-            return TrackCounts(self.epoch, *({t: list(v) for t in tracks if (v := d.get(t)) is not None}
-                                             for d in (self.settled, self.now, self.last)))
-        return TrackCounts(self.epoch, *({t: v for t in tracks if (v := d.get(t)) is not None}
-                                         for d in (self.settled, self.now, self.last)))
+            parts = ({t: list(v) for t, v in part.items()} for part in parts)
+        return TrackCounts(self.epoch, *parts)
 
     def add(self, tracks: "TrackAdditions") -> None:
         """What a commit of ``tracks`` does to the partition's stored parts (as every backend

@@ -207,9 +207,20 @@ def _set_counts(cmds: list[tuple], key: str, counts: dict[str, list], base: dict
     for t, (n, skips, likes) in counts.items():
         if n or skips or likes:
             held = get(t)
-            pairs += (t, pack(n + held[0], skips + held[1], likes + held[2]) if held is not None else pack(n, skips, likes))
+            if held is not None:
+                n, skips, likes = n + held[0], skips + held[1], likes + held[2]
+            pairs += (t, pack(n, skips, likes))
     for lo in range(0, len(pairs), 2 * TRACK_CHUNK):
         cmds.append(("HSET", key, *pairs[lo:lo + 2 * TRACK_CHUNK]))
+
+
+def _write_counts(cmds: list[tuple], key: str, counts: dict[str, list], base: dict[str, list] | None) -> None:
+    """``counts`` added to what ``key`` holds: written as sums where that is known (``base``; ``{}``
+    after a DEL), else added in the server."""
+    if base is None:
+        _add_counts(cmds, key, counts)
+    else:
+        _set_counts(cmds, key, counts, base)
 
 
 def _added(stored: bytes | None, additions: bytes) -> bytes:
@@ -353,10 +364,7 @@ class RedisStore:
         ``skip``, the offset (a GET in the slot, after the others). ``mirror_limit``: the most
         tracks a mirror holds (a partition with more is read per batch)."""
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
-        shared = self._shared
-        if tracks and mirrors and shared["functions"] is None:
-            shared["functions"] = self._load_function()
-        mirrors = mirrors if tracks and mirrors and shared["functions"] else {}
+        mirrors = mirrors if tracks and mirrors and self._functions() else {}
         read = [p for p in range(self.partitions["predict"]) if p not in skip and p not in mirrors] if tracks else []
         with self.r.pipeline(transaction=False) as pipe:
             if keys:
@@ -405,13 +413,11 @@ class RedisStore:
 
     def _read_tracks(self, pipe, tracks, epochs, partitions: list[int] | None = None) -> None:
         """Queue ``track_counts``'s reads on ``pipe`` (of ``partitions``, default every one)."""
-        shared = self._shared
-        if shared["functions"] is None:
-            shared["functions"] = self._load_function()
+        functions = self._functions()
         if partitions is None:
             partitions = list(range(self.partitions["predict"]))
         bases = [f"{self.slot(p, 'predict')}:tracks" for p in partitions]
-        if shared["functions"]:
+        if functions:
             lo, hi = ("", "") if epochs is None else epochs
             for base in bases:
                 pipe.execute_command("FCALL_RO", READ_TRACKS, 3, base, f"{base}:now", f"{base}:last", lo, hi, *tracks)
@@ -464,18 +470,12 @@ class RedisStore:
             turns, settle, last, now = changes.tracks.plan()
             stored = changes.tracks.stored  # known: the sums are written (else added in the server)
             if turns:  # one key per command (the Function's rule): no RENAME or COPY of a bucket
-                if stored is not None:
-                    _set_counts(cmds, tracks_key, settle, stored.settled)
-                else:
-                    _add_counts(cmds, tracks_key, settle)
+                _write_counts(cmds, tracks_key, settle, None if stored is None else stored.settled)
                 cmds.append(("DEL", last_key))
-                _set_counts(cmds, last_key, last, {})
+                _write_counts(cmds, last_key, last, {})
                 cmds.append(("DEL", now_key))
                 cmds.append(("HSET", tracks_key, "epoch", int(changes.tracks.by_epoch[-1][0])))
-            if turns or stored is not None:
-                _set_counts(cmds, now_key, now, {} if turns else stored.now)
-            else:
-                _add_counts(cmds, now_key, now)
+            _write_counts(cmds, now_key, now, {} if turns else None if stored is None else stored.now)
             log_key = f"{tracks_key}:log"
             plan = [int(changes.tracks.by_epoch[-1][0]), turns, settle if turns else {}, last if turns else {}, now]
             cmds.append(("RPUSH", log_key, b"%d " % new_offset + dumps(plan)))
@@ -498,10 +498,7 @@ class RedisStore:
         cmds = self._commands(partition, changes, new_offset)
         fences = {self._offset_key(partition): (expected_offset, new_offset),
                   **{self._offset_key(partition, name): pair for name, pair in changes.inputs.items()}}
-        shared = self._shared
-        if shared["functions"] is None:
-            shared["functions"] = self._load_function()
-        if shared["functions"]:
+        if self._functions():
             return self._commit_in_server(fences, cmds)
         return self._commit_watched(fences, cmds)
 
@@ -555,6 +552,13 @@ class RedisStore:
                 return True
             except redis.WatchError:
                 return False
+
+    def _functions(self) -> bool:
+        """Whether the server runs the Functions, asked once (loading them) for the stages' stores."""
+        shared = self._shared
+        if shared["functions"] is None:
+            shared["functions"] = self._load_function()
+        return shared["functions"]
 
     def _load_function(self) -> bool:
         """Load the commit Function on every primary; False where the server has no Functions."""
