@@ -7,7 +7,7 @@ import pytest
 from models.evaluation import build_table
 from models.events import PLAY, SESSION_END, SKIP, Event
 from models.features import (G_HAS_TRACK, G_HAS_USER, G_OWN_K, G_OWN_N, G_SK, G_SN, G_TK, G_TN, G_UK, G_UN,
-                             EngineConfig, FeatureEngine)
+                             EngineConfig, FeatureEngine, unpack_row)
 from models.labels import FULL, SKIPPED, label_session
 from models.replay import replay_order
 from stream.files import read_dataset
@@ -116,7 +116,7 @@ def test_a_rows_features_do_not_depend_on_the_batch_it_is_derived_in(small_long_
     names = engine.feature_names
     cfg, p = engine.config, engine.config.prior_skip_rate
     m, mt = cfg.user_smoothing, cfg.track_smoothing
-    for g, derived in zip(rows, whole):  # the scalar formulas, row by row (README "Features")
+    for g, derived in zip(map(unpack_row, rows), whole):  # the scalar formulas, row by row (README "Features")
         x = dict(zip(names, derived))
         user_rate = (g[G_UK] + m * p) / (g[G_UN] + m) if g[G_HAS_USER] else p
         assert x["user_skip_rate"] == user_rate and x["user_log_plays"] == math.log1p(g[G_UN])
