@@ -12,7 +12,7 @@ import orjson
 from tqdm import tqdm
 
 from models.events import PLAY, Event
-from models.parsing import TimeWindow, parse_event
+from models.parsing import TimeWindow, decode_event
 from models.rejections import Rejected, Rejections
 
 from stream.kafka_io import client_config, user_key
@@ -119,11 +119,7 @@ def produce(lines: Iterable[bytes], producer, topic: str, key: str = "user", win
         if not raw:
             continue
         try:
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise Rejected("bad_json") from None
-            event = window.check(parse_event(obj), time.time())
+            event = window.check(decode_event(raw), time.time())
         except Rejected as r:
             out.rejections.add(r.reason, raw)
             continue

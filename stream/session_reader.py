@@ -4,7 +4,7 @@ Most lines of every release are plain JSON objects in one of two timestamp forms
 epoch milliseconds). Those are parsed in batches by Arrow's JSON reader (C++, both cores) and
 checked with array operations; every line that does not pass those checks exactly, and every
 chunk Arrow cannot read at all (positional arrays, a type that changes, bad JSON), goes through
-the one per-line parser (``models.parsing.parse_event``), which names the reason of a rejection.
+the one per-line parser (``models.parsing.decode_event``), which names the reason of a rejection.
 The vectorised checks accept only what that parser accepts, with the same values: a test reads
 every variant and every kind of noise both ways and compares."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ from models.columns import DTYPES, KIND_CODE, EventColumns
 from models.events import TRACK_EVENTS
 from models.gc_pause import release_free_memory
 from models.contract import is_track_id
-from models.parsing import _EXACT, MAX_ID, TimeWindow, event_kind, parse_event
+from models.parsing import _EXACT, MAX_ID, TimeWindow, decode_event, event_kind
 from models.rejections import Rejected, Rejections
 
 ISO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?$"
@@ -247,14 +247,11 @@ class SessionReader:
     # ---- the exact path ---------------------------------------------------------------------
     def _parse_exact(self, lines: list[bytes], rows: np.ndarray, cols: list[np.ndarray], taken: np.ndarray) -> None:
         ts_col, hour_col, user_col, session_col, kind_col, track_col, next_col = cols
-        loads, check, now, reject = orjson.loads, self.window.check, self.now, self.rejections.add
+        check, now, reject = self.window.check, self.now, self.rejections.add
         for i in rows.tolist():
             raw = lines[i]
             try:
-                e = check(parse_event(loads(raw)), now)
-            except orjson.JSONDecodeError:
-                reject("sessions/bad_json", raw)
-                continue
+                e = check(decode_event(raw), now)
             except Rejected as r:
                 reject("sessions/" + r.reason, raw)
                 continue

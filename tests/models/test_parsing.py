@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from models.events import AD, BUY_PREMIUM, LIKE, PLAY, SKIP
-from models.parsing import event_kind, parse_event, parse_storage, parse_timestamp, parse_track, parse_user
+from models.parsing import decode_event, event_kind, parse_event, parse_storage, parse_timestamp, parse_track, parse_user
 from models.rejections import Rejected
 from stream.files import read_dataset
 
@@ -117,3 +117,71 @@ def test_an_events_bad_stamp_is_rejected_by_the_fast_path_too(raw):
     with pytest.raises(Rejected) as exc:
         parse_event({"timestamp": raw, "user_id": 5, "session_id": 3, "track_id": TRACK, "event_type": "play"})
     assert exc.value.reason == "bad_timestamp"
+
+
+def _outcome(read, raw: bytes):
+    try:
+        return read(raw)
+    except Rejected as r:
+        return ("rejected", r.reason, r.detail)
+
+
+def _by_orjson(raw: bytes):
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Rejected("bad_json") from None
+    return parse_event(obj)
+
+
+_VALID = [
+    {"session_id": 3, "timestamp": "2023-06-17T10:09:50.547000", "user_id": 5, "track_id": TRACK, "event_type": "play",
+     "next_track_id": TRACK[::-1]},
+    {"event_type": "Skip", "track_id": TRACK, "user_id": 0, "timestamp": 1707378600000, "session_id": 2**40},
+    {"session_id": 1, "timestamp": "2024-02-08 09:50:00.0 +02:00:00", "user_id": 7, "track_id": None,
+     "event_type": "ADVERTISEMENT", "extra": {"nested": [1, 2]}},
+    ["2023-01-01T00:00:01", 5, TRACK, "Play", 3],
+    ["2023-01-01T00:00:01", 5, None, "buy_premium", 3],
+]
+_ODD = [b"", b" ", b"null", b"[]", b"{}", b"\xff\xfe", b'{"a":1} x', b' ["2023-01-01T00:00:01", 5, "%s", "play", 3]' % TRACK.encode(),
+        b'["2023-01-01T00:00:01", 5, "%s", "play"]' % TRACK.encode(),
+        b'["2023-01-01T00:00:01", 5, "%s", "play", 3, 4]' % TRACK.encode(),
+        b'{"session_id":1,"session_id":true,"timestamp":"2023-01-01T00:00:00","user_id":1,"event_type":"like"}',
+        b'{"session_id":1.0,"timestamp":1.7e12,"user_id":1e2,"event_type":"like","track_id":"%s"}' % TRACK.encode(),
+        b'{"session_id":1,"timestamp":"2023-01-01T00:00:00","user_id":123456789012345678901234567890,"event_type":"ad"}',
+        b'{"session_id":-1,"timestamp":"2023-01-01T00:00:00","user_id":1,"event_type":"ad"}',
+        b'{"session_id":1,"timestamp":"2023-01-01T00:00:00","user_id":1,"event_type":"play","track_id":"\\ud800"}',
+        b'{"session_id":1,"timestamp":"2023-01-01T00:00:00","user_id":1,"event_type":"  Play ","track_id":"%s"}' % TRACK.encode()]
+
+
+def test_an_events_bytes_read_as_parse_event_reads_their_json():
+    """``decode_event`` (typed fields decoded in C, else orjson) gives exactly what
+    ``parse_event(orjson.loads(...))`` gives: the same event, or the same reason and detail,
+    for the forms of every release, odd documents, and thousands of random damages to them."""
+    import random
+
+    rnd = random.Random(7)
+    raws = [orjson.dumps(v) for v in _VALID] + _ODD
+    for obj in [o for o, _ in test_bad_events_are_rejected_with_a_reason.pytestmark[0].args[1]]:
+        raws.append(orjson.dumps(obj))
+    alphabet = b'0123456789-:.T "[]{},etrunlf\\x\xff'
+    for raw in list(raws[:len(_VALID)]):
+        for _ in range(1500):
+            b = bytearray(raw)
+            for _ in range(rnd.randint(1, 3)):
+                at = rnd.randrange(len(b))
+                how = rnd.random()
+                if how < 0.4:
+                    b[at] = rnd.choice(alphabet)
+                elif how < 0.7:
+                    del b[at]
+                else:
+                    b.insert(at, rnd.choice(alphabet))
+            raws.append(bytes(b))
+    decoded = rejected = 0
+    for raw in raws:
+        got, want = _outcome(decode_event, raw), _outcome(_by_orjson, raw)
+        assert got == want, raw
+        decoded += not isinstance(got, tuple)
+        rejected += isinstance(got, tuple)
+    assert decoded > 100 and rejected > 1000  # both sides of the parser were exercised

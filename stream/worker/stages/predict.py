@@ -39,7 +39,7 @@ from cache_warmer.entries import route
 from cache_warmer.predictor import PredictionLedger, Predictor, run_steps
 from models.events import PLAY, SESSION_END, Catalogue, Event
 from models.features import EngineConfig, FeatureEngine
-from models.parsing import TimeWindow, parse_event
+from models.parsing import TimeWindow, decode_event, parse_event
 from models.rejections import Rejected, Rejections
 from models.replay import TIE_RANK
 from models.state import S_PENDING_TRACK, State, U_SESSION
@@ -225,7 +225,6 @@ class PredictRuntime(PartitionRuntime):
         out = []
         append = out.append
         check, wall = self.window.check, time.time()
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
         for record in records:  # (offset, value) or (offset, value, Kafka timestamp)
             offset, value = record[0], record[1]
             ts = record[2] if len(record) > 2 else None
@@ -234,11 +233,7 @@ class PredictRuntime(PartitionRuntime):
                     raise Rejected("empty_message")
                 if len(value) > MAX_EVENT_BYTES:
                     raise Rejected("too_large", f"{len(value)} bytes")
-                try:
-                    obj = loads(value)
-                except decode_error:
-                    raise Rejected("bad_json") from None
-                item = check(parse_event(obj), ts or wall)
+                item = check(decode_event(value), ts or wall)
             except Rejected as r:
                 item = r
             append((offset, value, ts, item))
