@@ -177,14 +177,26 @@ class State:
 def add_counts(into: dict[str, list], delta: dict[str, list], weight: int = 1,
                only: "set[str] | dict | None" = None) -> None:
     """Add ``weight`` times track counts (track -> [plays, skips, likes]) into ``into``; with
-    ``only``, of those tracks alone."""
+    ``only``, of those tracks alone. (Indexes written as numbers, T_N, T_K, T_LIKES = 0, 1, 2: the
+    plain sum is the worker's most frequent loop, 6% of it.)"""
+    get = into.get
+    if weight == 1 and only is None:
+        for t, d in delta.items():
+            rec = get(t)
+            if rec is None:
+                into[t] = [d[0], d[1], d[2]]
+            else:
+                rec[0] += d[0]
+                rec[1] += d[1]
+                rec[2] += d[2]
+        return
     for t, d in delta.items():
         if only is not None and t not in only:
             continue
-        rec = into.get(t)
+        rec = get(t)
         if rec is None:
-            into[t] = [weight * d[T_N], weight * d[T_K], weight * d[T_LIKES]] if weight != 1 else list(d)
+            into[t] = [weight * d[0], weight * d[1], weight * d[2]]
         else:
-            rec[T_N] += weight * d[T_N]
-            rec[T_K] += weight * d[T_K]
-            rec[T_LIKES] += weight * d[T_LIKES]
+            rec[0] += weight * d[0]
+            rec[1] += weight * d[1]
+            rec[2] += weight * d[2]
