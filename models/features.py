@@ -60,9 +60,12 @@ _HOUR_COS_ARRAY = np.array([math.cos(2 * math.pi * h / 24) for h in range(24)])
  G_HAS_SESSION, G_PLAYS, G_LOG_PLAYS, G_SKIPS, G_LAST_SKIPPED,
  G_HOUR, G_BUCKET, G_BN, G_BK, G_TRACK_ROW, G_WIDTH) = range(32)
 _ROW = struct.Struct(f"={G_WIDTH}d")
-_pack_row = _ROW.pack
 """A gathered row as the bytes of its float64 values: ``matrix`` joins a batch's and reads them as
-one array, where converting a tuple of Python numbers a value at a time took 5% of the worker."""
+one array, where converting a tuple of Python numbers a value at a time took 5% of the worker. The
+user's values (``user_part``) are packed once for both rows of a play, the track's per row."""
+_pack_user = struct.Struct(f"={G_HAS_TRACK}d").pack
+_pack_track = struct.Struct(f"={G_WIDTH - G_HAS_TRACK}d").pack
+_ZERO = struct.pack("=d", 0.0)
 unpack_row = _ROW.unpack
 """A gathered row's values, indexed by ``G_*``."""
 
@@ -197,21 +200,21 @@ class FeatureEngine:
 
     def user_part(self, user_id: int, ts: float) -> tuple:
         """What a play's row takes from its user at ``ts``: (record, decay factor, the row's
-        user values ``G_HAS_USER`` .. ``G_PREMIUM_KNOWN``), once for the playing and the upcoming
-        track of one play (the user's state is the same for both)."""
+        user values ``G_HAS_USER`` .. ``G_PREMIUM_KNOWN``, packed), once for the playing and the
+        upcoming track of one play (the user's state is the same for both)."""
         u = self.state.users.get(user_id)
         premium_now = self.premium_at(user_id, u, ts)
         premium = (0.5, 0.0) if premium_now is None else ((1.0 if premium_now else 0.0), 1.0)
         if u is None:
-            return None, 1.0, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *premium)
+            return None, 1.0, _pack_user(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *premium)
         f = math.exp(-self._decay_rate * (ts - u[U_TS])) if ts > u[U_TS] else 1.0
         un = u[U_N] * f
         if premium_now:
             sn, sk = u[U_NP] * f, u[U_KP] * f
         else:
             sn, sk = (u[U_N] - u[U_NP]) * f, (u[U_K] - u[U_KP]) * f
-        return u, f, (1.0, un, math.log1p(un), u[U_K] * f, u[U_LIKES] * f, u[U_ADS] * f, sn, sk,
-                      1.0 if u[U_AD] is not None else 0.0, *premium)
+        return u, f, _pack_user(1.0, un, math.log1p(un), u[U_K] * f, u[U_LIKES] * f, u[U_ADS] * f, sn, sk,
+                                  1.0 if u[U_AD] is not None else 0.0, *premium)
 
     def gather(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
                user_part: tuple | None = None, bucket: int | None = None) -> bytes:
@@ -248,9 +251,9 @@ class FeatureEngine:
                     bn, bk = u[U_NM] * f, u[U_KM] * f
                 else:
                     bn, bk = u[U_NO] * f, u[U_KO] * f
-        return _pack_row(*who, has_t, tn, log_tn, tk, tl, has_own, own_n, log_own_n, own_k, own_liked,
-                         has_s, plays, log_plays, skips, last, hour, -1 if bucket is None else bucket, bn, bk,
-                         self._track_index(track_id) if self.use_tracks else 0)
+        return who + _pack_track(has_t, tn, log_tn, tk, tl, has_own, own_n, log_own_n, own_k, own_liked,
+                                 has_s, plays, log_plays, skips, last, hour, -1 if bucket is None else bucket, bn,
+                                 bk, self._track_index(track_id) if self.use_tracks else 0)
 
     def features(self, user_id: int, track_id: str, session: list | None, ts: float, hour: int,
                  user_part: tuple | None = None, bucket: int | None = None) -> list[float]:
@@ -397,8 +400,8 @@ class FeatureEngine:
             row = self.gather(uid, track, sess, ts, e.hour, who, bucket)
             if u[U_AD] is not None:  # the ad was before this play; the upcoming track has not had one yet
                 u[U_AD] = None
-                values = who[2]
-                who = (who[0], who[1], (*values[:G_AD_BEFORE], 0.0, *values[G_AD_BEFORE + 1:]))
+                at = 8 * G_AD_BEFORE  # its value's bytes in the packed user part: 0.0
+                who = (who[0], who[1], who[2][:at] + _ZERO + who[2][at + 8:])
             play_no = sess[S_PLAYS]
             sess[S_PLAYS] = play_no + 1
             sess[S_PENDING_TRACK] = track
