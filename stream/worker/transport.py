@@ -49,17 +49,19 @@ positioned topics -> the offset each resumes at."""
 
 
 class Run(ConsumerMessage):
-    """One fetched run of one partition's records, delivered as one message."""
+    """One fetched run of one partition's records, delivered as one message: its value is the list
+    of ``(offset, value, Kafka timestamp in s)``, as ``BatchRecords`` yields them (or made so from
+    aiokafka's own records, where it read them itself)."""
 
     __slots__ = ("first_offset",)
 
     def __init__(self, tp: TP, records: list, generation_id: int | None):
+        if type(records[0]) is not tuple:
+            records = [(r.offset, r.value, r.timestamp / 1000.0 if r.timestamp is not None else None) for r in records]
         last = records[-1]
-        timestamp = last.timestamp / 1000.0 if last.timestamp is not None else None
-        super().__init__(tp.topic, tp.partition, last.offset, timestamp, last.timestamp_type, None, None,
-                         [(r.offset, r.value, r.timestamp / 1000.0 if r.timestamp is not None else None)
-                          for r in records], None, 0, len(records), tp, generation_id=generation_id)
-        self.first_offset = records[0].offset
+        super().__init__(tp.topic, tp.partition, last[0], last[2], 0, None, None, records, None, 0, len(records), tp,
+                         generation_id=generation_id)  # (the timestamp type: nothing reads it)
+        self.first_offset = records[0][0]
 
 
 def interleaved(records: Mapping[TP, list]) -> list[tuple[TP, list]]:
@@ -75,11 +77,16 @@ def interleaved(records: Mapping[TP, list]) -> list[tuple[TP, list]]:
 
 
 class BatchRecords(PartitionRecords):
-    """aiokafka's iterator over one fetched partition's records, yielding the record batch
-    reader's own records (offset, value, timestamp, timestamp type: what a ``Run`` reads) rather
-    than a ``ConsumerRecord`` built per record. Control batches are skipped, CRCs checked and the
-    fetch position kept as aiokafka does; only for reads without transactions' markers and
-    without deserializers (``RunResults`` checks)."""
+    """aiokafka's iterator over one fetched partition's records, yielding each record's
+    ``(offset, value, timestamp in s)``, a ``Run``'s own items, from the record batch reader's
+    records rather than a ``ConsumerRecord`` built per record. Control batches are skipped, CRCs
+    checked and the fetch position kept as aiokafka does; only for reads without transactions'
+    markers and without deserializers (``RunResults`` checks). Iterated, it is its generator
+    itself: aiokafka's ``FetchResult.getall`` then resumes it directly, not through a
+    ``__next__`` in Python per record."""
+
+    def __iter__(self):
+        return self._records_iterator
 
     def _unpack_records(self):
         tp, records, check_crcs = self._tp, self._records, self._check_crcs
@@ -90,9 +97,11 @@ class BatchRecords(PartitionRecords):
             if not batch.is_control_batch:
                 start = self.next_fetch_offset
                 for record in batch:
-                    if record.offset >= start:  # a batch fetched from inside it: the records before go
-                        self.next_fetch_offset = record.offset + 1
-                        yield record
+                    offset = record.offset
+                    if offset >= start:  # a batch fetched from inside it: the records before go
+                        self.next_fetch_offset = offset + 1
+                        ts = record.timestamp
+                        yield offset, record.value, ts / 1000.0 if ts is not None else None
             self.next_fetch_offset = batch.next_offset
 
 

@@ -36,6 +36,8 @@ PINNED = {
     # Fetcher._records by item, its PartitionRecords iterates what _unpack_records yields
     (aiokafka_fetcher.PartitionRecords, "__init__"): "8ec1c2ae6ea1",
     (aiokafka_fetcher.PartitionRecords, "_unpack_records"): "b803e6d46480",
+    (aiokafka_fetcher.PartitionRecords, "__iter__"): "b411eeeaeb7c",  # BatchRecords iterates as its generator
+    (aiokafka_fetcher.PartitionRecords, "__next__"): "63ac34a08c30",
     (aiokafka_fetcher.FetchResult, "getall"): "3e717e30de50",
     (aiokafka_fetcher.Fetcher, "__init__"): "bf21ecb7e0f2",  # its results: an OrderedDict
     (aiokafka_fetcher.Fetcher, "fetched_records"): "be4348896b9b",
@@ -152,11 +154,31 @@ def test_a_positioned_topics_records_come_from_the_batch_reader_from_the_fetch_o
     results = RunResults(collections.OrderedDict(), frozenset({"sessions"}))
     got, partition_records = _fetched("sessions", _batches((0, 5), (5, 9)), 3, results)
     assert type(partition_records) is BatchRecords
-    assert [r.offset for r in got] == [3, 4, 5, 6, 7, 8]  # a batch fetched from inside it: the first go
-    assert not isinstance(got[0], aiokafka.structs.ConsumerRecord)
+    assert [r[0] for r in got] == [3, 4, 5, 6, 7, 8]  # a batch fetched from inside it: the first go
+    assert got[0] == (3, b"v3", 1_700_000_000.003)  # a run's own items, no ConsumerRecord
     assert partition_records.next_fetch_offset == 9  # where aiokafka fetches next
     run = Run(TP("sessions", 0), got, generation_id=1)
-    assert run.value[0] == (3, b"v3", 1_700_000_000.003) and (run.first_offset, run.offset) == (3, 8)
+    assert run.value is got and (run.first_offset, run.offset, run.timestamp) == (3, 8, 1_700_000_000.008)
+
+
+def test_a_result_read_in_parts_goes_on_where_it_stopped():
+    """aiokafka's ``getall(max_records)`` stops inside a result and later reads on: the batch
+    reader's generator, iterated directly, must then give each record once, in order, with the
+    fetch position after the last one handed out."""
+    results = RunResults(collections.OrderedDict(), frozenset({"sessions"}))
+    tp = TP("sessions", 0)
+    partition_records = aiokafka_fetcher.PartitionRecords(tp, MemoryRecords(_batches((0, 4), (4, 9))), [], 2, None,
+                                                          None, True, aiokafka_fetcher.READ_UNCOMMITTED)
+    consumed = []  # the positions aiokafka's subscription state is moved to
+    state = SimpleNamespace(consumed_to=consumed.append)
+    results[tp] = result = aiokafka_fetcher.FetchResult(
+        tp, assignment=SimpleNamespace(state_value=lambda tp: state), partition_records=partition_records, backoff=0)
+    result.check_assignment = lambda tp: True
+    seen = []
+    while result.has_more():
+        seen += [r[0] for r in result.getall(max_records=3)]
+        assert consumed[-1] == seen[-1] + 1  # the position after the last record handed out
+    assert seen == list(range(2, 9)) and consumed == [5, 8, 9]
 
 
 def test_results_fetched_before_the_worker_reads_through_run_results_stay_aiokafkas():
