@@ -1,6 +1,7 @@
 """Both stages' partition runtimes on the in-memory store: the same figures as the simulation,
 exactly-once effect across a predict crash (the warm stage drops re-sent entries), fencing, gaps,
 and dead letters in each stage."""
+import math
 import orjson
 import pytest
 
@@ -329,6 +330,47 @@ def test_a_large_batch_s_entries_go_as_several_messages_the_warm_stage_applies_o
     fig = bus.figures(ds)
     _assert_same(fig, sim)
     assert fig["warm_caught_up"]
+
+
+def _split_reference(clock, entries, origins, limit):
+    """``split_batch``'s rule spelled out entry by entry (as it was first written)."""
+    n = len(entries)
+    if n <= limit:
+        return [(clock, entries, origins)]
+    later = [math.inf] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        later[i] = min(entries[i][2], later[i + 1])
+    out, start, latest = [], 0, -math.inf
+    for i in range(n):
+        if i - start >= limit and latest < later[i] and (
+                entries[i][0] != entries[i - 1][0] or origins is not None and origins[i] != origins[i - 1]):
+            out.append((latest, entries[start:i], origins[start:i] if origins else None))
+            start = i
+        latest = max(latest, entries[i][2])
+    return out + [(clock, entries[start:], origins[start:] if origins else None)]
+
+
+def test_entries_split_where_the_rule_entry_by_entry_splits_them():
+    """``split_batch`` looks at the places a message may end from its limit on only: the same
+    messages as the rule applied at every entry, for batches in time order, out of order (a skip
+    resolving its play later), with runs of one instant, with and without origins."""
+    import random
+
+    from stream.worker.stages.entry_codec import split_batch
+
+    rnd = random.Random(3)
+    for case in range(300):
+        n, limit = rnd.randint(0, 400), rnd.randint(1, 60)
+        seq, t, entries, origins = 0, 1.7e9, [], []
+        while len(entries) < n:
+            seq += rnd.randint(1, 3)
+            t += rnd.choice((0.0, 0.0, 1.0, 5.0))
+            for _ in range(rnd.randint(1, 3)):
+                late = rnd.random() < 0.05  # an entry behind the ones before it
+                entries.append((seq, 0, t - 30.0 if late else t))
+                origins.append(rnd.choice((-1, -1, 1)))
+        with_origins = origins if case % 2 else None
+        assert list(split_batch(t + 1, entries, with_origins, limit)) == _split_reference(t + 1, entries, with_origins, limit)
 
 
 def test_chunked_entries_keep_each_event_whole_and_clocks_below_what_follows():

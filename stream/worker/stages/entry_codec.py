@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 import orjson
 
@@ -65,16 +66,27 @@ def split_batch(clock: float, entries: list[tuple], origins: list[int] | None = 
     if n <= limit:
         yield clock, entries, origins
         return
-    later = [math.inf] * (n + 1)  # the earliest time from each entry on
-    for i in range(n - 1, -1, -1):
-        later[i] = min(entries[i][2], later[i + 1])
-    start, latest = 0, -math.inf
-    for i in range(n):
-        if i - start >= limit and latest < later[i] and (
-                entries[i][0] != entries[i - 1][0] or origins is not None and origins[i] != origins[i - 1]):
-            yield latest, entries[start:i], origins[start:i] if origins else None
-            start = i
-        latest = max(latest, entries[i][2])
+    times = [e[2] for e in entries]
+    later = None  # the earliest time from each entry on, made if a first look at one fails
+    start = 0
+    while n - start > limit:  # the places a message may end are looked at from its limit on only
+        i = start + limit
+        latest = max(times[start:i])
+        while i < n:
+            if entries[i][0] != entries[i - 1][0] or origins is not None and origins[i] != origins[i - 1]:
+                if later is None:
+                    if latest < min(times[i:]):
+                        break
+                    later = list(accumulate(reversed(times), min))[::-1]
+                elif latest < later[i]:
+                    break
+            if times[i] > latest:
+                latest = times[i]
+            i += 1
+        if i == n:
+            break
+        yield latest, entries[start:i], origins[start:i] if origins else None
+        start = i
     yield clock, entries[start:], origins[start:] if origins else None
 
 
