@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date
+from typing import Annotated
 
 import msgspec
 import orjson
@@ -164,13 +165,18 @@ def parse_event(obj: object) -> Event:
     raise Rejected("not_an_event", type(obj).__name__)
 
 
+_Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+"""An id in range, checked by the decoder: one out of it goes to orjson, which reads one past 64
+bits as a float, as the rejection's detail then shows."""
+
+
 class _EventObject(msgspec.Struct, forbid_unknown_fields=True):
     """An event object whose fields have the contract's types (the common case), decoded in C;
     one with other keys goes to orjson (msgspec would skip their values unchecked: bad UTF-8)."""
 
     timestamp: str | int | float
-    user_id: int
-    session_id: int
+    user_id: _Id
+    session_id: _Id
     event_type: str
     track_id: str | None = None
     next_track_id: str | None = None
@@ -180,10 +186,10 @@ class _EventArray(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     """The positional form, likewise (exactly five values, as ``parse_event`` takes)."""
 
     timestamp: str | int | float
-    user_id: int
+    user_id: _Id
     track_id: str | None
     event_type: str
-    session_id: int
+    session_id: _Id
 
 
 _decode_object = msgspec.json.Decoder(_EventObject).decode
@@ -199,8 +205,8 @@ def decode_event(raw: bytes) -> Event:
         d = _decode_array(raw) if raw[:1] == b"[" else _decode_object(raw)
     except msgspec.DecodeError:
         d = None
-    if d is None or not (0 <= d.user_id <= MAX_ID and 0 <= d.session_id <= MAX_ID):
-        try:  # (an id out of range too: orjson reads one past 64 bits as a float, which the rejection shows)
+    if d is None:
+        try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise Rejected("bad_json") from None
