@@ -12,8 +12,8 @@ Run: python bench/bench_worker.py [--users 800] [--workers 1,2 --users 2000] [--
 from __future__ import annotations
 
 import argparse
-import itertools
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
@@ -118,7 +118,6 @@ def main() -> None:
         kafka.stop()
         stack.services.remove(kafka)
         kafka = stack.add(start_tansu(workdir=work / f"tansu-{next(brokers)}"))
-        return kafka
 
     try:
         def settings_for(tag: str, **extra):
