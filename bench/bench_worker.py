@@ -221,8 +221,11 @@ def throughput(args, events, settings_for, work: Path, redis_url: str | None = N
     summary = replay(events, st.kafka_bootstrap, st.topic_sessions, progress=False, key=args.key)
     print(f"events: {len(events):,} ({args.users} users, long profile), keyed by {args.key}; produced at "
           f"{summary.rate:,.0f} events/s (kafka-python, acks=1)")
+    broker = (servers or {}).get("broker (Tansu)")
+    before = cpu_seconds(broker) if broker else 0.0
     raw = raw_consume_rate(st.kafka_bootstrap, st.topic_sessions, len(events))
-    print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s")
+    served = f"; the broker's CPU {1e6 * (cpu_seconds(broker) - before) / len(events):.1f} µs per event" if broker else ""
+    print(f"raw aiokafka consume, same broker and topic:     {raw:>10,.0f} events/s{served}")
     if args.faust_floor:
         floor = faust_floor_rate(st.kafka_bootstrap, st.topic_sessions, st.partitions, len(events), work, "events")
         print(f"a do-nothing faust agent, take_events(1000, 0.2): {floor:>10,.0f} events/s  ({floor / raw:.3f}x raw consume)")
