@@ -39,6 +39,8 @@ server shares (``bench/RESULTS.md``, issue 16)."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -48,6 +50,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from stream.store import BatchRead, Changes, CountsLog, TrackCounts, counts_as_of, parts_needed
 from stream.stores.redis_wire import connection_class
 from models.state import upgrade_user
+
+T = TypeVar("T")
 
 FUNCTION_LIBRARY = "skipcache_v8"
 """A new library renames every function it registers: a server that holds the previous library
@@ -371,17 +375,21 @@ class RedisStore:
         keys = [self._k(partition, "u", u) for u in users] + [self._k(partition, "s", u, s) for u, s in sessions]
         mirrors = mirrors if tracks and mirrors and self._functions() else {}
         read = [p for p in range(self.partitions["predict"]) if p not in skip and p not in mirrors] if tracks else []
-        with self.r.pipeline(transaction=False) as pipe:
-            if keys:
-                pipe.execute_command("MGET", *keys)
-            for p, (seq, at) in mirrors.items():
-                base = f"{self.slot(p, 'predict')}:tracks"
-                pipe.execute_command("FCALL_RO", READ_SINCE, 5, f"{base}:log", f"{base}:seq", base, f"{base}:now",
-                                     f"{base}:last", seq, "" if at is None else at, mirror_limit)
-            if read:
-                self._read_tracks(pipe, tracks, epochs, read)
-            pipe.get(self._offset_key(partition))
-            got = pipe.execute()
+
+        def call() -> list:
+            with self.r.pipeline(transaction=False) as pipe:
+                if keys:
+                    pipe.execute_command("MGET", *keys)
+                for p, (seq, at) in mirrors.items():
+                    base = f"{self.slot(p, 'predict')}:tracks"
+                    pipe.execute_command("FCALL_RO", READ_SINCE, 5, f"{base}:log", f"{base}:seq", base,
+                                         f"{base}:now", f"{base}:last", seq, "" if at is None else at, mirror_limit)
+                if read:
+                    self._read_tracks(pipe, tracks, epochs, read)
+                pipe.get(self._offset_key(partition))
+                return pipe.execute()
+
+        got = self._reloading(call)
         position = got.pop()
         got_u, got_s = _records(users, sessions, got.pop(0)) if keys else ({}, {})
         logs = {p: _counts_log(got.pop(0), since) for p, since in mirrors.items()}
@@ -412,9 +420,13 @@ class RedisStore:
         each part (the stored epoch read with the settled counts), read into the same pairs."""
         if not tracks:
             return []
-        with self.r.pipeline(transaction=False) as pipe:
-            self._read_tracks(pipe, tracks, epochs)
-            return self._track_counts(pipe.execute(), tracks, epochs)
+
+        def call() -> list:
+            with self.r.pipeline(transaction=False) as pipe:
+                self._read_tracks(pipe, tracks, epochs)
+                return pipe.execute()
+
+        return self._track_counts(self._reloading(call), tracks, epochs)
 
     def _read_tracks(self, pipe, tracks, epochs, partitions: list[int] | None = None) -> None:
         """Queue ``track_counts``'s reads on ``pipe`` (of ``partitions``, default every one)."""
@@ -515,13 +527,18 @@ class RedisStore:
             if at is None:
                 at = index[key] = len(index) + 1
             args += [name, at, len(rest), *rest]
+        return self._reloading(lambda: self.r.fcall(FUNCTION, len(index), *index, *args) == 1)
+
+    def _reloading(self, call: Callable[[], T]) -> T:
+        """``call()``, again after loading the Functions if the server had lost them: a node added
+        after start-up, or a server restarted empty (whose reads would otherwise fail for good)."""
         try:
-            return self.r.fcall(FUNCTION, len(index), *index, *args) == 1
+            return call()
         except redis.ResponseError as exc:
             if "function" not in str(exc).lower() or "not found" not in str(exc).lower():
                 raise
-            self._load_function()  # a node that never had it (added after start-up)
-            return self.r.fcall(FUNCTION, len(index), *index, *args) == 1
+        self._load_function()
+        return call()
 
     def _commit_watched(self, fences: dict[str, tuple[int, int]], cmds: list[tuple]) -> bool:
         with self.r.pipeline(transaction=True) as pipe:

@@ -275,6 +275,32 @@ PREVIOUS_LIBRARIES = {"skipcache_v7": ("skipcache_commit_v6", "skipcache_tracks_
 """Libraries earlier versions loaded, and the functions they registered."""
 
 
+def test_a_server_that_lost_its_functions_gets_them_back_at_the_next_read(servers):
+    """A server restarted empty holds no Functions. On one server the commit calls none (WATCH/
+    MULTI), so the batch's read must load them: it failed for good otherwise, and the worker
+    applied nothing more (``test_faults.py``, Redis back empty)."""
+    import redis as redis_py
+
+    from stream.stores.redis_store import FUNCTION_LIBRARY, RedisStore
+
+    _, server = servers
+    r = redis_py.Redis(port=server.port)
+    store = RedisStore.from_url(f"redis://127.0.0.1:{server.port}/0", prefix=f"lost{os.getpid()}", partitions=2)
+    track = "a" * 22
+    try:
+        assert store.track_counts([track])  # the Functions loaded, and read through
+        for read in (lambda: store.track_counts([track]), lambda: store.read_batch(0, [7], [(7, 1)], [track])):
+            r.execute_command("FUNCTION", "FLUSH")
+            assert read()  # loaded again, then read
+            listed = {lib[b"library_name"].decode() for lib in r.execute_command("FUNCTION", "LIST")}
+            assert FUNCTION_LIBRARY in listed
+        got = store.read_batch(0, [7], [(7, 1)], [track])
+        assert got.position is None and len(got.tracks) == 2
+    finally:
+        store.r.close()
+        r.close()
+
+
 def test_a_server_holding_an_earlier_function_library_loads_this_one(servers):
     """Function names are global across a server's libraries: an upgraded worker whose library
     registered a name the previous one has would be refused at its first commit."""
