@@ -109,19 +109,22 @@ def main() -> None:
     redis = stack.add(start_redis(workdir=work / "redis"))
     brokers = itertools.count(1)
 
-    def fresh_broker():
-        """A broker of its own for the next measured run: Tansu keeps every topic in memory, and
-        with each earlier run's ~800,000 events in it, it served a run slower (two-process runs
-        in one broker: 1.6, 1.7, 2.9 µs of its CPU per event; raw aiokafka 466k, 472k, 398k), so
-        whichever count ran later was measured against a slower broker."""
+    def fresh_servers():
+        """A broker of its own and an empty Redis for the next measured run. Tansu keeps every
+        topic in memory, and with each earlier run's ~800,000 events in it, it served a run slower
+        (two-process runs in one broker: 1.6, 1.7, 2.9 µs of its CPU per event; raw aiokafka 466k,
+        472k, 398k), so whichever count ran later was measured against a slower broker. Redis
+        likewise: each run's keys have a prefix of their own, and with the earlier runs' state in
+        it the server spent more per event on each later run (five one-process runs: 1.2, 1.6,
+        1.7, 1.8, 2.0 µs)."""
+        import redis as redis_py
+
         nonlocal kafka
         kafka.stop()
         stack.services.remove(kafka)
         kafka = stack.add(start_tansu(workdir=work / f"tansu-{next(brokers)}"))
-        # and an empty Redis: each run's keys have a prefix of their own, and with the earlier
-        # runs' state in it the server spent more per event on each later run (five runs of
-        # one process: 1.2, 1.6, 1.7, 1.8, 2.0 µs)
-        redis_client(redis.port).flushall()
+        with redis_py.Redis(port=redis.port) as r:
+            r.flushall()
 
     try:
         def settings_for(tag: str, **extra):
@@ -135,7 +138,7 @@ def main() -> None:
             for i in range(args.repeat):  # the counts take turns: a machine that drifts moves all alike
                 for j, n in enumerate(args.workers):
                     if i or j:
-                        fresh_broker()
+                        fresh_servers()
                     servers = {"broker (Tansu)": kafka.proc.pid, "Redis-protocol server": redis.proc.pid}
                     runs[n].append(throughput(args, events, settings_for, work, servers=servers, workers_n=n))
             rates = {n: statistics.median(rate for rate, _ in got) for n, got in runs.items()}
@@ -155,14 +158,14 @@ def main() -> None:
                 from stream.cli.services import start_redis_cluster
 
                 cluster = stack.add(start_redis_cluster(args.redis_cluster, 1, workdir=work / "cluster"))
-                fresh_broker()
+                fresh_servers()
                 on_cluster, _ = throughput(args, events, settings_for, work, cluster.url)
                 print(f"on a {args.redis_cluster}-primary cluster (+ replicas): {on_cluster:,.0f} events/s end to end, "
                       f"{on_cluster / single:.2f}x one server's {single:,.0f} in the same run")
         if args.skip_latency:
             return
         if not args.skip_throughput:
-            fresh_broker()
+            fresh_servers()
         latency(args, events, settings_for, work)
     finally:
         stack.stop()
@@ -184,12 +187,6 @@ for k in keys:
     r[3] = r[0] * 0.5
 print(time.perf_counter() - t)
 """
-
-
-def redis_client(port: int):
-    import redis as redis_py
-
-    return redis_py.Redis(host="127.0.0.1", port=port)
 
 
 def machine_scaling(n: int) -> float:
